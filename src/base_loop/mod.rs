@@ -1,0 +1,638 @@
+//! The event loop: ready queue, timer heap, tasks, `run_once`, lifecycle,
+//! exception handling and debug mode (asyncio's `BaseEventLoop`).
+#![forbid(unsafe_code)]
+
+mod api;
+mod remote;
+mod timers;
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::future::Future;
+use std::os::fd::RawFd;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::rc::{Rc, Weak};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::Waker;
+use std::time::{Duration, Instant};
+
+use slab::Slab;
+
+pub use remote::LoopHandle;
+use remote::{Remote, RemoteQueue, TaskWaker};
+use timers::TimerHeap;
+
+use crate::driver::{Backend, Driver, DriverRef, DriverStats, probe};
+use crate::error::{Error, Result, panic_message};
+use crate::events::{Callback, ExceptionContext, ExceptionHandler, Handle, TimerHandle};
+use crate::tasks::{RawTask, Task, TaskCell, TaskHeader, TaskRef};
+
+/// How long `close` waits for cancelled io_uring ops before leaking them.
+const CLOSE_DRAIN_BOUND: Duration = Duration::from_secs(1);
+
+pub(crate) enum Ready {
+    Callback(Handle),
+    Task(u32, u32),
+}
+
+pub(crate) struct TaskSlot {
+    task: Rc<dyn RawTask>,
+    generation: u32,
+    scheduled: bool,
+}
+
+/// The loop's state, shared by its handles (`EventLoop` is an `Rc` of it).
+pub(crate) struct Core {
+    id: u64,
+    pub(crate) driver: DriverRef,
+    backend: Backend,
+    ready: RefCell<VecDeque<Ready>>,
+    timers: RefCell<TimerHeap>,
+    tasks: RefCell<Slab<TaskSlot>>,
+    next_generation: Cell<u32>,
+    next_task_id: Cell<u64>,
+    pub(crate) remote: Arc<Remote>,
+    running: Cell<bool>,
+    stopping: Cell<bool>,
+    closed: Cell<bool>,
+    debug: Cell<bool>,
+    slow_callback: Cell<Duration>,
+    handler: RefCell<Option<ExceptionHandler>>,
+    current: RefCell<Option<TaskRef>>,
+    /// fd watchers of `add_reader` / `add_writer`: (fd, writable) -> task.
+    pub(crate) watchers: RefCell<HashMap<(RawFd, bool), (TaskRef, Rc<Cell<bool>>)>>,
+    me: Weak<Core>,
+}
+
+thread_local! {
+    static RUNNING: RefCell<Option<Rc<Core>>> = const { RefCell::new(None) };
+}
+
+static NEXT_LOOP_ID: AtomicU64 = AtomicU64::new(1);
+
+/// The core of the loop running on this thread.
+pub(crate) fn running_core() -> Option<Rc<Core>> {
+    RUNNING.try_with(|r| r.borrow().clone()).ok().flatten()
+}
+
+pub(crate) fn running_loop() -> Option<EventLoop> {
+    running_core().map(EventLoop::from_core)
+}
+
+/// Schedules a task if loop `loop_id` is running on this thread; false otherwise.
+pub(crate) fn schedule_local(loop_id: u64, idx: u32, generation: u32) -> bool {
+    RUNNING
+        .try_with(|r| match &*r.borrow() {
+            Some(core) if core.id == loop_id => {
+                core.schedule_task(idx, generation);
+                true
+            }
+            _ => false,
+        })
+        .unwrap_or(false)
+}
+
+impl Core {
+    pub(crate) fn is_closed_flag(&self) -> bool {
+        self.closed.get()
+    }
+
+    pub(crate) fn timer_cancelled(&self) {
+        if let Ok(mut t) = self.timers.try_borrow_mut() {
+            t.note_cancelled();
+        }
+    }
+
+    pub(crate) fn call_soon(&self, cb: Callback, label: &'static str) -> Handle {
+        let h = Handle::new(cb, label);
+        self.ready.borrow_mut().push_back(Ready::Callback(h.clone()));
+        h
+    }
+
+    fn schedule_task(&self, idx: u32, generation: u32) {
+        let mut tasks = self.tasks.borrow_mut();
+        if let Some(slot) = tasks.get_mut(idx as usize) {
+            if slot.generation == generation && !slot.scheduled {
+                slot.scheduled = true;
+                self.ready
+                    .borrow_mut()
+                    .push_back(Ready::Task(idx, generation));
+            }
+        }
+    }
+
+    pub(crate) fn current_task(&self) -> Option<TaskRef> {
+        self.current.borrow().clone()
+    }
+
+    pub(crate) fn all_tasks(&self) -> Vec<TaskRef> {
+        self.tasks
+            .borrow()
+            .iter()
+            .filter(|(_, s)| !s.task.header().internal)
+            .map(|(_, s)| TaskRef(s.task.clone()))
+            .collect()
+    }
+
+    fn spawn<F>(&self, fut: F, name: Option<String>, internal: bool) -> Task<F::Output>
+    where
+        F: Future + 'static,
+        F::Output: 'static,
+    {
+        let generation = self.next_generation.get();
+        self.next_generation.set(generation.wrapping_add(1));
+        let id = self.next_task_id.get();
+        self.next_task_id.set(id + 1);
+        let mut tasks = self.tasks.borrow_mut();
+        let idx = tasks.vacant_key() as u32;
+        let waker = Waker::from(Arc::new(TaskWaker {
+            idx,
+            generation,
+            remote: self.remote.clone(),
+        }));
+        let header = TaskHeader::new(id, name, waker, self.me.clone(), internal);
+        let cell = TaskCell::new(header, fut);
+        tasks.insert(TaskSlot {
+            task: cell.clone(),
+            generation,
+            scheduled: true,
+        });
+        self.ready
+            .borrow_mut()
+            .push_back(Ready::Task(idx, generation));
+        Task::from_cell(cell)
+    }
+
+    fn run_task(&self, idx: u32, generation: u32) {
+        let task = {
+            let mut tasks = self.tasks.borrow_mut();
+            match tasks.get_mut(idx as usize) {
+                Some(s) if s.generation == generation => {
+                    s.scheduled = false;
+                    s.task.clone()
+                }
+                _ => return,
+            }
+        };
+        let prev = self.current.replace(Some(TaskRef(task.clone())));
+        let t0 = self.debug.get().then(Instant::now);
+        let finished = task.clone().step();
+        self.current.replace(prev);
+        if let Some(t0) = t0 {
+            self.warn_if_slow(t0, || format!("{:?}", TaskRef(task.clone())));
+        }
+        if finished {
+            let mut tasks = self.tasks.borrow_mut();
+            if tasks
+                .get(idx as usize)
+                .is_some_and(|s| s.generation == generation)
+            {
+                tasks.remove(idx as usize);
+            }
+        }
+    }
+
+    fn warn_if_slow(&self, t0: Instant, what: impl FnOnce() -> String) {
+        let dt = t0.elapsed();
+        if dt >= self.slow_callback.get() {
+            log::warn!("Executing {} took {:.3} seconds", what(), dt.as_secs_f64());
+        }
+    }
+
+    fn drain_remote(&self, lp: &EventLoop) {
+        if !self.remote.has_items.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        self.remote.notifier.clear();
+        let RemoteQueue {
+            callbacks, wakes, ..
+        } = self.remote.take();
+        for (idx, generation) in wakes {
+            self.schedule_task(idx, generation);
+        }
+        for cb in callbacks {
+            lp.call_soon_impl(cb, "threadsafe callback");
+        }
+    }
+}
+
+/// A ringloop event loop, on the proactor or the selector backend.
+///
+/// Equivalent to asyncio's event loop (`asyncio.EventLoop`); its API is the
+/// [`AbstractEventLoop`](crate::AbstractEventLoop) trait (import
+/// `ringloop::prelude::*`). Clones are handles to the same loop. A loop
+/// belongs to the thread that made it: it is neither `Send` nor `Sync`, so a
+/// call from the wrong thread does not compile; other threads use
+/// [`LoopHandle`].
+///
+/// ```compile_fail
+/// fn needs_send<T: Send>(_: T) {}
+/// needs_send(ringloop::EventLoop::new().unwrap());
+/// ```
+///
+/// Tasks and futures hold handles to their loop, so a loop is not freed by
+/// dropping it while tasks exist: call [`close`](crate::AbstractEventLoop::close)
+/// (or use [`run`](crate::run), which does).
+#[derive(Clone)]
+pub struct EventLoop {
+    pub(crate) core: Rc<Core>,
+}
+
+/// Whether io_uring can run the proactor here, probed once per process.
+fn uring_probe() -> &'static std::result::Result<(), String> {
+    static PROBE: OnceLock<std::result::Result<(), String>> = OnceLock::new();
+    PROBE.get_or_init(probe::probe_uring)
+}
+
+/// The backend `EventLoop::new()` uses: `RINGLOOP_BACKEND` if set, else the
+/// proactor where io_uring works, else the selector (said once through `log`).
+///
+/// # Errors
+///
+/// [`Error::InvalidArgument`] for an unknown `RINGLOOP_BACKEND`;
+/// [`Error::Unsupported`] when it forces the proactor and io_uring is unavailable.
+pub fn default_backend() -> Result<Backend> {
+    match std::env::var("RINGLOOP_BACKEND").as_deref() {
+        Ok("proactor") => match uring_probe() {
+            Ok(()) => Ok(Backend::Proactor),
+            Err(why) => Err(Error::Unsupported(format!(
+                "RINGLOOP_BACKEND=proactor, but io_uring is unavailable: {why}"
+            ))),
+        },
+        Ok("selector") => Ok(Backend::Selector),
+        Ok("") | Ok("auto") | Err(_) => match uring_probe() {
+            Ok(()) => Ok(Backend::Proactor),
+            Err(why) => {
+                static SAID: AtomicBool = AtomicBool::new(false);
+                if !SAID.swap(true, Ordering::Relaxed) {
+                    log::info!("ringloop: io_uring unavailable ({why}); using the epoll selector");
+                }
+                Ok(Backend::Selector)
+            }
+        },
+        Ok(other) => Err(Error::InvalidArgument(format!(
+            "RINGLOOP_BACKEND must be proactor, selector or auto, not {other:?}"
+        ))),
+    }
+}
+
+/// Why io_uring cannot run the proactor here, or `Ok` if it can.
+pub fn proactor_available() -> std::result::Result<(), String> {
+    uring_probe().clone()
+}
+
+impl EventLoop {
+    /// A loop on the best backend here: see [`default_backend`].
+    ///
+    /// Equivalent to `asyncio.new_event_loop`.
+    ///
+    /// # Errors
+    ///
+    /// As [`default_backend`], or [`Error::Io`] if the kernel refuses the
+    /// ring, epoll instance or eventfd.
+    pub fn new() -> Result<EventLoop> {
+        EventLoop::with_backend(default_backend()?)
+    }
+
+    /// A loop on the io_uring proactor.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unsupported`] if io_uring is unavailable or lacks an opcode or
+    /// feature the proactor uses; never falls back to the selector.
+    pub fn proactor() -> Result<EventLoop> {
+        EventLoop::with_backend(Backend::Proactor)
+    }
+
+    /// A loop on the epoll selector.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] if epoll or eventfd creation fails.
+    pub fn selector() -> Result<EventLoop> {
+        EventLoop::with_backend(Backend::Selector)
+    }
+
+    /// A loop on the given backend.
+    ///
+    /// # Errors
+    ///
+    /// As [`proactor`](Self::proactor) / [`selector`](Self::selector).
+    pub fn with_backend(backend: Backend) -> Result<EventLoop> {
+        if backend == Backend::Proactor {
+            if let Err(why) = uring_probe() {
+                return Err(Error::Unsupported(format!("io_uring is unavailable: {why}")));
+            }
+        }
+        let driver = Driver::new(backend)?;
+        let id = NEXT_LOOP_ID.fetch_add(1, Ordering::Relaxed);
+        let remote = Arc::new(Remote {
+            loop_id: id,
+            queue: Mutex::new(RemoteQueue::default()),
+            has_items: AtomicBool::new(false),
+            notifier: driver.notifier(),
+        });
+        let debug = std::env::var("RINGLOOP_DEBUG").is_ok_and(|v| !v.is_empty() && v != "0");
+        let core = Rc::new_cyclic(|me| Core {
+            id,
+            driver: Rc::new(RefCell::new(driver)),
+            backend,
+            ready: RefCell::new(VecDeque::with_capacity(256)),
+            timers: RefCell::new(TimerHeap::default()),
+            tasks: RefCell::new(Slab::with_capacity(64)),
+            next_generation: Cell::new(1),
+            next_task_id: Cell::new(1),
+            remote,
+            running: Cell::new(false),
+            stopping: Cell::new(false),
+            closed: Cell::new(false),
+            debug: Cell::new(debug),
+            slow_callback: Cell::new(Duration::from_millis(100)),
+            handler: RefCell::new(None),
+            current: RefCell::new(None),
+            watchers: RefCell::new(HashMap::new()),
+            me: me.clone(),
+        });
+        Ok(EventLoop { core })
+    }
+
+    pub(crate) fn from_core(core: Rc<Core>) -> EventLoop {
+        EventLoop { core }
+    }
+
+    /// The minimum duration of a callback that debug mode reports as slow
+    /// (default 100 ms). Equivalent to `loop.slow_callback_duration`.
+    pub fn slow_callback_duration(&self) -> Duration {
+        self.core.slow_callback.get()
+    }
+
+    /// Sets [`slow_callback_duration`](Self::slow_callback_duration).
+    pub fn set_slow_callback_duration(&self, d: Duration) {
+        self.core.slow_callback.set(d)
+    }
+
+    /// Ops submitted to the driver and not yet handed back (tests, stats).
+    pub fn ops_in_flight(&self) -> usize {
+        self.core.driver.borrow().in_flight()
+    }
+
+    /// From now on, buffers the driver frees after a cancelled op are
+    /// overwritten with a poison pattern and kept, so that
+    /// [`check_poison`](Self::check_poison) can prove the kernel never wrote
+    /// into them after release. For tests: it keeps those buffers alive.
+    pub fn enable_poison_check(&self) {
+        self.core.driver.borrow_mut().enable_poison();
+    }
+
+    /// Checks every poisoned buffer; returns how many were checked.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidState`] naming the first buffer written after release,
+    /// or when poison checking was not enabled.
+    pub fn check_poison(&self) -> Result<usize> {
+        self.core
+            .driver
+            .borrow()
+            .check_poison()
+            .map_err(Error::InvalidState)
+    }
+
+    /// Bytes that cancelled receives took off `fd` and keep for the next receive.
+    pub fn stashed_bytes(&self, fd: RawFd) -> usize {
+        self.core.driver.borrow().stashed(fd)
+    }
+
+    pub(crate) fn driver(&self) -> &DriverRef {
+        &self.core.driver
+    }
+
+    pub(crate) fn check_open(&self) -> Result<()> {
+        if self.core.closed.get() {
+            Err(Error::closed("the event loop is closed"))
+        } else {
+            Ok(())
+        }
+    }
+
+    pub(crate) fn call_soon_impl(&self, cb: Callback, label: &'static str) -> Handle {
+        self.core.call_soon(cb, label)
+    }
+
+    pub(crate) fn spawn_internal<F>(&self, fut: F) -> Task<F::Output>
+    where
+        F: Future + 'static,
+        F::Output: 'static,
+    {
+        self.core.spawn(fut, None, true)
+    }
+
+    pub(crate) fn spawn_task<F>(&self, fut: F, name: Option<String>) -> Task<F::Output>
+    where
+        F: Future + 'static,
+        F::Output: 'static,
+    {
+        self.core.spawn(fut, name, false)
+    }
+
+    fn call_at_impl(&self, when: Instant, cb: Callback) -> TimerHandle {
+        let h = Handle::new_timer(cb, when, Rc::downgrade(&self.core));
+        self.core.timers.borrow_mut().push(when, h.clone());
+        TimerHandle(h)
+    }
+
+    fn run_forever_impl(&self) -> Result<()> {
+        self.check_open()?;
+        if self.core.running.get() {
+            return Err(Error::state("this event loop is already running"));
+        }
+        if running_core().is_some() {
+            return Err(Error::state(
+                "cannot run the event loop while another loop is running on this thread",
+            ));
+        }
+        struct Guard<'a>(&'a EventLoop);
+        impl Drop for Guard<'_> {
+            fn drop(&mut self) {
+                self.0.core.stopping.set(false);
+                self.0.core.running.set(false);
+                let _ = RUNNING.try_with(|r| r.borrow_mut().take());
+            }
+        }
+        RUNNING.with(|r| *r.borrow_mut() = Some(self.core.clone()));
+        self.core.running.set(true);
+        let _guard = Guard(self);
+        loop {
+            self.run_once()?;
+            if self.core.stopping.get() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// One iteration, as CPython's `BaseEventLoop._run_once`.
+    fn run_once(&self) -> Result<()> {
+        let core = &*self.core;
+        let timeout = if !core.ready.borrow().is_empty()
+            || core.stopping.get()
+            || core.remote.has_items.load(Ordering::Acquire)
+        {
+            Some(Duration::ZERO)
+        } else {
+            core.timers
+                .borrow_mut()
+                .next_deadline()
+                .map(|when| when.saturating_duration_since(Instant::now()))
+        };
+        core.driver.borrow_mut().turn(timeout)?;
+        core.drain_remote(self);
+        let now = Instant::now();
+        loop {
+            let due = core.timers.borrow_mut().pop_due(now);
+            match due {
+                Some(h) => core.ready.borrow_mut().push_back(Ready::Callback(h)),
+                None => break,
+            }
+        }
+        // Run only what is ready now; what these schedule waits a turn.
+        let ntodo = core.ready.borrow().len();
+        for _ in 0..ntodo {
+            let item = core.ready.borrow_mut().pop_front();
+            match item {
+                Some(Ready::Callback(h)) => self.run_handle(&h),
+                Some(Ready::Task(idx, generation)) => core.run_task(idx, generation),
+                None => break,
+            }
+        }
+        Ok(())
+    }
+
+    fn run_handle(&self, h: &Handle) {
+        let Some(cb) = h.take_callback() else {
+            return;
+        };
+        let t0 = self.core.debug.get().then(Instant::now);
+        if let Err(p) = catch_unwind(AssertUnwindSafe(cb)) {
+            self.call_exception_handler_impl(ExceptionContext {
+                message: format!("Exception in callback {h:?}"),
+                exception: Some(Error::Panic(panic_message(&*p))),
+                handle: Some(format!("{h:?}")),
+                ..Default::default()
+            });
+        }
+        if let Some(t0) = t0 {
+            self.core.warn_if_slow(t0, || format!("{h:?}"));
+        }
+    }
+
+    fn close_impl(&self) -> Result<()> {
+        let core = &*self.core;
+        if core.running.get() {
+            return Err(Error::state("cannot close a running event loop"));
+        }
+        if core.closed.replace(true) {
+            return Ok(());
+        }
+        core.remote.close();
+        // Drop every task's future; the ones not done are reported, as
+        // asyncio's "Task was destroyed but it is pending!".
+        let slots: Vec<TaskSlot> = core.tasks.borrow_mut().drain().collect();
+        for slot in slots {
+            let internal = slot.task.header().internal;
+            let desc = format!("{:?}", TaskRef(slot.task.clone()));
+            slot.task.destroy();
+            if !internal {
+                self.call_exception_handler_impl(ExceptionContext {
+                    message: "Task was destroyed but it is pending!".into(),
+                    task: Some(desc),
+                    ..Default::default()
+                });
+            }
+        }
+        core.watchers.borrow_mut().clear();
+        core.ready.borrow_mut().clear();
+        core.timers.borrow_mut().clear();
+        core.driver.borrow_mut().shutdown(CLOSE_DRAIN_BOUND);
+        Ok(())
+    }
+
+    pub(crate) fn call_exception_handler_impl(&self, ctx: ExceptionContext) {
+        let handler = self.core.handler.borrow().clone();
+        match handler {
+            None => default_handler(&ctx),
+            Some(h) => {
+                if let Err(p) = catch_unwind(AssertUnwindSafe(|| h(self, &ctx))) {
+                    log::error!(
+                        "Unhandled error in exception handler: {}",
+                        panic_message(&*p)
+                    );
+                    default_handler(&ctx);
+                }
+            }
+        }
+    }
+
+    pub(crate) fn driver_stats_impl(&self) -> DriverStats {
+        self.core.driver.borrow().stats()
+    }
+}
+
+fn default_handler(ctx: &ExceptionContext) {
+    let mut msg = ctx.message.clone();
+    if msg.is_empty() {
+        msg = "Unhandled exception in event loop".into();
+    }
+    for key in ["exception", "handle", "task", "future", "protocol", "transport", "socket"] {
+        if let Some(v) = ctx.get(key) {
+            msg.push_str(&format!("\n{key}: {v}"));
+        }
+    }
+    log::error!("{msg}");
+}
+
+impl fmt::Debug for EventLoop {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "<EventLoop {} running={} closed={} debug={}>",
+            self.core.backend,
+            self.core.running.get(),
+            self.core.closed.get(),
+            self.core.debug.get()
+        )
+    }
+}
+
+/// Constructor of io_uring loops: asyncio's `ProactorEventLoop`.
+#[derive(Debug)]
+pub struct ProactorEventLoop;
+
+impl ProactorEventLoop {
+    /// Same as [`EventLoop::proactor`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unsupported`] where io_uring cannot run the proactor.
+    #[allow(clippy::new_ret_no_self)]
+    pub fn new() -> Result<EventLoop> {
+        EventLoop::proactor()
+    }
+}
+
+/// Constructor of epoll loops: asyncio's `SelectorEventLoop`.
+#[derive(Debug)]
+pub struct SelectorEventLoop;
+
+impl SelectorEventLoop {
+    /// Same as [`EventLoop::selector`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] if epoll cannot be set up.
+    #[allow(clippy::new_ret_no_self)]
+    pub fn new() -> Result<EventLoop> {
+        EventLoop::selector()
+    }
+}

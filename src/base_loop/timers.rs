@@ -1,0 +1,116 @@
+//! The timer heap: deadline order, ties in scheduling order, lazy removal of
+//! cancelled timers with compaction (CPython's `_run_once` rule: rebuild when
+//! more than half of at least 100 scheduled timers are cancelled).
+
+use std::cmp::{Ordering, Reverse};
+use std::collections::BinaryHeap;
+use std::time::Instant;
+
+use crate::events::Handle;
+
+const MIN_SCHEDULED_FOR_COMPACTION: usize = 100;
+
+struct Entry {
+    when: Instant,
+    seq: u64,
+    handle: Handle,
+}
+
+impl PartialEq for Entry {
+    fn eq(&self, o: &Self) -> bool {
+        self.when == o.when && self.seq == o.seq
+    }
+}
+impl Eq for Entry {}
+impl PartialOrd for Entry {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Entry {
+    fn cmp(&self, o: &Self) -> Ordering {
+        (self.when, self.seq).cmp(&(o.when, o.seq))
+    }
+}
+
+/// Scheduled timers, earliest first.
+#[derive(Default)]
+pub(crate) struct TimerHeap {
+    heap: BinaryHeap<Reverse<Entry>>,
+    seq: u64,
+    /// Cancelled timers still in the heap.
+    cancelled: usize,
+}
+
+impl TimerHeap {
+    pub(crate) fn push(&mut self, when: Instant, handle: Handle) {
+        self.seq += 1;
+        self.heap.push(Reverse(Entry {
+            when,
+            seq: self.seq,
+            handle,
+        }));
+    }
+
+    /// A timer in the heap was cancelled.
+    pub(crate) fn note_cancelled(&mut self) {
+        self.cancelled += 1;
+        self.compact_if_needed();
+    }
+
+    fn compact_if_needed(&mut self) {
+        let n = self.heap.len();
+        if n > MIN_SCHEDULED_FOR_COMPACTION && self.cancelled * 2 > n {
+            let entries = std::mem::take(&mut self.heap).into_vec();
+            self.heap = entries
+                .into_iter()
+                .filter(|e| !e.0.handle.cancelled())
+                .collect();
+            for e in self.heap.iter() {
+                e.0.handle.set_in_heap(true);
+            }
+            self.cancelled = 0;
+        }
+    }
+
+    /// Drops cancelled timers at the front, then returns the next deadline.
+    pub(crate) fn next_deadline(&mut self) -> Option<Instant> {
+        while let Some(top) = self.heap.peek() {
+            if top.0.handle.cancelled() {
+                self.heap.pop();
+                self.cancelled = self.cancelled.saturating_sub(1);
+            } else {
+                return Some(top.0.when);
+            }
+        }
+        None
+    }
+
+    /// Pops the next timer due at `now`, skipping cancelled ones.
+    pub(crate) fn pop_due(&mut self, now: Instant) -> Option<Handle> {
+        loop {
+            let top = self.heap.peek()?;
+            if top.0.handle.cancelled() {
+                self.heap.pop();
+                self.cancelled = self.cancelled.saturating_sub(1);
+                continue;
+            }
+            if top.0.when > now {
+                return None;
+            }
+            let e = self.heap.pop().expect("peeked").0;
+            e.handle.set_in_heap(false);
+            return Some(e.handle);
+        }
+    }
+
+    /// Timers in the heap, cancelled ones included.
+    pub(crate) fn len(&self) -> usize {
+        self.heap.len()
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.heap.clear();
+        self.cancelled = 0;
+    }
+}

@@ -1,0 +1,349 @@
+//! The selector backend: epoll.
+//!
+//! It emulates completion semantics: an op's non-blocking syscall is tried at
+//! once; on `EAGAIN` the op parks on its fd's read or write list and is tried
+//! again when epoll reports an edge for that fd. Each fd is registered once,
+//! edge-triggered for in and out, with a generation in its token so an event
+//! for an fd number that was closed and reused is ignored.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::ops::{Interest, OpAble};
+use super::{Notifier, Ops, State};
+
+const WAKE_TOKEN: u64 = u64::MAX;
+
+struct Reg {
+    /// `SharedFd::id` of the registered descriptor (0: a raw fd).
+    owner: u64,
+    generation: u32,
+    readers: VecDeque<usize>,
+    writers: VecDeque<usize>,
+}
+
+pub(crate) struct Epoll {
+    epfd: OwnedFd,
+    pub(super) ops: Ops,
+    pub(super) notifier: Arc<Notifier>,
+    regs: HashMap<RawFd, Reg>,
+    /// Which fd and list each parked op sits on, to unpark it on drop.
+    parked: HashMap<usize, (RawFd, Interest)>,
+    next_generation: u32,
+    events: Vec<libc::epoll_event>,
+    pub(super) shut: bool,
+}
+
+fn cvt(r: i32) -> io::Result<i32> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+impl Epoll {
+    pub(crate) fn new() -> io::Result<Epoll> {
+        // SAFETY: plain syscall, result checked.
+        let fd = cvt(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
+        // SAFETY: a fresh descriptor we now own.
+        let epfd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let notifier = Notifier::new()?;
+        let mut ev = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: WAKE_TOKEN,
+        };
+        // SAFETY: valid epoll fd, eventfd and event struct.
+        cvt(unsafe {
+            libc::epoll_ctl(
+                epfd.as_raw_fd(),
+                libc::EPOLL_CTL_ADD,
+                notifier.fd.as_raw_fd(),
+                &mut ev,
+            )
+        })?;
+        Ok(Epoll {
+            epfd,
+            ops: Ops::new(),
+            notifier,
+            regs: HashMap::new(),
+            parked: HashMap::new(),
+            next_generation: 1,
+            events: Vec::with_capacity(1024),
+            shut: false,
+        })
+    }
+
+    pub(super) fn submit(&mut self, mut op: Box<dyn OpAble>) -> usize {
+        if self.shut {
+            return self.ops.insert(op, State::Done(Err(closed_error())));
+        }
+        let multishot = op.is_multishot();
+        self.ops.stats.syscalls_tried += 1;
+        let first = op.legacy_call();
+        let key = self.ops.insert(op, State::Waiting(None));
+        match first {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.park(key),
+            r if multishot => {
+                let ok = r.is_ok();
+                self.ops.complete(key, r, ok);
+                if ok {
+                    self.drain_multishot(key);
+                }
+            }
+            r => self.ops.complete(key, r, false),
+        }
+        key
+    }
+
+    /// Keeps accepting for a multishot op until `EAGAIN` (then parks) or an error.
+    fn drain_multishot(&mut self, key: usize) {
+        loop {
+            self.ops.stats.syscalls_tried += 1;
+            match self.ops.slab[key].op.legacy_call() {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.park(key);
+                    return;
+                }
+                Ok(n) => self.ops.complete(key, Ok(n), true),
+                Err(e) => {
+                    self.ops.complete(key, Err(e), false);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn park(&mut self, key: usize) {
+        let (fd, interest) = self.ops.slab[key].op.interest();
+        let owner = self.ops.slab[key].op.fd_id();
+        // A registration left by a closed descriptor with the same number is
+        // stale: register the new one afresh (ADD, or MOD if the kernel still
+        // has the old file through a dup).
+        let fresh = self.regs.get(&fd).is_some_and(|r| r.owner == owner);
+        if !fresh {
+            if let Some(old) = self.regs.remove(&fd) {
+                debug_assert!(old.readers.is_empty() && old.writers.is_empty() || owner == 0);
+            }
+            let generation = self.next_generation;
+            self.next_generation = self.next_generation.wrapping_add(1).max(1);
+            let mut ev = libc::epoll_event {
+                events: (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32,
+                u64: (u64::from(generation) << 32) | fd as u32 as u64,
+            };
+            let ep = self.epfd.as_raw_fd();
+            // SAFETY: valid epoll fd and event struct; `fd` is open (an op holds it).
+            let mut r = unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, &mut ev) };
+            if r < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EEXIST) {
+                // SAFETY: as above.
+                r = unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_MOD, fd, &mut ev) };
+            }
+            if r < 0 {
+                let e = io::Error::last_os_error();
+                self.ops.complete(key, Err(e), false);
+                return;
+            }
+            self.regs.insert(
+                fd,
+                Reg {
+                    owner,
+                    generation,
+                    readers: VecDeque::new(),
+                    writers: VecDeque::new(),
+                },
+            );
+        }
+        let reg = self.regs.get_mut(&fd).expect("registered above");
+        match interest {
+            Interest::Read => reg.readers.push_back(key),
+            Interest::Write => reg.writers.push_back(key),
+        }
+        self.parked.insert(key, (fd, interest));
+    }
+
+    pub(super) fn cancel(&mut self, key: usize) {
+        // Nothing is in the kernel: unpark and free at once.
+        if let Some((fd, interest)) = self.parked.remove(&key) {
+            if let Some(reg) = self.regs.get_mut(&fd) {
+                let list = match interest {
+                    Interest::Read => &mut reg.readers,
+                    Interest::Write => &mut reg.writers,
+                };
+                list.retain(|&k| k != key);
+                // A raw fd (add_reader) nobody watches any more: unregister
+                // it now, before the caller closes it and the number is
+                // reused. Never touch a registration a SharedFd took over.
+                if reg.owner == 0 && reg.readers.is_empty() && reg.writers.is_empty() {
+                    self.forget(fd);
+                }
+            }
+        }
+        if let Some(slot) = self.ops.slab.try_remove(key) {
+            self.ops.release(slot.op);
+        }
+    }
+
+    /// Drops the registration of a raw fd the loop does not own.
+    pub(super) fn forget(&mut self, fd: RawFd) {
+        if let Some(reg) = self.regs.get(&fd) {
+            if reg.owner == 0 && reg.readers.is_empty() && reg.writers.is_empty() {
+                self.regs.remove(&fd);
+                // SAFETY: valid epoll fd; failure (fd already closed) is harmless.
+                unsafe {
+                    libc::epoll_ctl(
+                        self.epfd.as_raw_fd(),
+                        libc::EPOLL_CTL_DEL,
+                        fd,
+                        std::ptr::null_mut(),
+                    )
+                };
+            }
+        }
+    }
+
+    pub(super) fn turn(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        let ms = match timeout {
+            None => -1,
+            // Round up: waking before the timer is due would spin.
+            Some(t) => t.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as i32,
+        };
+        self.events.clear();
+        self.ops.stats.epoll_waits += 1;
+        // SAFETY: the buffer has room for `capacity` events.
+        let n = unsafe {
+            libc::epoll_wait(
+                self.epfd.as_raw_fd(),
+                self.events.as_mut_ptr(),
+                self.events.capacity() as i32,
+                ms,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                return Ok(());
+            }
+            return Err(e);
+        }
+        // SAFETY: epoll_wait initialised `n` entries.
+        unsafe { self.events.set_len(n as usize) };
+        let events = std::mem::take(&mut self.events);
+        for ev in &events {
+            let (token, flags) = (ev.u64, ev.events);
+            if token == WAKE_TOKEN {
+                let mut v: u64 = 0;
+                // SAFETY: reads 8 bytes into a valid u64 from our eventfd.
+                unsafe {
+                    libc::read(
+                        self.notifier.fd.as_raw_fd(),
+                        (&mut v as *mut u64).cast(),
+                        8,
+                    )
+                };
+                continue;
+            }
+            self.dispatch(token, flags);
+        }
+        self.events = events;
+        Ok(())
+    }
+
+    fn dispatch(&mut self, token: u64, flags: u32) {
+        let fd = token as u32 as RawFd;
+        let generation = (token >> 32) as u32;
+        let Some(reg) = self.regs.get(&fd) else {
+            return;
+        };
+        if reg.generation != generation {
+            return; // a stale event for a reused fd number
+        }
+        let err = flags & (libc::EPOLLERR | libc::EPOLLHUP) as u32 != 0;
+        if err || flags & (libc::EPOLLIN | libc::EPOLLRDHUP) as u32 != 0 {
+            self.retry(fd, Interest::Read);
+        }
+        if err || flags & libc::EPOLLOUT as u32 != 0 {
+            self.retry(fd, Interest::Write);
+        }
+    }
+
+    /// Tries again every op parked on `fd` for `interest`, in order.
+    fn retry(&mut self, fd: RawFd, interest: Interest) {
+        let Some(reg) = self.regs.get_mut(&fd) else {
+            return;
+        };
+        let list = match interest {
+            Interest::Read => std::mem::take(&mut reg.readers),
+            Interest::Write => std::mem::take(&mut reg.writers),
+        };
+        let mut still = VecDeque::new();
+        for key in list {
+            self.ops.stats.syscalls_tried += 1;
+            let multishot = self.ops.slab[key].op.is_multishot();
+            match self.ops.slab[key].op.legacy_call() {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => still.push_back(key),
+                r => {
+                    self.parked.remove(&key);
+                    if multishot && r.is_ok() {
+                        self.ops.complete(key, r, true);
+                        self.drain_multishot(key);
+                    } else {
+                        self.ops.complete(key, r, false);
+                    }
+                }
+            }
+        }
+        if let Some(reg) = self.regs.get_mut(&fd) {
+            let list = match interest {
+                Interest::Read => &mut reg.readers,
+                Interest::Write => &mut reg.writers,
+            };
+            // Ops parked by the retries themselves (multishot) come after.
+            still.extend(list.drain(..));
+            *list = still;
+        }
+    }
+
+    pub(super) fn shutdown(&mut self, _bound: Duration) {
+        if self.shut {
+            return;
+        }
+        self.shut = true;
+        // Nothing is in the kernel on this backend; parked ops just end.
+        let keys: Vec<usize> = self.parked.keys().copied().collect();
+        for key in keys {
+            self.parked.remove(&key);
+            if let Some(slot) = self.ops.slab.get_mut(key) {
+                if let State::Waiting(w) = &mut slot.state {
+                    let w = w.take();
+                    if slot.multi.is_some() {
+                        slot.multi.as_mut().unwrap().push_back(Err(closed_error()));
+                        slot.finished = true;
+                        slot.state = State::Waiting(None);
+                    } else {
+                        slot.state = State::Done(Err(closed_error()));
+                    }
+                    if let Some(w) = w {
+                        w.wake();
+                    }
+                } else if matches!(slot.state, State::Ignored) {
+                    let slot = self.ops.slab.remove(key);
+                    self.ops.release(slot.op);
+                }
+            }
+        }
+        self.regs.clear();
+    }
+}
+
+pub(crate) fn closed_error() -> io::Error {
+    io::Error::new(io::ErrorKind::NotConnected, "the event loop is closed")
+}
+
+impl Drop for Epoll {
+    fn drop(&mut self) {
+        self.shutdown(Duration::ZERO);
+    }
+}

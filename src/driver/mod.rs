@@ -1,0 +1,512 @@
+//! The driver layer: owned-buffer operations and `wait(timeout)`, on io_uring
+//! (proactor) or epoll (selector).
+//!
+//! Everything above this module sees one API: [`Driver::submit`] moves an op
+//! (with its fd and buffers) in and returns a key; [`Op`] is the future that
+//! hands the op back with its result; [`Driver::turn`] is the one blocking
+//! call per loop iteration. Which kernel interface runs underneath is an enum
+//! tag, chosen at run time.
+
+pub mod buf;
+pub(crate) mod epoll;
+pub(crate) mod fd;
+pub(crate) mod ops;
+pub(crate) mod probe;
+pub(crate) mod uring;
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::fmt;
+use std::io;
+use std::marker::PhantomData;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use slab::Slab;
+
+use ops::{OpAble, Stash};
+
+/// Which kernel interface a loop runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Backend {
+    /// io_uring: operations are submitted and complete (asyncio's proactor model).
+    Proactor,
+    /// epoll: operations are tried, parked on `EAGAIN`, retried on readiness.
+    Selector,
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Backend::Proactor => "proactor (io_uring)",
+            Backend::Selector => "selector (epoll)",
+        })
+    }
+}
+
+/// Counters a loop's driver keeps; they show which kernel interface did the work.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DriverStats {
+    /// Operations submitted to the driver.
+    pub ops_submitted: u64,
+    /// `io_uring_enter` calls (proactor only).
+    pub uring_enters: u64,
+    /// Completion queue entries reaped (proactor only).
+    pub uring_cqes: u64,
+    /// `epoll_wait` calls (selector only).
+    pub epoll_waits: u64,
+    /// Non-blocking syscalls tried by the selector on behalf of ops.
+    pub syscalls_tried: u64,
+    /// Ops completed from data a cancelled receive had kept.
+    pub stash_hits: u64,
+    /// Ops still in flight at shutdown and deliberately leaked.
+    pub leaked_at_close: u64,
+}
+
+/// Wakes a driver blocked in [`Driver::turn`] from any thread (an eventfd).
+#[derive(Debug)]
+pub(crate) struct Notifier {
+    fd: OwnedFd,
+    pending: AtomicBool,
+}
+
+impl Notifier {
+    fn new() -> io::Result<Arc<Notifier>> {
+        // SAFETY: plain syscall; the result is checked before use.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Arc::new(Notifier {
+            // SAFETY: eventfd returned a fresh descriptor we now own.
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            pending: AtomicBool::new(false),
+        }))
+    }
+
+    /// Makes the next (or current) `turn` return. Cheap when already pending.
+    pub(crate) fn notify(&self) {
+        if !self.pending.swap(true, Ordering::AcqRel) {
+            let one: u64 = 1;
+            // SAFETY: writes 8 bytes from a valid u64 to our eventfd.
+            unsafe { libc::write(self.fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        }
+    }
+
+    /// Called by the loop before it drains its remote queue.
+    pub(crate) fn clear(&self) {
+        self.pending.store(false, Ordering::Release);
+    }
+}
+
+/// Lifecycle of one op in the slab (tokio-uring's `Lifecycle`, both backends).
+enum State {
+    /// In flight; the waker of the future waiting on it, once polled.
+    Waiting(Option<Waker>),
+    /// In flight, but its future is gone: keep the buffers until the final
+    /// completion, then salvage what it got and free it.
+    Ignored,
+    /// Finished (single-shot ops).
+    Done(io::Result<u32>),
+}
+
+struct Slot {
+    op: Box<dyn OpAble>,
+    state: State,
+    /// Results of a multishot op not yet taken; `None` for single-shot ops.
+    multi: Option<VecDeque<io::Result<u32>>>,
+    /// A multishot op posted its final completion.
+    finished: bool,
+    /// Proactor: the op got `EAGAIN` and waits on a `POLL_ADD` before retrying.
+    polling: bool,
+}
+
+/// What the backend must do after a future gave up on its op.
+#[derive(PartialEq, Eq)]
+enum Dropped {
+    /// The op was not in flight any more; its slot is free.
+    Freed,
+    /// The op is in flight: the backend cancels it; the slot stays `Ignored`.
+    InFlight,
+}
+
+/// Buffers of released ops, overwritten with a pattern and kept to catch any
+/// kernel write after the driver let go of them (tests only).
+#[derive(Default)]
+struct Quarantine {
+    held: Vec<(Box<dyn OpAble>, *mut u8, usize)>,
+}
+
+const POISON: u8 = 0xA5;
+
+/// The slab of ops and the rules of their lifecycle, shared by both backends.
+pub(crate) struct Ops {
+    slab: Slab<Slot>,
+    stash: Stash,
+    quarantine: Option<Quarantine>,
+    stats: DriverStats,
+}
+
+impl Ops {
+    fn new() -> Ops {
+        Ops {
+            slab: Slab::with_capacity(256),
+            stash: Stash::default(),
+            quarantine: None,
+            stats: DriverStats::default(),
+        }
+    }
+
+    fn insert(&mut self, op: Box<dyn OpAble>, state: State) -> usize {
+        self.stats.ops_submitted += 1;
+        let multi = op.is_multishot().then(VecDeque::new);
+        self.slab.insert(Slot {
+            op,
+            state,
+            multi,
+            finished: false,
+            polling: false,
+        })
+    }
+
+    /// Records a completion. `more` is false for the op's final completion.
+    fn complete(&mut self, key: usize, res: io::Result<u32>, more: bool) {
+        let Some(slot) = self.slab.get_mut(key) else {
+            panic!("ringloop driver: completion for unknown op {key}");
+        };
+        match &mut slot.state {
+            State::Ignored => {
+                let raw = res.as_ref().map_or(-1, |&n| n as i32);
+                slot.op.salvage(raw, &mut self.stash);
+                if !more {
+                    let slot = self.slab.remove(key);
+                    self.release(slot.op);
+                }
+            }
+            State::Waiting(waker) => {
+                let waker = waker.take();
+                if let Some(q) = &mut slot.multi {
+                    q.push_back(res);
+                    slot.finished = !more;
+                    slot.state = State::Waiting(None);
+                } else {
+                    slot.state = State::Done(res);
+                }
+                if let Some(w) = waker {
+                    w.wake();
+                }
+            }
+            State::Done(_) => panic!("ringloop driver: second completion for op {key}"),
+        }
+    }
+
+    fn poll(&mut self, key: usize, cx: &mut Context<'_>) -> Poll<(io::Result<u32>, Box<dyn OpAble>)> {
+        let slot = &mut self.slab[key];
+        match &mut slot.state {
+            State::Done(_) => {
+                let slot = self.slab.remove(key);
+                let State::Done(res) = slot.state else {
+                    unreachable!()
+                };
+                Poll::Ready((res, slot.op))
+            }
+            State::Waiting(w) => {
+                match w {
+                    Some(w) if w.will_wake(cx.waker()) => {}
+                    _ => *w = Some(cx.waker().clone()),
+                }
+                Poll::Pending
+            }
+            State::Ignored => panic!("ringloop driver: polled an abandoned op"),
+        }
+    }
+
+    /// Next result of a multishot op; `None` once it has finished.
+    fn poll_multi(&mut self, key: usize, cx: &mut Context<'_>) -> Poll<Option<io::Result<u32>>> {
+        let slot = &mut self.slab[key];
+        if let Some(r) = slot.multi.as_mut().and_then(|q| q.pop_front()) {
+            return Poll::Ready(Some(r));
+        }
+        if slot.finished {
+            return Poll::Ready(None);
+        }
+        slot.state = State::Waiting(Some(cx.waker().clone()));
+        Poll::Pending
+    }
+
+    fn is_finished(&self, key: usize) -> bool {
+        self.slab.get(key).is_some_and(|s| s.finished)
+    }
+
+    /// The future of `key` is gone.
+    fn drop_op(&mut self, key: usize) -> Dropped {
+        let slot = &mut self.slab[key];
+        // Results nobody will take: keep data, close accepted fds.
+        if let Some(q) = slot.multi.take() {
+            for r in q {
+                let raw = r.map_or(-1, |n| n as i32);
+                slot.op.salvage(raw, &mut self.stash);
+            }
+            if slot.finished {
+                let slot = self.slab.remove(key);
+                self.release(slot.op);
+                return Dropped::Freed;
+            }
+            slot.multi = Some(VecDeque::new());
+        }
+        match std::mem::replace(&mut slot.state, State::Ignored) {
+            State::Done(res) => {
+                let raw = res.map_or(-1, |n| n as i32);
+                slot.op.salvage(raw, &mut self.stash);
+                let slot = self.slab.remove(key);
+                self.release(slot.op);
+                Dropped::Freed
+            }
+            _ => Dropped::InFlight,
+        }
+    }
+
+    /// Frees an op the driver no longer needs (poisoning its buffer in tests).
+    fn release(&mut self, mut op: Box<dyn OpAble>) {
+        if let Some(q) = &mut self.quarantine {
+            if let Some((ptr, len)) = op.poison_region() {
+                // SAFETY: the region is the op's own writable buffer, and the
+                // op has had its final completion, so nothing else writes it.
+                unsafe { std::ptr::write_bytes(ptr, POISON, len) };
+                q.held.push((op, ptr, len));
+            }
+        }
+    }
+
+    fn check_poison(&self) -> Result<usize, String> {
+        let Some(q) = &self.quarantine else {
+            return Err("poison checking was not enabled on this loop".into());
+        };
+        for (i, (_, ptr, len)) in q.held.iter().enumerate() {
+            // SAFETY: the quarantined op still owns the buffer at `ptr`.
+            let bytes = unsafe { std::slice::from_raw_parts(*ptr, *len) };
+            if let Some(pos) = bytes.iter().position(|&b| b != POISON) {
+                return Err(format!(
+                    "buffer {i} ({len} bytes) was written at offset {pos} after the driver released it"
+                ));
+            }
+        }
+        Ok(q.held.len())
+    }
+
+    fn in_flight(&self) -> usize {
+        self.slab.len()
+    }
+}
+
+/// The driver of one loop: the backend chosen at run time.
+pub(crate) enum Driver {
+    Uring(uring::Uring),
+    Epoll(epoll::Epoll),
+}
+
+/// Shared handle through which op futures reach their loop's driver.
+pub(crate) type DriverRef = Rc<RefCell<Driver>>;
+
+macro_rules! each {
+    ($self:expr, $d:ident => $e:expr) => {
+        match $self {
+            Driver::Uring($d) => $e,
+            Driver::Epoll($d) => $e,
+        }
+    };
+}
+
+impl Driver {
+    pub(crate) fn new(backend: Backend) -> io::Result<Driver> {
+        Ok(match backend {
+            Backend::Proactor => Driver::Uring(uring::Uring::new()?),
+            Backend::Selector => Driver::Epoll(epoll::Epoll::new()?),
+        })
+    }
+
+    pub(crate) fn backend(&self) -> Backend {
+        match self {
+            Driver::Uring(_) => Backend::Proactor,
+            Driver::Epoll(_) => Backend::Selector,
+        }
+    }
+
+    fn ops(&mut self) -> &mut Ops {
+        each!(self, d => &mut d.ops)
+    }
+
+    fn ops_ref(&self) -> &Ops {
+        each!(self, d => &d.ops)
+    }
+
+    pub(crate) fn submit(&mut self, mut op: Box<dyn OpAble>) -> usize {
+        let ops = self.ops();
+        if let Some(res) = op.from_stash(&mut ops.stash) {
+            ops.stats.stash_hits += 1;
+            return ops.insert(op, State::Done(res));
+        }
+        each!(self, d => d.submit(op))
+    }
+
+    pub(crate) fn drop_op(&mut self, key: usize) {
+        if self.is_shut() && !self.ops().slab.contains(key) {
+            return; // leaked or cleared at shutdown
+        }
+        if self.ops().drop_op(key) == Dropped::InFlight {
+            each!(self, d => d.cancel(key))
+        }
+    }
+
+    /// Waits for I/O at most `timeout` (`None`: until something happens) and
+    /// records completions, waking their futures.
+    pub(crate) fn turn(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        each!(self, d => d.turn(timeout))
+    }
+
+    pub(crate) fn notifier(&self) -> Arc<Notifier> {
+        each!(self, d => d.notifier.clone())
+    }
+
+    pub(crate) fn stats(&self) -> DriverStats {
+        self.ops_ref().stats
+    }
+
+    pub(crate) fn in_flight(&self) -> usize {
+        self.ops_ref().in_flight()
+    }
+
+    /// Cancels everything in flight, drains completions for at most `bound`,
+    /// and leaks (never frees) whatever the kernel still holds.
+    pub(crate) fn shutdown(&mut self, bound: Duration) {
+        each!(self, d => d.shutdown(bound))
+    }
+
+    pub(crate) fn enable_poison(&mut self) {
+        self.ops().quarantine.get_or_insert_with(Quarantine::default);
+    }
+
+    pub(crate) fn check_poison(&self) -> Result<usize, String> {
+        self.ops_ref().check_poison()
+    }
+
+    pub(crate) fn stashed(&self, fd: std::os::fd::RawFd) -> usize {
+        self.ops_ref().stash.held(fd)
+    }
+
+    fn is_shut(&self) -> bool {
+        each!(self, d => d.shut)
+    }
+
+    /// Forgets the selector's registration of a raw fd (after `remove_reader`).
+    pub(crate) fn forget_raw_fd(&mut self, fd: std::os::fd::RawFd) {
+        if let Driver::Epoll(d) = self {
+            d.forget(fd);
+        }
+    }
+}
+
+/// Takes ownership of the descriptor an accept op returned.
+pub(crate) fn owned_from_accept(fd: u32) -> OwnedFd {
+    // SAFETY: the kernel just created this descriptor for us; nobody else owns it.
+    unsafe { OwnedFd::from_raw_fd(fd as i32) }
+}
+
+/// A submitted op, as a future: resolves to the op's result and the op itself
+/// (its fd and buffers), whether it succeeded or failed. Dropping it before
+/// completion cancels the op without freeing anything the kernel still uses.
+pub(crate) struct Op<T> {
+    driver: DriverRef,
+    key: Option<usize>,
+    _t: PhantomData<fn() -> T>,
+}
+
+impl<T: OpAble> Op<T> {
+    pub(crate) fn submit(driver: &DriverRef, op: T) -> Op<T> {
+        let key = driver.borrow_mut().submit(Box::new(op));
+        Op {
+            driver: driver.clone(),
+            key: Some(key),
+            _t: PhantomData,
+        }
+    }
+}
+
+impl<T: OpAble> std::future::Future for Op<T> {
+    type Output = (io::Result<u32>, T);
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let key = self.key.expect("ringloop: Op polled after completion");
+        let r = self.driver.borrow_mut().ops().poll(key, cx);
+        match r {
+            Poll::Ready((res, op)) => {
+                self.key = None;
+                let op = op
+                    .into_any()
+                    .downcast::<T>()
+                    .expect("ringloop driver: op type mismatch");
+                Poll::Ready((res, *op))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<T> Drop for Op<T> {
+    fn drop(&mut self) {
+        if let Some(key) = self.key {
+            self.driver.borrow_mut().drop_op(key);
+        }
+    }
+}
+
+/// A submitted multishot op, as a stream of results.
+pub(crate) struct MultiOp {
+    driver: DriverRef,
+    key: Option<usize>,
+}
+
+impl MultiOp {
+    pub(crate) fn submit(driver: &DriverRef, op: Box<dyn OpAble>) -> MultiOp {
+        let key = driver.borrow_mut().submit(op);
+        MultiOp {
+            driver: driver.clone(),
+            key: Some(key),
+        }
+    }
+
+    /// Next result; `None` when the op has ended (submit a new one to go on).
+    pub(crate) fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<u32>>> {
+        let Some(key) = self.key else {
+            return Poll::Ready(None);
+        };
+        let mut d = self.driver.borrow_mut();
+        let r = d.ops().poll_multi(key, cx);
+        if let Poll::Ready(None) = r {
+            if d.ops().is_finished(key) {
+                d.drop_op(key);
+                self.key = None;
+            }
+        }
+        r
+    }
+}
+
+impl Drop for MultiOp {
+    fn drop(&mut self) {
+        if let Some(key) = self.key {
+            self.driver.borrow_mut().drop_op(key);
+        }
+    }
+}
+
+impl fmt::Debug for Driver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Driver({})", self.backend())
+    }
+}

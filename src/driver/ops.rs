@@ -1,0 +1,728 @@
+//! The operations both drivers run: one plain struct per op, owning its fd
+//! and buffers, with one method per backend.
+//!
+//! The proactor calls [`OpAble::uring_entry`] once the op sits boxed in the
+//! driver's slab (so every pointer it hands the kernel is stable until the
+//! final completion). The selector calls [`OpAble::legacy_call`], the same
+//! operation as a non-blocking syscall, at once and again on each readiness
+//! edge while it answers `EAGAIN`.
+
+use std::any::Any;
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::mem;
+use std::os::fd::RawFd;
+
+use io_uring::{opcode, squeue, types};
+use socket2::{SockAddr, SockAddrStorage};
+
+use super::buf::{IoBuf, IoBufMut};
+use super::fd::SharedFd;
+
+/// Which readiness the selector parks an op on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Interest {
+    Read,
+    Write,
+}
+
+/// Lets the driver hand a boxed op back to its typed future.
+pub(crate) trait AsAny: Any {
+    fn into_any(self: Box<Self>) -> Box<dyn Any>;
+}
+
+impl<T: Any> AsAny for T {
+    fn into_any(self: Box<Self>) -> Box<dyn Any> {
+        self
+    }
+}
+
+/// One operation, as both backends see it.
+pub(crate) trait OpAble: AsAny {
+    /// The SQE for this op. Called when the op is at its final heap address.
+    fn uring_entry(&mut self) -> squeue::Entry;
+    /// The fd the op works on, and what readiness it waits for on the selector
+    /// (and on the proactor after an `EAGAIN` from a non-blocking file).
+    fn interest(&self) -> (RawFd, Interest);
+    /// The [`SharedFd::id`] of the op's fd; 0 for a raw fd the loop does not own.
+    fn fd_id(&self) -> u64;
+    /// The same operation as a non-blocking syscall; `WouldBlock` parks it.
+    fn legacy_call(&mut self) -> io::Result<u32>;
+    /// Completes the op from data a cancelled op received earlier, if any.
+    fn from_stash(&mut self, _stash: &mut Stash) -> Option<io::Result<u32>> {
+        None
+    }
+    /// The op completed after its future was dropped: keep what it received
+    /// (data into the stash, fds closed) so nothing is lost or leaked.
+    fn salvage(&mut self, _res: i32, _stash: &mut Stash) {}
+    /// The memory the kernel may write into, for the poison checker.
+    fn poison_region(&mut self) -> Option<(*mut u8, usize)> {
+        None
+    }
+    /// Multishot ops post many completions; the last lacks `F_MORE`.
+    fn is_multishot(&self) -> bool {
+        false
+    }
+}
+
+/// Bytes (or datagrams) that a cancelled receive took off a socket, kept for
+/// the next receive on the same fd.
+#[derive(Debug, Default)]
+pub(crate) struct Stash {
+    map: HashMap<RawFd, VecDeque<Stashed>>,
+}
+
+#[derive(Debug)]
+struct Stashed {
+    /// The `SharedFd::id` the data came from; a reused fd number must not see it.
+    id: u64,
+    data: Vec<u8>,
+    addr: Option<SockAddr>,
+}
+
+impl Stash {
+    fn push(&mut self, fd: &SharedFd, data: Vec<u8>, addr: Option<SockAddr>) {
+        let q = self.map.entry(fd.raw()).or_default();
+        q.retain(|s| s.id == fd.id());
+        q.push_back(Stashed {
+            id: fd.id(),
+            data,
+            addr,
+        });
+    }
+
+    fn pop(&mut self, fd: &SharedFd) -> Option<Stashed> {
+        let q = self.map.get_mut(&fd.raw())?;
+        q.retain(|s| s.id == fd.id());
+        let item = q.pop_front();
+        if q.is_empty() {
+            self.map.remove(&fd.raw());
+        }
+        item
+    }
+
+    fn push_front(&mut self, fd: RawFd, item: Stashed) {
+        self.map.entry(fd).or_default().push_front(item);
+    }
+
+    /// Bytes held for `fd` (tests and stats).
+    pub(crate) fn held(&self, fd: RawFd) -> usize {
+        self.map
+            .get(&fd)
+            .map_or(0, |q| q.iter().map(|s| s.data.len()).sum())
+    }
+}
+
+/// A copy of a kernel-filled address storage, for building a `SockAddr`.
+fn copy_storage(st: &SockAddrStorage) -> SockAddrStorage {
+    let mut out = SockAddrStorage::zeroed();
+    let src: *const SockAddrStorage = st;
+    // SAFETY: both are the same plain-data type; copying all its bytes is a
+    // valid way to duplicate it.
+    unsafe { std::ptr::copy_nonoverlapping(src, &mut out, 1) };
+    out
+}
+
+fn cvt(r: isize) -> io::Result<u32> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r as u32)
+    }
+}
+
+/// Runs a syscall, retrying on `EINTR`.
+fn syscall(mut f: impl FnMut() -> isize) -> io::Result<u32> {
+    loop {
+        match cvt(f()) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            r => return r,
+        }
+    }
+}
+
+/// Copies a stashed item into a receive buffer; returns the count copied.
+fn fill_from<B: IoBufMut>(buf: &mut B, item: &mut Stashed) -> usize {
+    let init = buf.bytes_init();
+    let n = item.data.len().min(buf.bytes_total() - init);
+    // SAFETY: `n` bytes fit in the buffer's spare capacity, and the source is
+    // a separate Vec, so the ranges do not overlap. The length is left alone:
+    // `finish` marks the bytes initialised, as after a kernel completion.
+    unsafe { std::ptr::copy_nonoverlapping(item.data.as_ptr(), buf.stable_mut_ptr().add(init), n) };
+    item.data.drain(..n);
+    n
+}
+
+/// Keeps `n` bytes a dropped receive got, from the spare capacity of `buf`.
+fn stash_received<B: IoBufMut>(buf: &mut B, n: usize) -> Vec<u8> {
+    let init = buf.bytes_init();
+    let mut data = vec![0; n];
+    // SAFETY: the kernel initialised `n` bytes after `init`.
+    unsafe { std::ptr::copy_nonoverlapping(buf.stable_mut_ptr().add(init), data.as_mut_ptr(), n) };
+    data
+}
+
+/// Serves a stream receive from the stash. The count is returned and
+/// `finish` marks it initialised, as for a kernel completion.
+fn stash_into<B: IoBufMut>(fd: &SharedFd, buf: &mut B, stash: &mut Stash) -> Option<io::Result<u32>> {
+    let mut item = stash.pop(fd)?;
+    let n = fill_from(buf, &mut item);
+    if !item.data.is_empty() {
+        stash.push_front(fd.raw(), item);
+    }
+    Some(Ok(n as u32))
+}
+
+fn spare_region<B: IoBufMut>(buf: &mut B) -> (*mut u8, usize) {
+    let init = buf.bytes_init();
+    // SAFETY: `init <= bytes_total()`, so the pointer stays inside the block.
+    (unsafe { buf.stable_mut_ptr().add(init) }, buf.bytes_total() - init)
+}
+
+// ---------------------------------------------------------------- recv / read
+
+/// `recv(2)` into the spare capacity of `buf`.
+pub(crate) struct Recv<B> {
+    pub(crate) fd: SharedFd,
+    pub(crate) buf: B,
+}
+
+impl<B: IoBufMut> Recv<B> {
+    /// Marks the received bytes initialised and hands the buffer back.
+    pub(crate) fn finish(mut self, res: io::Result<u32>) -> (io::Result<usize>, B) {
+        if let Ok(n) = res {
+            let init = self.buf.bytes_init();
+            // SAFETY: the kernel (or the stash copy) wrote `n` bytes after `init`.
+            unsafe { self.buf.set_init(init + n as usize) };
+        }
+        (res.map(|n| n as usize), self.buf)
+    }
+}
+
+impl<B: IoBufMut> OpAble for Recv<B> {
+    fn uring_entry(&mut self) -> squeue::Entry {
+        let (ptr, len) = spare_region(&mut self.buf);
+        opcode::Recv::new(types::Fd(self.fd.raw()), ptr, len as u32).build()
+    }
+    fn interest(&self) -> (RawFd, Interest) {
+        (self.fd.raw(), Interest::Read)
+    }
+    fn fd_id(&self) -> u64 {
+        self.fd.id()
+    }
+    fn legacy_call(&mut self) -> io::Result<u32> {
+        let (ptr, len) = spare_region(&mut self.buf);
+        let fd = self.fd.raw();
+        // SAFETY: ptr/len describe the buffer's spare capacity, owned by this op.
+        syscall(|| unsafe { libc::recv(fd, ptr.cast(), len, 0) })
+    }
+    fn from_stash(&mut self, stash: &mut Stash) -> Option<io::Result<u32>> {
+        stash_into(&self.fd, &mut self.buf, stash)
+    }
+    fn salvage(&mut self, res: i32, stash: &mut Stash) {
+        if res > 0 {
+            let data = stash_received(&mut self.buf, res as usize);
+            stash.push(&self.fd, data, None);
+        }
+    }
+    fn poison_region(&mut self) -> Option<(*mut u8, usize)> {
+        Some(spare_region(&mut self.buf))
+    }
+}
+
+/// `read(2)` at the current file position (pipes, ttys, eventfds).
+pub(crate) struct Read<B> {
+    pub(crate) fd: SharedFd,
+    pub(crate) buf: B,
+}
+
+impl<B: IoBufMut> Read<B> {
+    pub(crate) fn finish(self, res: io::Result<u32>) -> (io::Result<usize>, B) {
+        Recv {
+            fd: self.fd,
+            buf: self.buf,
+        }
+        .finish(res)
+    }
+}
+
+impl<B: IoBufMut> OpAble for Read<B> {
+    fn uring_entry(&mut self) -> squeue::Entry {
+        let (ptr, len) = spare_region(&mut self.buf);
+        opcode::Read::new(types::Fd(self.fd.raw()), ptr, len as u32)
+            .offset(u64::MAX)
+            .build()
+    }
+    fn interest(&self) -> (RawFd, Interest) {
+        (self.fd.raw(), Interest::Read)
+    }
+    fn fd_id(&self) -> u64 {
+        self.fd.id()
+    }
+    fn legacy_call(&mut self) -> io::Result<u32> {
+        let (ptr, len) = spare_region(&mut self.buf);
+        let fd = self.fd.raw();
+        // SAFETY: ptr/len describe the buffer's spare capacity, owned by this op.
+        syscall(|| unsafe { libc::read(fd, ptr.cast(), len) })
+    }
+    fn salvage(&mut self, res: i32, stash: &mut Stash) {
+        if res > 0 {
+            let data = stash_received(&mut self.buf, res as usize);
+            stash.push(&self.fd, data, None);
+        }
+    }
+    fn from_stash(&mut self, stash: &mut Stash) -> Option<io::Result<u32>> {
+        stash_into(&self.fd, &mut self.buf, stash)
+    }
+    fn poison_region(&mut self) -> Option<(*mut u8, usize)> {
+        Some(spare_region(&mut self.buf))
+    }
+}
+
+// ---------------------------------------------------------------- send / write
+
+/// `send(2)` of a whole buffer (the caller loops on short sends).
+pub(crate) struct Send<B> {
+    pub(crate) fd: SharedFd,
+    pub(crate) buf: B,
+    /// Bytes of `buf` already sent by earlier ops; this op sends the rest.
+    pub(crate) offset: usize,
+}
+
+impl<B: IoBuf> OpAble for Send<B> {
+    fn uring_entry(&mut self) -> squeue::Entry {
+        // SAFETY: offset <= len, so the pointer stays in the buffer.
+        let ptr = unsafe { self.buf.stable_ptr().add(self.offset) };
+        let len = (self.buf.bytes_init() - self.offset) as u32;
+        opcode::Send::new(types::Fd(self.fd.raw()), ptr, len)
+            .flags(libc::MSG_NOSIGNAL)
+            .build()
+    }
+    fn interest(&self) -> (RawFd, Interest) {
+        (self.fd.raw(), Interest::Write)
+    }
+    fn fd_id(&self) -> u64 {
+        self.fd.id()
+    }
+    fn legacy_call(&mut self) -> io::Result<u32> {
+        let fd = self.fd.raw();
+        // SAFETY: offset <= len, so the pointer stays in the buffer.
+        let ptr = unsafe { self.buf.stable_ptr().add(self.offset) };
+        let len = self.buf.bytes_init() - self.offset;
+        // SAFETY: ptr/len describe initialised bytes owned by this op.
+        syscall(|| unsafe { libc::send(fd, ptr.cast(), len, libc::MSG_NOSIGNAL) })
+    }
+}
+
+/// `write(2)` at the current file position (pipes).
+pub(crate) struct Write<B> {
+    pub(crate) fd: SharedFd,
+    pub(crate) buf: B,
+    pub(crate) offset: usize,
+}
+
+impl<B: IoBuf> OpAble for Write<B> {
+    fn uring_entry(&mut self) -> squeue::Entry {
+        // SAFETY: offset <= len.
+        let ptr = unsafe { self.buf.stable_ptr().add(self.offset) };
+        let len = (self.buf.bytes_init() - self.offset) as u32;
+        opcode::Write::new(types::Fd(self.fd.raw()), ptr, len)
+            .offset(u64::MAX)
+            .build()
+    }
+    fn interest(&self) -> (RawFd, Interest) {
+        (self.fd.raw(), Interest::Write)
+    }
+    fn fd_id(&self) -> u64 {
+        self.fd.id()
+    }
+    fn legacy_call(&mut self) -> io::Result<u32> {
+        let fd = self.fd.raw();
+        // SAFETY: offset <= len.
+        let ptr = unsafe { self.buf.stable_ptr().add(self.offset) };
+        let len = self.buf.bytes_init() - self.offset;
+        // SAFETY: ptr/len describe initialised bytes owned by this op.
+        syscall(|| unsafe { libc::write(fd, ptr.cast(), len) })
+    }
+}
+
+/// `sendmsg(2)` of several buffers at once (writev for sockets), optionally
+/// to an address (sendto).
+pub(crate) struct SendMsg<B> {
+    pub(crate) fd: SharedFd,
+    pub(crate) bufs: Vec<B>,
+    pub(crate) addr: Option<SockAddr>,
+    iov: Vec<libc::iovec>,
+    msg: libc::msghdr,
+}
+
+impl<B: IoBuf> SendMsg<B> {
+    pub(crate) fn new(fd: SharedFd, bufs: Vec<B>, addr: Option<SockAddr>) -> Self {
+        SendMsg {
+            fd,
+            bufs,
+            addr,
+            iov: Vec::new(),
+            // SAFETY: msghdr is plain data; all-zero is a valid empty header.
+            msg: unsafe { mem::zeroed() },
+        }
+    }
+
+    /// Points the header at the buffers; the op is at its final address.
+    fn prepare(&mut self) -> *const libc::msghdr {
+        self.iov = self
+            .bufs
+            .iter()
+            .map(|b| libc::iovec {
+                iov_base: b.stable_ptr() as *mut _,
+                iov_len: b.bytes_init(),
+            })
+            .collect();
+        self.msg.msg_iov = self.iov.as_mut_ptr();
+        self.msg.msg_iovlen = self.iov.len() as _;
+        if let Some(a) = &self.addr {
+            self.msg.msg_name = a.as_ptr() as *mut _;
+            self.msg.msg_namelen = a.len();
+        }
+        &self.msg
+    }
+}
+
+impl<B: IoBuf> OpAble for SendMsg<B> {
+    fn uring_entry(&mut self) -> squeue::Entry {
+        let msg = self.prepare();
+        opcode::SendMsg::new(types::Fd(self.fd.raw()), msg)
+            .flags(libc::MSG_NOSIGNAL as u32)
+            .build()
+    }
+    fn interest(&self) -> (RawFd, Interest) {
+        (self.fd.raw(), Interest::Write)
+    }
+    fn fd_id(&self) -> u64 {
+        self.fd.id()
+    }
+    fn legacy_call(&mut self) -> io::Result<u32> {
+        let msg = self.prepare();
+        let fd = self.fd.raw();
+        // SAFETY: the header points at buffers and an address this op owns.
+        syscall(|| unsafe { libc::sendmsg(fd, msg, libc::MSG_NOSIGNAL) })
+    }
+}
+
+/// `recvmsg(2)` of one datagram with its source address (recvfrom).
+pub(crate) struct RecvFrom<B> {
+    pub(crate) fd: SharedFd,
+    pub(crate) buf: B,
+    storage: Box<SockAddrStorage>,
+    iov: libc::iovec,
+    msg: libc::msghdr,
+}
+
+impl<B: IoBufMut> RecvFrom<B> {
+    pub(crate) fn new(fd: SharedFd, buf: B) -> Self {
+        RecvFrom {
+            fd,
+            buf,
+            storage: Box::new(SockAddrStorage::zeroed()),
+            iov: libc::iovec {
+                iov_base: std::ptr::null_mut(),
+                iov_len: 0,
+            },
+            // SAFETY: msghdr is plain data; all-zero is a valid empty header.
+            msg: unsafe { mem::zeroed() },
+        }
+    }
+
+    fn prepare(&mut self) -> *mut libc::msghdr {
+        let (ptr, len) = spare_region(&mut self.buf);
+        self.iov = libc::iovec {
+            iov_base: ptr.cast(),
+            iov_len: len,
+        };
+        self.msg.msg_iov = &mut self.iov;
+        self.msg.msg_iovlen = 1;
+        self.msg.msg_name = (&mut *self.storage as *mut SockAddrStorage).cast();
+        self.msg.msg_namelen = self.storage.size_of();
+        &mut self.msg
+    }
+
+    fn addr(&self) -> SockAddr {
+        // SAFETY: the kernel filled `msg_namelen` bytes of the storage.
+        unsafe { SockAddr::new(copy_storage(&self.storage), self.msg.msg_namelen) }
+    }
+
+    pub(crate) fn finish(self, res: io::Result<u32>) -> (io::Result<(usize, SockAddr)>, B) {
+        let addr = self.addr();
+        let (r, buf) = Recv {
+            fd: self.fd,
+            buf: self.buf,
+        }
+        .finish(res);
+        (r.map(|n| (n, addr)), buf)
+    }
+}
+
+impl<B: IoBufMut> OpAble for RecvFrom<B> {
+    fn uring_entry(&mut self) -> squeue::Entry {
+        let msg = self.prepare();
+        opcode::RecvMsg::new(types::Fd(self.fd.raw()), msg).build()
+    }
+    fn interest(&self) -> (RawFd, Interest) {
+        (self.fd.raw(), Interest::Read)
+    }
+    fn fd_id(&self) -> u64 {
+        self.fd.id()
+    }
+    fn legacy_call(&mut self) -> io::Result<u32> {
+        let msg = self.prepare();
+        let fd = self.fd.raw();
+        // SAFETY: the header points at a buffer and storage this op owns.
+        syscall(|| unsafe { libc::recvmsg(fd, msg, 0) })
+    }
+    fn from_stash(&mut self, stash: &mut Stash) -> Option<io::Result<u32>> {
+        let mut item = stash.pop(&self.fd)?;
+        let n = fill_from(&mut self.buf, &mut item);
+        if let Some(a) = item.addr {
+            // SAFETY: the storage is large enough for any address and `a`
+            // holds `a.len()` valid bytes.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    a.as_ptr().cast::<u8>(),
+                    (&mut *self.storage as *mut SockAddrStorage).cast::<u8>(),
+                    a.len() as usize,
+                )
+            };
+            self.msg.msg_namelen = a.len();
+        }
+        Some(Ok(n as u32))
+    }
+    fn salvage(&mut self, res: i32, stash: &mut Stash) {
+        if res >= 0 {
+            let addr = self.addr();
+            let data = stash_received(&mut self.buf, res as usize);
+            stash.push(&self.fd, data, Some(addr));
+        }
+    }
+    fn poison_region(&mut self) -> Option<(*mut u8, usize)> {
+        Some(spare_region(&mut self.buf))
+    }
+}
+
+// ---------------------------------------------------------------- accept / connect
+
+/// `accept4(2)` of one connection, with the peer's address; the new fd is
+/// `CLOEXEC | NONBLOCK`.
+pub(crate) struct Accept {
+    pub(crate) fd: SharedFd,
+    storage: Box<SockAddrStorage>,
+    len: libc::socklen_t,
+}
+
+const ACCEPT_FLAGS: i32 = libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK;
+
+impl Accept {
+    pub(crate) fn new(fd: SharedFd) -> Self {
+        let storage = Box::new(SockAddrStorage::zeroed());
+        let len = storage.size_of();
+        Accept { fd, storage, len }
+    }
+
+    pub(crate) fn addr(&self) -> SockAddr {
+        // SAFETY: the kernel filled `len` bytes of the storage.
+        unsafe { SockAddr::new(copy_storage(&self.storage), self.len) }
+    }
+
+    fn storage_ptr(&mut self) -> *mut libc::sockaddr {
+        (&mut *self.storage as *mut SockAddrStorage).cast()
+    }
+}
+
+impl OpAble for Accept {
+    fn uring_entry(&mut self) -> squeue::Entry {
+        self.len = self.storage.size_of();
+        let addr = self.storage_ptr();
+        opcode::Accept::new(types::Fd(self.fd.raw()), addr, &mut self.len)
+            .flags(ACCEPT_FLAGS)
+            .build()
+    }
+    fn interest(&self) -> (RawFd, Interest) {
+        (self.fd.raw(), Interest::Read)
+    }
+    fn fd_id(&self) -> u64 {
+        self.fd.id()
+    }
+    fn legacy_call(&mut self) -> io::Result<u32> {
+        self.len = self.storage.size_of();
+        let addr = self.storage_ptr();
+        let fd = self.fd.raw();
+        let len: *mut libc::socklen_t = &mut self.len;
+        // SAFETY: storage and len are owned by this op and sized correctly.
+        syscall(|| unsafe { libc::accept4(fd, addr, len, ACCEPT_FLAGS) as isize })
+    }
+    fn salvage(&mut self, res: i32, _stash: &mut Stash) {
+        if res >= 0 {
+            // A connection accepted for nobody: close it rather than leak it.
+            super::fd::close_now(res);
+        }
+    }
+}
+
+/// Multishot accept: one submission, one completion per connection.
+pub(crate) struct AcceptMulti {
+    pub(crate) fd: SharedFd,
+}
+
+impl OpAble for AcceptMulti {
+    fn uring_entry(&mut self) -> squeue::Entry {
+        opcode::AcceptMulti::new(types::Fd(self.fd.raw()))
+            .flags(ACCEPT_FLAGS)
+            .build()
+    }
+    fn interest(&self) -> (RawFd, Interest) {
+        (self.fd.raw(), Interest::Read)
+    }
+    fn fd_id(&self) -> u64 {
+        self.fd.id()
+    }
+    fn legacy_call(&mut self) -> io::Result<u32> {
+        let fd = self.fd.raw();
+        // SAFETY: null address pointers are allowed by accept4.
+        syscall(|| unsafe {
+            libc::accept4(fd, std::ptr::null_mut(), std::ptr::null_mut(), ACCEPT_FLAGS) as isize
+        })
+    }
+    fn salvage(&mut self, res: i32, _stash: &mut Stash) {
+        if res >= 0 {
+            super::fd::close_now(res);
+        }
+    }
+    fn is_multishot(&self) -> bool {
+        true
+    }
+}
+
+/// `connect(2)`; on the selector, `EINPROGRESS` then `SO_ERROR` once writable.
+pub(crate) struct Connect {
+    pub(crate) fd: SharedFd,
+    addr: SockAddr,
+    started: bool,
+}
+
+impl Connect {
+    pub(crate) fn new(fd: SharedFd, addr: SockAddr) -> Self {
+        Connect {
+            fd,
+            addr,
+            started: false,
+        }
+    }
+}
+
+impl OpAble for Connect {
+    fn uring_entry(&mut self) -> squeue::Entry {
+        opcode::Connect::new(
+            types::Fd(self.fd.raw()),
+            self.addr.as_ptr().cast(),
+            self.addr.len(),
+        )
+        .build()
+    }
+    fn interest(&self) -> (RawFd, Interest) {
+        (self.fd.raw(), Interest::Write)
+    }
+    fn fd_id(&self) -> u64 {
+        self.fd.id()
+    }
+    fn legacy_call(&mut self) -> io::Result<u32> {
+        let fd = self.fd.raw();
+        if !self.started {
+            let (addr, len) = (self.addr.as_ptr().cast(), self.addr.len());
+            // SAFETY: addr/len describe a valid socket address owned by this op.
+            return match syscall(|| unsafe { libc::connect(fd, addr, len) as isize }) {
+                Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {
+                    self.started = true;
+                    Err(io::ErrorKind::WouldBlock.into())
+                }
+                r => r,
+            };
+        }
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLOUT,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, zero timeout.
+        syscall(|| unsafe { libc::poll(&mut pfd, 1, 0) as isize })?;
+        if pfd.revents == 0 {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let mut err: libc::c_int = 0;
+        let mut len = mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: err/len are valid out-pointers for SO_ERROR.
+        syscall(|| unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_ERROR,
+                (&mut err as *mut libc::c_int).cast(),
+                &mut len,
+            ) as isize
+        })?;
+        if err == 0 {
+            Ok(0)
+        } else {
+            Err(io::Error::from_raw_os_error(err))
+        }
+    }
+}
+
+// ---------------------------------------------------------------- poll / close
+
+/// One-shot readiness poll on a raw fd (`add_reader` / `add_writer`).
+pub(crate) struct PollAdd {
+    pub(crate) fd: RawFd,
+    pub(crate) writable: bool,
+}
+
+impl PollAdd {
+    fn events(&self) -> u32 {
+        if self.writable {
+            libc::POLLOUT as u32
+        } else {
+            libc::POLLIN as u32
+        }
+    }
+}
+
+impl OpAble for PollAdd {
+    fn uring_entry(&mut self) -> squeue::Entry {
+        opcode::PollAdd::new(types::Fd(self.fd), self.events()).build()
+    }
+    fn interest(&self) -> (RawFd, Interest) {
+        let i = if self.writable {
+            Interest::Write
+        } else {
+            Interest::Read
+        };
+        (self.fd, i)
+    }
+    fn fd_id(&self) -> u64 {
+        0
+    }
+    fn legacy_call(&mut self) -> io::Result<u32> {
+        // Level-triggered check: the selector registers fds edge-triggered,
+        // so readiness that is already there must be seen by asking.
+        let mut pfd = libc::pollfd {
+            fd: self.fd,
+            events: self.events() as i16,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, zero timeout.
+        syscall(|| unsafe { libc::poll(&mut pfd, 1, 0) as isize })?;
+        if pfd.revents == 0 {
+            Err(io::ErrorKind::WouldBlock.into())
+        } else {
+            Ok(pfd.revents as u32)
+        }
+    }
+}

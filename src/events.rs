@@ -1,0 +1,353 @@
+//! The loop interface (`AbstractEventLoop`), callback handles, the
+//! exception-handler context, and `get_running_loop`.
+#![forbid(unsafe_code)]
+
+use std::cell::Cell;
+use std::fmt;
+use std::future::Future;
+use std::os::fd::RawFd;
+use std::rc::{Rc, Weak};
+use std::time::{Duration, Instant};
+
+use crate::base_loop::{Core, EventLoop, LoopHandle};
+use crate::driver::buf::IoBufMut;
+use crate::error::{Error, Result};
+use crate::futures::LoopFuture;
+use crate::sock::{SockAddr, Socket};
+use crate::tasks::Task;
+use crate::{Backend, DriverStats};
+
+pub(crate) type Callback = Box<dyn FnOnce()>;
+
+struct TimerPart {
+    when: Instant,
+    in_heap: Cell<bool>,
+    core: Weak<Core>,
+}
+
+pub(crate) struct HandleInner {
+    callback: Cell<Option<Callback>>,
+    cancelled: Cell<bool>,
+    timer: Option<TimerPart>,
+    label: &'static str,
+}
+
+/// A scheduled callback, returned by `call_soon` (asyncio's `Handle`).
+///
+/// Equivalent to `asyncio.Handle`. Dropping it does not cancel the callback.
+#[derive(Clone)]
+pub struct Handle(pub(crate) Rc<HandleInner>);
+
+impl Handle {
+    pub(crate) fn new(cb: Callback, label: &'static str) -> Handle {
+        Handle(Rc::new(HandleInner {
+            callback: Cell::new(Some(cb)),
+            cancelled: Cell::new(false),
+            timer: None,
+            label,
+        }))
+    }
+
+    pub(crate) fn new_timer(cb: Callback, when: Instant, core: Weak<Core>) -> Handle {
+        Handle(Rc::new(HandleInner {
+            callback: Cell::new(Some(cb)),
+            cancelled: Cell::new(false),
+            timer: Some(TimerPart {
+                when,
+                in_heap: Cell::new(true),
+                core,
+            }),
+            label: "timer",
+        }))
+    }
+
+    /// Cancels the callback; a no-op if it already ran or was cancelled.
+    ///
+    /// Equivalent to `asyncio.Handle.cancel`. The callback (and whatever it
+    /// captured) is dropped at once.
+    pub fn cancel(&self) {
+        if self.0.cancelled.replace(true) {
+            return;
+        }
+        let had_cb = self.0.callback.take().is_some();
+        if let Some(t) = &self.0.timer {
+            if had_cb && t.in_heap.get() {
+                if let Some(core) = t.core.upgrade() {
+                    core.timer_cancelled();
+                }
+            }
+        }
+    }
+
+    /// True once [`cancel`](Self::cancel) was called.
+    ///
+    /// Equivalent to `asyncio.Handle.cancelled`.
+    pub fn cancelled(&self) -> bool {
+        self.0.cancelled.get()
+    }
+
+    pub(crate) fn set_in_heap(&self, v: bool) {
+        if let Some(t) = &self.0.timer {
+            t.in_heap.set(v);
+        }
+    }
+
+    /// Takes the callback to run it (None if cancelled or already run).
+    pub(crate) fn take_callback(&self) -> Option<Callback> {
+        if self.0.cancelled.get() {
+            return None;
+        }
+        self.0.callback.take()
+    }
+}
+
+impl fmt::Debug for Handle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = if self.cancelled() { " cancelled" } else { "" };
+        write!(f, "<Handle {}{}>", self.0.label, state)
+    }
+}
+
+/// A callback scheduled for a time, returned by `call_later` / `call_at`.
+///
+/// Equivalent to `asyncio.TimerHandle`.
+#[derive(Clone)]
+pub struct TimerHandle(pub(crate) Handle);
+
+impl TimerHandle {
+    /// The absolute time the callback is scheduled for, on the loop's clock.
+    ///
+    /// Equivalent to `asyncio.TimerHandle.when`; an [`Instant`] instead of a float.
+    pub fn when(&self) -> Instant {
+        self.0.0.timer.as_ref().expect("timer handle").when
+    }
+
+    /// Cancels the callback. See [`Handle::cancel`].
+    pub fn cancel(&self) {
+        self.0.cancel()
+    }
+
+    /// See [`Handle::cancelled`].
+    pub fn cancelled(&self) -> bool {
+        self.0.cancelled()
+    }
+}
+
+impl fmt::Debug for TimerHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "<TimerHandle when={:?}", self.when())?;
+        if self.cancelled() {
+            f.write_str(" cancelled")?;
+        }
+        f.write_str(">")
+    }
+}
+
+/// What the loop tells its exception handler (asyncio's `context` dict).
+///
+/// `message` is always set; the other keys are set where asyncio sets them.
+#[derive(Clone, Debug, Default)]
+pub struct ExceptionContext {
+    /// Human-readable description (`context['message']`).
+    pub message: String,
+    /// The error, if any (`context['exception']`).
+    pub exception: Option<Error>,
+    /// The callback handle involved (`context['handle']`), described.
+    pub handle: Option<String>,
+    /// The task involved (`context['task']`), described.
+    pub task: Option<String>,
+    /// The future involved (`context['future']`), described.
+    pub future: Option<String>,
+    /// The protocol involved (`context['protocol']`), described.
+    pub protocol: Option<String>,
+    /// The transport involved (`context['transport']`), described.
+    pub transport: Option<String>,
+    /// The socket involved (`context['socket']`), described.
+    pub socket: Option<String>,
+}
+
+impl ExceptionContext {
+    /// A context with just a message.
+    pub fn new(message: impl Into<String>) -> ExceptionContext {
+        ExceptionContext {
+            message: message.into(),
+            ..Default::default()
+        }
+    }
+
+    /// Sets `exception`.
+    pub fn with_exception(mut self, e: Error) -> ExceptionContext {
+        self.exception = Some(e);
+        self
+    }
+
+    /// Looks a key up by its asyncio name (`"message"`, `"exception"`,
+    /// `"handle"`, `"task"`, `"future"`, `"protocol"`, `"transport"`, `"socket"`).
+    pub fn get(&self, key: &str) -> Option<String> {
+        match key {
+            "message" => Some(self.message.clone()),
+            "exception" => self.exception.as_ref().map(|e| e.to_string()),
+            "handle" => self.handle.clone(),
+            "task" => self.task.clone(),
+            "future" => self.future.clone(),
+            "protocol" => self.protocol.clone(),
+            "transport" => self.transport.clone(),
+            "socket" => self.socket.clone(),
+            _ => None,
+        }
+    }
+}
+
+/// An exception handler: `handler(loop, context)`.
+pub type ExceptionHandler = Rc<dyn Fn(&EventLoop, &ExceptionContext)>;
+
+/// The interface every ringloop event loop implements.
+///
+/// Equivalent to `asyncio.AbstractEventLoop`. [`EventLoop`] implements it on
+/// either backend; generic code takes `L: AbstractEventLoop`. The `async`
+/// methods make the trait unusable as `dyn`, by design (DESIGN.md, invariant 7).
+pub trait AbstractEventLoop: Clone + fmt::Debug {
+    // ---- running and stopping
+    /// Runs until `fut` completes and returns its output, or the error that
+    /// ended it (`Cancelled`, `Panic`). The future runs as a task.
+    ///
+    /// Equivalent to `loop.run_until_complete`.
+    fn run_until_complete<F>(&self, fut: F) -> Result<F::Output>
+    where
+        F: Future + 'static,
+        F::Output: 'static;
+    /// Runs until [`stop`](Self::stop) is called. Equivalent to `loop.run_forever`.
+    fn run_forever(&self) -> Result<()>;
+    /// Stops the loop after the current batch of callbacks. Equivalent to `loop.stop`.
+    fn stop(&self);
+    /// True while the loop runs. Equivalent to `loop.is_running`.
+    fn is_running(&self) -> bool;
+    /// True once closed. Equivalent to `loop.is_closed`.
+    fn is_closed(&self) -> bool;
+    /// Closes the loop: drops pending callbacks and tasks, cancels in-flight
+    /// I/O. Idempotent; an error while running. Equivalent to `loop.close`.
+    fn close(&self) -> Result<()>;
+
+    // ---- scheduling callbacks
+    /// Schedules `cb` for the next iteration; callbacks run in the order
+    /// they were scheduled. Equivalent to `loop.call_soon`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] once the loop is closed (asyncio's `RuntimeError`).
+    fn call_soon(&self, cb: impl FnOnce() + 'static) -> Result<Handle>;
+    /// Schedules `cb` from any thread; see [`LoopHandle`].
+    /// Equivalent to `loop.call_soon_threadsafe`.
+    fn call_soon_threadsafe(&self, cb: impl FnOnce() + Send + 'static) -> Result<()>;
+    /// Schedules `cb` after `delay`; timers run by deadline, ties in the
+    /// order scheduled. Equivalent to `loop.call_later`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] once closed; [`Error::InvalidArgument`] if the
+    /// deadline overflows the clock.
+    fn call_later(&self, delay: Duration, cb: impl FnOnce() + 'static) -> Result<TimerHandle>;
+    /// Schedules `cb` at `when` on the loop's clock. Equivalent to `loop.call_at`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] once the loop is closed.
+    fn call_at(&self, when: Instant, cb: impl FnOnce() + 'static) -> Result<TimerHandle>;
+    /// The loop's clock. Equivalent to `loop.time`.
+    fn time(&self) -> Instant;
+    /// A `Send + Sync` handle for other threads.
+    fn handle(&self) -> LoopHandle;
+
+    // ---- futures and tasks
+    /// A new pending future bound to this loop. Equivalent to `loop.create_future`.
+    fn create_future<T: 'static>(&self) -> LoopFuture<T>;
+    /// Wraps `fut` in a task and schedules it. Equivalent to `loop.create_task`.
+    fn create_task<F>(&self, fut: F) -> Task<F::Output>
+    where
+        F: Future + 'static,
+        F::Output: 'static;
+    /// As [`create_task`](Self::create_task), with a name.
+    fn create_named_task<F>(&self, name: impl Into<String>, fut: F) -> Task<F::Output>
+    where
+        F: Future + 'static,
+        F::Output: 'static;
+
+    // ---- errors and debug
+    /// Sets (or with `None` resets) the exception handler.
+    /// Equivalent to `loop.set_exception_handler`.
+    fn set_exception_handler(&self, handler: Option<ExceptionHandler>);
+    /// The current exception handler. Equivalent to `loop.get_exception_handler`.
+    fn get_exception_handler(&self) -> Option<ExceptionHandler>;
+    /// Logs the context through `log::error!`.
+    /// Equivalent to `loop.default_exception_handler`.
+    fn default_exception_handler(&self, ctx: &ExceptionContext);
+    /// Calls the current exception handler. Equivalent to `loop.call_exception_handler`.
+    fn call_exception_handler(&self, ctx: ExceptionContext);
+    /// Debug mode. Equivalent to `loop.get_debug`.
+    fn get_debug(&self) -> bool;
+    /// Turns debug mode on or off. Equivalent to `loop.set_debug`.
+    fn set_debug(&self, on: bool);
+
+    // ---- backend facts
+    /// Which backend runs this loop.
+    fn backend(&self) -> Backend;
+    /// The driver's counters.
+    fn driver_stats(&self) -> DriverStats;
+
+    // ---- low-level socket operations
+    /// Receives up to `nbytes`. Equivalent to `loop.sock_recv`.
+    fn sock_recv(&self, sock: &Socket, nbytes: usize) -> impl Future<Output = Result<Vec<u8>>>;
+    /// Receives into the spare capacity of `buf`; returns the count and the
+    /// buffer, also on error. Equivalent to `loop.sock_recv_into`.
+    fn sock_recv_into<B: IoBufMut>(
+        &self,
+        sock: &Socket,
+        buf: B,
+    ) -> impl Future<Output = (Result<usize>, B)>;
+    /// Receives one datagram of at most `bufsize` bytes with its source.
+    /// Equivalent to `loop.sock_recvfrom`.
+    fn sock_recvfrom(
+        &self,
+        sock: &Socket,
+        bufsize: usize,
+    ) -> impl Future<Output = Result<(Vec<u8>, SockAddr)>>;
+    /// Sends all of `data`. Equivalent to `loop.sock_sendall`.
+    fn sock_sendall<B: crate::IoBuf>(&self, sock: &Socket, data: B) -> impl Future<Output = Result<()>>;
+    /// Sends one datagram to `addr`. Equivalent to `loop.sock_sendto`.
+    fn sock_sendto<B: crate::IoBuf>(
+        &self,
+        sock: &Socket,
+        data: B,
+        addr: &SockAddr,
+    ) -> impl Future<Output = Result<usize>>;
+    /// Connects to `addr`. Equivalent to `loop.sock_connect`.
+    fn sock_connect(&self, sock: &Socket, addr: &SockAddr) -> impl Future<Output = Result<()>>;
+    /// Accepts one connection. Equivalent to `loop.sock_accept`.
+    fn sock_accept(&self, sock: &Socket) -> impl Future<Output = Result<(Socket, SockAddr)>>;
+
+    // ---- watching raw file descriptors
+    /// Calls `cb` whenever `fd` is readable (level-triggered).
+    /// Equivalent to `loop.add_reader`; also on the proactor.
+    fn add_reader(&self, fd: RawFd, cb: impl FnMut() + 'static) -> Result<()>;
+    /// Stops watching `fd` for reading; true if it was watched.
+    /// Equivalent to `loop.remove_reader`.
+    fn remove_reader(&self, fd: RawFd) -> bool;
+    /// Calls `cb` whenever `fd` is writable (level-triggered).
+    /// Equivalent to `loop.add_writer`.
+    fn add_writer(&self, fd: RawFd, cb: impl FnMut() + 'static) -> Result<()>;
+    /// Stops watching `fd` for writing; true if it was watched.
+    /// Equivalent to `loop.remove_writer`.
+    fn remove_writer(&self, fd: RawFd) -> bool;
+}
+
+/// The loop running on this thread.
+///
+/// Equivalent to `asyncio.get_running_loop`.
+///
+/// # Errors
+///
+/// [`Error::InvalidState`] when no loop is running on this thread.
+pub fn get_running_loop() -> Result<EventLoop> {
+    crate::base_loop::running_loop()
+        .ok_or_else(|| Error::state("no running event loop"))
+}

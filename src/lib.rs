@@ -1,0 +1,87 @@
+//! # ringloop
+//!
+//! Python's asyncio event-loop model in Rust, on Linux: a completion-based
+//! **proactor** loop on io_uring, and an epoll **selector** loop as the
+//! fallback, behind one [`AbstractEventLoop`] trait.
+//!
+//! ## Architecture in a screen
+//!
+//! ```text
+//!  user code: async fns, callbacks, tasks
+//!  ──────────────────────────────────────────────────────────────
+//!  loop core   EventLoop: ready queue, timer heap, tasks, futures,
+//!              run_once, exception handler, debug mode, LoopHandle
+//!  socket API  sock_* and add_reader/add_writer, written once
+//!  driver      owned-buffer ops + turn(timeout)
+//!              ├── io_uring (proactor): one SQE per op, CQE completes it
+//!              └── epoll (selector): try the syscall, park on EAGAIN
+//! ```
+//!
+//! * An operation takes its buffers by value and hands them back with its
+//!   result ([`IoBuf`], [`IoBufMut`]); dropping its future mid-flight is
+//!   memory-safe (the driver keeps the buffers until the kernel's final
+//!   completion) and loses nothing (data a cancelled receive still got is
+//!   kept for the next receive; an fd a cancelled accept still got is closed).
+//! * Each loop iteration is CPython's `_run_once`: one wait on the driver
+//!   (exactly one `io_uring_enter` on the proactor), due timers, then exactly
+//!   the callbacks ready at that moment.
+//! * [`EventLoop::new`] picks the proactor when io_uring works here (probing
+//!   every opcode and feature it uses) and the selector otherwise, e.g. under
+//!   Docker's default seccomp profile; `RINGLOOP_BACKEND=proactor|selector`
+//!   forces one.
+//! * A loop belongs to one thread (`!Send`); other threads use [`LoopHandle`].
+//!
+//! ## Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use ringloop::prelude::*;
+//!
+//! let lp = EventLoop::new()?;
+//! let order = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+//! let o = order.clone();
+//! lp.call_later(Duration::from_millis(5), move || o.borrow_mut().push("later"))?;
+//! let o = order.clone();
+//! lp.call_soon(move || o.borrow_mut().push("soon"))?;
+//! let l2 = lp.clone();
+//! lp.call_later(Duration::from_millis(10), move || l2.stop())?;
+//! lp.run_forever()?;
+//! assert_eq!(*order.borrow(), ["soon", "later"]);
+//! lp.close()?;
+//! # Ok::<(), ringloop::Error>(())
+//! ```
+#![warn(missing_docs, missing_debug_implementations, unsafe_op_in_unsafe_fn)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
+mod base_loop;
+pub mod driver;
+mod error;
+mod events;
+mod futures;
+mod readers;
+mod runners;
+mod sock;
+mod tasks;
+
+pub use base_loop::{
+    EventLoop, LoopHandle, ProactorEventLoop, SelectorEventLoop, default_backend,
+    proactor_available,
+};
+pub use driver::buf::{IoBuf, IoBufMut};
+pub use driver::{Backend, DriverStats};
+pub use error::{Error, Result};
+pub use events::{
+    AbstractEventLoop, ExceptionContext, ExceptionHandler, Handle, TimerHandle, get_running_loop,
+};
+pub use futures::LoopFuture;
+pub use runners::run;
+pub use sock::{Domain, Protocol, SockAddr, Socket, Type};
+pub use tasks::{Task, TaskRef, all_tasks, current_task};
+
+/// The names most programs need: `use ringloop::prelude::*;`.
+pub mod prelude {
+    pub use crate::{
+        AbstractEventLoop, Backend, Error, EventLoop, LoopFuture, Result, SockAddr, Socket, Task,
+        all_tasks, current_task, get_running_loop, run,
+    };
+}

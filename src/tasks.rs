@@ -1,0 +1,542 @@
+//! Tasks: futures scheduled on the loop, with asyncio's `Task` API.
+//!
+//! A task's future is polled by the loop whenever its waker fires. Cancelling
+//! a task (asyncio `Task.cancel`) marks it; at its next turn the loop *drops*
+//! the future instead of polling it (cleanup runs in `Drop`) and the task ends
+//! with [`Error::Cancelled`]. Dropping a [`Task`] handle detaches the task: it
+//! keeps running.
+#![forbid(unsafe_code)]
+
+use std::cell::{Cell, RefCell};
+use std::fmt;
+use std::future::Future;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::pin::Pin;
+use std::rc::{Rc, Weak};
+use std::task::{Context, Poll, Waker};
+
+use crate::base_loop::{Core, EventLoop};
+use crate::error::{Error, Result, panic_message};
+use crate::events::ExceptionContext;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Outcome {
+    Pending,
+    Ok,
+    Failed,
+    Cancelled,
+}
+
+/// The type-erased part of every task.
+pub(crate) struct TaskHeader {
+    id: u64,
+    name: RefCell<Option<String>>,
+    outcome: Cell<Outcome>,
+    /// `Some(msg)` once `cancel(msg)` asked for cancellation.
+    cancel_request: RefCell<Option<Option<String>>>,
+    cancelling: Cell<u32>,
+    pub(crate) waker: Waker,
+    core: Weak<Core>,
+    /// Loop-internal tasks (fd watchers) are hidden from `all_tasks`.
+    pub(crate) internal: bool,
+    retrieved: Cell<bool>,
+}
+
+impl TaskHeader {
+    pub(crate) fn new(id: u64, name: Option<String>, waker: Waker, core: Weak<Core>, internal: bool) -> Self {
+        TaskHeader {
+            id,
+            name: RefCell::new(name),
+            outcome: Cell::new(Outcome::Pending),
+            cancel_request: RefCell::new(None),
+            cancelling: Cell::new(0),
+            waker,
+            core,
+            internal,
+            retrieved: Cell::new(false),
+        }
+    }
+
+    fn name(&self) -> String {
+        self.name
+            .borrow()
+            .clone()
+            .unwrap_or_else(|| format!("Task-{}", self.id))
+    }
+
+    fn done(&self) -> bool {
+        self.outcome.get() != Outcome::Pending
+    }
+
+    fn cancel(&self, msg: Option<String>) -> bool {
+        if self.done() {
+            return false;
+        }
+        self.cancelling.set(self.cancelling.get() + 1);
+        *self.cancel_request.borrow_mut() = Some(msg);
+        self.waker.wake_by_ref();
+        true
+    }
+
+    fn uncancel(&self) -> u32 {
+        let n = self.cancelling.get().saturating_sub(1);
+        self.cancelling.set(n);
+        if n == 0 {
+            // Python 3.13: a fully uncancelled task forgets a pending request.
+            self.cancel_request.borrow_mut().take();
+        }
+        n
+    }
+
+    fn describe(&self) -> String {
+        format!("<Task {} {:?}>", self.name(), self.outcome.get())
+    }
+}
+
+/// What the loop needs from a task, whatever its output type.
+pub(crate) trait RawTask {
+    fn header(&self) -> &TaskHeader;
+    /// Polls the task once; true when it has finished.
+    fn step(self: Rc<Self>) -> bool;
+    /// Drops the future without running it further (loop close).
+    fn destroy(self: Rc<Self>);
+}
+
+/// What a typed [`Task`] handle needs.
+trait TaskView<T>: RawTask {
+    fn poll_join(&self, cx: &mut Context<'_>) -> Poll<Result<T>>;
+    fn with_result(&self, f: &mut dyn FnMut(Option<&Result<T>>));
+    fn add_callback(&self, cb: Box<dyn FnOnce(&Task<T>)>) -> u64;
+    fn remove_callback(&self, id: u64) -> usize;
+}
+
+type TaskCallback<T> = Box<dyn FnOnce(&Task<T>)>;
+
+pub(crate) struct TaskCell<F: Future> {
+    header: TaskHeader,
+    future: RefCell<Option<Pin<Box<F>>>>,
+    result: RefCell<Option<Result<F::Output>>>,
+    joiners: RefCell<Vec<Waker>>,
+    callbacks: RefCell<Vec<(u64, TaskCallback<F::Output>)>>,
+    next_cb: Cell<u64>,
+}
+
+impl<F> TaskCell<F>
+where
+    F: Future + 'static,
+    F::Output: 'static,
+{
+    pub(crate) fn new(header: TaskHeader, fut: F) -> Rc<Self> {
+        Rc::new(TaskCell {
+            header,
+            future: RefCell::new(Some(Box::pin(fut))),
+            result: RefCell::new(None),
+            joiners: RefCell::new(Vec::new()),
+            callbacks: RefCell::new(Vec::new()),
+            next_cb: Cell::new(1),
+        })
+    }
+
+    fn finish(self: &Rc<Self>, result: Result<F::Output>) {
+        let outcome = match &result {
+            Ok(_) => Outcome::Ok,
+            Err(Error::Cancelled(_)) => Outcome::Cancelled,
+            Err(_) => Outcome::Failed,
+        };
+        *self.result.borrow_mut() = Some(result);
+        self.header.outcome.set(outcome);
+        for w in self.joiners.borrow_mut().drain(..) {
+            w.wake();
+        }
+        let cbs = std::mem::take(&mut *self.callbacks.borrow_mut());
+        if cbs.is_empty() {
+            return;
+        }
+        if let Some(core) = self.header.core.upgrade() {
+            let task = Task { cell: self.clone() };
+            for (_, cb) in cbs {
+                let task = task.clone();
+                core.call_soon(Box::new(move || cb(&task)), "task done callback");
+            }
+        }
+    }
+}
+
+impl<F> RawTask for TaskCell<F>
+where
+    F: Future + 'static,
+    F::Output: 'static,
+{
+    fn header(&self) -> &TaskHeader {
+        &self.header
+    }
+
+    fn step(self: Rc<Self>) -> bool {
+        if self.header.done() {
+            return true;
+        }
+        if let Some(msg) = self.header.cancel_request.borrow_mut().take() {
+            let fut = self.future.borrow_mut().take();
+            drop_quietly(fut);
+            self.finish(Err(Error::Cancelled(msg)));
+            return true;
+        }
+        let Some(mut fut) = self.future.borrow_mut().take() else {
+            return true;
+        };
+        let mut cx = Context::from_waker(&self.header.waker);
+        match catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(&mut cx))) {
+            Ok(Poll::Pending) => {
+                *self.future.borrow_mut() = Some(fut);
+                false
+            }
+            Ok(Poll::Ready(v)) => {
+                drop_quietly(Some(fut));
+                // As asyncio: a cancel requested during the task's last step
+                // still ends it cancelled.
+                match self.header.cancel_request.borrow_mut().take() {
+                    Some(msg) => self.finish(Err(Error::Cancelled(msg))),
+                    None => self.finish(Ok(v)),
+                }
+                true
+            }
+            Err(p) => {
+                drop_quietly(Some(fut));
+                self.finish(Err(Error::Panic(panic_message(&*p))));
+                true
+            }
+        }
+    }
+
+    fn destroy(self: Rc<Self>) {
+        if self.header.done() {
+            return;
+        }
+        let fut = self.future.borrow_mut().take();
+        drop_quietly(fut);
+        self.finish(Err(Error::Cancelled(Some("event loop closed".into()))));
+    }
+}
+
+/// Drops a future, turning a panic in its destructor into a log line.
+fn drop_quietly<T>(v: Option<T>) {
+    if let Err(p) = catch_unwind(AssertUnwindSafe(move || drop(v))) {
+        log::error!("ringloop: a task's future panicked while dropped: {}", panic_message(&*p));
+    }
+}
+
+impl<F> TaskView<F::Output> for TaskCell<F>
+where
+    F: Future + 'static,
+    F::Output: 'static,
+{
+    fn poll_join(&self, cx: &mut Context<'_>) -> Poll<Result<F::Output>> {
+        if self.header.done() {
+            self.header.retrieved.set(true);
+            return Poll::Ready(self.result.borrow_mut().take().unwrap_or_else(|| {
+                Err(Error::state("the task's result was already taken by another await"))
+            }));
+        }
+        let mut j = self.joiners.borrow_mut();
+        if !j.iter().any(|w| w.will_wake(cx.waker())) {
+            j.push(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+
+    fn with_result(&self, f: &mut dyn FnMut(Option<&Result<F::Output>>)) {
+        f(self.result.borrow().as_ref())
+    }
+
+    fn add_callback(&self, cb: TaskCallback<F::Output>) -> u64 {
+        let id = self.next_cb.get();
+        self.next_cb.set(id + 1);
+        self.callbacks.borrow_mut().push((id, cb));
+        id
+    }
+
+    fn remove_callback(&self, id: u64) -> usize {
+        let mut cbs = self.callbacks.borrow_mut();
+        let before = cbs.len();
+        cbs.retain(|(i, _)| *i != id);
+        before - cbs.len()
+    }
+}
+
+impl<F: Future> Drop for TaskCell<F> {
+    fn drop(&mut self) {
+        if self.header.retrieved.get() || self.header.internal {
+            return;
+        }
+        let err = match self.result.get_mut() {
+            Some(Err(e)) if !e.is_cancelled() => e.clone(),
+            _ => return,
+        };
+        let ctx = ExceptionContext {
+            message: "Task exception was never retrieved".into(),
+            exception: Some(err),
+            task: Some(self.header.describe()),
+            ..Default::default()
+        };
+        match self.header.core.upgrade() {
+            Some(core) if !core.is_closed_flag() => EventLoop::from_core(core).call_exception_handler_impl(ctx),
+            _ => log::error!("{}: {:?}", ctx.message, ctx.exception),
+        }
+    }
+}
+
+/// A scheduled future: asyncio's `Task`.
+///
+/// Awaiting it yields the future's output, or the error that ended it
+/// ([`Error::Cancelled`], [`Error::Panic`]). The output is moved out by the
+/// first await; a second await gets [`Error::InvalidState`] (use
+/// [`result`](Self::result) to read a `Clone` output again). Dropping the
+/// handle detaches the task; it keeps running.
+pub struct Task<T> {
+    cell: Rc<dyn TaskView<T>>,
+}
+
+impl<T> Clone for Task<T> {
+    fn clone(&self) -> Self {
+        Task {
+            cell: self.cell.clone(),
+        }
+    }
+}
+
+impl<T: 'static> Task<T> {
+    pub(crate) fn from_cell<F>(cell: Rc<TaskCell<F>>) -> Task<T>
+    where
+        F: Future<Output = T> + 'static,
+    {
+        Task { cell }
+    }
+
+    fn header(&self) -> &TaskHeader {
+        self.cell.header()
+    }
+
+    /// Requests cancellation: at its next turn the task's future is dropped
+    /// and the task ends with [`Error::Cancelled`]`(msg)`. False if the task
+    /// is already done.
+    ///
+    /// Equivalent to `asyncio.Task.cancel`. Unlike Python, the body cannot
+    /// catch the cancellation; its cleanup runs in `Drop`.
+    pub fn cancel(&self, msg: Option<&str>) -> bool {
+        self.header().cancel(msg.map(str::to_owned))
+    }
+
+    /// Pending cancellation requests. Equivalent to `asyncio.Task.cancelling`.
+    pub fn cancelling(&self) -> u32 {
+        self.header().cancelling.get()
+    }
+
+    /// Withdraws one cancellation request; returns the remaining count. At
+    /// zero, a request not yet acted on is forgotten.
+    /// Equivalent to `asyncio.Task.uncancel`.
+    pub fn uncancel(&self) -> u32 {
+        self.header().uncancel()
+    }
+
+    /// True once the task has finished, failed or been cancelled.
+    /// Equivalent to `asyncio.Task.done`.
+    pub fn done(&self) -> bool {
+        self.header().done()
+    }
+
+    /// True if the task ended cancelled. Equivalent to `asyncio.Task.cancelled`.
+    pub fn cancelled(&self) -> bool {
+        self.header().outcome.get() == Outcome::Cancelled
+    }
+
+    /// The task's name (`Task-N` unless set). Equivalent to `asyncio.Task.get_name`.
+    pub fn get_name(&self) -> String {
+        self.header().name()
+    }
+
+    /// Renames the task. Equivalent to `asyncio.Task.set_name`.
+    pub fn set_name(&self, name: impl Into<String>) {
+        *self.header().name.borrow_mut() = Some(name.into());
+    }
+
+    /// The error that ended the task, `None` if it succeeded.
+    ///
+    /// Equivalent to `asyncio.Task.exception`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidState`] while pending.
+    pub fn exception(&self) -> Result<Option<Error>> {
+        if !self.done() {
+            return Err(Error::state("task is not done"));
+        }
+        self.header().retrieved.set(true);
+        let mut out = None;
+        self.cell.with_result(&mut |r| {
+            if let Some(Err(e)) = r {
+                out = Some(e.clone());
+            }
+        });
+        Ok(out)
+    }
+
+    /// Adds a callback run (through `call_soon`, never synchronously) once
+    /// the task is done; returns an id for
+    /// [`remove_done_callback`](Self::remove_done_callback).
+    ///
+    /// Equivalent to `asyncio.Task.add_done_callback`.
+    pub fn add_done_callback(&self, cb: impl FnOnce(&Task<T>) + 'static) -> u64 {
+        if self.done() {
+            let me = self.clone();
+            if let Ok(lp) = self.get_loop() {
+                lp.call_soon_impl(Box::new(move || cb(&me)), "task done callback");
+            }
+            return 0;
+        }
+        self.cell.add_callback(Box::new(cb))
+    }
+
+    /// Removes a callback added by [`add_done_callback`](Self::add_done_callback);
+    /// returns how many were removed. Equivalent to `asyncio.Task.remove_done_callback`.
+    pub fn remove_done_callback(&self, id: u64) -> usize {
+        self.cell.remove_callback(id)
+    }
+
+    /// The loop the task runs on. Equivalent to `asyncio.Task.get_loop`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] if the loop was dropped.
+    pub fn get_loop(&self) -> Result<EventLoop> {
+        self.header()
+            .core
+            .upgrade()
+            .map(EventLoop::from_core)
+            .ok_or_else(|| Error::closed("the task's loop is gone"))
+    }
+
+    /// An untyped handle to this task (what [`current_task`] returns).
+    pub fn as_ref(&self) -> TaskRef {
+        TaskRef(self.cell.clone())
+    }
+}
+
+impl<T: Clone + 'static> Task<T> {
+    /// The task's output (cloned), or the error that ended it.
+    ///
+    /// Equivalent to `asyncio.Task.result`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidState`] while pending or once an await took the
+    /// output; otherwise the task's own error.
+    pub fn result(&self) -> Result<T> {
+        if !self.done() {
+            return Err(Error::state("task is not done"));
+        }
+        self.header().retrieved.set(true);
+        let mut out = Err(Error::state("the task's result was already taken by an await"));
+        self.cell.with_result(&mut |r| {
+            if let Some(r) = r {
+                out = r.clone();
+            }
+        });
+        out
+    }
+}
+
+impl<T: 'static> Future for Task<T> {
+    type Output = Result<T>;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<T>> {
+        self.cell.poll_join(cx)
+    }
+}
+
+impl<T: 'static> fmt::Debug for Task<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.header().describe())
+    }
+}
+
+/// An untyped task handle, as returned by [`current_task`] and [`all_tasks`].
+#[derive(Clone)]
+pub struct TaskRef(pub(crate) Rc<dyn RawTask>);
+
+impl TaskRef {
+    fn header(&self) -> &TaskHeader {
+        self.0.header()
+    }
+    /// See [`Task::cancel`].
+    pub fn cancel(&self, msg: Option<&str>) -> bool {
+        self.header().cancel(msg.map(str::to_owned))
+    }
+    /// See [`Task::cancelling`].
+    pub fn cancelling(&self) -> u32 {
+        self.header().cancelling.get()
+    }
+    /// See [`Task::uncancel`].
+    pub fn uncancel(&self) -> u32 {
+        self.header().uncancel()
+    }
+    /// See [`Task::done`].
+    pub fn done(&self) -> bool {
+        self.header().done()
+    }
+    /// See [`Task::cancelled`].
+    pub fn cancelled(&self) -> bool {
+        self.header().outcome.get() == Outcome::Cancelled
+    }
+    /// See [`Task::get_name`].
+    pub fn get_name(&self) -> String {
+        self.header().name()
+    }
+    /// See [`Task::set_name`].
+    pub fn set_name(&self, name: impl Into<String>) {
+        *self.header().name.borrow_mut() = Some(name.into());
+    }
+    /// True if both handles refer to the same task.
+    pub fn same(&self, other: &TaskRef) -> bool {
+        Rc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl fmt::Debug for TaskRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.header().describe())
+    }
+}
+
+/// The task running now on this thread's loop, if any.
+///
+/// Equivalent to `asyncio.current_task`.
+pub fn current_task() -> Option<TaskRef> {
+    crate::base_loop::running_core().and_then(|c| c.current_task())
+}
+
+/// The running loop's tasks that are not done yet.
+///
+/// Equivalent to `asyncio.all_tasks`. Empty when no loop is running.
+pub fn all_tasks() -> Vec<TaskRef> {
+    crate::base_loop::running_core().map_or_else(Vec::new, |c| c.all_tasks())
+}
+
+/// Yields to the loop once: the task is scheduled again at the end of the
+/// ready queue (asyncio's `sleep(0)`).
+pub(crate) fn yield_now() -> YieldNow {
+    YieldNow(false)
+}
+
+pub(crate) struct YieldNow(bool);
+
+impl Future for YieldNow {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.0 {
+            Poll::Ready(())
+        } else {
+            self.0 = true;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    }
+}
