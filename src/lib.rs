@@ -59,6 +59,7 @@ mod error;
 mod events;
 mod futures;
 mod readers;
+mod pipes;
 mod runners;
 mod sock;
 mod tasks;
@@ -74,8 +75,9 @@ pub use events::{
     AbstractEventLoop, ExceptionContext, ExceptionHandler, Handle, TimerHandle, get_running_loop,
 };
 pub use futures::LoopFuture;
+pub use pipes::{Pipe, pipe};
 pub use runners::run;
-pub use sock::{Domain, Protocol, SockAddr, Socket, Type};
+pub use sock::{Acceptor, Domain, Protocol, SockAddr, Socket, Type};
 pub use tasks::{Task, TaskRef, all_tasks, current_task};
 
 /// The names most programs need: `use ringloop::prelude::*;`.

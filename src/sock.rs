@@ -12,8 +12,8 @@ pub use socket2::{Domain, Protocol, SockAddr, Type};
 use crate::base_loop::EventLoop;
 use crate::driver::buf::{IoBuf, IoBufMut};
 use crate::driver::fd::SharedFd;
-use crate::driver::ops::{Accept, Connect, Recv, RecvFrom, Send, SendMsg};
-use crate::driver::Op;
+use crate::driver::ops::{Accept, AcceptMulti, Connect, Recv, RecvFrom, Send, SendMsg};
+use crate::driver::{MultiOp, Op};
 use crate::error::{Error, Result};
 
 /// A non-blocking, close-on-exec socket owned by ringloop.
@@ -90,10 +90,6 @@ impl Socket {
         Socket {
             fd: SharedFd::new(fd),
         }
-    }
-
-    pub(crate) fn shared(&self) -> &SharedFd {
-        &self.fd
     }
 
     /// Runs `f` on a borrowed `socket2` view, for options this type lacks.
@@ -289,5 +285,94 @@ impl EventLoop {
         let addr = op.addr();
         let owned = crate::driver::owned_from_accept(fd);
         Ok((Socket::from_accepted(owned), addr))
+    }
+}
+
+/// Accepts connection after connection from one listening socket.
+///
+/// On the proactor this is one multishot `ACCEPT` submission that yields a
+/// completion per connection (re-armed when the kernel ends it); on the
+/// selector, `accept4` until `EAGAIN`, then readiness. Dropping it cancels
+/// the accept; connections the kernel still accepts for it are closed, not
+/// leaked.
+///
+/// # Examples
+///
+/// ```
+/// use ringloop::prelude::*;
+/// use ringloop::Acceptor;
+/// ringloop::run(async {
+///     let lp = get_running_loop().unwrap();
+///     let listener = Socket::tcp_listener(&"127.0.0.1:0".parse().unwrap(), 16).unwrap();
+///     let addr = listener.local_addr().unwrap();
+///     let mut acceptor = Acceptor::new(&lp, &listener);
+///     let client = Socket::tcp_for(&addr.as_socket().unwrap()).unwrap();
+///     lp.sock_connect(&client, &addr).await.unwrap();
+///     let conn = acceptor.accept().await.unwrap();
+///     assert_eq!(conn.peer_addr().unwrap().as_socket(), client.local_addr().unwrap().as_socket());
+/// }).unwrap();
+/// ```
+pub struct Acceptor {
+    lp: EventLoop,
+    listener: SharedFd,
+    op: Option<MultiOp>,
+}
+
+impl Acceptor {
+    /// An acceptor on `listener` (which must be listening).
+    pub fn new(lp: &EventLoop, listener: &Socket) -> Acceptor {
+        Acceptor {
+            lp: lp.clone(),
+            listener: listener.fd.clone(),
+            op: None,
+        }
+    }
+
+    /// The next connection.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] from accept (`EMFILE`, `ENFILE`, …); the acceptor stays
+    /// usable and the next call tries again.
+    pub async fn accept(&mut self) -> Result<Socket> {
+        std::future::poll_fn(|cx| self.poll_accept(cx)).await
+    }
+
+    fn poll_accept(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<Socket>> {
+        use std::task::Poll;
+        if let Err(e) = self.lp.check_open() {
+            return Poll::Ready(Err(e));
+        }
+        loop {
+            let op = self.op.get_or_insert_with(|| {
+                MultiOp::submit(
+                    self.lp.driver(),
+                    Box::new(AcceptMulti {
+                        fd: self.listener.clone(),
+                    }),
+                )
+            });
+            match op.poll_next(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(fd))) => {
+                    let owned = crate::driver::owned_from_accept(fd);
+                    return Poll::Ready(Ok(Socket::from_accepted(owned)));
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    if op.is_finished() {
+                        self.op = None;
+                    }
+                    return Poll::Ready(Err(io_err(e)));
+                }
+                // The kernel ended the multishot: arm a new one.
+                Poll::Ready(None) => self.op = None,
+            }
+        }
+    }
+}
+
+impl fmt::Debug for Acceptor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "<Acceptor fd={}>", self.listener.raw())
     }
 }

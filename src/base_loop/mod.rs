@@ -373,6 +373,13 @@ impl EventLoop {
         self.core.slow_callback.set(d)
     }
 
+    /// Timers in the heap, cancelled ones not yet removed included. Cancelled
+    /// timers are dropped lazily, and the heap is rebuilt once more than half
+    /// of at least 100 are cancelled, so this stays bounded.
+    pub fn scheduled_timers(&self) -> usize {
+        self.core.timers.borrow().len()
+    }
+
     /// Ops submitted to the driver and not yet handed back (tests, stats).
     pub fn ops_in_flight(&self) -> usize {
         self.core.driver.borrow().in_flight()

@@ -52,11 +52,6 @@ impl SharedFd {
     pub(crate) fn id(&self) -> u64 {
         self.0.id
     }
-
-    /// How many holders (socket objects plus in-flight ops) the fd has.
-    pub(crate) fn holders(&self) -> usize {
-        Rc::strong_count(&self.0)
-    }
 }
 
 impl std::os::fd::AsFd for SharedFd {

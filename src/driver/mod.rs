@@ -403,12 +403,6 @@ impl Driver {
         each!(self, d => d.shut)
     }
 
-    /// Forgets the selector's registration of a raw fd (after `remove_reader`).
-    pub(crate) fn forget_raw_fd(&mut self, fd: std::os::fd::RawFd) {
-        if let Driver::Epoll(d) = self {
-            d.forget(fd);
-        }
-    }
 }
 
 /// Takes ownership of the descriptor an accept op returned.
@@ -478,6 +472,13 @@ impl MultiOp {
             driver: driver.clone(),
             key: Some(key),
         }
+    }
+
+    /// True once the kernel posted the op's final completion (results may
+    /// still be queued).
+    pub(crate) fn is_finished(&self) -> bool {
+        self.key
+            .is_none_or(|k| self.driver.borrow().ops_ref().is_finished(k))
     }
 
     /// Next result; `None` when the op has ended (submit a new one to go on).

@@ -1,0 +1,363 @@
+//! Loop lifecycle, callback ordering, timers, thread-safe wakeups, the
+//! exception handler and debug mode, on both backends.
+
+mod common;
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ringloop::prelude::*;
+use ringloop::{ExceptionContext, ExceptionHandler};
+
+type Log = Rc<RefCell<Vec<&'static str>>>;
+
+fn push(log: &Log, s: &'static str) -> impl FnOnce() + 'static {
+    let log = log.clone();
+    move || log.borrow_mut().push(s)
+}
+
+/// Collects what the exception handler is told.
+fn capture_handler(lp: &EventLoop) -> Rc<RefCell<Vec<ExceptionContext>>> {
+    let seen = Rc::new(RefCell::new(Vec::new()));
+    let s2 = seen.clone();
+    let h: ExceptionHandler = Rc::new(move |_lp, ctx| s2.borrow_mut().push(ctx.clone()));
+    lp.set_exception_handler(Some(h));
+    seen
+}
+
+both_backends! {
+    fn call_soon_runs_fifo(lp) {
+        let log: Log = Rc::default();
+        for s in ["a", "b", "c", "d"] {
+            lp.call_soon(push(&log, s)).unwrap();
+        }
+        let l2 = lp.clone();
+        lp.call_soon(move || l2.stop()).unwrap();
+        lp.run_forever().unwrap();
+        assert_eq!(*log.borrow(), ["a", "b", "c", "d"]);
+    }
+}
+
+both_backends! {
+    fn callbacks_scheduled_during_an_iteration_wait_for_the_next(lp) {
+        // cb1 schedules cb3; cb2 was ready before: order cb1, cb2, cb3, and
+        // stop() in cb2 ends run_forever before cb3 runs (asyncio's rule).
+        let log: Log = Rc::default();
+        let (l, lp2) = (log.clone(), lp.clone());
+        lp.call_soon(move || {
+            l.borrow_mut().push("cb1");
+            let l3 = l.clone();
+            lp2.call_soon(move || l3.borrow_mut().push("cb3")).unwrap();
+        })
+        .unwrap();
+        let (l, lp2) = (log.clone(), lp.clone());
+        lp.call_soon(move || {
+            l.borrow_mut().push("cb2");
+            lp2.stop();
+        })
+        .unwrap();
+        lp.run_forever().unwrap();
+        assert_eq!(*log.borrow(), ["cb1", "cb2"]);
+        // The callback scheduled by that batch runs on the next run.
+        lp.stop();
+        lp.run_forever().unwrap();
+        assert_eq!(*log.borrow(), ["cb1", "cb2", "cb3"]);
+    }
+}
+
+both_backends! {
+    fn stop_before_run_forever_runs_one_iteration(lp) {
+        let log: Log = Rc::default();
+        lp.call_soon(push(&log, "ready")).unwrap();
+        lp.call_later(Duration::from_secs(3600), push(&log, "far timer")).unwrap();
+        lp.stop();
+        let t0 = Instant::now();
+        lp.run_forever().unwrap();
+        assert!(t0.elapsed() < Duration::from_secs(2), "stop-before-run must poll with timeout 0");
+        assert_eq!(*log.borrow(), ["ready"]);
+        assert!(!lp.is_running());
+    }
+}
+
+both_backends! {
+    fn timers_run_by_deadline_ties_in_scheduling_order(lp) {
+        let log: Log = Rc::default();
+        let base = lp.time() + Duration::from_millis(30);
+        lp.call_at(base + Duration::from_millis(20), push(&log, "late")).unwrap();
+        lp.call_at(base, push(&log, "tie1")).unwrap();
+        lp.call_at(base, push(&log, "tie2")).unwrap();
+        lp.call_later(Duration::from_millis(1), push(&log, "first")).unwrap();
+        lp.call_at(base, push(&log, "tie3")).unwrap();
+        let l2 = lp.clone();
+        lp.call_at(base + Duration::from_millis(40), move || l2.stop()).unwrap();
+        let t0 = Instant::now();
+        lp.run_forever().unwrap();
+        assert_eq!(*log.borrow(), ["first", "tie1", "tie2", "tie3", "late"]);
+        assert!(t0.elapsed() >= Duration::from_millis(65), "timers ran early: {:?}", t0.elapsed());
+    }
+}
+
+both_backends! {
+    fn timer_handles_cancel_and_report_when(lp) {
+        let fired = Rc::new(Cell::new(0));
+        let f = fired.clone();
+        let when = lp.time() + Duration::from_millis(5);
+        let th = lp.call_at(when, move || f.set(f.get() + 1)).unwrap();
+        assert_eq!(th.when(), when);
+        assert!(!th.cancelled());
+        th.cancel();
+        th.cancel(); // a no-op the second time
+        assert!(th.cancelled());
+        let h = lp.call_soon(|| panic!("cancelled handle ran")).unwrap();
+        h.cancel();
+        assert!(h.cancelled());
+        let l2 = lp.clone();
+        lp.call_later(Duration::from_millis(20), move || l2.stop()).unwrap();
+        lp.run_forever().unwrap();
+        assert_eq!(fired.get(), 0);
+        // Cancelling after it ran is a no-op too.
+        let f = fired.clone();
+        let l2 = lp.clone();
+        let th = lp.call_later(Duration::ZERO, move || { f.set(1); l2.stop(); }).unwrap();
+        lp.run_forever().unwrap();
+        th.cancel();
+        assert_eq!(fired.get(), 1);
+    }
+}
+
+both_backends! {
+    fn a_million_cancelled_timers_cost_no_memory(lp) {
+        let n = 1_000_000;
+        let mut handles = Vec::with_capacity(n);
+        for i in 0..n {
+            handles.push(lp.call_later(Duration::from_secs(3600 + (i % 1000) as u64), || {}).unwrap());
+        }
+        assert_eq!(lp.scheduled_timers(), n);
+        for h in &handles {
+            h.cancel();
+        }
+        drop(handles);
+        // Compaction kicks in once more than half are cancelled.
+        assert!(lp.scheduled_timers() < n / 2 + 2, "heap kept {} cancelled timers", lp.scheduled_timers());
+        lp.stop();
+        lp.run_forever().unwrap();
+        assert!(lp.scheduled_timers() <= 101, "heap still holds {}", lp.scheduled_timers());
+    }
+}
+
+both_backends! {
+    fn call_soon_threadsafe_wakes_a_blocked_loop(lp) {
+        let h = lp.handle();
+        let from_thread = Arc::new(Mutex::new(false));
+        let f2 = from_thread.clone();
+        // Nothing is scheduled: the loop blocks in the driver until the
+        // thread's callback wakes it (the watchdog only guards the test).
+        let l2 = lp.clone();
+        let watchdog = lp.call_later(Duration::from_secs(10), move || l2.stop()).unwrap();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            h.call_soon_threadsafe(move || {
+                *f2.lock().unwrap() = true;
+                get_running_loop().unwrap().stop();
+            })
+            .unwrap();
+        });
+        let t0 = Instant::now();
+        lp.run_forever().unwrap();
+        t.join().unwrap();
+        watchdog.cancel();
+        assert!(*from_thread.lock().unwrap());
+        assert!(t0.elapsed() < Duration::from_secs(5));
+    }
+}
+
+both_backends! {
+    fn many_threads_many_threadsafe_callbacks_all_run(lp) {
+        let count = Arc::new(Mutex::new(0u32));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let h = lp.handle();
+                let c = count.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..500 {
+                        let c = c.clone();
+                        h.call_soon_threadsafe(move || *c.lock().unwrap() += 1).unwrap();
+                    }
+                })
+            })
+            .collect();
+        let c = count.clone();
+        common::run_bounded(lp, Duration::from_secs(10), async move {
+            loop {
+                if *c.lock().unwrap() == 2000 {
+                    return;
+                }
+                YieldOnce(false).await;
+            }
+        });
+        for t in threads {
+            t.join().unwrap();
+        }
+    }
+}
+
+struct YieldOnce(bool);
+impl std::future::Future for YieldOnce {
+    type Output = ();
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        if self.0 {
+            std::task::Poll::Ready(())
+        } else {
+            self.0 = true;
+            cx.waker().wake_by_ref();
+            std::task::Poll::Pending
+        }
+    }
+}
+
+both_backends! {
+    fn close_rules(lp) {
+        let h = lp.handle();
+        // close refuses while running
+        let l2 = lp.clone();
+        let inner = Rc::new(RefCell::new(None));
+        let i2 = inner.clone();
+        lp.call_soon(move || {
+            *i2.borrow_mut() = Some(l2.close());
+            l2.stop();
+        })
+        .unwrap();
+        lp.run_forever().unwrap();
+        assert!(matches!(inner.borrow_mut().take(), Some(Err(Error::InvalidState(_)))));
+        assert!(!lp.is_closed());
+        lp.call_soon(|| panic!("pending callbacks are discarded at close")).unwrap();
+        lp.close().unwrap();
+        assert!(lp.is_closed());
+        lp.close().unwrap(); // idempotent
+        assert!(matches!(lp.run_forever(), Err(Error::Closed(_))));
+        assert!(matches!(lp.run_until_complete(async {}), Err(Error::Closed(_))));
+        assert!(matches!(lp.call_soon(|| {}), Err(Error::Closed(_))));
+        assert!(matches!(lp.call_later(Duration::ZERO, || {}), Err(Error::Closed(_))));
+        assert!(matches!(h.call_soon_threadsafe(|| {}), Err(Error::Closed(_))));
+        assert!(h.is_closed());
+        // From another thread too.
+        let r = std::thread::spawn(move || h.call_soon_threadsafe(|| {}).is_err()).join().unwrap();
+        assert!(r);
+    }
+}
+
+both_backends! {
+    fn run_until_complete_and_running_loop(lp) {
+        assert!(get_running_loop().is_err());
+        assert!(!lp.is_running());
+        let v = lp
+            .run_until_complete(async {
+                let lp = get_running_loop().unwrap();
+                assert!(lp.is_running());
+                // Re-entrant runs are refused, as asyncio's RuntimeError.
+                let again = lp.run_until_complete(async { 1 });
+                assert!(matches!(again, Err(Error::InvalidState(_))));
+                assert!(matches!(lp.run_forever(), Err(Error::InvalidState(_))));
+                // Another loop cannot run on this thread meanwhile.
+                let other = EventLoop::selector().unwrap();
+                assert!(matches!(other.run_forever(), Err(Error::InvalidState(_))));
+                other.close().unwrap();
+                21 * 2
+            })
+            .unwrap();
+        assert_eq!(v, 42);
+        assert!(get_running_loop().is_err());
+        assert!(!lp.is_running());
+    }
+}
+
+both_backends! {
+    fn panicking_callback_goes_to_the_exception_handler(lp) {
+        let seen = capture_handler(lp);
+        assert!(lp.get_exception_handler().is_some());
+        let after = Rc::new(Cell::new(false));
+        let a = after.clone();
+        lp.call_soon(|| panic!("boom in callback")).unwrap();
+        lp.call_soon(move || a.set(true)).unwrap();
+        let l2 = lp.clone();
+        lp.call_later(Duration::from_millis(5), move || {
+            // A handler that panics itself falls back to the default one.
+            l2.set_exception_handler(Some(Rc::new(|_, _| panic!("handler broken"))));
+            l2.call_exception_handler(ExceptionContext::new("reported to a broken handler"));
+            l2.set_exception_handler(None);
+            l2.default_exception_handler(&ExceptionContext::new("default handler works"));
+            l2.stop();
+        })
+        .unwrap();
+        lp.run_forever().unwrap();
+        assert!(after.get(), "the loop kept running after the panic");
+        let seen = seen.borrow();
+        assert_eq!(seen.len(), 1, "{seen:?}");
+        assert!(seen[0].message.starts_with("Exception in callback"), "{}", seen[0].message);
+        assert!(matches!(&seen[0].exception, Some(Error::Panic(m)) if m.contains("boom in callback")));
+        assert!(seen[0].get("handle").is_some());
+        assert!(lp.get_exception_handler().is_none());
+    }
+}
+
+both_backends! {
+    fn debug_mode_and_slow_callbacks(lp) {
+        assert_eq!(lp.slow_callback_duration(), Duration::from_millis(100));
+        lp.set_debug(true);
+        assert!(lp.get_debug());
+        lp.set_slow_callback_duration(Duration::from_millis(5));
+        common::install_logger();
+        lp.call_soon(|| std::thread::sleep(Duration::from_millis(15))).unwrap();
+        let l2 = lp.clone();
+        lp.call_soon(move || l2.stop()).unwrap();
+        lp.run_forever().unwrap();
+        assert!(
+            common::logged("Executing <Handle callback> took"),
+            "no slow-callback warning in {:?}",
+            common::log_lines()
+        );
+        lp.set_debug(false);
+        assert!(!lp.get_debug());
+    }
+}
+
+both_backends! {
+    fn call_at_in_the_past_runs_promptly(lp) {
+        let ran = Rc::new(Cell::new(false));
+        let (r, l2) = (ran.clone(), lp.clone());
+        let past = lp.time() - Duration::from_millis(50);
+        lp.call_at(past, move || { r.set(true); l2.stop(); }).unwrap();
+        let t0 = Instant::now();
+        lp.run_forever().unwrap();
+        assert!(ran.get());
+        assert!(t0.elapsed() < Duration::from_secs(1));
+        assert!(lp.time() >= t0);
+    }
+}
+
+/// RINGLOOP_DEBUG=1 turns debug mode on for new loops (checked in a child
+/// process, since the environment is process-wide).
+#[test]
+fn ringloop_debug_env_enables_debug_mode() {
+    if std::env::var("RINGLOOP_TEST_CHILD").as_deref() == Ok("debug") {
+        for lp in [EventLoop::proactor().unwrap(), EventLoop::selector().unwrap()] {
+            assert!(lp.get_debug());
+            lp.close().unwrap();
+        }
+        println!("CHILD-OK debug");
+        return;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "ringloop_debug_env_enables_debug_mode", "--nocapture", "--test-threads=1"])
+        .env("RINGLOOP_TEST_CHILD", "debug")
+        .env("RINGLOOP_DEBUG", "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && stdout.contains("CHILD-OK debug"), "child: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let lp = EventLoop::selector().unwrap();
+    assert_eq!(lp.get_debug(), std::env::var("RINGLOOP_DEBUG").is_ok_and(|v| v == "1"));
+    lp.close().unwrap();
+}
