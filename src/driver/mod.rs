@@ -139,7 +139,7 @@ enum Dropped {
 /// kernel write after the driver let go of them (tests only).
 #[derive(Default)]
 struct Quarantine {
-    held: Vec<(Box<dyn OpAble>, *mut u8, usize)>,
+    held: Vec<ops::Released>,
 }
 
 const POISON: u8 = 0xA5;
@@ -272,13 +272,13 @@ impl Ops {
     }
 
     /// Frees an op the driver no longer needs (poisoning its buffer in tests).
-    fn release(&mut self, mut op: Box<dyn OpAble>) {
+    fn release(&mut self, op: Box<dyn OpAble>) {
         if let Some(q) = &mut self.quarantine {
-            if let Some((ptr, len)) = op.poison_region() {
+            if let Some(r) = op.into_buffer() {
                 // SAFETY: the region is the op's own writable buffer, and the
                 // op has had its final completion, so nothing else writes it.
-                unsafe { std::ptr::write_bytes(ptr, POISON, len) };
-                q.held.push((op, ptr, len));
+                unsafe { std::ptr::write_bytes(r.ptr, POISON, r.len) };
+                q.held.push(r);
             }
         }
     }
@@ -287,9 +287,10 @@ impl Ops {
         let Some(q) = &self.quarantine else {
             return Err("poison checking was not enabled on this loop".into());
         };
-        for (i, (_, ptr, len)) in q.held.iter().enumerate() {
-            // SAFETY: the quarantined op still owns the buffer at `ptr`.
-            let bytes = unsafe { std::slice::from_raw_parts(*ptr, *len) };
+        for (i, r) in q.held.iter().enumerate() {
+            let len = r.len;
+            // SAFETY: the quarantined owner keeps the buffer at `ptr` alive.
+            let bytes = unsafe { std::slice::from_raw_parts(r.ptr, len) };
             if let Some(pos) = bytes.iter().position(|&b| b != POISON) {
                 return Err(format!(
                     "buffer {i} ({len} bytes) was written at offset {pos} after the driver released it"
@@ -377,8 +378,13 @@ impl Driver {
         self.ops_ref().stats
     }
 
+    /// User ops in the slab (the proactor's own eventfd read excluded).
     pub(crate) fn in_flight(&self) -> usize {
-        self.ops_ref().in_flight()
+        let internal = match self {
+            Driver::Uring(d) => usize::from(d.wake_key.is_some()),
+            Driver::Epoll(_) => 0,
+        };
+        self.ops_ref().in_flight() - internal
     }
 
     /// Cancels everything in flight, drains completions for at most `bound`,

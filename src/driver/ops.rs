@@ -55,8 +55,10 @@ pub(crate) trait OpAble: AsAny {
     /// The op completed after its future was dropped: keep what it received
     /// (data into the stash, fds closed) so nothing is lost or leaked.
     fn salvage(&mut self, _res: i32, _stash: &mut Stash) {}
-    /// The memory the kernel may write into, for the poison checker.
-    fn poison_region(&mut self) -> Option<(*mut u8, usize)> {
+    /// Gives up the buffer the kernel may have written into, for the poison
+    /// checker, with the region to poison; the rest of the op (its fd)
+    /// drops as usual.
+    fn into_buffer(self: Box<Self>) -> Option<Released> {
         None
     }
     /// Multishot ops post many completions; the last lacks `F_MORE`.
@@ -173,6 +175,24 @@ fn stash_into<B: IoBufMut>(fd: &SharedFd, buf: &mut B, stash: &mut Stash) -> Opt
     Some(Ok(n as u32))
 }
 
+/// A receive buffer kept by the poison checker, and its spare region.
+pub(crate) struct Released {
+    pub(crate) _owner: Box<dyn Any>,
+    pub(crate) ptr: *mut u8,
+    pub(crate) len: usize,
+}
+
+fn release<B: IoBufMut>(mut buf: B) -> Option<Released> {
+    let (ptr, len) = spare_region(&mut buf);
+    // Moving the buffer into a box moves its header, not its heap block, so
+    // `ptr` stays valid while the box lives.
+    Some(Released {
+        _owner: Box::new(buf),
+        ptr,
+        len,
+    })
+}
+
 fn spare_region<B: IoBufMut>(buf: &mut B) -> (*mut u8, usize) {
     let init = buf.bytes_init();
     // SAFETY: `init <= bytes_total()`, so the pointer stays inside the block.
@@ -225,8 +245,8 @@ impl<B: IoBufMut> OpAble for Recv<B> {
             stash.push(&self.fd, data, None);
         }
     }
-    fn poison_region(&mut self) -> Option<(*mut u8, usize)> {
-        Some(spare_region(&mut self.buf))
+    fn into_buffer(self: Box<Self>) -> Option<Released> {
+        release(self.buf)
     }
 }
 
@@ -274,8 +294,8 @@ impl<B: IoBufMut> OpAble for Read<B> {
     fn from_stash(&mut self, stash: &mut Stash) -> Option<io::Result<u32>> {
         stash_into(&self.fd, &mut self.buf, stash)
     }
-    fn poison_region(&mut self) -> Option<(*mut u8, usize)> {
-        Some(spare_region(&mut self.buf))
+    fn into_buffer(self: Box<Self>) -> Option<Released> {
+        release(self.buf)
     }
 }
 
@@ -503,8 +523,8 @@ impl<B: IoBufMut> OpAble for RecvFrom<B> {
             stash.push(&self.fd, data, Some(addr));
         }
     }
-    fn poison_region(&mut self) -> Option<(*mut u8, usize)> {
-        Some(spare_region(&mut self.buf))
+    fn into_buffer(self: Box<Self>) -> Option<Released> {
+        release(self.buf)
     }
 }
 

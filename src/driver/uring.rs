@@ -33,7 +33,7 @@ pub(crate) struct Uring {
     pub(super) ops: Ops,
     pub(super) notifier: Arc<Notifier>,
     /// The slab key of the read that waits on the notifier's eventfd.
-    wake_key: Option<usize>,
+    pub(super) wake_key: Option<usize>,
     /// Keeps the eventfd open for the wake read's SharedFd.
     wake_fd: Option<SharedFd>,
     pub(super) shut: bool,

@@ -44,10 +44,39 @@ pub fn run_on(backend: Backend, body: fn(&EventLoop)) {
     }
 }
 
+/// Serialises the tests of one test binary that take it (fd counting).
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// As [`run_on`], holding [`serial`] from before the loop exists.
+pub fn run_on_serial(backend: Backend, body: fn(&EventLoop)) {
+    let _g = serial();
+    run_on(backend, body)
+}
+
 /// Generates `mod $name { #[test] fn proactor(); #[test] fn selector(); }`
-/// from one body taking `&EventLoop`.
+/// from one body taking `&EventLoop`. `serial fn` runs the pair under
+/// [`serial`], for tests that count the process's open fds.
 #[macro_export]
 macro_rules! both_backends {
+    ($(#[$m:meta])* serial fn $name:ident($lp:ident) $body:block) => {
+        $(#[$m])*
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+            fn body($lp: &ringloop::EventLoop) $body
+            #[test]
+            fn proactor() {
+                $crate::common::run_on_serial(ringloop::Backend::Proactor, body)
+            }
+            #[test]
+            fn selector() {
+                $crate::common::run_on_serial(ringloop::Backend::Selector, body)
+            }
+        }
+    };
     ($(#[$m:meta])* fn $name:ident($lp:ident) $body:block) => {
         $(#[$m])*
         mod $name {
