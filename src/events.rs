@@ -27,7 +27,7 @@ struct TimerPart {
 
 pub(crate) struct HandleInner {
     callback: Cell<Option<Callback>>,
-    cancelled: Cell<bool>,
+    pub(crate) cancelled: Cell<bool>,
     timer: Option<TimerPart>,
     label: &'static str,
 }
@@ -312,7 +312,11 @@ pub trait AbstractEventLoop: Clone + fmt::Debug {
         bufsize: usize,
     ) -> impl Future<Output = Result<(Vec<u8>, SockAddr)>>;
     /// Sends all of `data`. Equivalent to `loop.sock_sendall`.
-    fn sock_sendall<B: crate::IoBuf>(&self, sock: &Socket, data: B) -> impl Future<Output = Result<()>>;
+    fn sock_sendall<B: crate::IoBuf>(
+        &self,
+        sock: &Socket,
+        data: B,
+    ) -> impl Future<Output = Result<()>>;
     /// Sends one datagram to `addr`. Equivalent to `loop.sock_sendto`.
     fn sock_sendto<B: crate::IoBuf>(
         &self,
@@ -348,6 +352,5 @@ pub trait AbstractEventLoop: Clone + fmt::Debug {
 ///
 /// [`Error::InvalidState`] when no loop is running on this thread.
 pub fn get_running_loop() -> Result<EventLoop> {
-    crate::base_loop::running_loop()
-        .ok_or_else(|| Error::state("no running event loop"))
+    crate::base_loop::running_loop().ok_or_else(|| Error::state("no running event loop"))
 }

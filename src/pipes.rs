@@ -26,8 +26,8 @@ pub struct Pipe {
 ///
 /// [`Error::Io`](crate::Error::Io) from `pipe2(2)`.
 pub fn pipe() -> Result<(Pipe, Pipe)> {
-    let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)
-        .map_err(io::Error::from)?;
+    let (r, w) =
+        nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).map_err(io::Error::from)?;
     Ok((Pipe::from_nonblocking(r), Pipe::from_nonblocking(w)))
 }
 

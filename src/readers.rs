@@ -25,7 +25,9 @@ impl EventLoop {
     ) -> Result<()> {
         self.check_open()?;
         if fd < 0 {
-            return Err(Error::InvalidArgument(format!("invalid file descriptor {fd}")));
+            return Err(Error::InvalidArgument(format!(
+                "invalid file descriptor {fd}"
+            )));
         }
         // As asyncio: a second add for the same fd replaces the callback.
         self.remove_watcher(fd, writable);
@@ -42,8 +44,10 @@ impl EventLoop {
                 }
                 if let Err(e) = res {
                     lp.call_exception_handler_impl(
-                        ExceptionContext::new(format!("fd {what} for fd {fd} failed; it is removed"))
-                            .with_exception(e.into()),
+                        ExceptionContext::new(format!(
+                            "fd {what} for fd {fd} failed; it is removed"
+                        ))
+                        .with_exception(e.into()),
                     );
                     lp.core.watchers.borrow_mut().remove(&(fd, writable));
                     return;

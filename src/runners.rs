@@ -67,7 +67,10 @@ struct WaitDone(crate::tasks::TaskRef);
 
 impl Future for WaitDone {
     type Output = ();
-    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
         if self.0.done() {
             std::task::Poll::Ready(())
         } else {

@@ -45,7 +45,11 @@ impl Socket {
     ///
     /// [`Error::Io`] from `socket(2)`.
     pub fn tcp_for(addr: &SocketAddr) -> Result<Socket> {
-        Socket::new(Domain::for_address(*addr), Type::STREAM, Some(Protocol::TCP))
+        Socket::new(
+            Domain::for_address(*addr),
+            Type::STREAM,
+            Some(Protocol::TCP),
+        )
     }
 
     /// A UDP socket for `addr`'s family.

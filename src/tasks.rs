@@ -43,7 +43,13 @@ pub(crate) struct TaskHeader {
 }
 
 impl TaskHeader {
-    pub(crate) fn new(id: u64, name: Option<String>, waker: Waker, core: Weak<Core>, internal: bool) -> Self {
+    pub(crate) fn new(
+        id: u64,
+        name: Option<String>,
+        waker: Waker,
+        core: Weak<Core>,
+        internal: bool,
+    ) -> Self {
         TaskHeader {
             id,
             name: RefCell::new(name),
@@ -106,7 +112,7 @@ pub(crate) trait RawTask {
 trait TaskView<T>: RawTask {
     fn poll_join(&self, cx: &mut Context<'_>) -> Poll<Result<T>>;
     fn with_result(&self, f: &mut dyn FnMut(Option<&Result<T>>));
-    fn add_callback(&self, cb: Box<dyn FnOnce(&Task<T>)>) -> u64;
+    fn add_callback(&self, cb: TaskCallback<T>) -> u64;
     fn remove_callback(&self, id: u64) -> usize;
 }
 
@@ -221,7 +227,10 @@ where
 /// Drops a future, turning a panic in its destructor into a log line.
 fn drop_quietly<T>(v: Option<T>) {
     if let Err(p) = catch_unwind(AssertUnwindSafe(move || drop(v))) {
-        log::error!("ringloop: a task's future panicked while dropped: {}", panic_message(&*p));
+        log::error!(
+            "ringloop: a task's future panicked while dropped: {}",
+            panic_message(&*p)
+        );
     }
 }
 
@@ -234,7 +243,9 @@ where
         if self.header.done() {
             self.header.retrieved.set(true);
             return Poll::Ready(self.result.borrow_mut().take().unwrap_or_else(|| {
-                Err(Error::state("the task's result was already taken by another await"))
+                Err(Error::state(
+                    "the task's result was already taken by another await",
+                ))
             }));
         }
         let mut j = self.joiners.borrow_mut();
@@ -279,7 +290,9 @@ impl<F: Future> Drop for TaskCell<F> {
             ..Default::default()
         };
         match self.header.core.upgrade() {
-            Some(core) if !core.is_closed_flag() => EventLoop::from_core(core).call_exception_handler_impl(ctx),
+            Some(core) if !core.is_closed_flag() => {
+                EventLoop::from_core(core).call_exception_handler_impl(ctx)
+            }
             _ => log::error!("{}: {:?}", ctx.message, ctx.exception),
         }
     }
@@ -435,7 +448,9 @@ impl<T: Clone + 'static> Task<T> {
             return Err(Error::state("task is not done"));
         }
         self.header().retrieved.set(true);
-        let mut out = Err(Error::state("the task's result was already taken by an await"));
+        let mut out = Err(Error::state(
+            "the task's result was already taken by an await",
+        ));
         self.cell.with_result(&mut |r| {
             if let Some(r) = r {
                 out = r.clone();

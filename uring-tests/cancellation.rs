@@ -31,7 +31,10 @@ fn drain(lp: &EventLoop) {
         turns(lp, 1);
         std::thread::sleep(Duration::from_millis(1));
     }
-    panic!("{} ops still in flight after cancellation", lp.ops_in_flight());
+    panic!(
+        "{} ops still in flight after cancellation",
+        lp.ops_in_flight()
+    );
 }
 
 /// A connected pair: a blocking std peer and a ringloop socket.

@@ -206,7 +206,10 @@ both_backends! {
 struct YieldOnce(bool);
 impl std::future::Future for YieldOnce {
     type Output = ();
-    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
         if self.0 {
             std::task::Poll::Ready(())
         } else {
@@ -342,7 +345,10 @@ both_backends! {
 #[test]
 fn ringloop_debug_env_enables_debug_mode() {
     if std::env::var("RINGLOOP_TEST_CHILD").as_deref() == Ok("debug") {
-        for lp in [EventLoop::proactor().unwrap(), EventLoop::selector().unwrap()] {
+        for lp in [
+            EventLoop::proactor().unwrap(),
+            EventLoop::selector().unwrap(),
+        ] {
             assert!(lp.get_debug());
             lp.close().unwrap();
         }
@@ -350,14 +356,96 @@ fn ringloop_debug_env_enables_debug_mode() {
         return;
     }
     let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "ringloop_debug_env_enables_debug_mode", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "ringloop_debug_env_enables_debug_mode",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env("RINGLOOP_TEST_CHILD", "debug")
         .env("RINGLOOP_DEBUG", "1")
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && stdout.contains("CHILD-OK debug"), "child: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success() && stdout.contains("CHILD-OK debug"),
+        "child: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let lp = EventLoop::selector().unwrap();
-    assert_eq!(lp.get_debug(), std::env::var("RINGLOOP_DEBUG").is_ok_and(|v| v == "1"));
+    assert_eq!(
+        lp.get_debug(),
+        std::env::var("RINGLOOP_DEBUG").is_ok_and(|v| v == "1")
+    );
     lp.close().unwrap();
+}
+
+both_backends! {
+    fn one_driver_wait_per_iteration(lp) {
+        // Every turn submits what the previous one queued and reaps in one
+        // io_uring_enter (or one epoll_wait), however many ops are queued.
+        let (r, w) = ringloop::pipe().unwrap();
+        let r = Rc::new(r);
+        for _ in 0..50 {
+            let r2 = r.clone();
+            lp.create_task(async move {
+                let lp = get_running_loop().unwrap();
+                lp.pipe_read_into(&r2, Vec::with_capacity(1)).await.0.unwrap()
+            });
+        }
+        let before = lp.driver_stats();
+        for _ in 0..20 {
+            lp.stop();
+            lp.run_forever().unwrap();
+        }
+        nix::unistd::write(&w, &[7u8; 50]).unwrap();
+        for _ in 0..20 {
+            lp.stop();
+            lp.run_forever().unwrap();
+        }
+        let after = lp.driver_stats();
+        let turns = after.turns - before.turns;
+        assert_eq!(turns, 40);
+        match lp.backend() {
+            Backend::Proactor => assert_eq!(after.uring_enters - before.uring_enters, turns, "{after:?}"),
+            Backend::Selector => assert_eq!(after.epoll_waits - before.epoll_waits, turns, "{after:?}"),
+        }
+        assert_eq!(lp.ops_in_flight(), 0, "all 50 reads completed");
+    }
+}
+
+both_backends! {
+    fn more_ops_than_ring_entries_all_complete(lp) {
+        // 5000 reads on one pipe: more than the SQ (1024) and the CQ (4096)
+        // hold; the driver flushes a full SQ and nothing is lost.
+        let (rfd, wfd) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        let r = Rc::new(ringloop::Pipe::from_owned(rfd).unwrap());
+        let got = Rc::new(Cell::new(0usize));
+        let n = 5000;
+        for _ in 0..n {
+            let (r2, g) = (r.clone(), got.clone());
+            lp.create_task(async move {
+                let lp = get_running_loop().unwrap();
+                let (res, _) = lp.pipe_read_into(&r2, Vec::with_capacity(1)).await;
+                g.set(g.get() + res.unwrap());
+            });
+        }
+        lp.stop();
+        lp.run_forever().unwrap();
+        assert_eq!(lp.ops_in_flight(), n);
+        let w = std::thread::spawn(move || {
+            let mut f = std::fs::File::from(wfd);
+            std::io::Write::write_all(&mut f, &vec![1u8; n]).unwrap();
+            f
+        });
+        let g = got.clone();
+        common::run_bounded(lp, Duration::from_secs(20), async move {
+            while g.get() < n {
+                YieldOnce(false).await;
+            }
+        });
+        drop(w.join().unwrap());
+        assert_eq!(got.get(), n);
+        assert_eq!(lp.ops_in_flight(), 0);
+    }
 }

@@ -169,7 +169,7 @@ both_backends! {
         assert!(t.done() && t.cancelled());
         assert!(!t.cancel(None), "cancel of a done task is refused");
         let t2 = t.clone();
-        let r = lp.run_until_complete(async move { t2.await }).unwrap();
+        let r = lp.run_until_complete(t2).unwrap();
         assert!(matches!(r, Err(Error::Cancelled(Some(m))) if m == "stop it"));
         assert!(!never.done(), "dropping a waiter does not cancel the future itself");
     }
@@ -196,7 +196,7 @@ both_backends! {
         assert_eq!(t.uncancel(), 1);
         assert_eq!(t.uncancel(), 0);
         assert_eq!(t.uncancel(), 0);
-        let r = lp.run_until_complete(async move { t.await }).unwrap();
+        let r = lp.run_until_complete(t).unwrap();
         assert_eq!(r.unwrap(), 7);
     }
 }
@@ -228,7 +228,7 @@ both_backends! {
     fn panicking_task_reports_and_loop_survives(lp) {
         let seen = capture_handler(lp);
         let t = lp.create_task(async { panic!("task boom") });
-        let r = lp.run_until_complete(async move { t.await }).unwrap();
+        let r = lp.run_until_complete(t).unwrap();
         assert!(matches!(r, Err(Error::Panic(m)) if m.contains("task boom")));
         // Retrieved: nothing reported.
         assert!(seen.borrow().is_empty());

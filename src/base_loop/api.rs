@@ -33,7 +33,9 @@ impl AbstractEventLoop for EventLoop {
         task.remove_done_callback(id);
         run?;
         if !task.done() {
-            return Err(Error::state("event loop stopped before the future completed"));
+            return Err(Error::state(
+                "event loop stopped before the future completed",
+            ));
         }
         let mut cx = Context::from_waker(Waker::noop());
         match std::pin::Pin::new(&mut task).poll(&mut cx) {
@@ -72,9 +74,9 @@ impl AbstractEventLoop for EventLoop {
     }
 
     fn call_later(&self, delay: Duration, cb: impl FnOnce() + 'static) -> Result<TimerHandle> {
-        let when = Instant::now()
-            .checked_add(delay)
-            .ok_or_else(|| Error::InvalidArgument(format!("delay {delay:?} overflows the clock")))?;
+        let when = Instant::now().checked_add(delay).ok_or_else(|| {
+            Error::InvalidArgument(format!("delay {delay:?} overflows the clock"))
+        })?;
         self.call_at(when, cb)
     }
 

@@ -37,6 +37,9 @@ pub(crate) enum Ready {
     Task(u32, u32),
 }
 
+/// An fd watcher of `add_reader` / `add_writer`: its task and its live flag.
+pub(crate) type Watcher = (TaskRef, Rc<Cell<bool>>);
+
 pub(crate) struct TaskSlot {
     task: Rc<dyn RawTask>,
     generation: u32,
@@ -62,7 +65,7 @@ pub(crate) struct Core {
     handler: RefCell<Option<ExceptionHandler>>,
     current: RefCell<Option<TaskRef>>,
     /// fd watchers of `add_reader` / `add_writer`: (fd, writable) -> task.
-    pub(crate) watchers: RefCell<HashMap<(RawFd, bool), (TaskRef, Rc<Cell<bool>>)>>,
+    pub(crate) watchers: RefCell<HashMap<(RawFd, bool), Watcher>>,
     me: Weak<Core>,
 }
 
@@ -107,7 +110,9 @@ impl Core {
 
     pub(crate) fn call_soon(&self, cb: Callback, label: &'static str) -> Handle {
         let h = Handle::new(cb, label);
-        self.ready.borrow_mut().push_back(Ready::Callback(h.clone()));
+        self.ready
+            .borrow_mut()
+            .push_back(Ready::Callback(h.clone()));
         h
     }
 
@@ -323,7 +328,9 @@ impl EventLoop {
     pub fn with_backend(backend: Backend) -> Result<EventLoop> {
         if backend == Backend::Proactor {
             if let Err(why) = uring_probe() {
-                return Err(Error::Unsupported(format!("io_uring is unavailable: {why}")));
+                return Err(Error::Unsupported(format!(
+                    "io_uring is unavailable: {why}"
+                )));
             }
         }
         let driver = Driver::new(backend)?;
@@ -591,7 +598,15 @@ fn default_handler(ctx: &ExceptionContext) {
     if msg.is_empty() {
         msg = "Unhandled exception in event loop".into();
     }
-    for key in ["exception", "handle", "task", "future", "protocol", "transport", "socket"] {
+    for key in [
+        "exception",
+        "handle",
+        "task",
+        "future",
+        "protocol",
+        "transport",
+        "socket",
+    ] {
         if let Some(v) = ctx.get(key) {
             msg.push_str(&format!("\n{key}: {v}"));
         }

@@ -114,3 +114,70 @@ impl TimerHeap {
         self.cancelled = 0;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+    use std::time::{Duration, Instant};
+
+    use super::TimerHeap;
+    use crate::events::Handle;
+
+    fn handle(log: &Rc<RefCell<Vec<u32>>>, v: u32) -> Handle {
+        let log = log.clone();
+        Handle::new(Box::new(move || log.borrow_mut().push(v)), "t")
+    }
+
+    fn run_due(heap: &mut TimerHeap, now: Instant) {
+        while let Some(h) = heap.pop_due(now) {
+            (h.take_callback().unwrap())();
+        }
+    }
+
+    #[test]
+    fn deadline_order_then_scheduling_order() {
+        let log = Rc::new(RefCell::new(Vec::new()));
+        let mut heap = TimerHeap::default();
+        let t0 = Instant::now();
+        heap.push(t0 + Duration::from_millis(5), handle(&log, 3));
+        heap.push(t0, handle(&log, 1));
+        heap.push(t0, handle(&log, 2));
+        heap.push(t0 + Duration::from_millis(9), handle(&log, 4));
+        assert_eq!(heap.next_deadline(), Some(t0));
+        run_due(&mut heap, t0 + Duration::from_millis(5));
+        assert_eq!(*log.borrow(), [1, 2, 3]);
+        assert_eq!(heap.next_deadline(), Some(t0 + Duration::from_millis(9)));
+        run_due(&mut heap, t0 + Duration::from_millis(9));
+        assert_eq!(*log.borrow(), [1, 2, 3, 4]);
+        assert_eq!(heap.next_deadline(), None);
+    }
+
+    #[test]
+    fn cancelled_timers_are_skipped_and_compacted() {
+        let log = Rc::new(RefCell::new(Vec::new()));
+        let mut heap = TimerHeap::default();
+        let t0 = Instant::now();
+        let hs: Vec<Handle> = (0..1000)
+            .map(|i| {
+                let h = handle(&log, i);
+                heap.push(t0 + Duration::from_millis(u64::from(i)), h.clone());
+                h
+            })
+            .collect();
+        // Cancel through the heap's bookkeeping, as Handle::cancel does.
+        for h in &hs[..600] {
+            h.0.cancelled.set(true);
+            heap.note_cancelled();
+        }
+        assert!(
+            heap.len() < 1000,
+            "compaction ran once over half were cancelled"
+        );
+        assert_eq!(heap.next_deadline(), Some(t0 + Duration::from_millis(600)));
+        run_due(&mut heap, t0 + Duration::from_secs(5));
+        assert_eq!(log.borrow().len(), 400);
+        assert_eq!(log.borrow()[0], 600);
+        assert_eq!(heap.len(), 0);
+    }
+}

@@ -236,13 +236,7 @@ impl Epoll {
             if token == WAKE_TOKEN {
                 let mut v: u64 = 0;
                 // SAFETY: reads 8 bytes into a valid u64 from our eventfd.
-                unsafe {
-                    libc::read(
-                        self.notifier.fd.as_raw_fd(),
-                        (&mut v as *mut u64).cast(),
-                        8,
-                    )
-                };
+                unsafe { libc::read(self.notifier.fd.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
                 continue;
             }
             self.dispatch(token, flags);
@@ -318,8 +312,8 @@ impl Epoll {
             if let Some(slot) = self.ops.slab.get_mut(key) {
                 if let State::Waiting(w) = &mut slot.state {
                     let w = w.take();
-                    if slot.multi.is_some() {
-                        slot.multi.as_mut().unwrap().push_back(Err(closed_error()));
+                    if let Some(q) = &mut slot.multi {
+                        q.push_back(Err(closed_error()));
                         slot.finished = true;
                         slot.state = State::Waiting(None);
                     } else {

@@ -52,6 +52,8 @@ impl fmt::Display for Backend {
 /// Counters a loop's driver keeps; they show which kernel interface did the work.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DriverStats {
+    /// Loop iterations that waited on the driver (one per `run_once`).
+    pub turns: u64,
     /// Operations submitted to the driver.
     pub ops_submitted: u64,
     /// `io_uring_enter` calls (proactor only).
@@ -205,7 +207,11 @@ impl Ops {
         }
     }
 
-    fn poll(&mut self, key: usize, cx: &mut Context<'_>) -> Poll<(io::Result<u32>, Box<dyn OpAble>)> {
+    fn poll(
+        &mut self,
+        key: usize,
+        cx: &mut Context<'_>,
+    ) -> Poll<(io::Result<u32>, Box<dyn OpAble>)> {
         let slot = &mut self.slab[key];
         match &mut slot.state {
             State::Done(_) => {
@@ -348,7 +354,7 @@ impl Driver {
 
     pub(crate) fn submit(&mut self, mut op: Box<dyn OpAble>) -> usize {
         let ops = self.ops();
-        if let Some(res) = op.from_stash(&mut ops.stash) {
+        if let Some(res) = op.take_stashed(&mut ops.stash) {
             ops.stats.stash_hits += 1;
             return ops.insert(op, State::Done(res));
         }
@@ -367,6 +373,7 @@ impl Driver {
     /// Waits for I/O at most `timeout` (`None`: until something happens) and
     /// records completions, waking their futures.
     pub(crate) fn turn(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        self.ops().stats.turns += 1;
         each!(self, d => d.turn(timeout))
     }
 
@@ -394,7 +401,9 @@ impl Driver {
     }
 
     pub(crate) fn enable_poison(&mut self) {
-        self.ops().quarantine.get_or_insert_with(Quarantine::default);
+        self.ops()
+            .quarantine
+            .get_or_insert_with(Quarantine::default);
     }
 
     pub(crate) fn check_poison(&self) -> Result<usize, String> {
@@ -408,7 +417,6 @@ impl Driver {
     fn is_shut(&self) -> bool {
         each!(self, d => d.shut)
     }
-
 }
 
 /// Takes ownership of the descriptor an accept op returned.

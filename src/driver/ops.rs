@@ -49,7 +49,7 @@ pub(crate) trait OpAble: AsAny {
     /// The same operation as a non-blocking syscall; `WouldBlock` parks it.
     fn legacy_call(&mut self) -> io::Result<u32>;
     /// Completes the op from data a cancelled op received earlier, if any.
-    fn from_stash(&mut self, _stash: &mut Stash) -> Option<io::Result<u32>> {
+    fn take_stashed(&mut self, _stash: &mut Stash) -> Option<io::Result<u32>> {
         None
     }
     /// The op completed after its future was dropped: keep what it received
@@ -166,7 +166,11 @@ fn stash_received<B: IoBufMut>(buf: &mut B, n: usize) -> Vec<u8> {
 
 /// Serves a stream receive from the stash. The count is returned and
 /// `finish` marks it initialised, as for a kernel completion.
-fn stash_into<B: IoBufMut>(fd: &SharedFd, buf: &mut B, stash: &mut Stash) -> Option<io::Result<u32>> {
+fn stash_into<B: IoBufMut>(
+    fd: &SharedFd,
+    buf: &mut B,
+    stash: &mut Stash,
+) -> Option<io::Result<u32>> {
     let mut item = stash.pop(fd)?;
     let n = fill_from(buf, &mut item);
     if !item.data.is_empty() {
@@ -196,7 +200,10 @@ fn release<B: IoBufMut>(mut buf: B) -> Option<Released> {
 fn spare_region<B: IoBufMut>(buf: &mut B) -> (*mut u8, usize) {
     let init = buf.bytes_init();
     // SAFETY: `init <= bytes_total()`, so the pointer stays inside the block.
-    (unsafe { buf.stable_mut_ptr().add(init) }, buf.bytes_total() - init)
+    (
+        unsafe { buf.stable_mut_ptr().add(init) },
+        buf.bytes_total() - init,
+    )
 }
 
 // ---------------------------------------------------------------- recv / read
@@ -236,7 +243,7 @@ impl<B: IoBufMut> OpAble for Recv<B> {
         // SAFETY: ptr/len describe the buffer's spare capacity, owned by this op.
         syscall(|| unsafe { libc::recv(fd, ptr.cast(), len, 0) })
     }
-    fn from_stash(&mut self, stash: &mut Stash) -> Option<io::Result<u32>> {
+    fn take_stashed(&mut self, stash: &mut Stash) -> Option<io::Result<u32>> {
         stash_into(&self.fd, &mut self.buf, stash)
     }
     fn salvage(&mut self, res: i32, stash: &mut Stash) {
@@ -291,7 +298,7 @@ impl<B: IoBufMut> OpAble for Read<B> {
             stash.push(&self.fd, data, None);
         }
     }
-    fn from_stash(&mut self, stash: &mut Stash) -> Option<io::Result<u32>> {
+    fn take_stashed(&mut self, stash: &mut Stash) -> Option<io::Result<u32>> {
         stash_into(&self.fd, &mut self.buf, stash)
     }
     fn into_buffer(self: Box<Self>) -> Option<Released> {
@@ -499,7 +506,7 @@ impl<B: IoBufMut> OpAble for RecvFrom<B> {
         // SAFETY: the header points at a buffer and storage this op owns.
         syscall(|| unsafe { libc::recvmsg(fd, msg, 0) })
     }
-    fn from_stash(&mut self, stash: &mut Stash) -> Option<io::Result<u32>> {
+    fn take_stashed(&mut self, stash: &mut Stash) -> Option<io::Result<u32>> {
         let mut item = stash.pop(&self.fd)?;
         let n = fill_from(&mut self.buf, &mut item);
         if let Some(a) = item.addr {

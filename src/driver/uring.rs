@@ -43,12 +43,16 @@ pub(crate) struct Uring {
 /// flags on kernels that lack them.
 pub(crate) fn build_ring() -> io::Result<IoUring> {
     let mut b = IoUring::builder();
-    b.setup_single_issuer().setup_defer_taskrun().setup_cqsize(RING_ENTRIES * 4);
+    b.setup_single_issuer()
+        .setup_defer_taskrun()
+        .setup_cqsize(RING_ENTRIES * 4);
     match b.build(RING_ENTRIES) {
         Ok(r) => Ok(r),
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
             log::debug!("ringloop: SINGLE_ISSUER|DEFER_TASKRUN unavailable ({e}); plain ring");
-            IoUring::builder().setup_cqsize(RING_ENTRIES * 4).build(RING_ENTRIES)
+            IoUring::builder()
+                .setup_cqsize(RING_ENTRIES * 4)
+                .build(RING_ENTRIES)
         }
         Err(e) => Err(e),
     }
@@ -97,7 +101,9 @@ impl Uring {
         self.push(entry);
     }
 
-    /// Queues an SQE, flushing the submission queue into the kernel if full.
+    /// Queues an SQE. When the submission queue is full, submits it (an
+    /// extra `io_uring_enter`, counted) and reaps what completed, which also
+    /// clears an `EBUSY` from a full completion queue, then retries.
     fn push(&mut self, entry: squeue::Entry) {
         loop {
             // SAFETY: every pointer in the entry refers to op data boxed in
@@ -106,12 +112,15 @@ impl Uring {
                 return;
             }
             self.enter(0, None);
+            self.reap();
         }
     }
 
     pub(super) fn submit(&mut self, op: Box<dyn OpAble>) -> usize {
         if self.shut {
-            return self.ops.insert(op, State::Done(Err(super::epoll::closed_error())));
+            return self
+                .ops
+                .insert(op, State::Done(Err(super::epoll::closed_error())));
         }
         let key = self.ops.insert(op, State::Waiting(None));
         self.push_key(key);
@@ -127,7 +136,11 @@ impl Uring {
         } else {
             key as u64
         };
-        self.push(opcode::AsyncCancel::new(target).build().user_data(TAG_CANCEL));
+        self.push(
+            opcode::AsyncCancel::new(target)
+                .build()
+                .user_data(TAG_CANCEL),
+        );
     }
 
     /// One `io_uring_enter`: submits what is queued, posts completions, and
@@ -210,9 +223,14 @@ impl Uring {
             let slot = &mut self.ops.slab[key];
             slot.polling = false;
             if matches!(slot.state, State::Ignored) {
-                self.ops.complete(key, Err(io::Error::from_raw_os_error(libc::ECANCELED)), false);
+                self.ops.complete(
+                    key,
+                    Err(io::Error::from_raw_os_error(libc::ECANCELED)),
+                    false,
+                );
             } else if res < 0 && res != -libc::ECANCELED {
-                self.ops.complete(key, Err(io::Error::from_raw_os_error(-res)), false);
+                self.ops
+                    .complete(key, Err(io::Error::from_raw_os_error(-res)), false);
             } else {
                 self.push_key(key);
             }

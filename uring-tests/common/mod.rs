@@ -23,7 +23,10 @@ pub fn assert_backend_used(lp: &EventLoop, backend: Backend) {
     let s = lp.driver_stats();
     match backend {
         Backend::Proactor => {
-            assert!(s.uring_enters > 0, "proactor test made no io_uring_enter: {s:?}");
+            assert!(
+                s.uring_enters > 0,
+                "proactor test made no io_uring_enter: {s:?}"
+            );
             assert_eq!(s.epoll_waits, 0, "proactor test used epoll: {s:?}");
         }
         Backend::Selector => {
@@ -116,7 +119,9 @@ where
 
 /// Number of open fds of this process (for leak checks).
 pub fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0)
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count())
+        .unwrap_or(0)
 }
 
 /// A `log` logger that records every line (tests look for warnings).
