@@ -30,6 +30,16 @@ pub enum Error {
     /// The requested backend cannot run here (for example io_uring forced
     /// with `RINGLOOP_BACKEND=proactor` where the kernel refuses it).
     Unsupported(String),
+    /// A barrier was aborted or reset while waiting (`asyncio.BrokenBarrierError`).
+    BrokenBarrier,
+    /// `get_nowait` on an empty queue (`asyncio.QueueEmpty`).
+    QueueEmpty,
+    /// `put_nowait` on a full queue (`asyncio.QueueFull`).
+    QueueFull,
+    /// The queue was shut down (`asyncio.QueueShutDown`).
+    QueueShutDown,
+    /// Several errors at once, as a `TaskGroup` collects them (`ExceptionGroup`).
+    Group(Vec<Error>),
     /// An operating-system error (`OSError`).
     Io(Arc<io::Error>),
 }
@@ -71,6 +81,17 @@ impl fmt::Display for Error {
             Error::Closed(m) => write!(f, "closed: {m}"),
             Error::Panic(m) => write!(f, "panicked: {m}"),
             Error::Unsupported(m) => write!(f, "unsupported: {m}"),
+            Error::BrokenBarrier => f.write_str("barrier is broken"),
+            Error::QueueEmpty => f.write_str("queue is empty"),
+            Error::QueueFull => f.write_str("queue is full"),
+            Error::QueueShutDown => f.write_str("queue is shut down"),
+            Error::Group(es) => {
+                write!(f, "{} errors:", es.len())?;
+                for e in es {
+                    write!(f, " [{e}]")?;
+                }
+                Ok(())
+            }
             Error::Io(e) => write!(f, "{e}"),
         }
     }
