@@ -64,7 +64,9 @@ pub mod queues;
 mod readers;
 mod runners;
 mod sock;
+mod taskgroups;
 mod tasks;
+mod timeouts;
 
 pub use base_loop::{
     EventLoop, LoopHandle, ProactorEventLoop, SelectorEventLoop, default_backend,
@@ -80,12 +82,19 @@ pub use futures::LoopFuture;
 pub use pipes::{Pipe, pipe};
 pub use runners::run;
 pub use sock::{Acceptor, Domain, Protocol, SockAddr, Socket, Type};
+pub use taskgroups::TaskGroup;
+pub use tasks::api::{
+    AsCompleted, ReturnWhen, as_completed, gather, gather_all, shield, shield_task, sleep,
+    sleep_until, wait, wait_for, wait_for_task,
+};
 pub use tasks::{Task, TaskRef, all_tasks, current_task};
+pub use timeouts::{Timeout, timeout, timeout_at};
 
 /// The names most programs need: `use ringloop::prelude::*;`.
 pub mod prelude {
     pub use crate::{
         AbstractEventLoop, Backend, Error, EventLoop, LoopFuture, Result, SockAddr, Socket, Task,
-        all_tasks, current_task, get_running_loop, run,
+        TaskGroup, all_tasks, current_task, gather, get_running_loop, run, sleep, timeout,
+        wait_for,
     };
 }

@@ -61,6 +61,7 @@ pub(crate) struct Core {
     stopping: Cell<bool>,
     closed: Cell<bool>,
     debug: Cell<bool>,
+    eager: Cell<bool>,
     slow_callback: Cell<Duration>,
     handler: RefCell<Option<ExceptionHandler>>,
     current: RefCell<Option<TaskRef>>,
@@ -159,14 +160,22 @@ impl Core {
         }));
         let header = TaskHeader::new(id, name, waker, self.me.clone(), internal);
         let cell = TaskCell::new(header, fut);
+        // Eager start (asyncio's eager_task_factory): the first step runs
+        // now, inside create_task, when this loop is the one running.
+        let eager = self.eager.get() && !internal && self.running.get();
         tasks.insert(TaskSlot {
             task: cell.clone(),
             generation,
-            scheduled: true,
+            scheduled: !eager,
         });
-        self.ready
-            .borrow_mut()
-            .push_back(Ready::Task(idx, generation));
+        drop(tasks);
+        if eager {
+            self.run_task(idx, generation);
+        } else {
+            self.ready
+                .borrow_mut()
+                .push_back(Ready::Task(idx, generation));
+        }
         Task::from_cell(cell)
     }
 
@@ -356,6 +365,7 @@ impl EventLoop {
             stopping: Cell::new(false),
             closed: Cell::new(false),
             debug: Cell::new(debug),
+            eager: Cell::new(false),
             slow_callback: Cell::new(Duration::from_millis(100)),
             handler: RefCell::new(None),
             current: RefCell::new(None),
@@ -378,6 +388,21 @@ impl EventLoop {
     /// Sets [`slow_callback_duration`](Self::slow_callback_duration).
     pub fn set_slow_callback_duration(&self, d: Duration) {
         self.core.slow_callback.set(d)
+    }
+
+    /// Starts new tasks eagerly: `create_task` runs the task's first step at
+    /// once (when called on the running loop), so a task that finishes
+    /// without waiting is done when `create_task` returns and is never
+    /// scheduled. Equivalent to `loop.set_task_factory(asyncio.eager_task_factory)`;
+    /// a general task factory does not fit Rust's generic futures, so this
+    /// flag is the one factory offered.
+    pub fn set_eager_task_start(&self, on: bool) {
+        self.core.eager.set(on);
+    }
+
+    /// Whether tasks start eagerly; see [`set_eager_task_start`](Self::set_eager_task_start).
+    pub fn eager_task_start(&self) -> bool {
+        self.core.eager.get()
     }
 
     /// Timers in the heap, cancelled ones not yet removed included. Cancelled

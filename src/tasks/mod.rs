@@ -7,6 +7,8 @@
 //! keeps running.
 #![forbid(unsafe_code)]
 
+pub(crate) mod api;
+
 use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::future::Future;
@@ -426,6 +428,27 @@ impl<T: 'static> Task<T> {
             .upgrade()
             .map(EventLoop::from_core)
             .ok_or_else(|| Error::closed("the task's loop is gone"))
+    }
+
+    /// Looks at the task's result (None while pending or once taken).
+    pub(crate) fn peek<R>(&self, f: impl FnOnce(Option<&Result<T>>) -> R) -> R {
+        let mut f = Some(f);
+        let mut out = None;
+        self.cell
+            .with_result(&mut |r| out = Some((f.take().expect("once"))(r)));
+        out.expect("with_result calls back")
+    }
+
+    /// Takes the result of a done task without waiting (None while pending).
+    pub(crate) fn try_take(&self) -> Option<Result<T>> {
+        if !self.done() {
+            return None;
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        match self.cell.poll_join(&mut cx) {
+            Poll::Ready(r) => Some(r),
+            Poll::Pending => None,
+        }
     }
 
     /// An untyped handle to this task (what [`current_task`] returns).
