@@ -38,6 +38,9 @@ pub enum Error {
     QueueFull,
     /// The queue was shut down (`asyncio.QueueShutDown`).
     QueueShutDown,
+    /// The main task was cancelled by Ctrl-C (asyncio's `KeyboardInterrupt`
+    /// out of `asyncio.run` / `Runner.run`).
+    Interrupted,
     /// Several errors at once, as a `TaskGroup` collects them (`ExceptionGroup`).
     Group(Vec<Error>),
     /// An operating-system error (`OSError`).
@@ -82,6 +85,7 @@ impl fmt::Display for Error {
             Error::Panic(m) => write!(f, "panicked: {m}"),
             Error::Unsupported(m) => write!(f, "unsupported: {m}"),
             Error::BrokenBarrier => f.write_str("barrier is broken"),
+            Error::Interrupted => f.write_str("interrupted (SIGINT)"),
             Error::QueueEmpty => f.write_str("queue is empty"),
             Error::QueueFull => f.write_str("queue is full"),
             Error::QueueShutDown => f.write_str("queue is shut down"),

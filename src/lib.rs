@@ -57,6 +57,7 @@ mod base_loop;
 pub mod driver;
 mod error;
 mod events;
+mod executor;
 mod futures;
 pub mod locks;
 mod pipes;
@@ -78,9 +79,10 @@ pub use error::{Error, Result};
 pub use events::{
     AbstractEventLoop, ExceptionContext, ExceptionHandler, Handle, TimerHandle, get_running_loop,
 };
+pub use executor::{ConcurrentFuture, ThreadPool, to_thread};
 pub use futures::LoopFuture;
 pub use pipes::{Pipe, pipe};
-pub use runners::run;
+pub use runners::{Runner, SigintHandling, run};
 pub use sock::{Acceptor, Domain, Protocol, SockAddr, Socket, Type};
 pub use taskgroups::TaskGroup;
 pub use tasks::api::{

@@ -1,25 +1,30 @@
-//! `run(fut)`: make a loop, run a future to completion, clean up, close.
+//! Runners: `run(fut)` and [`Runner`], which own a loop, run futures on it,
+//! handle Ctrl-C like asyncio, and clean up (leftover tasks cancelled, the
+//! default executor shut down, the loop closed).
 #![forbid(unsafe_code)]
 
+use std::cell::Cell;
+use std::fmt;
 use std::future::Future;
+use std::rc::Rc;
 
 use crate::base_loop::EventLoop;
-use crate::error::Result;
+use crate::driver::Backend;
+use crate::driver::sys::SigintGuard;
+use crate::error::{Error, Result};
 use crate::events::AbstractEventLoop;
 
 /// Runs `fut` on a new loop (see [`EventLoop::new`]) and returns its output.
 ///
 /// Equivalent to `asyncio.run`: when `fut` is done, the tasks it left behind
-/// are cancelled and allowed to finish, then the loop is closed.
+/// are cancelled and allowed to finish, the default executor is shut down,
+/// and the loop is closed. Ctrl-C is handled as [`Runner::run`] does.
 ///
 /// # Errors
 ///
 /// Errors creating the loop, or the error that ended `fut` ([`Error::Cancelled`],
-/// [`Error::Panic`]); [`Error::InvalidState`] if a loop already runs on this thread.
-///
-/// [`Error::Cancelled`]: crate::Error::Cancelled
-/// [`Error::Panic`]: crate::Error::Panic
-/// [`Error::InvalidState`]: crate::Error::InvalidState
+/// [`Error::Panic`], [`Error::Interrupted`]); [`Error::InvalidState`] if a
+/// loop already runs on this thread.
 ///
 /// # Examples
 ///
@@ -32,20 +37,207 @@ where
     F: Future + 'static,
     F::Output: 'static,
 {
-    if crate::base_loop::running_core().is_some() {
-        return Err(crate::Error::state(
-            "run() cannot be called while another loop is running on this thread",
-        ));
-    }
-    let lp = EventLoop::new()?;
-    let out = lp.run_until_complete(fut);
-    cancel_all_tasks(&lp);
-    lp.close()?;
+    let mut r = Runner::new();
+    let out = r.run(fut);
+    r.close()?;
     out
 }
 
-/// Cancels every task left on `lp` and runs the loop until they are done,
-/// reporting the ones that ended in error (asyncio's `_cancel_all_tasks`).
+/// Whether a runner installs its SIGINT handler.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SigintHandling {
+    /// On the process's main thread, when SIGINT has its default action (asyncio's rule).
+    Auto,
+    /// Always (when SIGINT has its default action).
+    Always,
+    /// Never.
+    Never,
+}
+
+/// Runs several futures on one loop it owns, then cleans up.
+///
+/// Equivalent to `asyncio.Runner`. The loop is made on first use (on
+/// [`EventLoop::new`]'s backend unless [`with_backend`](Self::with_backend)),
+/// and [`close`](Self::close) (or dropping the runner) cancels leftover
+/// tasks, shuts the default executor down and closes the loop.
+///
+/// Ctrl-C while [`run`](Self::run) waits: the first SIGINT cancels the main
+/// task, and `run` returns [`Error::Interrupted`]; a second SIGINT before
+/// that takes the default action and ends the process at once (asyncio's
+/// second Ctrl-C raises `KeyboardInterrupt` immediately; a Rust program
+/// cannot unwind out of a signal handler).
+///
+/// # Examples
+///
+/// ```
+/// use ringloop::Runner;
+/// let mut r = Runner::new();
+/// assert_eq!(r.run(async { 1 }).unwrap(), 1);
+/// assert_eq!(r.run(async { 2 }).unwrap(), 2);
+/// r.close().unwrap();
+/// ```
+pub struct Runner {
+    lp: Option<EventLoop>,
+    backend: Option<Backend>,
+    debug: Option<bool>,
+    sigint: SigintHandling,
+    closed: bool,
+}
+
+impl Default for Runner {
+    fn default() -> Self {
+        Runner::new()
+    }
+}
+
+impl Runner {
+    /// A runner on the default backend.
+    pub fn new() -> Runner {
+        Runner {
+            lp: None,
+            backend: None,
+            debug: None,
+            sigint: SigintHandling::Auto,
+            closed: false,
+        }
+    }
+
+    /// A runner on the given backend.
+    pub fn with_backend(backend: Backend) -> Runner {
+        let mut r = Runner::new();
+        r.backend = Some(backend);
+        r
+    }
+
+    /// Sets the loop's debug mode (asyncio's `Runner(debug=...)`).
+    pub fn debug(mut self, on: bool) -> Runner {
+        self.debug = Some(on);
+        self
+    }
+
+    /// Sets when the SIGINT handler is installed.
+    pub fn sigint(mut self, how: SigintHandling) -> Runner {
+        self.sigint = how;
+        self
+    }
+
+    /// The runner's loop, made on first use. Equivalent to `Runner.get_loop`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] after [`close`](Self::close); loop creation errors.
+    pub fn get_loop(&mut self) -> Result<EventLoop> {
+        if self.closed {
+            return Err(Error::closed("the runner is closed"));
+        }
+        if self.lp.is_none() {
+            let lp = match self.backend {
+                Some(b) => EventLoop::with_backend(b)?,
+                None => EventLoop::new()?,
+            };
+            if let Some(d) = self.debug {
+                lp.set_debug(d);
+            }
+            self.lp = Some(lp);
+        }
+        Ok(self.lp.clone().expect("set above"))
+    }
+
+    /// Runs `fut` as the main task until it is done and returns its output.
+    ///
+    /// Equivalent to `Runner.run`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Interrupted`] after Ctrl-C; the main task's error;
+    /// [`Error::InvalidState`] if a loop already runs on this thread.
+    pub fn run<F>(&mut self, fut: F) -> Result<F::Output>
+    where
+        F: Future + 'static,
+        F::Output: 'static,
+    {
+        if crate::base_loop::running_core().is_some() {
+            return Err(Error::state(
+                "Runner.run() cannot be called while another loop is running on this thread",
+            ));
+        }
+        let lp = self.get_loop()?;
+        let task = lp.create_task(fut);
+        let interrupted = Rc::new(Cell::new(false));
+        let guard = self.install_sigint().map(Rc::new);
+        if let Some(g) = &guard {
+            let (g2, t2, int2) = (g.clone(), task.as_ref(), interrupted.clone());
+            lp.add_reader(g.fd(), move || {
+                let n = g2.take_count();
+                if n >= 1 && !int2.get() && !t2.done() {
+                    int2.set(true);
+                    // The next SIGINT ends the process at once.
+                    g2.restore_default();
+                    t2.cancel(Some("KeyboardInterrupt"));
+                }
+            })?;
+        }
+        let out = lp.run_until_complete(task);
+        if let Some(g) = &guard {
+            lp.remove_reader(g.fd());
+        }
+        drop(guard);
+        match out {
+            Ok(Err(Error::Cancelled(_))) if interrupted.get() => Err(Error::Interrupted),
+            Ok(r) => r,
+            Err(e) => Err(e),
+        }
+    }
+
+    fn install_sigint(&self) -> Option<SigintGuard> {
+        match self.sigint {
+            SigintHandling::Never => None,
+            SigintHandling::Always => SigintGuard::install(),
+            SigintHandling::Auto if crate::driver::sys::on_main_thread() => SigintGuard::install(),
+            SigintHandling::Auto => None,
+        }
+    }
+
+    /// Cancels the tasks left on the loop (and lets them finish), shuts the
+    /// default executor down, and closes the loop. Idempotent.
+    ///
+    /// Equivalent to `Runner.close`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidState`] if called while the loop runs.
+    pub fn close(&mut self) -> Result<()> {
+        if self.closed {
+            return Ok(());
+        }
+        self.closed = true;
+        let Some(lp) = self.lp.take() else {
+            return Ok(());
+        };
+        cancel_all_tasks(&lp);
+        let l2 = lp.clone();
+        let _ = lp.run_until_complete(async move { l2.shutdown_default_executor(None).await });
+        lp.close()
+    }
+}
+
+impl Drop for Runner {
+    fn drop(&mut self) {
+        if !self.closed && crate::base_loop::running_core().is_none() {
+            let _ = self.close();
+        }
+    }
+}
+
+impl fmt::Debug for Runner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "<Runner loop={:?} closed={}>", self.lp, self.closed)
+    }
+}
+
+/// Cancels every task left on `lp` and runs the loop until they are done
+/// (asyncio's `_cancel_all_tasks`); their errors go to the exception handler
+/// when their handles are dropped unretrieved.
 pub(crate) fn cancel_all_tasks(lp: &EventLoop) {
     let tasks = lp.core.all_tasks();
     if tasks.is_empty() {
@@ -54,29 +246,18 @@ pub(crate) fn cancel_all_tasks(lp: &EventLoop) {
     for t in &tasks {
         t.cancel(None);
     }
-    let pending = tasks.clone();
     let _ = lp.run_until_complete(async move {
-        for t in pending {
-            WaitDone(t).await;
+        for t in tasks {
+            std::future::poll_fn(|cx| {
+                if t.done() {
+                    std::task::Poll::Ready(())
+                } else {
+                    // Cancelled tasks finish at their next turn; look again then.
+                    cx.waker().wake_by_ref();
+                    std::task::Poll::Pending
+                }
+            })
+            .await;
         }
     });
-}
-
-/// Waits for an untyped task to be done.
-struct WaitDone(crate::tasks::TaskRef);
-
-impl Future for WaitDone {
-    type Output = ();
-    fn poll(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<()> {
-        if self.0.done() {
-            std::task::Poll::Ready(())
-        } else {
-            // Cancelled tasks finish at their next turn; poll again then.
-            cx.waker().wake_by_ref();
-            std::task::Poll::Pending
-        }
-    }
 }

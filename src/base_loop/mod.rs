@@ -62,6 +62,8 @@ pub(crate) struct Core {
     closed: Cell<bool>,
     debug: Cell<bool>,
     eager: Cell<bool>,
+    pub(crate) executor: RefCell<Option<crate::executor::ThreadPool>>,
+    pub(crate) executor_shut: Cell<bool>,
     slow_callback: Cell<Duration>,
     handler: RefCell<Option<ExceptionHandler>>,
     current: RefCell<Option<TaskRef>>,
@@ -366,6 +368,8 @@ impl EventLoop {
             closed: Cell::new(false),
             debug: Cell::new(debug),
             eager: Cell::new(false),
+            executor: RefCell::new(None),
+            executor_shut: Cell::new(false),
             slow_callback: Cell::new(Duration::from_millis(100)),
             handler: RefCell::new(None),
             current: RefCell::new(None),
@@ -591,6 +595,8 @@ impl EventLoop {
             }
         }
         core.watchers.borrow_mut().clear();
+        // asyncio: close() shuts the default executor down without waiting.
+        self.shutdown_executor_nowait();
         core.ready.borrow_mut().clear();
         core.timers.borrow_mut().clear();
         core.driver.borrow_mut().shutdown(CLOSE_DRAIN_BOUND);

@@ -12,6 +12,7 @@ pub(crate) mod epoll;
 pub(crate) mod fd;
 pub(crate) mod ops;
 pub(crate) mod probe;
+pub(crate) mod sys;
 pub(crate) mod uring;
 
 use std::cell::RefCell;
@@ -611,7 +612,11 @@ mod tests {
         let (op, salvaged) = fake(false);
         let k = ops.insert(op, State::Waiting(None));
         assert!(ops.drop_op(k) == Dropped::InFlight);
-        assert_eq!(ops.in_flight(), 1, "buffers stay with the driver until the CQE");
+        assert_eq!(
+            ops.in_flight(),
+            1,
+            "buffers stay with the driver until the CQE"
+        );
         ops.complete(k, Ok(9), false);
         assert_eq!(salvaged.get(), 9);
         assert_eq!(ops.in_flight(), 0);
@@ -635,7 +640,10 @@ mod tests {
         let k = ops.insert(op, State::Waiting(None));
         ops.complete(k, Ok(10), true);
         ops.complete(k, Ok(11), true);
-        assert!(matches!(ops.poll_multi(k, &mut cx()), Poll::Ready(Some(Ok(10)))));
+        assert!(matches!(
+            ops.poll_multi(k, &mut cx()),
+            Poll::Ready(Some(Ok(10)))
+        ));
         // Dropped with a queued result and more to come: the queued one is
         // salvaged now, later ones when they arrive.
         assert!(ops.drop_op(k) == Dropped::InFlight);

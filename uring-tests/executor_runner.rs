@@ -1,0 +1,318 @@
+//! Executors (run_in_executor, to_thread, shutdown, getaddrinfo),
+//! run_coroutine_threadsafe, and Runner with asyncio's Ctrl-C handling, on
+//! both backends.
+
+mod common;
+
+use std::cell::Cell;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use ringloop::prelude::*;
+use ringloop::{Runner, SigintHandling, ThreadPool, to_thread};
+
+const LIMIT: Duration = Duration::from_secs(10);
+
+both_backends! {
+    fn run_in_executor_runs_off_the_loop_thread(lp) {
+        let here = std::thread::current().id();
+        let r = common::run_bounded(lp, LIMIT, async move {
+            let lp = get_running_loop().unwrap();
+            let there = lp.run_in_executor(|| std::thread::current().id()).await.unwrap();
+            assert_ne!(there, here);
+            let v = to_thread(|| 2 + 2).await.unwrap();
+            let p = lp.run_in_executor(|| -> u8 { panic!("worker boom") }).await;
+            (v, p)
+        });
+        assert_eq!(r.0, 4);
+        assert!(matches!(r.1, Err(Error::Panic(m)) if m.contains("worker boom")));
+    }
+}
+
+both_backends! {
+    fn a_bounded_pool_runs_at_most_its_size_at_once(lp) {
+        let pool = ThreadPool::new(2).unwrap();
+        assert!(ThreadPool::new(0).is_err());
+        lp.set_default_executor(pool.clone());
+        let t0 = Instant::now();
+        common::run_bounded(lp, LIMIT, async {
+            let lp = get_running_loop().unwrap();
+            let futs = (0..6).map(|_| {
+                let lp = lp.clone();
+                async move {
+                    lp.run_in_executor(|| std::thread::sleep(Duration::from_millis(30))).await
+                }
+            });
+            ringloop::gather(futs).await.unwrap();
+        });
+        assert!(t0.elapsed() >= Duration::from_millis(90), "6 jobs of 30 ms on 2 threads");
+        assert_eq!(pool.threads(), 2);
+    }
+}
+
+both_backends! {
+    fn shutdown_default_executor_waits_then_refuses_work(lp) {
+        let r = common::run_bounded(lp, LIMIT, async {
+            let lp = get_running_loop().unwrap();
+            lp.run_in_executor(|| ()).await.unwrap();
+            lp.shutdown_default_executor(None).await.unwrap();
+            lp.run_in_executor(|| ()).await
+        });
+        assert!(matches!(r, Err(Error::InvalidState(_))));
+    }
+}
+
+both_backends! {
+    fn shutdown_default_executor_timeout_does_not_wait_forever(lp) {
+        let t0 = Instant::now();
+        common::run_bounded(lp, LIMIT, async {
+            let lp = get_running_loop().unwrap();
+            let l2 = lp.clone();
+            // A job that outlives the shutdown timeout.
+            lp.create_task(async move { l2.run_in_executor(|| std::thread::sleep(Duration::from_millis(400))).await });
+            ringloop::sleep(Duration::from_millis(20)).await.unwrap();
+            lp.shutdown_default_executor(Some(Duration::from_millis(30))).await.unwrap();
+        });
+        assert!(t0.elapsed() < Duration::from_millis(350), "waited past the timeout: {:?}", t0.elapsed());
+    }
+}
+
+both_backends! {
+    fn getaddrinfo_and_getnameinfo_off_loop(lp) {
+        let (addrs, names) = common::run_bounded(lp, LIMIT, async {
+            let lp = get_running_loop().unwrap();
+            let addrs = lp.getaddrinfo("localhost", 8080).await.unwrap();
+            let names = lp
+                .getnameinfo("127.0.0.1:8080".parse().unwrap(), libc::NI_NUMERICHOST | libc::NI_NUMERICSERV)
+                .await
+                .unwrap();
+            let bad = lp.getaddrinfo("no-such-host.invalid", 1).await;
+            assert!(matches!(bad, Err(Error::Io(_))));
+            (addrs, names)
+        });
+        assert!(addrs.iter().any(|a| a.ip().is_loopback() && a.port() == 8080), "{addrs:?}");
+        assert_eq!(names, ("127.0.0.1".to_string(), "8080".to_string()));
+    }
+}
+
+both_backends! {
+    fn run_coroutine_threadsafe_result_cancel_and_timeout(lp) {
+        let h = lp.handle();
+        let dropped = Arc::new(AtomicBool::new(false));
+        let d = dropped.clone();
+        let th = std::thread::spawn(move || {
+            let f = h.run_coroutine_threadsafe(|| async { ringloop::sleep(Duration::from_millis(5)).await.map(|_| 42) }).unwrap();
+            let v = f.result(Some(Duration::from_secs(5))).unwrap().unwrap();
+            assert!(f.done());
+            assert!(!f.cancel());
+            // Cancel from this thread: the future is dropped on the loop.
+            let g = h.run_coroutine_threadsafe(move || async move {
+                struct Flag(Arc<AtomicBool>);
+                impl Drop for Flag { fn drop(&mut self) { self.0.store(true, Ordering::SeqCst); } }
+                let _f = Flag(d);
+                ringloop::sleep(Duration::from_secs(60)).await
+            }).unwrap();
+            assert!(matches!(g.result(Some(Duration::from_millis(30))), Err(Error::Timeout)));
+            assert!(g.cancel());
+            assert!(matches!(g.result(Some(Duration::from_secs(5))), Err(Error::Cancelled(_))));
+            h.call_soon_threadsafe(|| get_running_loop().unwrap().stop()).unwrap();
+            (v, h)
+        });
+        let l2 = lp.clone();
+        let watchdog = lp.call_later(LIMIT, move || l2.stop()).unwrap();
+        lp.run_forever().unwrap();
+        watchdog.cancel();
+        let (v, h) = th.join().unwrap();
+        assert_eq!(v, 42);
+        assert!(dropped.load(Ordering::SeqCst));
+        lp.close().unwrap();
+        assert!(matches!(h.run_coroutine_threadsafe(|| async { 1 }), Err(Error::Closed(_))));
+    }
+}
+
+fn backends() -> [Backend; 2] {
+    [Backend::Proactor, Backend::Selector]
+}
+
+/// Runner on each backend: several runs, leftover tasks cancelled at close.
+#[test]
+fn runner_runs_several_futures_and_cleans_up() {
+    for backend in backends() {
+        let mut r = Runner::with_backend(backend).debug(true);
+        let lp = r.get_loop().unwrap();
+        assert_eq!(lp.backend(), backend);
+        assert!(lp.get_debug());
+        assert_eq!(r.run(async { 1 }).unwrap(), 1);
+        let cleaned = Rc::new(Cell::new(false));
+        let c = cleaned.clone();
+        r.run(async move {
+            let lp = get_running_loop().unwrap();
+            lp.create_task(async move {
+                struct Flag(Rc<Cell<bool>>);
+                impl Drop for Flag {
+                    fn drop(&mut self) {
+                        self.0.set(true);
+                    }
+                }
+                let _f = Flag(c);
+                ringloop::sleep(Duration::from_secs(60)).await
+            });
+            lp.run_in_executor(|| ()).await.unwrap();
+        })
+        .unwrap();
+        assert_eq!(r.run(async { 3 }).unwrap(), 3);
+        common::assert_backend_used(&lp, backend);
+        r.close().unwrap();
+        assert!(
+            cleaned.get(),
+            "leftover task cancelled at close ({backend})"
+        );
+        assert!(lp.is_closed());
+        assert!(matches!(r.get_loop(), Err(Error::Closed(_))));
+        assert!(matches!(r.run(async {}), Err(Error::Closed(_))));
+        r.close().unwrap();
+    }
+}
+
+#[test]
+fn runner_refuses_to_nest() {
+    let out = ringloop::run(async { Runner::new().run(async { 1 }).err() }).unwrap();
+    assert!(matches!(out, Some(Error::InvalidState(_))));
+    assert!(matches!(
+        ringloop::run(async { ringloop::run(async {}).err() }).unwrap(),
+        Some(Error::InvalidState(_))
+    ));
+}
+
+/// The child side of the Ctrl-C tests (re-executed test binary).
+fn sigint_child(mode: &str, backend: Backend) {
+    let mut r = Runner::with_backend(backend).sigint(SigintHandling::Always);
+    let hang = mode == "hang";
+    let out = r.run(async move {
+        println!("READY");
+        use std::io::Write;
+        std::io::stdout().flush().unwrap();
+        struct SlowDrop(bool);
+        impl Drop for SlowDrop {
+            fn drop(&mut self) {
+                if self.0 {
+                    // A cleanup that hangs: only a second Ctrl-C gets out.
+                    println!("CLEANUP-HANGS");
+                    use std::io::Write;
+                    std::io::stdout().flush().unwrap();
+                    std::thread::sleep(Duration::from_secs(20));
+                }
+            }
+        }
+        let _g = SlowDrop(hang);
+        ringloop::sleep(Duration::from_secs(60)).await
+    });
+    match out {
+        Err(Error::Interrupted) => println!("CHILD-INTERRUPTED"),
+        other => println!("CHILD-UNEXPECTED {other:?}"),
+    }
+    r.close().unwrap();
+}
+
+fn spawn_child(mode: &str, backend: Backend) -> std::process::Child {
+    let name = match backend {
+        Backend::Proactor => "proactor",
+        Backend::Selector => "selector",
+    };
+    Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "ctrl_c_child_entry",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("RINGLOOP_TEST_CHILD", format!("{mode}:{name}"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Entry point the Ctrl-C tests re-execute; does nothing in a normal run.
+#[test]
+fn ctrl_c_child_entry() {
+    let Ok(spec) = std::env::var("RINGLOOP_TEST_CHILD") else {
+        return;
+    };
+    let (mode, b) = spec.split_once(':').unwrap();
+    let backend = if b == "proactor" {
+        Backend::Proactor
+    } else {
+        Backend::Selector
+    };
+    sigint_child(mode, backend);
+}
+
+fn wait_line(r: &mut BufReader<std::process::ChildStdout>, want: &str) -> Vec<String> {
+    let mut seen = Vec::new();
+    let mut line = String::new();
+    while r.read_line(&mut line).unwrap_or(0) > 0 {
+        seen.push(line.trim().to_string());
+        if line.contains(want) {
+            return seen;
+        }
+        line.clear();
+    }
+    panic!("child never printed {want}: {seen:?}");
+}
+
+fn kill_after(child: &mut std::process::Child, limit: Duration) -> std::process::ExitStatus {
+    let t0 = Instant::now();
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return st;
+        }
+        if t0.elapsed() > limit {
+            child.kill().unwrap();
+            panic!("child did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn first_ctrl_c_cancels_the_main_task() {
+    for backend in backends() {
+        let mut child = spawn_child("plain", backend);
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        wait_line(&mut out, "READY");
+        std::thread::sleep(Duration::from_millis(50));
+        // SAFETY: signals our own child process.
+        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        let seen = wait_line(&mut out, "CHILD-");
+        let st = kill_after(&mut child, LIMIT);
+        assert!(
+            seen.iter().any(|l| l == "CHILD-INTERRUPTED"),
+            "{backend}: {seen:?}"
+        );
+        assert!(st.success(), "{backend}: {st:?}");
+    }
+}
+
+#[test]
+fn second_ctrl_c_interrupts_at_once() {
+    use std::os::unix::process::ExitStatusExt;
+    for backend in backends() {
+        let mut child = spawn_child("hang", backend);
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        wait_line(&mut out, "READY");
+        std::thread::sleep(Duration::from_millis(50));
+        // SAFETY: signals our own child process.
+        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        wait_line(&mut out, "CLEANUP-HANGS");
+        let t0 = Instant::now();
+        // SAFETY: as above.
+        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        let st = kill_after(&mut child, LIMIT);
+        assert_eq!(st.signal(), Some(libc::SIGINT), "{backend}: {st:?}");
+        assert!(t0.elapsed() < Duration::from_secs(5));
+    }
+}
