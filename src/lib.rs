@@ -54,6 +54,7 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 mod base_loop;
+mod connect;
 pub mod driver;
 mod error;
 mod events;
@@ -61,13 +62,16 @@ mod executor;
 mod futures;
 pub mod locks;
 mod pipes;
+pub mod protocols;
 pub mod queues;
 mod readers;
 mod runners;
+mod server;
 mod sock;
 mod taskgroups;
 mod tasks;
 mod timeouts;
+pub mod transports;
 
 pub use base_loop::{
     EventLoop, LoopHandle, ProactorEventLoop, SelectorEventLoop, default_backend,
@@ -80,10 +84,12 @@ pub use events::{
     AbstractEventLoop, ExceptionContext, ExceptionHandler, Handle, TimerHandle, get_running_loop,
 };
 pub use executor::{ConcurrentFuture, ThreadPool, to_thread};
+pub use connect::{ConnectOptions, DatagramOptions};
 pub use futures::LoopFuture;
 pub use pipes::{Pipe, pipe};
 pub use runners::{Runner, SigintHandling, run};
-pub use sock::{Acceptor, Domain, Protocol, SockAddr, Socket, Type};
+pub use server::{Server, ServerOptions};
+pub use sock::{Acceptor, Domain, SockAddr, SockProtocol, Socket, Type};
 pub use taskgroups::TaskGroup;
 pub use tasks::api::{
     AsCompleted, ReturnWhen, as_completed, gather, gather_all, shield, shield_task, sleep,
@@ -91,6 +97,8 @@ pub use tasks::api::{
 };
 pub use tasks::{Task, TaskRef, all_tasks, current_task};
 pub use timeouts::{Timeout, timeout, timeout_at};
+pub use transports::{DatagramTransport, ExtraInfo, Transport};
+pub use protocols::{BufferedProtocol, DatagramProtocol, Protocol};
 
 /// The names most programs need: `use ringloop::prelude::*;`.
 pub mod prelude {

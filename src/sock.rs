@@ -7,7 +7,8 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
-pub use socket2::{Domain, Protocol, SockAddr, Type};
+pub use socket2::{Domain, Protocol as SockProtocol, SockAddr, Type};
+use socket2::Protocol;
 
 use crate::base_loop::EventLoop;
 use crate::driver::buf::{IoBuf, IoBufMut};
@@ -87,6 +88,10 @@ impl Socket {
         Ok(Socket {
             fd: SharedFd::new(OwnedFd::from(s)),
         })
+    }
+
+    pub(crate) fn shared(&self) -> &SharedFd {
+        &self.fd
     }
 
     pub(crate) fn from_accepted(fd: OwnedFd) -> Socket {

@@ -52,6 +52,9 @@ pub(crate) struct Core {
     pub(crate) driver: DriverRef,
     backend: Backend,
     ready: RefCell<VecDeque<Ready>>,
+    /// Tasks to step once more at the end of this turn (transport writers:
+    /// what a turn wrote is queued for the very next driver wait).
+    turn_end: RefCell<Vec<(u32, u32)>>,
     timers: RefCell<TimerHeap>,
     tasks: RefCell<Slab<TaskSlot>>,
     next_generation: Cell<u32>,
@@ -160,7 +163,7 @@ impl Core {
             generation,
             remote: self.remote.clone(),
         }));
-        let header = TaskHeader::new(id, name, waker, self.me.clone(), internal);
+        let header = TaskHeader::new(id, name, waker, self.me.clone(), internal, (idx, generation));
         let cell = TaskCell::new(header, fut);
         // Eager start (asyncio's eager_task_factory): the first step runs
         // now, inside create_task, when this loop is the one running.
@@ -179,6 +182,15 @@ impl Core {
                 .push_back(Ready::Task(idx, generation));
         }
         Task::from_cell(cell)
+    }
+
+    /// Steps `task` at the end of the current turn (once, however often asked).
+    pub(crate) fn step_at_turn_end(&self, task: &TaskRef) {
+        let slot = task.0.header().slot;
+        let mut list = self.turn_end.borrow_mut();
+        if !list.contains(&slot) {
+            list.push(slot);
+        }
     }
 
     fn run_task(&self, idx: u32, generation: u32) {
@@ -358,6 +370,7 @@ impl EventLoop {
             driver: Rc::new(RefCell::new(driver)),
             backend,
             ready: RefCell::new(VecDeque::with_capacity(256)),
+            turn_end: RefCell::new(Vec::new()),
             timers: RefCell::new(TimerHeap::default()),
             tasks: RefCell::new(Slab::with_capacity(64)),
             next_generation: Cell::new(1),
@@ -549,6 +562,17 @@ impl EventLoop {
                 None => break,
             }
         }
+        // Writers asked for a flush during the turn: step them now so their
+        // sends go out with the next driver wait.
+        loop {
+            let list = std::mem::take(&mut *core.turn_end.borrow_mut());
+            if list.is_empty() {
+                break;
+            }
+            for (idx, generation) in list {
+                core.run_task(idx, generation);
+            }
+        }
         Ok(())
     }
 
@@ -595,6 +619,7 @@ impl EventLoop {
             }
         }
         core.watchers.borrow_mut().clear();
+        core.turn_end.borrow_mut().clear();
         // asyncio: close() shuts the default executor down without waiting.
         self.shutdown_executor_nowait();
         core.ready.borrow_mut().clear();

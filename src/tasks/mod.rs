@@ -41,6 +41,8 @@ pub(crate) struct TaskHeader {
     core: Weak<Core>,
     /// Loop-internal tasks (fd watchers) are hidden from `all_tasks`.
     pub(crate) internal: bool,
+    /// The task's slab slot and generation in its loop.
+    pub(crate) slot: (u32, u32),
     retrieved: Cell<bool>,
 }
 
@@ -51,8 +53,10 @@ impl TaskHeader {
         waker: Waker,
         core: Weak<Core>,
         internal: bool,
+        slot: (u32, u32),
     ) -> Self {
         TaskHeader {
+            slot,
             id,
             name: RefCell::new(name),
             outcome: Cell::new(Outcome::Pending),

@@ -1,0 +1,167 @@
+//! Protocols: the callback interfaces transports drive (asyncio's
+//! `Protocol`, `BufferedProtocol`, `DatagramProtocol`).
+//!
+//! Every callback has a default that does nothing, so a protocol implements
+//! only what it needs. The order is asyncio's: `connection_made` once, then
+//! data in order, `eof_received` at most once, `connection_lost` exactly
+//! once. Callbacks may call back into the transport (write, close, pause);
+//! flow-control callbacks triggered from inside another callback of the same
+//! protocol are delivered right after it returns.
+#![forbid(unsafe_code)]
+
+use crate::error::Error;
+use crate::sock::SockAddr;
+use crate::transports::{DatagramTransport, Transport};
+
+/// A stream protocol. Equivalent to `asyncio.Protocol`.
+pub trait Protocol: 'static {
+    /// The connection is up; `transport` is the way to write and close.
+    /// Equivalent to `BaseProtocol.connection_made`.
+    fn connection_made(&mut self, transport: Transport) {
+        let _ = transport;
+    }
+
+    /// Bytes arrived. The slice is only valid during the call (on the
+    /// proactor it points into the kernel's provided-buffer ring).
+    /// Equivalent to `Protocol.data_received`.
+    fn data_received(&mut self, data: &[u8]) {
+        let _ = data;
+    }
+
+    /// The peer closed its writing side. Return `true` to keep the
+    /// connection open (then close it yourself), `false` to let the
+    /// transport close. Equivalent to `Protocol.eof_received`.
+    fn eof_received(&mut self) -> bool {
+        false
+    }
+
+    /// The connection is closed; `exc` is why, `None` for a normal close.
+    /// Equivalent to `BaseProtocol.connection_lost`.
+    fn connection_lost(&mut self, exc: Option<Error>) {
+        let _ = exc;
+    }
+
+    /// The transport's write buffer went over its high-water mark.
+    /// Equivalent to `BaseProtocol.pause_writing`.
+    fn pause_writing(&mut self) {}
+
+    /// The write buffer drained to its low-water mark.
+    /// Equivalent to `BaseProtocol.resume_writing`.
+    fn resume_writing(&mut self) {}
+}
+
+/// A stream protocol that provides the receive buffer itself.
+///
+/// Equivalent to `asyncio.BufferedProtocol`. The transport copies received
+/// bytes into the buffer `get_buffer` returns and calls `buffer_updated`.
+pub trait BufferedProtocol: 'static {
+    /// See [`Protocol::connection_made`].
+    fn connection_made(&mut self, transport: Transport) {
+        let _ = transport;
+    }
+    /// A buffer to receive into, ideally at least `sizehint` bytes (0: any
+    /// size). Must not be empty. Equivalent to `BufferedProtocol.get_buffer`.
+    fn get_buffer(&mut self, sizehint: usize) -> &mut [u8];
+    /// `n` bytes were written at the start of the last buffer.
+    /// Equivalent to `BufferedProtocol.buffer_updated`.
+    fn buffer_updated(&mut self, n: usize);
+    /// See [`Protocol::eof_received`].
+    fn eof_received(&mut self) -> bool {
+        false
+    }
+    /// See [`Protocol::connection_lost`].
+    fn connection_lost(&mut self, exc: Option<Error>) {
+        let _ = exc;
+    }
+    /// See [`Protocol::pause_writing`].
+    fn pause_writing(&mut self) {}
+    /// See [`Protocol::resume_writing`].
+    fn resume_writing(&mut self) {}
+}
+
+/// Adapts a [`BufferedProtocol`] to the transport's [`Protocol`] interface.
+pub(crate) struct Buffered<P>(pub(crate) P);
+
+impl<P: BufferedProtocol> Protocol for Buffered<P> {
+    fn connection_made(&mut self, transport: Transport) {
+        self.0.connection_made(transport)
+    }
+    fn data_received(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            let buf = self.0.get_buffer(data.len());
+            assert!(!buf.is_empty(), "BufferedProtocol::get_buffer returned an empty buffer");
+            let n = buf.len().min(data.len());
+            buf[..n].copy_from_slice(&data[..n]);
+            self.0.buffer_updated(n);
+            data = &data[n..];
+        }
+    }
+    fn eof_received(&mut self) -> bool {
+        self.0.eof_received()
+    }
+    fn connection_lost(&mut self, exc: Option<Error>) {
+        self.0.connection_lost(exc)
+    }
+    fn pause_writing(&mut self) {
+        self.0.pause_writing()
+    }
+    fn resume_writing(&mut self) {
+        self.0.resume_writing()
+    }
+}
+
+/// A datagram protocol. Equivalent to `asyncio.DatagramProtocol`.
+pub trait DatagramProtocol: 'static {
+    /// The endpoint is ready. Equivalent to `connection_made`.
+    fn connection_made(&mut self, transport: DatagramTransport) {
+        let _ = transport;
+    }
+    /// A datagram arrived from `addr`. Equivalent to `datagram_received`.
+    fn datagram_received(&mut self, data: &[u8], addr: SockAddr) {
+        let _ = (data, addr);
+    }
+    /// A send or receive failed (e.g. ICMP port unreachable as
+    /// `ConnectionRefused`); the endpoint stays open.
+    /// Equivalent to `error_received`.
+    fn error_received(&mut self, exc: Error) {
+        let _ = exc;
+    }
+    /// The endpoint is closed. Equivalent to `connection_lost`.
+    fn connection_lost(&mut self, exc: Option<Error>) {
+        let _ = exc;
+    }
+    /// The send buffer went over its high-water mark.
+    fn pause_writing(&mut self) {}
+    /// The send buffer drained to its low-water mark.
+    fn resume_writing(&mut self) {}
+}
+
+/// A shared protocol: pass an `Rc<RefCell<P>>` and keep a clone to reach
+/// the protocol after handing it to a transport (asyncio returns the
+/// protocol instance from `create_connection`; here the caller keeps it).
+impl<P: Protocol> Protocol for std::rc::Rc<std::cell::RefCell<P>> {
+    fn connection_made(&mut self, transport: Transport) {
+        self.borrow_mut().connection_made(transport)
+    }
+    fn data_received(&mut self, data: &[u8]) {
+        self.borrow_mut().data_received(data)
+    }
+    fn eof_received(&mut self) -> bool {
+        self.borrow_mut().eof_received()
+    }
+    fn connection_lost(&mut self, exc: Option<Error>) {
+        self.borrow_mut().connection_lost(exc)
+    }
+    fn pause_writing(&mut self) {
+        self.borrow_mut().pause_writing()
+    }
+    fn resume_writing(&mut self) {
+        self.borrow_mut().resume_writing()
+    }
+}
+
+/// Wraps a [`BufferedProtocol`] so it can be passed where a [`Protocol`]
+/// is expected (`create_connection`, `create_server`).
+pub fn buffered<P: BufferedProtocol>(p: P) -> impl Protocol {
+    Buffered(p)
+}

@@ -1,0 +1,615 @@
+//! The socket stream transport (TCP and Unix): a reader task and a writer
+//! task per connection, both on the driver's owned-buffer ops.
+//!
+//! Writes made during a loop turn are queued and the writer is stepped at
+//! the end of that turn, so they leave in one `sendmsg` (writev) with the
+//! next driver wait. The reader keeps one receive in flight while reading is
+//! on; `pause_reading` cancels it (data it already got is kept by the driver
+//! for the next receive).
+#![forbid(unsafe_code)]
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::fmt;
+use std::io;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Poll, Waker};
+
+use bytes::{Buf, Bytes};
+
+use super::cell::{Failure, ProtoCell};
+use super::{ExtraInfo, buffer_limits};
+use crate::base_loop::EventLoop;
+use crate::driver::Op;
+use crate::driver::ops::{Recv, SendMsg};
+use crate::error::{Error, Result};
+use crate::events::ExceptionContext;
+use crate::protocols::Protocol;
+use crate::sock::{SockAddr, Socket};
+use crate::tasks::TaskRef;
+
+/// Receive size per read (asyncio's selector reads up to 256 KiB; 64 KiB
+/// keeps memory per active connection modest).
+const READ_SIZE: usize = 64 * 1024;
+/// At most this many buffers go into one `sendmsg`.
+const MAX_IOV: usize = 1024;
+
+#[derive(Default)]
+struct State {
+    wbuf: VecDeque<Bytes>,
+    wsize: usize,
+    high: usize,
+    low: usize,
+    protocol_paused: bool,
+    writer_idle: bool,
+    closing: bool,
+    eof_requested: bool,
+    eof_sent: bool,
+    reading: bool,
+    read_eof: bool,
+    lost: bool,
+}
+
+struct Inner {
+    lp: EventLoop,
+    sock: RefCell<Option<Socket>>,
+    fd: RawFdCell,
+    peer: Option<SockAddr>,
+    local: Option<SockAddr>,
+    protocol: ProtoCell<dyn Protocol>,
+    st: RefCell<State>,
+    reader: RefCell<Option<TaskRef>>,
+    writer: RefCell<Option<TaskRef>>,
+    read_waker: RefCell<Option<Waker>>,
+    write_waker: RefCell<Option<Waker>>,
+    on_lost: RefCell<Vec<Box<dyn FnOnce()>>>,
+}
+
+#[derive(Clone, Copy)]
+struct RawFdCell(std::os::fd::RawFd);
+
+/// A connected stream transport (TCP or Unix socket).
+///
+/// Equivalent to asyncio's socket transports (`_SelectorSocketTransport` /
+/// `_ProactorSocketTransport`): the same code on both backends. Clones are
+/// handles to one transport. The protocol gets a handle in
+/// `connection_made`; the transport owns the protocol until
+/// `connection_lost`, after which both are released.
+#[derive(Clone)]
+pub struct Transport(Rc<Inner>);
+
+enum ReadStep {
+    Got(io::Result<u32>, Vec<u8>),
+    Stop,
+}
+
+enum WriteStep {
+    Send,
+    Eof,
+    Finish,
+    Stop,
+}
+
+impl Transport {
+    /// Wraps a connected socket and starts it: `connection_made` runs
+    /// through the loop (never synchronously), then reading begins.
+    pub(crate) fn start(lp: &EventLoop, sock: Socket, protocol: Box<dyn Protocol>) -> Transport {
+        let peer = sock.peer_addr().ok();
+        let local = sock.local_addr().ok();
+        let fd = RawFdCell(std::os::fd::AsRawFd::as_raw_fd(&sock));
+        let (high, low) = buffer_limits(None, None).expect("default limits are valid");
+        let t = Transport(Rc::new(Inner {
+            lp: lp.clone(),
+            sock: RefCell::new(Some(sock)),
+            fd,
+            peer,
+            local,
+            protocol: ProtoCell::new(protocol),
+            st: RefCell::new(State {
+                high,
+                low,
+                reading: true,
+                writer_idle: true,
+                ..Default::default()
+            }),
+            reader: RefCell::new(None),
+            writer: RefCell::new(None),
+            read_waker: RefCell::new(None),
+            write_waker: RefCell::new(None),
+            on_lost: RefCell::new(Vec::new()),
+        }));
+        let t2 = t.clone();
+        let reader = lp.spawn_internal(async move { t2.read_loop().await });
+        *t.0.reader.borrow_mut() = Some(reader.as_ref());
+        let t3 = t.clone();
+        let writer = lp.spawn_internal(async move { t3.write_loop().await });
+        *t.0.writer.borrow_mut() = Some(writer.as_ref());
+        t
+    }
+
+    /// Runs `f` when the connection is lost (servers count connections).
+    pub(crate) fn on_lost(&self, f: impl FnOnce() + 'static) {
+        if self.0.st.borrow().lost {
+            f();
+        } else {
+            self.0.on_lost.borrow_mut().push(Box::new(f));
+        }
+    }
+
+    /// Calls the protocol (deferred while it is inside another callback);
+    /// a panic is reported and costs this connection only.
+    fn call_protocol(&self, f: impl FnOnce(&mut dyn Protocol) + 'static) {
+        if let Err(msg) = self.0.protocol.call(f) {
+            self.protocol_panicked(msg);
+        }
+    }
+
+    fn protocol_panicked(&self, msg: String) {
+        self.0.lp.call_exception_handler_impl(ExceptionContext {
+            message: "Fatal error: a protocol callback panicked".into(),
+            exception: Some(Error::Panic(msg.clone())),
+            protocol: Some("Protocol".into()),
+            transport: Some(format!("{self:?}")),
+            ..Default::default()
+        });
+        self.force_close(Some(Error::Panic(msg)));
+    }
+
+    async fn read_loop(self) {
+        let inner = &self.0;
+        self.call_protocol({
+            let t = self.clone();
+            move |p| p.connection_made(t)
+        });
+        let mut buf = Vec::with_capacity(READ_SIZE);
+        let mut op: Option<Pin<Box<Op<Recv<Vec<u8>>>>>> = None;
+        loop {
+            let step = std::future::poll_fn(|cx| {
+                let st = inner.st.borrow();
+                if st.closing || st.lost || st.read_eof {
+                    return Poll::Ready(ReadStep::Stop);
+                }
+                *inner.read_waker.borrow_mut() = Some(cx.waker().clone());
+                if !st.reading {
+                    // Paused: cancel the receive in flight; what it already
+                    // got stays with the driver for the next receive.
+                    op = None;
+                    return Poll::Pending;
+                }
+                drop(st);
+                if op.is_none() {
+                    let Some(fd) = inner.sock.borrow().as_ref().map(|s| s.shared().clone())
+                    else {
+                        return Poll::Ready(ReadStep::Stop);
+                    };
+                    let b = std::mem::replace(&mut buf, Vec::new());
+                    op = Some(Box::pin(Op::submit(inner.lp.driver(), Recv { fd, buf: b })));
+                }
+                match op.as_mut().expect("set above").as_mut().poll(cx) {
+                    Poll::Pending => Poll::Pending,
+                    Poll::Ready((res, recv)) => {
+                        op = None;
+                        let (r, b) = recv.finish(res);
+                        Poll::Ready(ReadStep::Got(r.map(|n| n as u32), b))
+                    }
+                }
+            })
+            .await;
+            match step {
+                ReadStep::Stop => return,
+                ReadStep::Got(Ok(0), b) => {
+                    buf = b;
+                    self.eof(buf.capacity());
+                    return;
+                }
+                ReadStep::Got(Ok(_), mut b) => {
+                    match inner.protocol.invoke(|p| p.data_received(&b)) {
+                        Ok(_) => {}
+                        Err(Failure::Panic(m)) => {
+                            self.protocol_panicked(m);
+                            return;
+                        }
+                        // Only reachable if a protocol drives another
+                        // transport's reader synchronously: keep the order.
+                        Err(Failure::Busy) => {
+                            let data = std::mem::take(&mut b);
+                            self.call_protocol(move |p| p.data_received(&data));
+                        }
+                    }
+                    b.clear();
+                    if b.capacity() < READ_SIZE {
+                        b.reserve(READ_SIZE);
+                    }
+                    buf = b;
+                }
+                ReadStep::Got(Err(e), _) => {
+                    self.force_close(Some(e.into()));
+                    return;
+                }
+            }
+        }
+    }
+
+    fn eof(&self, _cap: usize) {
+        self.0.st.borrow_mut().read_eof = true;
+        let keep = Rc::new(Cell::new(false));
+        let k = keep.clone();
+        self.call_protocol(move |p| k.set(p.eof_received()));
+        if !keep.get() {
+            self.close();
+        } else if self.0.st.borrow().eof_sent {
+            // Both directions are done.
+            self.close();
+        }
+    }
+
+    async fn write_loop(self) {
+        let inner = &self.0;
+        loop {
+            let step = std::future::poll_fn(|cx| {
+                let mut st = inner.st.borrow_mut();
+                if st.lost {
+                    return Poll::Ready(WriteStep::Stop);
+                }
+                if !st.wbuf.is_empty() {
+                    st.writer_idle = false;
+                    return Poll::Ready(WriteStep::Send);
+                }
+                if st.eof_requested && !st.eof_sent {
+                    return Poll::Ready(WriteStep::Eof);
+                }
+                if st.closing {
+                    return Poll::Ready(WriteStep::Finish);
+                }
+                st.writer_idle = true;
+                *inner.write_waker.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            })
+            .await;
+            match step {
+                WriteStep::Stop => return,
+                WriteStep::Finish => {
+                    self.connection_lost(None);
+                    return;
+                }
+                WriteStep::Eof => {
+                    let r = inner
+                        .sock
+                        .borrow()
+                        .as_ref()
+                        .map(|s| s.shutdown(std::net::Shutdown::Write));
+                    inner.st.borrow_mut().eof_sent = true;
+                    if let Some(Err(e)) = r {
+                        self.force_close(Some(e));
+                        return;
+                    }
+                    if inner.st.borrow().read_eof {
+                        self.close();
+                    }
+                }
+                WriteStep::Send => {
+                    let bufs: Vec<Bytes> = inner.st.borrow().wbuf.iter().take(MAX_IOV).cloned().collect();
+                    let Some(fd) = inner.sock.borrow().as_ref().map(|s| s.shared().clone()) else {
+                        return;
+                    };
+                    let (res, _) = Op::submit(inner.lp.driver(), SendMsg::new(fd, bufs, None)).await;
+                    match res {
+                        Ok(n) => self.sent(n as usize),
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => {
+                            self.force_close(Some(e.into()));
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// `n` bytes left the buffer: drop them and maybe resume the protocol.
+    fn sent(&self, mut n: usize) {
+        let resume = {
+            let mut st = self.0.st.borrow_mut();
+            st.wsize -= n;
+            while n > 0 {
+                let front = st.wbuf.front_mut().expect("sent more than buffered");
+                if front.len() <= n {
+                    n -= front.len();
+                    st.wbuf.pop_front();
+                } else {
+                    front.advance(n);
+                    n = 0;
+                }
+            }
+            if st.protocol_paused && st.wsize <= st.low {
+                st.protocol_paused = false;
+                true
+            } else {
+                false
+            }
+        };
+        if resume {
+            self.call_protocol(|p| p.resume_writing());
+        }
+    }
+
+    /// Queues `data` for sending; it leaves with the next driver wait,
+    /// together with everything else written during this loop turn.
+    ///
+    /// Equivalent to `WriteTransport.write`. Over the high-water mark the
+    /// protocol's `pause_writing` is called (once, until `resume_writing`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] once the transport is closing or closed;
+    /// [`Error::InvalidState`] after [`write_eof`](Self::write_eof).
+    pub fn write(&self, data: impl Into<Bytes>) -> Result<()> {
+        let data = data.into();
+        let pause = {
+            let mut st = self.0.st.borrow_mut();
+            if st.closing || st.lost {
+                return Err(Error::closed("transport is closing"));
+            }
+            if st.eof_requested {
+                return Err(Error::state("cannot write after write_eof()"));
+            }
+            if data.is_empty() {
+                return Ok(());
+            }
+            st.wsize += data.len();
+            st.wbuf.push_back(data);
+            if st.writer_idle {
+                st.writer_idle = false;
+                if let Some(w) = self.0.writer.borrow().as_ref() {
+                    self.0.lp.core.step_at_turn_end(w);
+                }
+            }
+            if !st.protocol_paused && st.wsize > st.high {
+                st.protocol_paused = true;
+                true
+            } else {
+                false
+            }
+        };
+        if pause {
+            self.call_protocol(|p| p.pause_writing());
+        }
+        Ok(())
+    }
+
+    /// Writes each buffer in turn. Equivalent to `WriteTransport.writelines`.
+    ///
+    /// # Errors
+    ///
+    /// As [`write`](Self::write).
+    pub fn writelines<I, B>(&self, bufs: I) -> Result<()>
+    where
+        I: IntoIterator<Item = B>,
+        B: Into<Bytes>,
+    {
+        for b in bufs {
+            self.write(b)?;
+        }
+        Ok(())
+    }
+
+    /// Closes the write side after the buffered data is sent.
+    /// Equivalent to `WriteTransport.write_eof`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] once the transport is closing.
+    pub fn write_eof(&self) -> Result<()> {
+        let mut st = self.0.st.borrow_mut();
+        if st.closing || st.lost {
+            return Err(Error::closed("transport is closing"));
+        }
+        if st.eof_requested {
+            return Ok(());
+        }
+        st.eof_requested = true;
+        drop(st);
+        self.kick_writer();
+        Ok(())
+    }
+
+    /// True: stream sockets can half-close. Equivalent to `can_write_eof`.
+    pub fn can_write_eof(&self) -> bool {
+        true
+    }
+
+    fn kick_writer(&self) {
+        if let Some(w) = self.0.writer.borrow().as_ref() {
+            self.0.lp.core.step_at_turn_end(w);
+        }
+    }
+
+    fn kick_reader(&self) {
+        if let Some(w) = self.0.read_waker.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    /// Closes the transport once the buffered data is sent; no more data is
+    /// received. `connection_lost(None)` follows through the loop.
+    ///
+    /// Equivalent to `BaseTransport.close`. Idempotent.
+    pub fn close(&self) {
+        {
+            let mut st = self.0.st.borrow_mut();
+            if st.closing || st.lost {
+                return;
+            }
+            st.closing = true;
+        }
+        self.kick_reader();
+        self.kick_writer();
+    }
+
+    /// Closes at once, dropping buffered data; `connection_lost(None)`
+    /// follows through the loop. Equivalent to `WriteTransport.abort`.
+    pub fn abort(&self) {
+        self.force_close(None);
+    }
+
+    fn force_close(&self, exc: Option<Error>) {
+        {
+            let mut st = self.0.st.borrow_mut();
+            if st.lost {
+                return;
+            }
+            st.closing = true;
+            st.wbuf.clear();
+            st.wsize = 0;
+        }
+        self.connection_lost(exc);
+    }
+
+    /// Delivers `connection_lost` (exactly once, through the loop), then
+    /// releases the protocol, the socket and the tasks.
+    fn connection_lost(&self, exc: Option<Error>) {
+        {
+            let mut st = self.0.st.borrow_mut();
+            if st.lost {
+                return;
+            }
+            st.lost = true;
+        }
+        self.kick_reader();
+        let t = self.clone();
+        self.0.lp.call_soon_impl(
+            Box::new(move || {
+                t.call_protocol(move |p| p.connection_lost(exc));
+                let inner = &t.0;
+                inner.protocol.release();
+                inner.sock.borrow_mut().take();
+                for task in [inner.reader.borrow_mut().take(), inner.writer.borrow_mut().take()]
+                    .into_iter()
+                    .flatten()
+                {
+                    task.cancel(None);
+                }
+                let hooks = std::mem::take(&mut *inner.on_lost.borrow_mut());
+                for h in hooks {
+                    h();
+                }
+            }),
+            "connection_lost",
+        );
+    }
+
+    /// True once [`close`](Self::close) or [`abort`](Self::abort) was
+    /// called or the connection was lost. Equivalent to `is_closing`.
+    pub fn is_closing(&self) -> bool {
+        let st = self.0.st.borrow();
+        st.closing || st.lost
+    }
+
+    /// Stops receiving until [`resume_reading`](Self::resume_reading).
+    /// Equivalent to `ReadTransport.pause_reading`; idempotent.
+    pub fn pause_reading(&self) {
+        self.0.st.borrow_mut().reading = false;
+        self.kick_reader();
+    }
+
+    /// Receives again. Equivalent to `ReadTransport.resume_reading`.
+    pub fn resume_reading(&self) {
+        self.0.st.borrow_mut().reading = true;
+        self.kick_reader();
+    }
+
+    /// True while receiving. Equivalent to `ReadTransport.is_reading`.
+    pub fn is_reading(&self) -> bool {
+        let st = self.0.st.borrow();
+        st.reading && !st.closing && !st.lost && !st.read_eof
+    }
+
+    /// Bytes buffered for sending. Equivalent to `get_write_buffer_size`.
+    pub fn get_write_buffer_size(&self) -> usize {
+        self.0.st.borrow().wsize
+    }
+
+    /// `(low, high)` water marks. Equivalent to `get_write_buffer_limits`.
+    pub fn get_write_buffer_limits(&self) -> (usize, usize) {
+        let st = self.0.st.borrow();
+        (st.low, st.high)
+    }
+
+    /// Sets the water marks (`high` defaults to 64 KiB, `low` to `high / 4`).
+    /// Equivalent to `set_write_buffer_limits`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] if `low > high`.
+    pub fn set_write_buffer_limits(&self, high: Option<usize>, low: Option<usize>) -> Result<()> {
+        let (high, low) = buffer_limits(high, low)?;
+        let pause = {
+            let mut st = self.0.st.borrow_mut();
+            st.high = high;
+            st.low = low;
+            if !st.protocol_paused && st.wsize > st.high {
+                st.protocol_paused = true;
+                true
+            } else {
+                false
+            }
+        };
+        if pause {
+            self.call_protocol(|p| p.pause_writing());
+        }
+        Ok(())
+    }
+
+    /// Transport information by asyncio's names: `"peername"`,
+    /// `"sockname"`, `"socket"` (the fd). Equivalent to `get_extra_info`.
+    pub fn get_extra_info(&self, name: &str) -> Option<ExtraInfo> {
+        match name {
+            "peername" => self.0.peer.clone().map(ExtraInfo::Address),
+            "sockname" => self.0.local.clone().map(ExtraInfo::Address),
+            "socket" => Some(ExtraInfo::Fd(self.0.fd.0)),
+            _ => None,
+        }
+    }
+
+    /// The peer's address, if known.
+    pub fn peername(&self) -> Option<SockAddr> {
+        self.0.peer.clone()
+    }
+
+    /// The local address, if known.
+    pub fn sockname(&self) -> Option<SockAddr> {
+        self.0.local.clone()
+    }
+
+    /// Replaces the protocol; returns the old one. Equivalent to
+    /// `set_protocol` (and, through the return value, `get_protocol`).
+    pub fn set_protocol(&self, protocol: Box<dyn Protocol>) -> Option<Box<dyn Protocol>> {
+        self.0.protocol.replace(protocol)
+    }
+
+    /// The loop the transport runs on.
+    pub fn get_loop(&self) -> EventLoop {
+        self.0.lp.clone()
+    }
+
+    /// True if both handles are the same transport.
+    pub fn same(&self, other: &Transport) -> bool {
+        Rc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl fmt::Debug for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let st = self.0.st.borrow();
+        write!(
+            f,
+            "<Transport fd={} peer={:?} closing={} lost={} buffered={}>",
+            self.0.fd.0,
+            self.0.peer.as_ref().and_then(|a| a.as_socket()),
+            st.closing,
+            st.lost,
+            st.wsize
+        )
+    }
+}
