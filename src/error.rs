@@ -30,6 +30,21 @@ pub enum Error {
     /// The requested backend cannot run here (for example io_uring forced
     /// with `RINGLOOP_BACKEND=proactor` where the kernel refuses it).
     Unsupported(String),
+    /// EOF came before the expected data (`asyncio.IncompleteReadError`):
+    /// what was read, and how much was expected (`None` for `readuntil`).
+    IncompleteRead {
+        /// The bytes read before EOF.
+        partial: bytes::Bytes,
+        /// The byte count that was asked for.
+        expected: Option<usize>,
+    },
+    /// A separator was not found within the stream's limit
+    /// (`asyncio.LimitOverrunError`); the data stays buffered.
+    LimitOverrun {
+        /// How many bytes would have to be consumed to reach the separator
+        /// (or were searched).
+        consumed: usize,
+    },
     /// A barrier was aborted or reset while waiting (`asyncio.BrokenBarrierError`).
     BrokenBarrier,
     /// `get_nowait` on an empty queue (`asyncio.QueueEmpty`).
@@ -84,6 +99,15 @@ impl fmt::Display for Error {
             Error::Closed(m) => write!(f, "closed: {m}"),
             Error::Panic(m) => write!(f, "panicked: {m}"),
             Error::Unsupported(m) => write!(f, "unsupported: {m}"),
+            Error::IncompleteRead { partial, expected } => write!(
+                f,
+                "{} bytes read on a total of {} expected bytes",
+                partial.len(),
+                expected.map_or("undefined".to_string(), |e| e.to_string())
+            ),
+            Error::LimitOverrun { consumed } => {
+                write!(f, "separator is not found within the limit ({consumed} bytes)")
+            }
             Error::BrokenBarrier => f.write_str("barrier is broken"),
             Error::Interrupted => f.write_str("interrupted (SIGINT)"),
             Error::QueueEmpty => f.write_str("queue is empty"),

@@ -68,6 +68,7 @@ mod readers;
 mod runners;
 mod server;
 mod sock;
+mod streams;
 mod taskgroups;
 mod tasks;
 mod timeouts;
@@ -89,6 +90,10 @@ pub use futures::LoopFuture;
 pub use pipes::{Pipe, pipe};
 pub use runners::{Runner, SigintHandling, run};
 pub use server::{Server, ServerOptions};
+pub use streams::{
+    DEFAULT_LIMIT, StreamReader, StreamWriter, open_connection, open_unix_connection, start_server,
+    start_server_with, start_unix_server,
+};
 pub use sock::{Acceptor, Domain, SockAddr, SockProtocol, Socket, Type};
 pub use taskgroups::TaskGroup;
 pub use tasks::api::{

@@ -1,0 +1,782 @@
+//! Streams: asyncio's `StreamReader` / `StreamWriter`, `open_connection`
+//! and `start_server`, on top of the transports.
+//!
+//! A stream connection is a transport whose protocol feeds a
+//! [`StreamReader`] (pausing the transport when more than twice the limit is
+//! buffered) and tracks write flow control for [`StreamWriter::drain`]. Both
+//! halves also implement `futures_io::AsyncRead` / `AsyncWrite`, so the
+//! ecosystem's codecs work on them.
+#![forbid(unsafe_code)]
+
+use std::cell::RefCell;
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::path::Path;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+
+use bytes::{Buf, Bytes, BytesMut};
+
+use crate::base_loop::EventLoop;
+use crate::error::{Error, Result};
+use crate::events::get_running_loop;
+use crate::protocols::Protocol;
+use crate::server::{Server, ServerOptions};
+use crate::sock::SockAddr;
+use crate::transports::{ExtraInfo, Transport};
+
+/// The default buffer limit of a [`StreamReader`] (asyncio's 64 KiB).
+pub const DEFAULT_LIMIT: usize = 64 * 1024;
+
+struct ReaderState {
+    buf: BytesMut,
+    eof: bool,
+    exc: Option<Error>,
+    waiter: Option<Waker>,
+    transport: Option<Transport>,
+    paused: bool,
+}
+
+/// Reads from a connection. Equivalent to `asyncio.StreamReader`.
+///
+/// Clones share the buffer. Reads wait for data; at most `limit` bytes are
+/// searched for a separator (more than twice the limit buffered pauses the
+/// transport until the reader catches up).
+#[derive(Clone)]
+pub struct StreamReader {
+    st: Rc<RefCell<ReaderState>>,
+    limit: usize,
+}
+
+impl StreamReader {
+    /// A reader not attached to a transport (feed it with
+    /// [`feed_data`](Self::feed_data)). Equivalent to `StreamReader(limit)`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] for a zero limit.
+    pub fn new(limit: usize) -> Result<StreamReader> {
+        if limit == 0 {
+            return Err(Error::InvalidArgument("limit must be positive".into()));
+        }
+        Ok(StreamReader {
+            st: Rc::new(RefCell::new(ReaderState {
+                buf: BytesMut::new(),
+                eof: false,
+                exc: None,
+                waiter: None,
+                transport: None,
+                paused: false,
+            })),
+            limit,
+        })
+    }
+
+    /// The buffer limit.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    fn wake(st: &mut ReaderState) {
+        if let Some(w) = st.waiter.take() {
+            w.wake();
+        }
+    }
+
+    /// Appends received bytes. Equivalent to `StreamReader.feed_data`.
+    pub fn feed_data(&self, data: &[u8]) {
+        let mut st = self.st.borrow_mut();
+        if data.is_empty() {
+            return;
+        }
+        st.buf.extend_from_slice(data);
+        Self::wake(&mut st);
+        if !st.paused && st.buf.len() > 2 * self.limit {
+            if let Some(t) = &st.transport {
+                t.pause_reading();
+                st.paused = true;
+            }
+        }
+    }
+
+    /// Marks end of stream. Equivalent to `StreamReader.feed_eof`.
+    pub fn feed_eof(&self) {
+        let mut st = self.st.borrow_mut();
+        st.eof = true;
+        Self::wake(&mut st);
+    }
+
+    /// Makes the reads fail with `e`. Equivalent to `set_exception`.
+    pub fn set_exception(&self, e: Error) {
+        let mut st = self.st.borrow_mut();
+        st.exc = Some(e);
+        Self::wake(&mut st);
+    }
+
+    /// True once EOF was fed and the buffer is empty.
+    /// Equivalent to `StreamReader.at_eof`.
+    pub fn at_eof(&self) -> bool {
+        let st = self.st.borrow();
+        st.eof && st.buf.is_empty()
+    }
+
+    fn maybe_resume(&self, st: &mut ReaderState) {
+        if st.paused && st.buf.len() <= self.limit {
+            st.paused = false;
+            if let Some(t) = &st.transport {
+                t.resume_reading();
+            }
+        }
+    }
+
+    /// Waits until the buffer changes (data, EOF or error).
+    fn wait(&self) -> impl Future<Output = Result<()>> + '_ {
+        let mut first = true;
+        std::future::poll_fn(move |cx| {
+            let mut st = self.st.borrow_mut();
+            if let Some(e) = &st.exc {
+                return Poll::Ready(Err(e.clone()));
+            }
+            if !first {
+                return Poll::Ready(Ok(()));
+            }
+            first = false;
+            if st.eof {
+                return Poll::Ready(Ok(()));
+            }
+            if st.paused {
+                // Never wait on a paused transport.
+                st.paused = false;
+                if let Some(t) = &st.transport {
+                    t.resume_reading();
+                }
+            }
+            st.waiter = Some(cx.waker().clone());
+            Poll::Pending
+        })
+    }
+
+    fn take(&self, n: usize) -> Bytes {
+        let mut st = self.st.borrow_mut();
+        let n = n.min(st.buf.len());
+        let out = st.buf.split_to(n).freeze();
+        self.maybe_resume(&mut st);
+        out
+    }
+
+    /// Reads up to `n` bytes; `n < 0` reads until EOF; `n == 0` returns
+    /// at once. Waits for at least one byte unless at EOF (then empty).
+    ///
+    /// Equivalent to `StreamReader.read(n)`.
+    ///
+    /// # Errors
+    ///
+    /// The connection's error.
+    pub async fn read(&self, n: isize) -> Result<Bytes> {
+        if n == 0 {
+            return Ok(Bytes::new());
+        }
+        if n < 0 {
+            loop {
+                let eof = self.st.borrow().eof;
+                if eof {
+                    let len = self.st.borrow().buf.len();
+                    return Ok(self.take(len));
+                }
+                self.wait().await?;
+            }
+        }
+        loop {
+            {
+                let st = self.st.borrow();
+                if let Some(e) = &st.exc {
+                    return Err(e.clone());
+                }
+                if !st.buf.is_empty() || st.eof {
+                    drop(st);
+                    return Ok(self.take(n as usize));
+                }
+            }
+            self.wait().await?;
+        }
+    }
+
+    /// Reads exactly `n` bytes.
+    ///
+    /// Equivalent to `StreamReader.readexactly`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::IncompleteRead`] with what was read when EOF comes first
+    /// (the bytes are consumed, as in asyncio); the connection's error.
+    pub async fn readexactly(&self, n: usize) -> Result<Bytes> {
+        loop {
+            {
+                let st = self.st.borrow();
+                if let Some(e) = &st.exc {
+                    return Err(e.clone());
+                }
+                if st.buf.len() >= n {
+                    drop(st);
+                    return Ok(self.take(n));
+                }
+                if st.eof {
+                    drop(st);
+                    let len = self.st.borrow().buf.len();
+                    let partial = self.take(len);
+                    return Err(Error::IncompleteRead {
+                        partial,
+                        expected: Some(n),
+                    });
+                }
+            }
+            self.wait().await?;
+        }
+    }
+
+    /// Reads up to and including `separator`.
+    ///
+    /// Equivalent to `StreamReader.readuntil`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::LimitOverrun`] when the separator is not within the limit
+    /// (the data stays buffered, as in asyncio); [`Error::IncompleteRead`]
+    /// at EOF without the separator (the bytes are consumed);
+    /// [`Error::InvalidArgument`] for an empty separator.
+    pub async fn readuntil(&self, separator: &[u8]) -> Result<Bytes> {
+        self.readuntil_any(&[separator]).await
+    }
+
+    /// Reads up to and including whichever of `separators` comes first
+    /// (the shortest match at the earliest position).
+    ///
+    /// Equivalent to `StreamReader.readuntil` with a tuple of separators.
+    ///
+    /// # Errors
+    ///
+    /// As [`readuntil`](Self::readuntil).
+    pub async fn readuntil_any(&self, separators: &[&[u8]]) -> Result<Bytes> {
+        if separators.is_empty() || separators.iter().any(|s| s.is_empty()) {
+            return Err(Error::InvalidArgument("separator should be at least one byte".into()));
+        }
+        let min_len = separators.iter().map(|s| s.len()).min().unwrap_or(1);
+        let mut offset = 0;
+        loop {
+            {
+                let st = self.st.borrow();
+                if let Some(e) = &st.exc {
+                    return Err(e.clone());
+                }
+                let found = separators
+                    .iter()
+                    .filter_map(|sep| find(&st.buf[offset.min(st.buf.len())..], sep).map(|i| (i + offset, sep.len())))
+                    .min_by_key(|&(i, l)| (i, l));
+                if let Some((i, l)) = found {
+                    if i + l > self.limit {
+                        return Err(Error::LimitOverrun { consumed: i });
+                    }
+                    drop(st);
+                    return Ok(self.take(i + l));
+                }
+                // Next time start where a separator could still begin.
+                offset = (st.buf.len() + 1).saturating_sub(min_len.max(separators.iter().map(|s| s.len()).max().unwrap_or(1)));
+                if st.buf.len() > self.limit {
+                    return Err(Error::LimitOverrun {
+                        consumed: st.buf.len(),
+                    });
+                }
+                if st.eof {
+                    drop(st);
+                    let len = self.st.borrow().buf.len();
+                    let partial = self.take(len);
+                    return Err(Error::IncompleteRead {
+                        partial,
+                        expected: None,
+                    });
+                }
+            }
+            self.wait().await?;
+        }
+    }
+
+    /// Reads one line, `\n` included; at EOF the last, unterminated line
+    /// (or empty).
+    ///
+    /// Equivalent to `StreamReader.readline`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::LimitOverrun`] for a line longer than the limit (the
+    /// over-long data is discarded, as asyncio's ValueError path does);
+    /// the connection's error.
+    pub async fn readline(&self) -> Result<Bytes> {
+        match self.readuntil(b"\n").await {
+            Ok(l) => Ok(l),
+            Err(Error::IncompleteRead { partial, .. }) => Ok(partial),
+            Err(Error::LimitOverrun { consumed }) => {
+                // asyncio: drop the separator-terminated overlong line, or
+                // everything buffered if no separator was seen.
+                let mut st = self.st.borrow_mut();
+                let n = if st.buf.get(consumed) == Some(&b'\n') {
+                    consumed + 1
+                } else {
+                    st.buf.len()
+                };
+                let len = st.buf.len();
+                st.buf.advance(n.min(len));
+                self.maybe_resume(&mut st);
+                Err(Error::LimitOverrun { consumed })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Iterates over lines; `next_line` gives `None` at EOF.
+    ///
+    /// Equivalent to `async for line in reader`.
+    pub async fn next_line(&self) -> Option<Result<Bytes>> {
+        match self.readline().await {
+            Ok(l) if l.is_empty() => None,
+            r => Some(r),
+        }
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    if needle.len() == 1 {
+        return hay.iter().position(|&b| b == needle[0]);
+    }
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+impl fmt::Debug for StreamReader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let st = self.st.borrow();
+        write!(f, "<StreamReader buffered={} eof={} limit={}>", st.buf.len(), st.eof, self.limit)
+    }
+}
+
+impl futures_io::AsyncRead for StreamReader {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, out: &mut [u8]) -> Poll<io::Result<usize>> {
+        let mut st = self.st.borrow_mut();
+        if !st.buf.is_empty() {
+            let n = out.len().min(st.buf.len());
+            out[..n].copy_from_slice(&st.buf[..n]);
+            st.buf.advance(n);
+            self.maybe_resume(&mut st);
+            return Poll::Ready(Ok(n));
+        }
+        if let Some(e) = &st.exc {
+            return Poll::Ready(Err(to_io(e)));
+        }
+        if st.eof || out.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        if st.paused {
+            st.paused = false;
+            if let Some(t) = &st.transport {
+                t.resume_reading();
+            }
+        }
+        st.waiter = Some(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+fn to_io(e: &Error) -> io::Error {
+    match e {
+        Error::Io(io) => io::Error::new(io.kind(), io.to_string()),
+        other => io::Error::other(other.to_string()),
+    }
+}
+
+/// Write-side state shared by the protocol and the writer.
+#[derive(Default)]
+struct FlowState {
+    paused: bool,
+    lost: bool,
+    exc: Option<Error>,
+    drain_waiters: Vec<Waker>,
+    closed_waiters: Vec<Waker>,
+}
+
+/// The protocol behind a stream connection (asyncio's `StreamReaderProtocol`).
+struct StreamProtocol {
+    reader: StreamReader,
+    flow: Rc<RefCell<FlowState>>,
+    on_connect: Option<Box<dyn FnOnce(Transport)>>,
+}
+
+impl Protocol for StreamProtocol {
+    fn connection_made(&mut self, transport: Transport) {
+        self.reader.st.borrow_mut().transport = Some(transport.clone());
+        if let Some(f) = self.on_connect.take() {
+            f(transport);
+        }
+    }
+    fn data_received(&mut self, data: &[u8]) {
+        self.reader.feed_data(data);
+    }
+    fn eof_received(&mut self) -> bool {
+        self.reader.feed_eof();
+        // Keep the write side open: the application may still answer
+        // (asyncio keeps it open too, except over TLS).
+        true
+    }
+    fn connection_lost(&mut self, exc: Option<Error>) {
+        match &exc {
+            Some(e) => self.reader.set_exception(e.clone()),
+            None => self.reader.feed_eof(),
+        }
+        let mut f = self.flow.borrow_mut();
+        f.lost = true;
+        f.exc = exc;
+        let mut ws: Vec<Waker> = f.drain_waiters.drain(..).collect();
+        ws.append(&mut f.closed_waiters);
+        for w in ws {
+            w.wake();
+        }
+        drop(f);
+        self.reader.st.borrow_mut().transport = None;
+    }
+    fn pause_writing(&mut self) {
+        self.flow.borrow_mut().paused = true;
+    }
+    fn resume_writing(&mut self) {
+        let mut f = self.flow.borrow_mut();
+        f.paused = false;
+        for w in f.drain_waiters.drain(..) {
+            w.wake();
+        }
+    }
+}
+
+/// Writes to a connection. Equivalent to `asyncio.StreamWriter`.
+#[derive(Clone)]
+pub struct StreamWriter {
+    transport: Transport,
+    flow: Rc<RefCell<FlowState>>,
+    reader: StreamReader,
+}
+
+impl StreamWriter {
+    /// Queues `data`; call [`drain`](Self::drain) to wait for room.
+    /// Equivalent to `StreamWriter.write`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] once closing.
+    pub fn write(&self, data: impl Into<Bytes>) -> Result<()> {
+        self.transport.write(data)
+    }
+
+    /// Queues each buffer. Equivalent to `StreamWriter.writelines`.
+    ///
+    /// # Errors
+    ///
+    /// As [`write`](Self::write).
+    pub fn writelines<I, B>(&self, bufs: I) -> Result<()>
+    where
+        I: IntoIterator<Item = B>,
+        B: Into<Bytes>,
+    {
+        self.transport.writelines(bufs)
+    }
+
+    /// Closes the write side once buffered data is sent.
+    /// Equivalent to `StreamWriter.write_eof`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] once closing.
+    pub fn write_eof(&self) -> Result<()> {
+        self.transport.write_eof()
+    }
+
+    /// True for stream sockets. Equivalent to `can_write_eof`.
+    pub fn can_write_eof(&self) -> bool {
+        self.transport.can_write_eof()
+    }
+
+    /// Waits until the write buffer is at or below its low-water mark.
+    ///
+    /// Equivalent to `StreamWriter.drain`.
+    ///
+    /// # Errors
+    ///
+    /// The error the connection was lost with, or
+    /// [`Error::Io`]`(ConnectionReset)` if it was closed under us.
+    pub async fn drain(&self) -> Result<()> {
+        // Let a paused reader error surface first, as asyncio does.
+        if let Some(e) = self.reader.st.borrow().exc.clone() {
+            return Err(e);
+        }
+        std::future::poll_fn(|cx| {
+            let mut f = self.flow.borrow_mut();
+            if f.lost {
+                return Poll::Ready(Err(f.exc.clone().unwrap_or_else(|| {
+                    Error::from(io::Error::new(io::ErrorKind::ConnectionReset, "Connection lost"))
+                })));
+            }
+            if self.transport.is_closing() {
+                // Yield once so the close can make progress, as asyncio does.
+                return Poll::Ready(Ok(()));
+            }
+            if !f.paused {
+                return Poll::Ready(Ok(()));
+            }
+            f.drain_waiters.push(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Closes the connection (after buffered data is sent).
+    /// Equivalent to `StreamWriter.close`.
+    pub fn close(&self) {
+        self.transport.close()
+    }
+
+    /// True once closing. Equivalent to `StreamWriter.is_closing`.
+    pub fn is_closing(&self) -> bool {
+        self.transport.is_closing()
+    }
+
+    /// Waits until the connection is closed. Equivalent to `wait_closed`.
+    ///
+    /// # Errors
+    ///
+    /// The error the connection was lost with, if any.
+    pub async fn wait_closed(&self) -> Result<()> {
+        std::future::poll_fn(|cx| {
+            let mut f = self.flow.borrow_mut();
+            if f.lost {
+                return Poll::Ready(match &f.exc {
+                    Some(e) => Err(e.clone()),
+                    None => Ok(()),
+                });
+            }
+            f.closed_waiters.push(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Transport information. Equivalent to `StreamWriter.get_extra_info`.
+    pub fn get_extra_info(&self, name: &str) -> Option<ExtraInfo> {
+        self.transport.get_extra_info(name)
+    }
+
+    /// The peer's address.
+    pub fn peername(&self) -> Option<SockAddr> {
+        self.transport.peername()
+    }
+
+    /// The underlying transport. Equivalent to `StreamWriter.transport`.
+    pub fn transport(&self) -> &Transport {
+        &self.transport
+    }
+}
+
+impl fmt::Debug for StreamWriter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "<StreamWriter {:?}>", self.transport)
+    }
+}
+
+impl futures_io::AsyncWrite for StreamWriter {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        if let Poll::Ready(Err(e)) = self.as_ref().poll_room(cx) {
+            return Poll::Ready(Err(e));
+        }
+        match self.transport.write(Bytes::copy_from_slice(buf)) {
+            Ok(()) => Poll::Ready(Ok(buf.len())),
+            Err(e) => Poll::Ready(Err(to_io(&e))),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.as_ref().poll_room(cx)
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.transport.close();
+        let mut f = self.flow.borrow_mut();
+        if f.lost {
+            return Poll::Ready(Ok(()));
+        }
+        f.closed_waiters.push(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+impl StreamWriter {
+    /// Ready when the buffer is under the high-water mark (write side of
+    /// `AsyncWrite`: back-pressure without a separate drain call).
+    fn poll_room(self: Pin<&Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut f = self.flow.borrow_mut();
+        if f.lost {
+            return Poll::Ready(Err(f.exc.as_ref().map_or_else(
+                || io::Error::new(io::ErrorKind::ConnectionReset, "Connection lost"),
+                to_io,
+            )));
+        }
+        if f.paused {
+            f.drain_waiters.push(cx.waker().clone());
+            return Poll::Pending;
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+fn stream_pair(limit: usize) -> Result<(StreamReader, Rc<RefCell<FlowState>>)> {
+    Ok((StreamReader::new(limit)?, Rc::new(RefCell::new(FlowState::default()))))
+}
+
+/// Connects to `host:port` and returns the stream pair.
+///
+/// Equivalent to `asyncio.open_connection(host, port)`.
+///
+/// # Errors
+///
+/// As [`EventLoop::create_connection`].
+///
+/// # Examples
+///
+/// ```
+/// use ringloop::{open_connection, start_server};
+/// ringloop::run(async {
+///     let server = start_server(|r, w| async move {
+///         let line = r.readline().await.unwrap();
+///         w.write(line).unwrap();
+///         w.drain().await.unwrap();
+///         w.close();
+///     }, "127.0.0.1", 0).await.unwrap();
+///     let port = server.sockets()[0].as_socket().unwrap().port();
+///     let (r, w) = open_connection("127.0.0.1", port).await.unwrap();
+///     w.write(&b"ping\n"[..]).unwrap();
+///     assert_eq!(&r.readline().await.unwrap()[..], b"ping\n");
+///     server.close();
+/// }).unwrap();
+/// ```
+pub async fn open_connection(host: &str, port: u16) -> Result<(StreamReader, StreamWriter)> {
+    let lp = get_running_loop()?;
+    let (reader, flow) = stream_pair(DEFAULT_LIMIT)?;
+    let proto = StreamProtocol {
+        reader: reader.clone(),
+        flow: flow.clone(),
+        on_connect: None,
+    };
+    let transport = lp.create_connection(move || proto, host, port).await?;
+    Ok((
+        reader.clone(),
+        StreamWriter {
+            transport,
+            flow,
+            reader,
+        },
+    ))
+}
+
+/// Connects to the Unix socket at `path`. Equivalent to
+/// `asyncio.open_unix_connection`.
+///
+/// # Errors
+///
+/// As [`EventLoop::create_unix_connection`].
+pub async fn open_unix_connection(path: impl AsRef<Path>) -> Result<(StreamReader, StreamWriter)> {
+    let lp = get_running_loop()?;
+    let (reader, flow) = stream_pair(DEFAULT_LIMIT)?;
+    let proto = StreamProtocol {
+        reader: reader.clone(),
+        flow: flow.clone(),
+        on_connect: None,
+    };
+    let transport = lp.create_unix_connection(move || proto, path).await?;
+    Ok((
+        reader.clone(),
+        StreamWriter {
+            transport,
+            flow,
+            reader,
+        },
+    ))
+}
+
+/// Makes the protocol factory of a stream server: each connection runs
+/// `cb(reader, writer)` as a task.
+fn stream_factory<F, Fut>(lp: EventLoop, limit: usize, cb: F) -> impl Fn() -> StreamProtocol + 'static
+where
+    F: Fn(StreamReader, StreamWriter) -> Fut + 'static,
+    Fut: Future<Output = ()> + 'static,
+{
+    let cb = Rc::new(cb);
+    move || {
+        let reader = StreamReader::new(limit).expect("limit checked");
+        let flow = Rc::new(RefCell::new(FlowState::default()));
+        let (cb, lp, r2, f2) = (cb.clone(), lp.clone(), reader.clone(), flow.clone());
+        StreamProtocol {
+            reader,
+            flow,
+            on_connect: Some(Box::new(move |transport| {
+                let writer = StreamWriter {
+                    transport,
+                    flow: f2,
+                    reader: r2.clone(),
+                };
+                lp.spawn_task(cb(r2, writer), None);
+            })),
+        }
+    }
+}
+
+/// Starts a server whose connections each run `cb(reader, writer)` as a task.
+///
+/// Equivalent to `asyncio.start_server(client_connected_cb, host, port)`.
+///
+/// # Errors
+///
+/// As [`EventLoop::create_server`].
+pub async fn start_server<F, Fut>(cb: F, host: &str, port: u16) -> Result<Server>
+where
+    F: Fn(StreamReader, StreamWriter) -> Fut + 'static,
+    Fut: Future<Output = ()> + 'static,
+{
+    let hosts = if host.is_empty() { Vec::new() } else { vec![host.to_owned()] };
+    start_server_with(cb, DEFAULT_LIMIT, ServerOptions { hosts, port, ..Default::default() }).await
+}
+
+/// [`start_server`] with a buffer limit and every server option.
+///
+/// # Errors
+///
+/// As [`EventLoop::create_server_with`]; [`Error::InvalidArgument`] for a
+/// zero limit.
+pub async fn start_server_with<F, Fut>(cb: F, limit: usize, opts: ServerOptions) -> Result<Server>
+where
+    F: Fn(StreamReader, StreamWriter) -> Fut + 'static,
+    Fut: Future<Output = ()> + 'static,
+{
+    StreamReader::new(limit)?;
+    let lp = get_running_loop()?;
+    let factory = stream_factory(lp.clone(), limit, cb);
+    lp.create_server_with(factory, opts).await
+}
+
+/// A Unix-socket stream server. Equivalent to `asyncio.start_unix_server`.
+///
+/// # Errors
+///
+/// As [`EventLoop::create_unix_server`].
+pub async fn start_unix_server<F, Fut>(cb: F, path: impl AsRef<Path>) -> Result<Server>
+where
+    F: Fn(StreamReader, StreamWriter) -> Fut + 'static,
+    Fut: Future<Output = ()> + 'static,
+{
+    let lp = get_running_loop()?;
+    let factory = stream_factory(lp.clone(), DEFAULT_LIMIT, cb);
+    lp.create_unix_server(factory, path).await
+}
