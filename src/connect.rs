@@ -27,6 +27,9 @@ pub struct ConnectOptions {
     pub port: u16,
     /// An already connected socket to wrap instead of connecting.
     pub sock: Option<Socket>,
+    /// Addresses already resolved, tried in this order (instead of
+    /// resolving `host`); happy eyeballs applies to them as to resolved ones.
+    pub addrs: Vec<SocketAddr>,
     /// Local address to bind before connecting.
     pub local_addr: Option<SocketAddr>,
     /// Happy eyeballs: start the next address this long after the previous
@@ -143,34 +146,40 @@ impl EventLoop {
         opts: ConnectOptions,
     ) -> Result<Transport> {
         self.check_open()?;
+        let given = usize::from(opts.sock.is_some())
+            + usize::from(opts.host.is_some())
+            + usize::from(!opts.addrs.is_empty());
+        if given != 1 {
+            return Err(Error::InvalidArgument(
+                "exactly one of host (with port), addrs or sock must be given".into(),
+            ));
+        }
         let sock = match (opts.sock, &opts.host) {
-            (Some(_), Some(_)) => {
-                return Err(Error::InvalidArgument(
-                    "host and sock cannot both be given".into(),
-                ));
-            }
-            (Some(s), None) => s,
-            (None, None) => {
-                return Err(Error::InvalidArgument(
-                    "host and port, or sock, must be given".into(),
-                ));
-            }
-            (None, Some(host)) => {
-                let mut addrs = self.getaddrinfo(host, opts.port).await?;
+            (Some(s), _) => s,
+            (None, host) => {
+                let mut addrs = match host {
+                    Some(host) => self.getaddrinfo(host, opts.port).await?,
+                    None => opts.addrs,
+                };
+                let host = host.as_deref().unwrap_or("<addrs>");
                 addrs.dedup();
                 if addrs.is_empty() {
                     return Err(Error::from(std::io::Error::other(format!(
                         "getaddrinfo({host}) returned empty list"
                     ))));
                 }
-                let inter = opts
-                    .interleave
-                    .or(opts.happy_eyeballs_delay.map(|_| 1));
+                let inter = opts.interleave.or(opts.happy_eyeballs_delay.map(|_| 1));
                 if let Some(n) = inter {
                     addrs = interleave(addrs, n.max(1));
                 }
-                self.connect_staggered(addrs, opts.local_addr, !opts.keep_nagle, opts.happy_eyeballs_delay, opts.all_errors)
-                    .await?
+                self.connect_staggered(
+                    addrs,
+                    opts.local_addr,
+                    !opts.keep_nagle,
+                    opts.happy_eyeballs_delay,
+                    opts.all_errors,
+                )
+                .await?
             }
         };
         Ok(Transport::start(self, sock, Box::new(factory())))
@@ -259,7 +268,9 @@ impl EventLoop {
             .map(|(a, e)| format!("[{a}] {e}"))
             .collect::<Vec<_>>()
             .join(", ");
-        Err(Error::from(std::io::Error::other(format!("Multiple exceptions: {msg}"))))
+        Err(Error::from(std::io::Error::other(format!(
+            "Multiple exceptions: {msg}"
+        ))))
     }
 
     /// Connects to a Unix stream socket at `path`.
@@ -322,10 +333,9 @@ impl EventLoop {
             let remote = s.peer_addr().ok();
             (s, remote)
         } else {
-            let family = opts
-                .local_addr
-                .or(opts.remote_addr)
-                .ok_or_else(|| Error::InvalidArgument("local_addr or remote_addr is needed".into()))?;
+            let family = opts.local_addr.or(opts.remote_addr).ok_or_else(|| {
+                Error::InvalidArgument("local_addr or remote_addr is needed".into())
+            })?;
             let s = Socket::udp_for(&family)?;
             if opts.reuse_port {
                 s.with(|s| s.set_reuse_port(true))?;
@@ -346,7 +356,12 @@ impl EventLoop {
             };
             (s, remote)
         };
-        Ok(DatagramTransport::start(self, sock, remote, Box::new(factory())))
+        Ok(DatagramTransport::start(
+            self,
+            sock,
+            remote,
+            Box::new(factory()),
+        ))
     }
 }
 
@@ -361,9 +376,18 @@ mod tests {
             .iter()
             .map(|s| s.parse().unwrap())
             .collect();
-        let got: Vec<String> = interleave(a.clone(), 1).iter().map(|a| a.to_string()).collect();
-        assert_eq!(got, ["[::1]:1", "1.1.1.1:1", "[::2]:1", "2.2.2.2:1", "[::3]:1"]);
+        let got: Vec<String> = interleave(a.clone(), 1)
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        assert_eq!(
+            got,
+            ["[::1]:1", "1.1.1.1:1", "[::2]:1", "2.2.2.2:1", "[::3]:1"]
+        );
         let got: Vec<String> = interleave(a, 2).iter().map(|a| a.to_string()).collect();
-        assert_eq!(got, ["[::1]:1", "[::2]:1", "1.1.1.1:1", "[::3]:1", "2.2.2.2:1"]);
+        assert_eq!(
+            got,
+            ["[::1]:1", "[::2]:1", "1.1.1.1:1", "[::3]:1", "2.2.2.2:1"]
+        );
     }
 }

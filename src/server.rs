@@ -151,14 +151,22 @@ impl EventLoop {
         let mut opts = opts;
         let socks = if !opts.socks.is_empty() {
             if !opts.hosts.is_empty() {
-                return Err(Error::InvalidArgument("hosts and socks cannot both be given".into()));
+                return Err(Error::InvalidArgument(
+                    "hosts and socks cannot both be given".into(),
+                ));
             }
             std::mem::take(&mut opts.socks)
         } else {
             let mut addrs: Vec<SocketAddr> = Vec::new();
             if opts.hosts.is_empty() {
-                addrs.push(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), opts.port));
-                addrs.push(SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), opts.port));
+                addrs.push(SocketAddr::new(
+                    IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                    opts.port,
+                ));
+                addrs.push(SocketAddr::new(
+                    IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+                    opts.port,
+                ));
             } else {
                 for h in &opts.hosts {
                     for a in self.getaddrinfo(h, opts.port).await? {
@@ -208,7 +216,11 @@ impl EventLoop {
     /// # Errors
     ///
     /// [`Error::Io`] if binding fails, or `path` exists and is not a socket.
-    pub async fn create_unix_server<P, F>(&self, factory: F, path: impl AsRef<Path>) -> Result<Server>
+    pub async fn create_unix_server<P, F>(
+        &self,
+        factory: F,
+        path: impl AsRef<Path>,
+    ) -> Result<Server>
     where
         P: Protocol,
         F: Fn() -> P + 'static,
@@ -418,7 +430,9 @@ impl Server {
 async fn accept_loop(server: std::rc::Weak<Inner>, mut acceptor: Acceptor, lp: EventLoop) {
     loop {
         let r = acceptor.accept().await;
-        let Some(inner) = server.upgrade() else { return };
+        let Some(inner) = server.upgrade() else {
+            return;
+        };
         if inner.closed.get() {
             return;
         }
@@ -448,13 +462,17 @@ async fn accept_loop(server: std::rc::Weak<Inner>, mut acceptor: Acceptor, lp: E
                     _ => None,
                 };
                 match code {
-                    Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS) | Some(libc::ENOMEM) => {
+                    Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS)
+                    | Some(libc::ENOMEM) => {
                         // Out of descriptors or memory: say so, pause
                         // accepting for a while, keep serving the rest.
                         lp.call_exception_handler_impl(ExceptionContext {
                             message: "socket.accept() out of system resource".into(),
                             exception: Some(e),
-                            socket: Some(format!("{:?}", inner.addrs.first().and_then(|a| a.as_socket()))),
+                            socket: Some(format!(
+                                "{:?}",
+                                inner.addrs.first().and_then(|a| a.as_socket())
+                            )),
                             ..Default::default()
                         });
                         drop(inner);
@@ -486,7 +504,11 @@ impl fmt::Debug for Server {
         write!(
             f,
             "<Server sockets={:?} serving={} clients={}>",
-            self.0.addrs.iter().map(|a| a.as_socket()).collect::<Vec<_>>(),
+            self.0
+                .addrs
+                .iter()
+                .map(|a| a.as_socket())
+                .collect::<Vec<_>>(),
             self.0.serving.get(),
             self.0.clients.borrow().len()
         )

@@ -260,7 +260,9 @@ impl StreamReader {
     /// As [`readuntil`](Self::readuntil).
     pub async fn readuntil_any(&self, separators: &[&[u8]]) -> Result<Bytes> {
         if separators.is_empty() || separators.iter().any(|s| s.is_empty()) {
-            return Err(Error::InvalidArgument("separator should be at least one byte".into()));
+            return Err(Error::InvalidArgument(
+                "separator should be at least one byte".into(),
+            ));
         }
         let min_len = separators.iter().map(|s| s.len()).min().unwrap_or(1);
         let mut offset = 0;
@@ -272,7 +274,10 @@ impl StreamReader {
                 }
                 let found = separators
                     .iter()
-                    .filter_map(|sep| find(&st.buf[offset.min(st.buf.len())..], sep).map(|i| (i + offset, sep.len())))
+                    .filter_map(|sep| {
+                        find(&st.buf[offset.min(st.buf.len())..], sep)
+                            .map(|i| (i + offset, sep.len()))
+                    })
                     .min_by_key(|&(i, l)| (i, l));
                 if let Some((i, l)) = found {
                     if i + l > self.limit {
@@ -282,7 +287,9 @@ impl StreamReader {
                     return Ok(self.take(i + l));
                 }
                 // Next time start where a separator could still begin.
-                offset = (st.buf.len() + 1).saturating_sub(min_len.max(separators.iter().map(|s| s.len()).max().unwrap_or(1)));
+                offset = (st.buf.len() + 1).saturating_sub(
+                    min_len.max(separators.iter().map(|s| s.len()).max().unwrap_or(1)),
+                );
                 if st.buf.len() > self.limit {
                     return Err(Error::LimitOverrun {
                         consumed: st.buf.len(),
@@ -355,12 +362,22 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 impl fmt::Debug for StreamReader {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let st = self.st.borrow();
-        write!(f, "<StreamReader buffered={} eof={} limit={}>", st.buf.len(), st.eof, self.limit)
+        write!(
+            f,
+            "<StreamReader buffered={} eof={} limit={}>",
+            st.buf.len(),
+            st.eof,
+            self.limit
+        )
     }
 }
 
 impl futures_io::AsyncRead for StreamReader {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, out: &mut [u8]) -> Poll<io::Result<usize>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
         let mut st = self.st.borrow_mut();
         if !st.buf.is_empty() {
             let n = out.len().min(st.buf.len());
@@ -518,7 +535,10 @@ impl StreamWriter {
             let mut f = self.flow.borrow_mut();
             if f.lost {
                 return Poll::Ready(Err(f.exc.clone().unwrap_or_else(|| {
-                    Error::from(io::Error::new(io::ErrorKind::ConnectionReset, "Connection lost"))
+                    Error::from(io::Error::new(
+                        io::ErrorKind::ConnectionReset,
+                        "Connection lost",
+                    ))
                 })));
             }
             if self.transport.is_closing() {
@@ -588,7 +608,11 @@ impl fmt::Debug for StreamWriter {
 }
 
 impl futures_io::AsyncWrite for StreamWriter {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         if let Poll::Ready(Err(e)) = self.as_ref().poll_room(cx) {
             return Poll::Ready(Err(e));
         }
@@ -633,7 +657,10 @@ impl StreamWriter {
 }
 
 fn stream_pair(limit: usize) -> Result<(StreamReader, Rc<RefCell<FlowState>>)> {
-    Ok((StreamReader::new(limit)?, Rc::new(RefCell::new(FlowState::default()))))
+    Ok((
+        StreamReader::new(limit)?,
+        Rc::new(RefCell::new(FlowState::default())),
+    ))
 }
 
 /// Connects to `host:port` and returns the stream pair.
@@ -708,7 +735,11 @@ pub async fn open_unix_connection(path: impl AsRef<Path>) -> Result<(StreamReade
 
 /// Makes the protocol factory of a stream server: each connection runs
 /// `cb(reader, writer)` as a task.
-fn stream_factory<F, Fut>(lp: EventLoop, limit: usize, cb: F) -> impl Fn() -> StreamProtocol + 'static
+fn stream_factory<F, Fut>(
+    lp: EventLoop,
+    limit: usize,
+    cb: F,
+) -> impl Fn() -> StreamProtocol + 'static
 where
     F: Fn(StreamReader, StreamWriter) -> Fut + 'static,
     Fut: Future<Output = ()> + 'static,
@@ -745,8 +776,21 @@ where
     F: Fn(StreamReader, StreamWriter) -> Fut + 'static,
     Fut: Future<Output = ()> + 'static,
 {
-    let hosts = if host.is_empty() { Vec::new() } else { vec![host.to_owned()] };
-    start_server_with(cb, DEFAULT_LIMIT, ServerOptions { hosts, port, ..Default::default() }).await
+    let hosts = if host.is_empty() {
+        Vec::new()
+    } else {
+        vec![host.to_owned()]
+    };
+    start_server_with(
+        cb,
+        DEFAULT_LIMIT,
+        ServerOptions {
+            hosts,
+            port,
+            ..Default::default()
+        },
+    )
+    .await
 }
 
 /// [`start_server`] with a buffer limit and every server option.

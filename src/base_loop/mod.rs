@@ -429,6 +429,12 @@ impl EventLoop {
         self.core.timers.borrow().len()
     }
 
+    /// Receive-pool buffers handed to receivers and not given back yet
+    /// (0 whenever no data is being delivered).
+    pub fn pool_buffers_out(&self) -> usize {
+        self.core.driver.borrow().pool_buffers_out()
+    }
+
     /// Ops submitted to the driver and not yet handed back (tests, stats).
     pub fn ops_in_flight(&self) -> usize {
         self.core.driver.borrow().in_flight()

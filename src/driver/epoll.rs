@@ -29,6 +29,7 @@ pub(crate) struct Epoll {
     epfd: OwnedFd,
     pub(super) ops: Ops,
     pub(super) notifier: Arc<Notifier>,
+    pub(super) pool: super::pool::PoolRef,
     regs: HashMap<RawFd, Reg>,
     /// Which fd and list each parked op sits on, to unpark it on drop.
     parked: HashMap<usize, (RawFd, Interest)>,
@@ -69,6 +70,7 @@ impl Epoll {
             epfd,
             ops: Ops::new(),
             notifier,
+            pool: super::pool::BufPool::new_free_list(),
             regs: HashMap::new(),
             parked: HashMap::new(),
             next_generation: 1,
@@ -88,9 +90,9 @@ impl Epoll {
         match first {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.park(key),
             r if multishot => {
-                let ok = r.is_ok();
-                self.ops.complete(key, r, ok);
-                if ok {
+                let more = r.is_ok() && !self.ops.slab[key].op.is_final(&r);
+                self.ops.complete(key, r, more);
+                if more {
                     self.drain_multishot(key);
                 }
             }
@@ -108,7 +110,13 @@ impl Epoll {
                     self.park(key);
                     return;
                 }
-                Ok(n) => self.ops.complete(key, Ok(n), true),
+                r @ Ok(_) => {
+                    let last = self.ops.slab[key].op.is_final(&r);
+                    self.ops.complete(key, r, !last);
+                    if last {
+                        return;
+                    }
+                }
                 Err(e) => {
                     self.ops.complete(key, Err(e), false);
                     return;
@@ -280,7 +288,7 @@ impl Epoll {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => still.push_back(key),
                 r => {
                     self.parked.remove(&key);
-                    if multishot && r.is_ok() {
+                    if multishot && r.is_ok() && !self.ops.slab[key].op.is_final(&r) {
                         self.ops.complete(key, r, true);
                         self.drain_multishot(key);
                     } else {

@@ -11,6 +11,7 @@ pub mod buf;
 pub(crate) mod epoll;
 pub(crate) mod fd;
 pub(crate) mod ops;
+pub(crate) mod pool;
 pub(crate) mod probe;
 pub(crate) mod sys;
 pub(crate) mod uring;
@@ -384,6 +385,24 @@ impl Driver {
 
     pub(crate) fn stats(&self) -> DriverStats {
         self.ops_ref().stats
+    }
+
+    /// The loop's receive-buffer pool.
+    pub(crate) fn pool(&self) -> pool::PoolRef {
+        each!(self, d => d.pool.clone())
+    }
+
+    /// Data cancelled receives kept for `fd`, in order.
+    pub(crate) fn take_stashed(&mut self, fd: &fd::SharedFd) -> Vec<Vec<u8>> {
+        let ops = self.ops();
+        let v = ops.stash.take_all(fd);
+        ops.stats.stash_hits += v.len() as u64;
+        v
+    }
+
+    /// Pool buffers handed out and not back yet.
+    pub(crate) fn pool_buffers_out(&self) -> usize {
+        each!(self, d => d.pool.borrow().out)
     }
 
     /// User ops in the slab (the proactor's own eventfd read excluded).

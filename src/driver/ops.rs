@@ -65,6 +65,10 @@ pub(crate) trait OpAble: AsAny {
     fn is_multishot(&self) -> bool {
         false
     }
+    /// Selector: a multishot result after which the op is over (EOF).
+    fn is_final(&self, _res: &io::Result<u32>) -> bool {
+        false
+    }
 }
 
 /// Bytes (or datagrams) that a cancelled receive took off a socket, kept for
@@ -91,6 +95,19 @@ impl Stash {
             data,
             addr,
         });
+    }
+
+    pub(crate) fn push_data(&mut self, fd: &SharedFd, data: Vec<u8>) {
+        self.push(fd, data, None);
+    }
+
+    /// Everything kept for `fd`, in order (stream data only).
+    pub(crate) fn take_all(&mut self, fd: &SharedFd) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        while let Some(s) = self.pop(fd) {
+            out.push(s.data);
+        }
+        out
     }
 
     fn pop(&mut self, fd: &SharedFd) -> Option<Stashed> {

@@ -32,6 +32,7 @@ pub(crate) struct Uring {
     ring: ManuallyDrop<IoUring>,
     pub(super) ops: Ops,
     pub(super) notifier: Arc<Notifier>,
+    pub(super) pool: super::pool::PoolRef,
     /// The slab key of the read that waits on the notifier's eventfd.
     pub(super) wake_key: Option<usize>,
     /// Keeps the eventfd open for the wake read's SharedFd.
@@ -62,7 +63,9 @@ impl Uring {
     pub(crate) fn new() -> io::Result<Uring> {
         let ring = build_ring()?;
         let notifier = Notifier::new()?;
+        let pool = super::pool::BufPool::new_ring(&ring.submitter())?;
         let mut u = Uring {
+            pool,
             ring: ManuallyDrop::new(ring),
             ops: Ops::new(),
             notifier,
@@ -238,6 +241,7 @@ impl Uring {
         }
         let key = ud as usize;
         let more = cqueue::more(flags);
+
         if Some(key) == self.wake_key {
             if self.shut {
                 let slot = self.ops.slab.remove(key);
@@ -264,6 +268,10 @@ impl Uring {
         }
         let r = if res < 0 {
             Err(io::Error::from_raw_os_error(-res))
+        } else if let Some(bid) = cqueue::buffer_select(flags) {
+            // A provided buffer was used: name it in the result.
+            self.pool.borrow_mut().note_out();
+            Ok(super::pool::encode(bid, res as usize))
         } else {
             Ok(res as u32)
         };
@@ -308,10 +316,13 @@ impl Uring {
         }
         self.ops.stats.leaked_at_close = leaked.len() as u64;
         if leaked.is_empty() {
+            let _ = self.ring.submitter().unregister_buf_ring(super::pool::BGID);
             // SAFETY: nothing is in flight any more, so no kernel access to
             // our memory can follow the ring's teardown. Never used again.
             unsafe { ManuallyDrop::drop(&mut self.ring) };
         } else {
+            // The kernel may still pick pool buffers: keep the pool forever.
+            std::mem::forget(self.pool.clone());
             log::warn!(
                 "ringloop: {} io_uring ops still in flight at close; their buffers and the ring are leaked",
                 leaked.len()

@@ -124,7 +124,11 @@ impl DatagramTransport {
             let (r, mut b) = op.finish(res);
             match r {
                 Ok((_, addr)) => {
-                    match self.0.protocol.invoke(|p| p.datagram_received(&b, addr.clone())) {
+                    match self
+                        .0
+                        .protocol
+                        .invoke(|p| p.datagram_received(&b, addr.clone()))
+                    {
                         Ok(_) => {}
                         Err(Failure::Panic(m)) => {
                             self.panicked(m);
@@ -310,9 +314,12 @@ impl DatagramTransport {
                 let inner = &t.0;
                 inner.protocol.release();
                 inner.sock.borrow_mut().take();
-                for task in [inner.reader.borrow_mut().take(), inner.writer.borrow_mut().take()]
-                    .into_iter()
-                    .flatten()
+                for task in [
+                    inner.reader.borrow_mut().take(),
+                    inner.writer.borrow_mut().take(),
+                ]
+                .into_iter()
+                .flatten()
                 {
                     task.cancel(None);
                 }

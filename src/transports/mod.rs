@@ -43,4 +43,3 @@ pub(crate) fn buffer_limits(high: Option<usize>, low: Option<usize>) -> Result<(
     }
     Ok((high, low))
 }
-

@@ -21,8 +21,9 @@ use bytes::{Buf, Bytes};
 use super::cell::{Failure, ProtoCell};
 use super::{ExtraInfo, buffer_limits};
 use crate::base_loop::EventLoop;
-use crate::driver::Op;
 use crate::driver::ops::{Recv, SendMsg};
+use crate::driver::pool::{PooledBuf, RecvPooled};
+use crate::driver::{MultiOp, Op};
 use crate::error::{Error, Result};
 use crate::events::ExceptionContext;
 use crate::protocols::Protocol;
@@ -80,7 +81,14 @@ struct RawFdCell(std::os::fd::RawFd);
 pub struct Transport(Rc<Inner>);
 
 enum ReadStep {
-    Got(io::Result<u32>, Vec<u8>),
+    /// A pool buffer's worth of data.
+    Pooled(PooledBuf),
+    /// Data from a plain receive (fallback when the pool ran dry).
+    Owned(Vec<u8>),
+    /// Data cancelled receives had kept.
+    Stashed(Vec<Vec<u8>>),
+    Eof,
+    Failed(io::Error),
     Stop,
 }
 
@@ -162,8 +170,13 @@ impl Transport {
             let t = self.clone();
             move |p| p.connection_made(t)
         });
-        let mut buf = Vec::with_capacity(READ_SIZE);
-        let mut op: Option<Pin<Box<Op<Recv<Vec<u8>>>>>> = None;
+        let pool = inner.lp.driver().borrow().pool();
+        // Multishot receive into the loop's pool: no buffer is held while
+        // the connection is idle. After the pool ran dry (ENOBUFS), one plain
+        // receive with its own buffer keeps the connection moving.
+        let mut multi: Option<MultiOp> = None;
+        let mut plain: Option<Pin<Box<Op<Recv<Vec<u8>>>>>> = None;
+        let mut dry = false;
         loop {
             let step = std::future::poll_fn(|cx| {
                 let st = inner.st.borrow();
@@ -174,64 +187,110 @@ impl Transport {
                 if !st.reading {
                     // Paused: cancel the receive in flight; what it already
                     // got stays with the driver for the next receive.
-                    op = None;
+                    multi = None;
+                    plain = None;
                     return Poll::Pending;
                 }
                 drop(st);
-                if op.is_none() {
-                    let Some(fd) = inner.sock.borrow().as_ref().map(|s| s.shared().clone())
-                    else {
-                        return Poll::Ready(ReadStep::Stop);
-                    };
-                    let b = std::mem::replace(&mut buf, Vec::new());
-                    op = Some(Box::pin(Op::submit(inner.lp.driver(), Recv { fd, buf: b })));
+                let Some(fd) = inner.sock.borrow().as_ref().map(|s| s.shared().clone()) else {
+                    return Poll::Ready(ReadStep::Stop);
+                };
+                if multi.is_none() && plain.is_none() {
+                    let kept = inner.lp.driver().borrow_mut().take_stashed(&fd);
+                    if !kept.is_empty() {
+                        return Poll::Ready(ReadStep::Stashed(kept));
+                    }
+                    if dry {
+                        dry = false;
+                        let buf = Vec::with_capacity(READ_SIZE);
+                        plain = Some(Box::pin(Op::submit(inner.lp.driver(), Recv { fd, buf })));
+                    } else {
+                        let op = RecvPooled {
+                            fd,
+                            pool: pool.clone(),
+                        };
+                        multi = Some(MultiOp::submit(inner.lp.driver(), Box::new(op)));
+                    }
                 }
-                match op.as_mut().expect("set above").as_mut().poll(cx) {
+                if let Some(p) = plain.as_mut() {
+                    return match p.as_mut().poll(cx) {
+                        Poll::Pending => Poll::Pending,
+                        Poll::Ready((res, recv)) => {
+                            plain = None;
+                            let (r, b) = recv.finish(res);
+                            Poll::Ready(match r {
+                                Ok(0) => ReadStep::Eof,
+                                Ok(_) => ReadStep::Owned(b),
+                                Err(e) => ReadStep::Failed(e),
+                            })
+                        }
+                    };
+                }
+                let m = multi.as_mut().expect("armed above");
+                match m.poll_next(cx) {
                     Poll::Pending => Poll::Pending,
-                    Poll::Ready((res, recv)) => {
-                        op = None;
-                        let (r, b) = recv.finish(res);
-                        Poll::Ready(ReadStep::Got(r.map(|n| n as u32), b))
+                    Poll::Ready(Some(Ok(0))) => Poll::Ready(ReadStep::Eof),
+                    Poll::Ready(Some(Ok(v))) => match PooledBuf::from_completion(&pool, v) {
+                        Some(b) => Poll::Ready(ReadStep::Pooled(b)),
+                        None => Poll::Ready(ReadStep::Failed(io::Error::other(
+                            "receive completed without a pool buffer",
+                        ))),
+                    },
+                    Poll::Ready(Some(Err(e))) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                        multi = None;
+                        dry = true;
+                        cx.waker().wake_by_ref();
+                        Poll::Pending
+                    }
+                    Poll::Ready(Some(Err(e))) => Poll::Ready(ReadStep::Failed(e)),
+                    // The kernel ended the multishot: arm a new one.
+                    Poll::Ready(None) => {
+                        multi = None;
+                        cx.waker().wake_by_ref();
+                        Poll::Pending
                     }
                 }
             })
             .await;
-            match step {
+            let delivered = match step {
                 ReadStep::Stop => return,
-                ReadStep::Got(Ok(0), b) => {
-                    buf = b;
-                    self.eof(buf.capacity());
+                ReadStep::Eof => {
+                    self.eof();
                     return;
                 }
-                ReadStep::Got(Ok(_), mut b) => {
-                    match inner.protocol.invoke(|p| p.data_received(&b)) {
-                        Ok(_) => {}
-                        Err(Failure::Panic(m)) => {
-                            self.protocol_panicked(m);
-                            return;
-                        }
-                        // Only reachable if a protocol drives another
-                        // transport's reader synchronously: keep the order.
-                        Err(Failure::Busy) => {
-                            let data = std::mem::take(&mut b);
-                            self.call_protocol(move |p| p.data_received(&data));
-                        }
-                    }
-                    b.clear();
-                    if b.capacity() < READ_SIZE {
-                        b.reserve(READ_SIZE);
-                    }
-                    buf = b;
-                }
-                ReadStep::Got(Err(e), _) => {
+                ReadStep::Failed(e) => {
                     self.force_close(Some(e.into()));
                     return;
                 }
+                ReadStep::Pooled(buf) => self.deliver(&buf),
+                ReadStep::Owned(buf) => self.deliver(&buf),
+                ReadStep::Stashed(chunks) => chunks.iter().all(|c| self.deliver(c)),
+            };
+            if !delivered {
+                return;
             }
         }
     }
 
-    fn eof(&self, _cap: usize) {
+    /// Hands received bytes to the protocol; false if the protocol failed.
+    fn deliver(&self, data: &[u8]) -> bool {
+        match self.0.protocol.invoke(|p| p.data_received(data)) {
+            Ok(_) => true,
+            Err(Failure::Panic(m)) => {
+                self.protocol_panicked(m);
+                false
+            }
+            // Only reachable if a protocol drives another transport's
+            // reader synchronously: keep the order by deferring a copy.
+            Err(Failure::Busy) => {
+                let copy = data.to_vec();
+                self.call_protocol(move |p| p.data_received(&copy));
+                true
+            }
+        }
+    }
+
+    fn eof(&self) {
         self.0.st.borrow_mut().read_eof = true;
         let keep = Rc::new(Cell::new(false));
         let k = keep.clone();
@@ -289,11 +348,19 @@ impl Transport {
                     }
                 }
                 WriteStep::Send => {
-                    let bufs: Vec<Bytes> = inner.st.borrow().wbuf.iter().take(MAX_IOV).cloned().collect();
+                    let bufs: Vec<Bytes> = inner
+                        .st
+                        .borrow()
+                        .wbuf
+                        .iter()
+                        .take(MAX_IOV)
+                        .cloned()
+                        .collect();
                     let Some(fd) = inner.sock.borrow().as_ref().map(|s| s.shared().clone()) else {
                         return;
                     };
-                    let (res, _) = Op::submit(inner.lp.driver(), SendMsg::new(fd, bufs, None)).await;
+                    let (res, _) =
+                        Op::submit(inner.lp.driver(), SendMsg::new(fd, bufs, None)).await;
                     match res {
                         Ok(n) => self.sent(n as usize),
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -484,9 +551,12 @@ impl Transport {
                 let inner = &t.0;
                 inner.protocol.release();
                 inner.sock.borrow_mut().take();
-                for task in [inner.reader.borrow_mut().take(), inner.writer.borrow_mut().take()]
-                    .into_iter()
-                    .flatten()
+                for task in [
+                    inner.reader.borrow_mut().take(),
+                    inner.writer.borrow_mut().take(),
+                ]
+                .into_iter()
+                .flatten()
                 {
                     task.cancel(None);
                 }
@@ -523,6 +593,17 @@ impl Transport {
     pub fn is_reading(&self) -> bool {
         let st = self.0.st.borrow();
         st.reading && !st.closing && !st.lost && !st.read_eof
+    }
+
+    /// True while the write buffer is over its high-water mark (between
+    /// `pause_writing` and `resume_writing`).
+    ///
+    /// asyncio calls `pause_writing` from inside `write`; a Rust protocol
+    /// is already mutably borrowed while one of its own callbacks writes, so
+    /// there the call comes right after that callback returns. A callback
+    /// that writes in a loop checks this instead.
+    pub fn is_writing_paused(&self) -> bool {
+        self.0.st.borrow().protocol_paused
     }
 
     /// Bytes buffered for sending. Equivalent to `get_write_buffer_size`.

@@ -1,0 +1,319 @@
+//! The loop's receive-buffer pool: what lets an idle connection hold no
+//! read buffer at all.
+//!
+//! On the proactor the pool is an io_uring *provided-buffer ring*: a
+//! multishot `RECV` picks a buffer from it only when data arrives, and the
+//! completion names the buffer. On the selector the same pool is a free
+//! list the non-blocking `recv` takes from after readiness. Either way the
+//! receiver gets a [`PooledBuf`] that gives the buffer back when dropped
+//! (to the ring's tail, or to the free list).
+
+use std::alloc::{Layout, alloc_zeroed, dealloc};
+use std::cell::RefCell;
+use std::io;
+use std::ops::Deref;
+use std::os::fd::RawFd;
+use std::ptr::NonNull;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU16, Ordering};
+
+use io_uring::types::BufRingEntry;
+use io_uring::{opcode, squeue, types};
+
+use super::fd::SharedFd;
+use super::ops::{Interest, OpAble, Stash};
+
+/// Buffers per loop (a power of two: the ring's size).
+pub(crate) const POOL_BUFS: u16 = 256;
+/// Bytes per buffer.
+pub(crate) const POOL_BUF_SIZE: usize = 16 * 1024;
+/// The buffer group id of the ring.
+pub(crate) const BGID: u16 = 0;
+/// Marks a completion value that names a pool buffer: `BIT | bid << 16 | len`.
+pub(crate) const BUF_BIT: u32 = 1 << 31;
+
+struct Ring {
+    entries: NonNull<BufRingEntry>,
+    layout: Layout,
+    tail: u16,
+}
+
+/// The pool; shared (`Rc`) by the driver, the ops and the buffers handed out.
+pub(crate) struct BufPool {
+    mem: NonNull<u8>,
+    mem_layout: Layout,
+    ring: Option<Ring>,
+    free: Vec<u16>,
+    /// Selector only: extra buffers while every pool buffer is out.
+    overflow: slab::Slab<Vec<u8>>,
+    /// Buffers handed out and not back yet (stats, tests).
+    pub(crate) out: usize,
+}
+
+pub(crate) type PoolRef = Rc<RefCell<BufPool>>;
+
+impl BufPool {
+    fn alloc_mem() -> (NonNull<u8>, Layout) {
+        let layout =
+            Layout::from_size_align(POOL_BUF_SIZE * POOL_BUFS as usize, 4096).expect("pool layout");
+        // SAFETY: the layout has a non-zero size.
+        let p = unsafe { alloc_zeroed(layout) };
+        (
+            NonNull::new(p).unwrap_or_else(|| std::alloc::handle_alloc_error(layout)),
+            layout,
+        )
+    }
+
+    /// A pool for the selector: a free list.
+    pub(crate) fn new_free_list() -> PoolRef {
+        let (mem, mem_layout) = Self::alloc_mem();
+        Rc::new(RefCell::new(BufPool {
+            mem,
+            mem_layout,
+            ring: None,
+            free: (0..POOL_BUFS).rev().collect(),
+            overflow: slab::Slab::new(),
+            out: 0,
+        }))
+    }
+
+    /// A pool for the proactor: a provided-buffer ring registered on `ring`.
+    pub(crate) fn new_ring(submitter: &io_uring::Submitter<'_>) -> io::Result<PoolRef> {
+        let (mem, mem_layout) = Self::alloc_mem();
+        let layout = Layout::from_size_align(
+            std::mem::size_of::<BufRingEntry>() * POOL_BUFS as usize,
+            4096,
+        )
+        .expect("ring layout");
+        // SAFETY: non-zero size.
+        let p = unsafe { alloc_zeroed(layout) };
+        let entries = NonNull::new(p.cast::<BufRingEntry>())
+            .unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
+        // SAFETY: the ring memory is page-aligned, zeroed, and stays
+        // allocated until the group is unregistered (in `Drop`, or leaked
+        // with the ring when ops are still in flight at close).
+        let r = unsafe {
+            submitter.register_buf_ring_with_flags(entries.as_ptr() as u64, POOL_BUFS, BGID, 0)
+        };
+        if let Err(e) = r {
+            // SAFETY: allocated above with this layout, never registered.
+            unsafe {
+                dealloc(p, layout);
+                dealloc(mem.as_ptr(), mem_layout);
+            }
+            return Err(e);
+        }
+        let pool = Rc::new(RefCell::new(BufPool {
+            mem,
+            mem_layout,
+            ring: Some(Ring {
+                entries,
+                layout,
+                tail: 0,
+            }),
+            free: Vec::new(),
+            overflow: slab::Slab::new(),
+            out: 0,
+        }));
+        {
+            let mut p = pool.borrow_mut();
+            for bid in 0..POOL_BUFS {
+                p.push_ring(bid);
+            }
+            p.out = 0;
+        }
+        Ok(pool)
+    }
+
+    fn buf_ptr(&self, bid: u16) -> *mut u8 {
+        // SAFETY: bid < POOL_BUFS, so the offset is inside the allocation.
+        unsafe { self.mem.as_ptr().add(bid as usize * POOL_BUF_SIZE) }
+    }
+
+    /// Hands buffer `bid` to the kernel again (ring tail).
+    fn push_ring(&mut self, bid: u16) {
+        let addr = self.buf_ptr(bid) as u64;
+        let ring = self.ring.as_mut().expect("ring pool");
+        let idx = (ring.tail & (POOL_BUFS - 1)) as usize;
+        // SAFETY: idx < POOL_BUFS entries of ring memory we own; the kernel
+        // only reads entries between its head and our published tail, and
+        // this one is past the tail until the store below.
+        unsafe {
+            let e = &mut *ring.entries.as_ptr().add(idx);
+            e.set_addr(addr);
+            e.set_len(POOL_BUF_SIZE as u32);
+            e.set_bid(bid);
+        }
+        ring.tail = ring.tail.wrapping_add(1);
+        // SAFETY: the tail field lives in entry 0 of our ring; the kernel
+        // reads it with acquire semantics, so publish with release.
+        unsafe {
+            let tail = BufRingEntry::tail(ring.entries.as_ptr()) as *const AtomicU16;
+            (*tail).store(ring.tail, Ordering::Release);
+        }
+    }
+
+    /// Takes a free buffer (selector): `(id, ptr, len)`.
+    fn take(&mut self) -> (u16, *mut u8, usize) {
+        self.out += 1;
+        match self.free.pop() {
+            Some(bid) => (bid, self.buf_ptr(bid), POOL_BUF_SIZE),
+            None => {
+                let key = self.overflow.insert(vec![0u8; POOL_BUF_SIZE]);
+                let v = &mut self.overflow[key];
+                (POOL_BUFS + key as u16, v.as_mut_ptr(), v.len())
+            }
+        }
+    }
+
+    /// Gives buffer `bid` back.
+    pub(crate) fn give_back(&mut self, bid: u16) {
+        self.out -= 1;
+        if bid >= POOL_BUFS {
+            self.overflow.remove((bid - POOL_BUFS) as usize);
+        } else if self.ring.is_some() {
+            self.push_ring(bid);
+        } else {
+            self.free.push(bid);
+        }
+    }
+
+    fn slice_ptr(&self, bid: u16) -> *const u8 {
+        if bid >= POOL_BUFS {
+            self.overflow[(bid - POOL_BUFS) as usize].as_ptr()
+        } else {
+            self.buf_ptr(bid)
+        }
+    }
+
+    /// Marks a buffer the kernel picked as handed out.
+    pub(crate) fn note_out(&mut self) {
+        self.out += 1;
+    }
+}
+
+impl Drop for BufPool {
+    fn drop(&mut self) {
+        // SAFETY: the pool is dropped only after the driver unregistered the
+        // group (or it is leaked, never dropped); both blocks were allocated
+        // with these layouts.
+        unsafe {
+            if let Some(r) = &self.ring {
+                dealloc(r.entries.as_ptr().cast(), r.layout);
+            }
+            dealloc(self.mem.as_ptr(), self.mem_layout);
+        }
+    }
+}
+
+/// Decodes a completion value: `Some((bid, len))` if it names a buffer.
+pub(crate) fn decode(v: u32) -> Option<(u16, usize)> {
+    (v & BUF_BIT != 0).then(|| (((v >> 16) & 0x7fff) as u16, (v & 0xffff) as usize))
+}
+
+/// Encodes a buffer and a length as a completion value.
+pub(crate) fn encode(bid: u16, len: usize) -> u32 {
+    debug_assert!(len <= POOL_BUF_SIZE && len < 1 << 16 && bid < 1 << 15);
+    BUF_BIT | (u32::from(bid) << 16) | len as u32
+}
+
+/// Received bytes in a pool buffer; the buffer goes back when this drops.
+pub struct PooledBuf {
+    pool: PoolRef,
+    bid: u16,
+    ptr: *const u8,
+    len: usize,
+}
+
+impl PooledBuf {
+    /// Wraps the buffer a completion value names, or `None` if it names none.
+    pub(crate) fn from_completion(pool: &PoolRef, v: u32) -> Option<PooledBuf> {
+        let (bid, len) = decode(v)?;
+        let ptr = pool.borrow().slice_ptr(bid);
+        Some(PooledBuf {
+            pool: pool.clone(),
+            bid,
+            ptr,
+            len,
+        })
+    }
+}
+
+impl Deref for PooledBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        // SAFETY: the buffer belongs to this guard until it drops (neither
+        // the kernel nor the pool hands it out meanwhile), the pool memory
+        // never moves, and `self.pool` keeps it allocated.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+
+impl Drop for PooledBuf {
+    fn drop(&mut self) {
+        self.pool.borrow_mut().give_back(self.bid);
+    }
+}
+
+impl std::fmt::Debug for PooledBuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PooledBuf(bid={}, len={})", self.bid, self.len)
+    }
+}
+
+/// Multishot receive into pool buffers: one completion per chunk received,
+/// no buffer held while nothing arrives.
+pub(crate) struct RecvPooled {
+    pub(crate) fd: SharedFd,
+    pub(crate) pool: PoolRef,
+}
+
+impl OpAble for RecvPooled {
+    fn uring_entry(&mut self) -> squeue::Entry {
+        opcode::RecvMulti::new(types::Fd(self.fd.raw()), BGID).build()
+    }
+    fn interest(&self) -> (RawFd, Interest) {
+        (self.fd.raw(), Interest::Read)
+    }
+    fn fd_id(&self) -> u64 {
+        self.fd.id()
+    }
+    fn legacy_call(&mut self) -> io::Result<u32> {
+        let (bid, ptr, len) = self.pool.borrow_mut().take();
+        let fd = self.fd.raw();
+        let r = loop {
+            // SAFETY: ptr/len describe a pool buffer this op took.
+            let n = unsafe { libc::recv(fd, ptr.cast(), len, 0) };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                break Err(e);
+            }
+            break Ok(n as usize);
+        };
+        match r {
+            Ok(n) if n > 0 => Ok(encode(bid, n)),
+            other => {
+                self.pool.borrow_mut().give_back(bid);
+                other.map(|_| 0)
+            }
+        }
+    }
+    fn is_multishot(&self) -> bool {
+        true
+    }
+    fn is_final(&self, res: &io::Result<u32>) -> bool {
+        // EOF and errors end the stream.
+        !matches!(res, Ok(v) if *v != 0)
+    }
+    fn salvage(&mut self, res: i32, stash: &mut Stash) {
+        if let Some(buf) = (res != -1)
+            .then_some(res as u32)
+            .and_then(|v| PooledBuf::from_completion(&self.pool, v))
+        {
+            stash.push_data(&self.fd, buf.to_vec());
+        }
+    }
+}
