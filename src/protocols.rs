@@ -165,3 +165,25 @@ impl<P: Protocol> Protocol for std::rc::Rc<std::cell::RefCell<P>> {
 pub fn buffered<P: BufferedProtocol>(p: P) -> impl Protocol {
     Buffered(p)
 }
+
+/// A shared datagram protocol (see the `Protocol` impl for `Rc<RefCell<P>>`).
+impl<P: DatagramProtocol> DatagramProtocol for std::rc::Rc<std::cell::RefCell<P>> {
+    fn connection_made(&mut self, transport: DatagramTransport) {
+        self.borrow_mut().connection_made(transport)
+    }
+    fn datagram_received(&mut self, data: &[u8], addr: SockAddr) {
+        self.borrow_mut().datagram_received(data, addr)
+    }
+    fn error_received(&mut self, exc: Error) {
+        self.borrow_mut().error_received(exc)
+    }
+    fn connection_lost(&mut self, exc: Option<Error>) {
+        self.borrow_mut().connection_lost(exc)
+    }
+    fn pause_writing(&mut self) {
+        self.borrow_mut().pause_writing()
+    }
+    fn resume_writing(&mut self) {
+        self.borrow_mut().resume_writing()
+    }
+}
