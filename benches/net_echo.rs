@@ -1,0 +1,189 @@
+//! TCP echo throughput, proactor vs selector: the server runs in its own
+//! process pinned to core 0 (`taskset`), a single-threaded load client on
+//! core 1, rounds interleaved (P S, P S, …), a fresh server each round,
+//! the median ratio reported with its min–max.
+//!
+//! `cargo bench --bench net_echo` (full: 1/10/100 KiB × 1/10/100
+//! connections); `cargo bench --bench net_echo -- --quick` for CI (a few
+//! seconds; checks every configuration runs, asserts nothing about speed).
+//! Results: a Markdown table on stdout and `target/net_echo.json`.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ringloop::prelude::*;
+use ringloop::{Protocol, Transport};
+
+struct Echo(Option<Transport>);
+
+impl Protocol for Echo {
+    fn connection_made(&mut self, t: Transport) {
+        self.0 = Some(t);
+    }
+    fn data_received(&mut self, data: &[u8]) {
+        if let Some(t) = &self.0 {
+            let _ = t.write(data.to_vec());
+        }
+    }
+}
+
+fn serve(backend: &str) {
+    let lp = match backend {
+        "proactor" => EventLoop::proactor(),
+        _ => EventLoop::selector(),
+    }
+    .expect("loop");
+    lp.run_until_complete(async {
+        let lp = get_running_loop().unwrap();
+        let server = lp
+            .create_server_with(
+                || Echo(None),
+                ringloop::ServerOptions {
+                    hosts: vec!["127.0.0.1".into()],
+                    backlog: 1024,
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect("server");
+        println!("PORT {}", server.sockets()[0].as_socket().unwrap().port());
+        use std::io::Write;
+        std::io::stdout().flush().unwrap();
+        server.serve_forever().await.unwrap();
+    })
+    .unwrap();
+}
+
+fn spawn_server(backend: &str) -> (Child, u16) {
+    let exe = std::env::current_exe().unwrap();
+    let pinned = Command::new("taskset").arg("--version").output().is_ok();
+    let mut cmd = if pinned {
+        let mut c = Command::new("taskset");
+        c.args(["-c", "0"]).arg(&exe);
+        c
+    } else {
+        Command::new(&exe)
+    };
+    let mut child = cmd
+        .args(["--server", backend])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("server process");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port = line
+        .trim()
+        .strip_prefix("PORT ")
+        .expect("port line")
+        .parse()
+        .unwrap();
+    (child, port)
+}
+
+/// Runs `conns` connections doing request/response echoes of `size` bytes
+/// for `secs`; returns requests per second.
+fn load(port: u16, size: usize, conns: usize, secs: f64) -> f64 {
+    let lp = EventLoop::selector().unwrap();
+    let n = lp
+        .run_until_complete(async move {
+            let lp = get_running_loop().unwrap();
+            let deadline = Instant::now() + Duration::from_secs_f64(secs);
+            let warm = Instant::now() + Duration::from_secs_f64(secs * 0.2);
+            let mut tasks = Vec::new();
+            for _ in 0..conns {
+                tasks.push(lp.create_task(async move {
+                    let (r, w) = ringloop::open_connection("127.0.0.1", port).await.unwrap();
+                    let payload = bytes::Bytes::from(vec![b'x'; size]);
+                    let mut count = 0u64;
+                    loop {
+                        let now = Instant::now();
+                        if now >= deadline {
+                            break;
+                        }
+                        w.write(payload.clone()).unwrap();
+                        r.readexactly(size).await.unwrap();
+                        if now >= warm {
+                            count += 1;
+                        }
+                    }
+                    w.close();
+                    count
+                }));
+            }
+            let mut total = 0;
+            for t in tasks {
+                total += t.await.unwrap();
+            }
+            total
+        })
+        .unwrap();
+    lp.close().unwrap();
+    n as f64 / (secs * 0.8)
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--server") {
+        serve(&args[i + 1]);
+        return;
+    }
+    let quick =
+        args.iter().any(|a| a == "--quick") || std::env::var("RINGLOOP_BENCH_QUICK").is_ok();
+    let (sizes, conc, rounds, secs): (&[usize], &[usize], usize, f64) = if quick {
+        (&[1024], &[1, 10], 1, 0.3)
+    } else {
+        (&[1024, 10 * 1024, 100 * 1024], &[1, 10, 100], 5, 1.0)
+    };
+    // The load client runs on core 1, the servers on core 0.
+    // SAFETY: cpu_set_t is plain data; sched_setaffinity only reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(1, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+    let backends = ["proactor", "selector"];
+    let mut rows = Vec::new();
+    println!("| size | conns | proactor req/s | selector req/s | proactor/selector (min–max) |");
+    println!("|---:|---:|---:|---:|---|");
+    for &size in sizes {
+        for &c in conc {
+            let mut res: Vec<Vec<f64>> = vec![Vec::new(); 2];
+            for _ in 0..rounds {
+                for (i, b) in backends.iter().enumerate() {
+                    let (mut child, port) = spawn_server(b);
+                    // Warm-up connection, discarded.
+                    load(port, size, 1, 0.05);
+                    res[i].push(load(port, size, c, secs));
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
+            }
+            let ratios: Vec<f64> = res[0].iter().zip(&res[1]).map(|(p, s)| p / s).collect();
+            let mut r2 = ratios.clone();
+            let (mp, ms, mr) = (median(&mut res[0]), median(&mut res[1]), median(&mut r2));
+            let lo = ratios.iter().cloned().fold(f64::MAX, f64::min);
+            let hi = ratios.iter().cloned().fold(0.0, f64::max);
+            assert!(mp > 0.0 && ms > 0.0, "a configuration made no requests");
+            println!(
+                "| {} KiB | {c} | {mp:.0} | {ms:.0} | {mr:.2} ({lo:.2}–{hi:.2}) |",
+                size / 1024
+            );
+            rows.push(format!(
+                "{{\"size\":{size},\"conns\":{c},\"proactor\":{mp:.0},\"selector\":{ms:.0},\"ratio\":{mr:.3},\"ratio_min\":{lo:.3},\"ratio_max\":{hi:.3}}}"
+            ));
+        }
+    }
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
+    let _ = std::fs::create_dir_all(&dir);
+    let json = format!("[{}]\n", rows.join(",\n"));
+    std::fs::write(dir.join("net_echo.json"), json).unwrap();
+    println!("\nrounds={rounds} secs={secs} quick={quick}; JSON in target/net_echo.json");
+}
