@@ -43,6 +43,8 @@ pub struct ConnectOptions {
     pub all_errors: bool,
     /// Leave Nagle's algorithm on (TCP_NODELAY is set by default, as asyncio).
     pub keep_nagle: bool,
+    /// Only addresses of this family (asyncio's `family=AF_INET/AF_INET6`).
+    pub family: Option<Domain>,
 }
 
 /// Options of [`EventLoop::create_datagram_endpoint`].
@@ -162,6 +164,9 @@ impl EventLoop {
                     None => opts.addrs,
                 };
                 let host = host.as_deref().unwrap_or("<addrs>");
+                if let Some(fam) = opts.family {
+                    addrs.retain(|a| Domain::for_address(*a) == fam);
+                }
                 addrs.dedup();
                 if addrs.is_empty() {
                     return Err(Error::from(std::io::Error::other(format!(

@@ -311,6 +311,15 @@ pub trait AbstractEventLoop: Clone + fmt::Debug {
         sock: &Socket,
         bufsize: usize,
     ) -> impl Future<Output = Result<(Vec<u8>, SockAddr)>>;
+    /// Receives one datagram into the spare capacity of `buf`; returns the
+    /// size and source, and the buffer (also on error). A datagram larger
+    /// than the spare capacity is truncated. Equivalent to
+    /// `loop.sock_recvfrom_into`.
+    fn sock_recvfrom_into<B: IoBufMut>(
+        &self,
+        sock: &Socket,
+        buf: B,
+    ) -> impl Future<Output = (Result<(usize, SockAddr)>, B)>;
     /// Sends all of `data`. Equivalent to `loop.sock_sendall`.
     fn sock_sendall<B: crate::IoBuf>(
         &self,

@@ -91,7 +91,8 @@ pub use pipes::{Pipe, pipe};
 pub use runners::{Runner, SigintHandling, run};
 pub use server::{Server, ServerOptions};
 pub use streams::{
-    DEFAULT_LIMIT, StreamReader, StreamWriter, open_connection, open_unix_connection, start_server,
+    DEFAULT_LIMIT, StreamReader, StreamWriter, open_connection, open_connection_with,
+    open_unix_connection, start_server,
     start_server_with, start_unix_server,
 };
 pub use sock::{Acceptor, Domain, SockAddr, SockProtocol, Socket, Type};

@@ -7,8 +7,8 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
-pub use socket2::{Domain, Protocol as SockProtocol, SockAddr, Type};
 use socket2::Protocol;
+pub use socket2::{Domain, Protocol as SockProtocol, SockAddr, Type};
 
 use crate::base_loop::EventLoop;
 use crate::driver::buf::{IoBuf, IoBufMut};
@@ -245,6 +245,20 @@ impl EventLoop {
         let (r, buf) = op.finish(res);
         let (_, addr) = r.map_err(io_err)?;
         Ok((buf, addr))
+    }
+
+    pub(crate) async fn sock_recvfrom_into_impl<B: IoBufMut>(
+        &self,
+        sock: &Socket,
+        buf: B,
+    ) -> (Result<(usize, SockAddr)>, B) {
+        if let Err(e) = self.check_open() {
+            return (Err(e), buf);
+        }
+        let op = Op::submit(self.driver(), RecvFrom::new(sock.fd.clone(), buf));
+        let (res, op) = op.await;
+        let (r, buf) = op.finish(res);
+        (r.map_err(io_err), buf)
     }
 
     pub(crate) async fn sock_sendall_impl<B: IoBuf>(&self, sock: &Socket, data: B) -> Result<()> {

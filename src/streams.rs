@@ -708,6 +708,35 @@ pub async fn open_connection(host: &str, port: u16) -> Result<(StreamReader, Str
     ))
 }
 
+/// [`open_connection`] with a buffer limit and every connection option
+/// (`sock`, `local_addr`, `happy_eyeballs_delay`, `interleave`, `family`, …).
+///
+/// # Errors
+///
+/// As [`EventLoop::create_connection_with`]; [`Error::InvalidArgument`]
+/// for a zero limit.
+pub async fn open_connection_with(
+    opts: crate::connect::ConnectOptions,
+    limit: usize,
+) -> Result<(StreamReader, StreamWriter)> {
+    let lp = get_running_loop()?;
+    let (reader, flow) = stream_pair(limit)?;
+    let proto = StreamProtocol {
+        reader: reader.clone(),
+        flow: flow.clone(),
+        on_connect: None,
+    };
+    let transport = lp.create_connection_with(move || proto, opts).await?;
+    Ok((
+        reader.clone(),
+        StreamWriter {
+            transport,
+            flow,
+            reader,
+        },
+    ))
+}
+
 /// Connects to the Unix socket at `path`. Equivalent to
 /// `asyncio.open_unix_connection`.
 ///

@@ -396,3 +396,80 @@ fn server_survives_emfile() {
         );
     }
 }
+
+/// Collects bytes through the BufferedProtocol interface, in small buffers.
+struct Collector {
+    buf: [u8; 7],
+    got: Rc<RefCell<Vec<u8>>>,
+    updates: Rc<std::cell::Cell<usize>>,
+    done: Option<LoopFuture<()>>,
+}
+
+impl ringloop::BufferedProtocol for Collector {
+    fn get_buffer(&mut self, sizehint: usize) -> &mut [u8] {
+        assert!(sizehint > 0);
+        &mut self.buf
+    }
+    fn buffer_updated(&mut self, n: usize) {
+        self.updates.set(self.updates.get() + 1);
+        self.got.borrow_mut().extend_from_slice(&self.buf[..n]);
+    }
+    fn connection_lost(&mut self, _: Option<Error>) {
+        if let Some(d) = self.done.take() {
+            let _ = d.set_result(());
+        }
+    }
+}
+
+both_backends! {
+    fn buffered_protocol_writelines_and_recvfrom_into(lp) {
+        let (got, updates) = common::run_bounded(lp, LIMIT, async {
+            let lp = get_running_loop().unwrap();
+            let server = ringloop::start_server(|_r, w| async move {
+                w.writelines([&b"alpha "[..], b"beta ", b"gamma delta epsilon"]).unwrap();
+                w.close();
+            }, "127.0.0.1", 0).await.unwrap();
+            let port = server.sockets()[0].as_socket().unwrap().port();
+            let got = Rc::new(RefCell::new(Vec::new()));
+            let updates = Rc::new(std::cell::Cell::new(0));
+            let done = lp.create_future::<()>();
+            let p = Collector { buf: [0; 7], got: got.clone(), updates: updates.clone(), done: Some(done.clone()) };
+            lp.create_connection_with(move || ringloop::protocols::buffered(p), ringloop::ConnectOptions {
+                host: Some("localhost".into()),
+                port,
+                family: Some(ringloop::Domain::IPV4),
+                ..Default::default()
+            }).await.unwrap();
+            done.await.unwrap();
+            server.close();
+            // sock_recvfrom_into hands the buffer back with the source.
+            let a = Socket::udp_for(&"127.0.0.1:0".parse().unwrap()).unwrap();
+            a.bind(&"127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap().into()).unwrap();
+            let b = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            b.send_to(b"dgram", a.local_addr().unwrap().as_socket().unwrap()).unwrap();
+            let (r, buf) = lp.sock_recvfrom_into(&a, Vec::with_capacity(64)).await;
+            let (n, from) = r.unwrap();
+            assert_eq!((&buf[..n], from.as_socket()), (&b"dgram"[..], Some(b.local_addr().unwrap())));
+            // open_connection_with: options and a custom limit.
+            let srv = ringloop::start_server(|r, w| async move {
+                let l = r.readline().await.unwrap();
+                w.write(l).unwrap();
+            }, "127.0.0.1", 0).await.unwrap();
+            let p2 = srv.sockets()[0].as_socket().unwrap().port();
+            let (r, w) = ringloop::open_connection_with(ringloop::ConnectOptions {
+                host: Some("127.0.0.1".into()),
+                port: p2,
+                local_addr: Some("127.0.0.1:0".parse().unwrap()),
+                ..Default::default()
+            }, 1024).await.unwrap();
+            assert_eq!(r.limit(), 1024);
+            w.write(&b"via options\n"[..]).unwrap();
+            assert_eq!(&r.readline().await.unwrap()[..], b"via options\n");
+            srv.close();
+            let g = got.borrow().clone();
+            (g, updates.get())
+        });
+        assert_eq!(got, b"alpha beta gamma delta epsilon");
+        assert!(updates >= 5, "a 7-byte buffer needs several buffer_updated calls ({updates})");
+    }
+}

@@ -167,6 +167,14 @@ impl AbstractEventLoop for EventLoop {
         self.sock_recvfrom_impl(sock, bufsize)
     }
 
+    fn sock_recvfrom_into<B: IoBufMut>(
+        &self,
+        sock: &Socket,
+        buf: B,
+    ) -> impl Future<Output = (Result<(usize, SockAddr)>, B)> {
+        self.sock_recvfrom_into_impl(sock, buf)
+    }
+
     fn sock_sendall<B: IoBuf>(&self, sock: &Socket, data: B) -> impl Future<Output = Result<()>> {
         self.sock_sendall_impl(sock, data)
     }
