@@ -310,6 +310,95 @@ fn sock_echo(rt: Rt, n: usize) -> f64 {
     }
 }
 
+/// Two tasks hand a lock back and forth n times.
+fn lock_ping_pong(rt: Rt, n: usize) -> f64 {
+    match rt {
+        Rt::Tokio => per(
+            on_tokio(|| async move {
+                let m = Rc::new(tokio::sync::Mutex::new(0usize));
+                let m2 = m.clone();
+                let other = tokio::task::spawn_local(async move {
+                    for _ in 0..n {
+                        *m2.lock().await += 1;
+                        tokio::task::yield_now().await;
+                    }
+                });
+                for _ in 0..n {
+                    *m.lock().await += 1;
+                    tokio::task::yield_now().await;
+                }
+                other.await.unwrap();
+            }),
+            2 * n,
+        ),
+        _ => per(
+            on_ringloop(rt, |lp| async move {
+                let lock = ringloop::locks::Lock::new();
+                let count = Rc::new(Cell::new(0usize));
+                let (l2, c2) = (lock.clone(), count.clone());
+                let other = lp.create_task(async move {
+                    for _ in 0..n {
+                        let _g = l2.lock().await;
+                        c2.set(c2.get() + 1);
+                        drop(_g);
+                        ringloop::sleep(Duration::ZERO).await.unwrap();
+                    }
+                });
+                for _ in 0..n {
+                    let _g = lock.lock().await;
+                    count.set(count.get() + 1);
+                    drop(_g);
+                    ringloop::sleep(Duration::ZERO).await.unwrap();
+                }
+                other.await.unwrap();
+            }),
+            2 * n,
+        ),
+    }
+}
+
+/// n items through a bounded queue (100) from one producer to one consumer.
+fn queue_throughput(rt: Rt, n: usize) -> f64 {
+    match rt {
+        Rt::Tokio => per(
+            on_tokio(|| async move {
+                let (tx, mut rx) = tokio::sync::mpsc::channel::<usize>(100);
+                let prod = tokio::task::spawn_local(async move {
+                    for i in 0..n {
+                        tx.send(i).await.unwrap();
+                    }
+                });
+                let mut sum = 0usize;
+                while let Some(v) = rx.recv().await {
+                    sum = sum.wrapping_add(v);
+                }
+                prod.await.unwrap();
+                black_box(sum);
+            }),
+            n,
+        ),
+        _ => per(
+            on_ringloop(rt, |lp| async move {
+                let q: ringloop::queues::Queue<usize> = ringloop::queues::Queue::new(100);
+                let q2 = q.clone();
+                let prod = lp.create_task(async move {
+                    for i in 0..n {
+                        q2.put(i).await.unwrap();
+                    }
+                    q2.shutdown(false);
+                });
+                let mut sum = 0usize;
+                while let Ok(v) = q.get().await {
+                    sum = sum.wrapping_add(v);
+                }
+                prod.await.unwrap();
+                black_box(sum);
+            }),
+            n,
+        ),
+    }
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
@@ -331,6 +420,16 @@ fn main() {
         ("yield (sleep(0) / yield_now)", yields, 1_000_000),
         ("gather 10k tasks", gather, 10_000),
         ("timeout scope, ready body", timeout_scope, 1_000_000),
+        (
+            "lock ping-pong (tokio: sync::Mutex)",
+            lock_ping_pong,
+            200_000,
+        ),
+        (
+            "queue put/get, maxsize 100 (tokio: mpsc)",
+            queue_throughput,
+            1_000_000,
+        ),
         ("sock echo 64 B round trip (one loop)", sock_echo, 50_000),
     ];
     println!(
