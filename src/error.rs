@@ -106,7 +106,10 @@ impl fmt::Display for Error {
                 expected.map_or("undefined".to_string(), |e| e.to_string())
             ),
             Error::LimitOverrun { consumed } => {
-                write!(f, "separator is not found within the limit ({consumed} bytes)")
+                write!(
+                    f,
+                    "separator is not found within the limit ({consumed} bytes)"
+                )
             }
             Error::BrokenBarrier => f.write_str("barrier is broken"),
             Error::Interrupted => f.write_str("interrupted (SIGINT)"),

@@ -78,6 +78,7 @@ pub use base_loop::{
     EventLoop, LoopHandle, ProactorEventLoop, SelectorEventLoop, default_backend,
     proactor_available,
 };
+pub use connect::{ConnectOptions, DatagramOptions};
 pub use driver::buf::{IoBuf, IoBufMut};
 pub use driver::{Backend, DriverStats};
 pub use error::{Error, Result};
@@ -85,17 +86,16 @@ pub use events::{
     AbstractEventLoop, ExceptionContext, ExceptionHandler, Handle, TimerHandle, get_running_loop,
 };
 pub use executor::{ConcurrentFuture, ThreadPool, to_thread};
-pub use connect::{ConnectOptions, DatagramOptions};
 pub use futures::LoopFuture;
 pub use pipes::{Pipe, pipe};
+pub use protocols::{BufferedProtocol, DatagramProtocol, Protocol};
 pub use runners::{Runner, SigintHandling, run};
 pub use server::{Server, ServerOptions};
+pub use sock::{Acceptor, Domain, SockAddr, SockProtocol, Socket, Type};
 pub use streams::{
     DEFAULT_LIMIT, StreamReader, StreamWriter, open_connection, open_connection_with,
-    open_unix_connection, start_server,
-    start_server_with, start_unix_server,
+    open_unix_connection, start_server, start_server_with, start_unix_server,
 };
-pub use sock::{Acceptor, Domain, SockAddr, SockProtocol, Socket, Type};
 pub use taskgroups::TaskGroup;
 pub use tasks::api::{
     AsCompleted, ReturnWhen, as_completed, gather, gather_all, shield, shield_task, sleep,
@@ -104,7 +104,6 @@ pub use tasks::api::{
 pub use tasks::{Task, TaskRef, all_tasks, current_task};
 pub use timeouts::{Timeout, timeout, timeout_at};
 pub use transports::{DatagramTransport, ExtraInfo, Transport};
-pub use protocols::{BufferedProtocol, DatagramProtocol, Protocol};
 
 /// The names most programs need: `use ringloop::prelude::*;`.
 pub mod prelude {

@@ -89,7 +89,10 @@ impl<P: BufferedProtocol> Protocol for Buffered<P> {
     fn data_received(&mut self, mut data: &[u8]) {
         while !data.is_empty() {
             let buf = self.0.get_buffer(data.len());
-            assert!(!buf.is_empty(), "BufferedProtocol::get_buffer returned an empty buffer");
+            assert!(
+                !buf.is_empty(),
+                "BufferedProtocol::get_buffer returned an empty buffer"
+            );
             let n = buf.len().min(data.len());
             buf[..n].copy_from_slice(&data[..n]);
             self.0.buffer_updated(n);

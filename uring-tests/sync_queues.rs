@@ -52,8 +52,7 @@ both_backends! {
             late.await.unwrap();
             assert!(!lock.locked());
             assert!(matches!(lock.release(), Err(Error::InvalidState(_))));
-            let o = order.borrow().clone();
-            o
+            order.borrow().clone()
         });
         assert_eq!(order, [0, 1, 2, 3, 4, 99]);
     }
@@ -457,7 +456,7 @@ both_backends! {
         assert_eq!(full.qsize(), 1);
         assert_eq!(full.get_nowait().unwrap(), 1);
         assert!(full.empty());
-        let _ = b;
+        drop(b);
     }
 }
 

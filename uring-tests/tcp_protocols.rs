@@ -266,8 +266,7 @@ both_backends! {
             ringloop::sleep(Duration::from_millis(20)).await.unwrap();
             server.close();
             server.wait_closed().await;
-            let ok = done.borrow().iter().filter(|x| **x).count();
-            ok
+            done.borrow().iter().filter(|x| **x).count()
         });
         assert_eq!(ok, n, "connections with a wrong or missing echo");
     }
@@ -479,8 +478,7 @@ both_backends! {
             done.await.unwrap();
             assert!(t.is_closing());
             assert!(matches!(t.write(&b"more"[..]), Err(Error::Closed(_))));
-            let ev = rec.borrow().events.clone();
-            ev
+            rec.borrow().events.clone()
         });
         assert_eq!(events.len(), 2, "{events:?}");
         assert!(events[1].starts_with("lost:") && events[1] != "lost:none", "{events:?}");
@@ -549,8 +547,7 @@ both_backends! {
                 ringloop::sleep(Duration::from_millis(1)).await.unwrap();
             }
             t.abort();
-            let d = rec.borrow().data.clone();
-            d
+            rec.borrow().data.clone()
         });
         assert_eq!(data, b"one two three");
     }

@@ -137,8 +137,7 @@ both_backends! {
             assert!(!c.is_closing());
             c.abort();
             ep.close();
-            let e = rec2.borrow().errors.clone();
-            e
+            rec2.borrow().errors.clone()
         });
         assert!(errors.iter().any(|e| e.contains("refused")), "{errors:?}");
     }

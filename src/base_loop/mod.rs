@@ -163,7 +163,14 @@ impl Core {
             generation,
             remote: self.remote.clone(),
         }));
-        let header = TaskHeader::new(id, name, waker, self.me.clone(), internal, (idx, generation));
+        let header = TaskHeader::new(
+            id,
+            name,
+            waker,
+            self.me.clone(),
+            internal,
+            (idx, generation),
+        );
         let cell = TaskCell::new(header, fut);
         // Eager start (asyncio's eager_task_factory): the first step runs
         // now, inside create_task, when this loop is the one running.

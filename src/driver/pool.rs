@@ -208,12 +208,12 @@ impl Drop for BufPool {
 
 /// Decodes a completion value: `Some((bid, len))` if it names a buffer.
 pub(crate) fn decode(v: u32) -> Option<(u16, usize)> {
-    (v & BUF_BIT != 0).then(|| (((v >> 16) & 0x7fff) as u16, (v & 0xffff) as usize))
+    (v & BUF_BIT != 0).then_some((((v >> 16) & 0x7fff) as u16, (v & 0xffff) as usize))
 }
 
 /// Encodes a buffer and a length as a completion value.
 pub(crate) fn encode(bid: u16, len: usize) -> u32 {
-    debug_assert!(len <= POOL_BUF_SIZE && len < 1 << 16 && bid < 1 << 15);
+    debug_assert!(len <= POOL_BUF_SIZE && bid < 1 << 15);
     BUF_BIT | (u32::from(bid) << 16) | len as u32
 }
 

@@ -182,7 +182,6 @@ impl DatagramTransport {
             };
             let len = data.len();
             let Some(fd) = self.fd() else { return };
-            let addr = addr.or_else(|| None);
             let (res, _) = Op::submit(inner.lp.driver(), SendMsg::new(fd, vec![data], addr)).await;
             let resume = {
                 let mut st = inner.st.borrow_mut();

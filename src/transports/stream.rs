@@ -80,6 +80,9 @@ struct RawFdCell(std::os::fd::RawFd);
 #[derive(Clone)]
 pub struct Transport(Rc<Inner>);
 
+/// The fallback receive with an owned buffer (when the pool ran dry).
+type PlainRecv = Pin<Box<Op<Recv<Vec<u8>>>>>;
+
 enum ReadStep {
     /// A pool buffer's worth of data.
     Pooled(PooledBuf),
@@ -175,7 +178,7 @@ impl Transport {
         // the connection is idle. After the pool ran dry (ENOBUFS), one plain
         // receive with its own buffer keeps the connection moving.
         let mut multi: Option<MultiOp> = None;
-        let mut plain: Option<Pin<Box<Op<Recv<Vec<u8>>>>>> = None;
+        let mut plain: Option<PlainRecv> = None;
         let mut dry = false;
         loop {
             let step = std::future::poll_fn(|cx| {
