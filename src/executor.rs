@@ -315,6 +315,17 @@ impl EventLoop {
     /// # Errors
     ///
     /// [`Error::Io`] if the name does not resolve.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ringloop::prelude::*;
+    /// ringloop::run(async {
+    ///     let lp = get_running_loop().unwrap();
+    ///     let addrs = lp.getaddrinfo("localhost", 80).await.unwrap();
+    ///     assert!(addrs.iter().any(|a| a.ip().is_loopback()));
+    /// }).unwrap();
+    /// ```
     pub async fn getaddrinfo(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>> {
         let host = host.to_owned();
         let addrs = self
@@ -353,6 +364,17 @@ impl EventLoop {
 ///
 /// As [`EventLoop::run_in_executor`]; [`Error::InvalidState`] without a
 /// running loop.
+///
+/// # Examples
+///
+/// ```
+/// ringloop::run(async {
+///     let n = ringloop::to_thread(|| std::fs::read_dir(".").map(|d| d.count()).unwrap_or(0))
+///         .await
+///         .unwrap();
+///     assert!(n > 0);
+/// }).unwrap();
+/// ```
 pub async fn to_thread<F, T>(f: F) -> Result<T>
 where
     F: FnOnce() -> T + Send + 'static,

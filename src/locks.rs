@@ -594,6 +594,18 @@ impl Drop for SemaphorePermit {
 
 /// A semaphore that refuses to be released above its initial value.
 /// Equivalent to `asyncio.BoundedSemaphore`.
+///
+/// # Examples
+///
+/// ```
+/// use ringloop::locks::BoundedSemaphore;
+/// ringloop::run(async {
+///     let s = BoundedSemaphore::new(1);
+///     assert!(s.release().is_err(), "over-release is an error");
+///     let _p = s.permit().await;
+///     assert!(s.locked());
+/// }).unwrap();
+/// ```
 pub struct BoundedSemaphore;
 
 impl BoundedSemaphore {

@@ -420,6 +420,19 @@ impl EventLoop {
     /// scheduled. Equivalent to `loop.set_task_factory(asyncio.eager_task_factory)`;
     /// a general task factory does not fit Rust's generic futures, so this
     /// flag is the one factory offered.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ringloop::prelude::*;
+    /// let lp = EventLoop::new().unwrap();
+    /// lp.set_eager_task_start(true);
+    /// lp.run_until_complete(async {
+    ///     let t = get_running_loop().unwrap().create_task(async { 5 });
+    ///     assert!(t.done(), "it ran to completion inside create_task");
+    /// }).unwrap();
+    /// lp.close().unwrap();
+    /// ```
     pub fn set_eager_task_start(&self, on: bool) {
         self.core.eager.set(on);
     }

@@ -195,6 +195,25 @@ pub async fn wait_for_task<T: 'static>(task: Task<T>, timeout: Duration) -> Resu
 /// # Errors
 ///
 /// The inner task's error.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use ringloop::{Error, shield, sleep, wait_for};
+/// ringloop::run(async {
+///     let done = std::rc::Rc::new(std::cell::Cell::new(false));
+///     let d = done.clone();
+///     // The waiter gives up, the shielded work goes on.
+///     let r = wait_for(shield(async move {
+///         sleep(Duration::from_millis(20)).await.unwrap();
+///         d.set(true);
+///     }), Duration::from_millis(1)).await;
+///     assert!(matches!(r, Err(Error::Timeout)));
+///     sleep(Duration::from_millis(40)).await.unwrap();
+///     assert!(done.get());
+/// }).unwrap();
+/// ```
 pub fn shield<F>(fut: F) -> impl Future<Output = Result<F::Output>>
 where
     F: Future + 'static,
@@ -286,6 +305,18 @@ where
 /// # Errors
 ///
 /// [`Error::InvalidState`] without a running loop.
+///
+/// # Examples
+///
+/// ```
+/// use ringloop::{Error, gather_all};
+/// ringloop::run(async {
+///     let futs: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = ringloop::Result<u8>>>>> =
+///         vec![Box::pin(async { Ok(1) }), Box::pin(async { Err(Error::Timeout) })];
+///     let r = gather_all(futs).await.unwrap();
+///     assert!(matches!(r[0], Ok(1)) && matches!(r[1], Err(Error::Timeout)));
+/// }).unwrap();
+/// ```
 pub async fn gather_all<F, T>(futs: impl IntoIterator<Item = F>) -> Result<Vec<Result<T>>>
 where
     F: Future<Output = Result<T>> + 'static,
