@@ -150,35 +150,31 @@ impl Timeout {
         let mut body = pin!(Some(body));
         let mut armed = false;
         std::future::poll_fn(|cx| {
-            if !armed {
-                armed = true;
-                let mut w = self.0.waker.borrow_mut();
-                *w = Some(cx.waker().clone());
-                drop(w);
-                if self.0.when.get().is_some_and(|w| w <= Instant::now()) {
-                    self.0.expired.set(true);
-                } else if let Err(e) = self.arm() {
-                    return Poll::Ready(Err(e));
-                }
-            } else {
-                *self.0.waker.borrow_mut() = Some(cx.waker().clone());
-            }
-            let expired = self.0.expired.get();
+            let expired = self.0.expired.get()
+                || (!armed && self.0.when.get().is_some_and(|w| w <= Instant::now()));
             // Poll the body: once normally; once more when the deadline hit,
             // so a result that is ready now is not thrown away.
             if let Some(f) = body.as_mut().as_pin_mut() {
                 if let Poll::Ready(v) = f.poll(cx) {
                     body.set(None);
-                    if expired {
-                        // Completion won the race: the scope did not expire.
-                        self.0.expired.set(false);
-                    }
+                    // Completion won any race: the scope did not expire.
+                    self.0.expired.set(false);
                     return Poll::Ready(Ok(v));
                 }
             }
             if expired {
+                self.0.expired.set(true);
                 body.set(None);
                 return Poll::Ready(Err(Error::Timeout));
+            }
+            *self.0.waker.borrow_mut() = Some(cx.waker().clone());
+            // The timer is armed only once the body has to wait: a body that
+            // finishes at once costs no timer at all.
+            if !armed {
+                armed = true;
+                if let Err(e) = self.arm() {
+                    return Poll::Ready(Err(e));
+                }
             }
             Poll::Pending
         })

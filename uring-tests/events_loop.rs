@@ -407,7 +407,12 @@ both_backends! {
         let turns = after.turns - before.turns;
         assert_eq!(turns, 40);
         match lp.backend() {
-            Backend::Proactor => assert_eq!(after.uring_enters - before.uring_enters, turns, "{after:?}"),
+            // At most one enter per turn; an idle turn (nothing to submit,
+            // nothing pending) makes none.
+            Backend::Proactor => {
+                let enters = after.uring_enters - before.uring_enters;
+                assert!(enters >= 2 && enters <= turns, "{enters} enters in {turns} turns: {after:?}");
+            }
             Backend::Selector => assert_eq!(after.epoll_waits - before.epoll_waits, turns, "{after:?}"),
         }
         assert_eq!(lp.ops_in_flight(), 0, "all 50 reads completed");

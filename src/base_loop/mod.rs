@@ -57,6 +57,8 @@ pub(crate) struct Core {
     turn_end: RefCell<Vec<(u32, u32)>>,
     timers: RefCell<TimerHeap>,
     tasks: RefCell<Slab<TaskSlot>>,
+    /// The waker of each task slot, reused by the slot's tasks.
+    slot_wakers: RefCell<Vec<Option<(Arc<TaskWaker>, Waker)>>>,
     next_generation: Cell<u32>,
     next_task_id: Cell<u64>,
     pub(crate) remote: Arc<Remote>,
@@ -158,11 +160,22 @@ impl Core {
         self.next_task_id.set(id + 1);
         let mut tasks = self.tasks.borrow_mut();
         let idx = tasks.vacant_key() as u32;
-        let waker = Waker::from(Arc::new(TaskWaker {
-            idx,
-            generation,
-            remote: self.remote.clone(),
-        }));
+        let waker = {
+            let mut wakers = self.slot_wakers.borrow_mut();
+            if wakers.len() <= idx as usize {
+                wakers.resize_with(idx as usize + 1, || None);
+            }
+            let entry = wakers[idx as usize].get_or_insert_with(|| {
+                let tw = Arc::new(TaskWaker {
+                    idx,
+                    generation: std::sync::atomic::AtomicU32::new(generation),
+                    remote: self.remote.clone(),
+                });
+                (tw.clone(), Waker::from(tw))
+            });
+            entry.0.generation.store(generation, Ordering::Release);
+            entry.1.clone()
+        };
         let header = TaskHeader::new(
             id,
             name,
@@ -380,6 +393,7 @@ impl EventLoop {
             turn_end: RefCell::new(Vec::new()),
             timers: RefCell::new(TimerHeap::default()),
             tasks: RefCell::new(Slab::with_capacity(64)),
+            slot_wakers: RefCell::new(Vec::new()),
             next_generation: Cell::new(1),
             next_task_id: Cell::new(1),
             remote,
@@ -646,6 +660,7 @@ impl EventLoop {
         }
         core.watchers.borrow_mut().clear();
         core.turn_end.borrow_mut().clear();
+        core.slot_wakers.borrow_mut().clear();
         // asyncio: close() shuts the default executor down without waiting.
         self.shutdown_executor_nowait();
         core.ready.borrow_mut().clear();

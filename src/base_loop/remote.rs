@@ -2,7 +2,7 @@
 //! [`LoopHandle`] (`call_soon_threadsafe`).
 #![forbid(unsafe_code)]
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Wake;
 
@@ -60,9 +60,13 @@ impl Remote {
 
 /// A task's waker: wakes on the loop thread go straight to the ready queue;
 /// from elsewhere they go through the remote queue and the eventfd.
+///
+/// One per task slot, reused by the tasks that occupy the slot in turn (the
+/// generation says which one): a waker kept by a finished task can only
+/// cause a spurious wake-up of its successor, which futures must tolerate.
 pub(crate) struct TaskWaker {
     pub(crate) idx: u32,
-    pub(crate) generation: u32,
+    pub(crate) generation: AtomicU32,
     pub(crate) remote: Arc<Remote>,
 }
 
@@ -72,12 +76,11 @@ impl Wake for TaskWaker {
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        if !super::schedule_local(self.remote.loop_id, self.idx, self.generation) {
+        let generation = self.generation.load(Ordering::Acquire);
+        if !super::schedule_local(self.remote.loop_id, self.idx, generation) {
             // Closed loop: nothing will ever run the task again; dropping the
             // wake is right.
-            let _ = self
-                .remote
-                .push(|q| q.wakes.push((self.idx, self.generation)));
+            let _ = self.remote.push(|q| q.wakes.push((self.idx, generation)));
         }
     }
 }

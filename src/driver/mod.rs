@@ -54,7 +54,8 @@ impl fmt::Display for Backend {
 /// Counters a loop's driver keeps; they show which kernel interface did the work.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DriverStats {
-    /// Loop iterations that waited on the driver (one per `run_once`).
+    /// Loop iterations (one driver turn per `run_once`); on the proactor an
+    /// iteration with nothing to submit or reap makes no `io_uring_enter`.
     pub turns: u64,
     /// Operations submitted to the driver.
     pub ops_submitted: u64,

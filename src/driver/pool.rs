@@ -32,6 +32,31 @@ pub(crate) const BGID: u16 = 0;
 /// Marks a completion value that names a pool buffer: `BIT | bid << 16 | len`.
 pub(crate) const BUF_BIT: u32 = 1 << 31;
 
+/// Anonymous memory: zero pages the kernel fills in on first touch, so a
+/// loop's pool costs neither a memset at start nor RSS until used.
+fn map_anon(len: usize) -> NonNull<u8> {
+    // SAFETY: an anonymous private mapping with no address hint; checked.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        panic!(
+            "ringloop: mmap of the receive pool failed: {}",
+            io::Error::last_os_error()
+        );
+    }
+    NonNull::new(p.cast()).expect("mmap returned null")
+}
+
+const POOL_BYTES: usize = POOL_BUF_SIZE * POOL_BUFS as usize;
+
 struct Ring {
     entries: NonNull<BufRingEntry>,
     layout: Layout,
@@ -41,7 +66,6 @@ struct Ring {
 /// The pool; shared (`Rc`) by the driver, the ops and the buffers handed out.
 pub(crate) struct BufPool {
     mem: NonNull<u8>,
-    mem_layout: Layout,
     ring: Option<Ring>,
     free: Vec<u16>,
     /// Selector only: extra buffers while every pool buffer is out.
@@ -53,23 +77,11 @@ pub(crate) struct BufPool {
 pub(crate) type PoolRef = Rc<RefCell<BufPool>>;
 
 impl BufPool {
-    fn alloc_mem() -> (NonNull<u8>, Layout) {
-        let layout =
-            Layout::from_size_align(POOL_BUF_SIZE * POOL_BUFS as usize, 4096).expect("pool layout");
-        // SAFETY: the layout has a non-zero size.
-        let p = unsafe { alloc_zeroed(layout) };
-        (
-            NonNull::new(p).unwrap_or_else(|| std::alloc::handle_alloc_error(layout)),
-            layout,
-        )
-    }
-
     /// A pool for the selector: a free list.
     pub(crate) fn new_free_list() -> PoolRef {
-        let (mem, mem_layout) = Self::alloc_mem();
+        let mem = map_anon(POOL_BYTES);
         Rc::new(RefCell::new(BufPool {
             mem,
-            mem_layout,
             ring: None,
             free: (0..POOL_BUFS).rev().collect(),
             overflow: slab::Slab::new(),
@@ -79,7 +91,7 @@ impl BufPool {
 
     /// A pool for the proactor: a provided-buffer ring registered on `ring`.
     pub(crate) fn new_ring(submitter: &io_uring::Submitter<'_>) -> io::Result<PoolRef> {
-        let (mem, mem_layout) = Self::alloc_mem();
+        let mem = map_anon(POOL_BYTES);
         let layout = Layout::from_size_align(
             std::mem::size_of::<BufRingEntry>() * POOL_BUFS as usize,
             4096,
@@ -96,16 +108,15 @@ impl BufPool {
             submitter.register_buf_ring_with_flags(entries.as_ptr() as u64, POOL_BUFS, BGID, 0)
         };
         if let Err(e) = r {
-            // SAFETY: allocated above with this layout, never registered.
+            // SAFETY: allocated/mapped above, never registered.
             unsafe {
                 dealloc(p, layout);
-                dealloc(mem.as_ptr(), mem_layout);
+                libc::munmap(mem.as_ptr().cast(), POOL_BYTES);
             }
             return Err(e);
         }
         let pool = Rc::new(RefCell::new(BufPool {
             mem,
-            mem_layout,
             ring: Some(Ring {
                 entries,
                 layout,
@@ -201,7 +212,7 @@ impl Drop for BufPool {
             if let Some(r) = &self.ring {
                 dealloc(r.entries.as_ptr().cast(), r.layout);
             }
-            dealloc(self.mem.as_ptr(), self.mem_layout);
+            libc::munmap(self.mem.as_ptr().cast(), POOL_BYTES);
         }
     }
 }

@@ -1,7 +1,8 @@
 //! The proactor backend: io_uring.
 //!
-//! Ops become SQEs as they are submitted; one `io_uring_enter` per loop turn
-//! submits them all and reaps completions (always with `GETEVENTS`, which
+//! Ops become SQEs as they are submitted; at most one `io_uring_enter` per
+//! loop turn (none when the ring is idle and the turn must not wait) submits
+//! them all and reaps completions (always with `GETEVENTS`, which
 //! `DEFER_TASKRUN` needs to post them), blocking with an `EXT_ARG` timeout
 //! only when the loop has nothing ready. The ring is made on the loop's
 //! thread with `SINGLE_ISSUER | DEFER_TASKRUN` where the kernel has them.
@@ -192,6 +193,14 @@ impl Uring {
 
     pub(super) fn turn(&mut self, timeout: Option<Duration>) -> io::Result<()> {
         let wait = timeout != Some(Duration::ZERO);
+        if !wait && self.idle() {
+            // Nothing queued, nothing in flight but the loop's own eventfd
+            // read, nothing posted: an enter would do nothing, so this turn
+            // makes none (tasks and callbacks that only compute run without
+            // syscalls). Wake-ups from other threads do not depend on it: the
+            // loop checks its remote queue every turn.
+            return Ok(());
+        }
         // Completions may already be posted (a previous turn's overflow): then
         // do not block.
         let ready = !self.ring.completion().is_empty();
@@ -328,6 +337,18 @@ impl Uring {
                 leaked.len()
             );
         }
+    }
+
+    /// No user op in the slab, nothing queued, nothing posted.
+    fn idle(&mut self) -> bool {
+        let internal = usize::from(self.wake_key.is_some());
+        if self.ops.slab.len() > internal {
+            return false;
+        }
+        let sq = self.ring.submission();
+        let quiet = sq.is_empty() && !sq.cq_overflow();
+        drop(sq);
+        quiet && self.ring.completion().is_empty()
     }
 
     fn has_in_flight(&self) -> bool {

@@ -128,7 +128,8 @@ pub(crate) struct TaskCell<F: Future> {
     header: TaskHeader,
     future: RefCell<Option<Pin<Box<F>>>>,
     result: RefCell<Option<Result<F::Output>>>,
-    joiners: RefCell<Vec<Waker>>,
+    /// Awaiting tasks: the first inline, more (rare) in the Vec.
+    joiners: RefCell<(Option<Waker>, Vec<Waker>)>,
     callbacks: RefCell<Vec<(u64, TaskCallback<F::Output>)>>,
     next_cb: Cell<u64>,
 }
@@ -143,7 +144,7 @@ where
             header,
             future: RefCell::new(Some(Box::pin(fut))),
             result: RefCell::new(None),
-            joiners: RefCell::new(Vec::new()),
+            joiners: RefCell::new((None, Vec::new())),
             callbacks: RefCell::new(Vec::new()),
             next_cb: Cell::new(1),
         })
@@ -157,7 +158,11 @@ where
         };
         *self.result.borrow_mut() = Some(result);
         self.header.outcome.set(outcome);
-        for w in self.joiners.borrow_mut().drain(..) {
+        let (first, more) = std::mem::take(&mut *self.joiners.borrow_mut());
+        if let Some(w) = first {
+            w.wake();
+        }
+        for w in more {
             w.wake();
         }
         let cbs = std::mem::take(&mut *self.callbacks.borrow_mut());
@@ -255,8 +260,14 @@ where
             }));
         }
         let mut j = self.joiners.borrow_mut();
-        if !j.iter().any(|w| w.will_wake(cx.waker())) {
-            j.push(cx.waker().clone());
+        match &j.0 {
+            None => j.0 = Some(cx.waker().clone()),
+            Some(w) if w.will_wake(cx.waker()) => {}
+            Some(_) => {
+                if !j.1.iter().any(|w| w.will_wake(cx.waker())) {
+                    j.1.push(cx.waker().clone());
+                }
+            }
         }
         Poll::Pending
     }
