@@ -40,6 +40,9 @@ pub(crate) enum Ready {
 /// An fd watcher of `add_reader` / `add_writer`: its task and its live flag.
 pub(crate) type Watcher = (TaskRef, Rc<Cell<bool>>);
 
+/// A task slot's reusable waker and the `Arc` behind it (to set its generation).
+type SlotWaker = (Arc<TaskWaker>, Waker);
+
 pub(crate) struct TaskSlot {
     task: Rc<dyn RawTask>,
     generation: u32,
@@ -58,7 +61,7 @@ pub(crate) struct Core {
     timers: RefCell<TimerHeap>,
     tasks: RefCell<Slab<TaskSlot>>,
     /// The waker of each task slot, reused by the slot's tasks.
-    slot_wakers: RefCell<Vec<Option<(Arc<TaskWaker>, Waker)>>>,
+    slot_wakers: RefCell<Vec<Option<SlotWaker>>>,
     next_generation: Cell<u32>,
     next_task_id: Cell<u64>,
     pub(crate) remote: Arc<Remote>,
