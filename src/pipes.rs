@@ -76,13 +76,7 @@ impl EventLoop {
         if let Err(e) = self.check_open() {
             return (Err(e), buf);
         }
-        let op = Op::submit(
-            self.driver(),
-            Read {
-                fd: pipe.fd.clone(),
-                buf,
-            },
-        );
+        let op = Op::submit(self.driver(), Read::new(pipe.fd.clone(), buf));
         let (res, op) = op.await;
         let (r, buf) = op.finish(res);
         (r.map_err(Into::into), buf)
@@ -96,11 +90,7 @@ impl EventLoop {
     pub async fn pipe_write_all<B: IoBuf>(&self, pipe: &Pipe, data: B) -> Result<()> {
         self.check_open()?;
         let total = data.bytes_init();
-        let mut op = Write {
-            fd: pipe.fd.clone(),
-            buf: data,
-            offset: 0,
-        };
+        let mut op = Write::new(pipe.fd.clone(), data);
         while op.offset < total {
             let (res, back) = Op::submit(self.driver(), op).await;
             op = back;

@@ -212,13 +212,7 @@ impl EventLoop {
         if let Err(e) = self.check_open() {
             return (Err(e), buf);
         }
-        let op = Op::submit(
-            self.driver(),
-            Recv {
-                fd: sock.fd.clone(),
-                buf,
-            },
-        );
+        let op = Op::submit(self.driver(), Recv::new(sock.fd.clone(), buf));
         let (res, op) = op.await;
         let (r, buf) = op.finish(res);
         (r.map_err(io_err), buf)
@@ -264,11 +258,7 @@ impl EventLoop {
     pub(crate) async fn sock_sendall_impl<B: IoBuf>(&self, sock: &Socket, data: B) -> Result<()> {
         self.check_open()?;
         let total = data.bytes_init();
-        let mut op = Send {
-            fd: sock.fd.clone(),
-            buf: data,
-            offset: 0,
-        };
+        let mut op = Send::new(sock.fd.clone(), data);
         while op.offset < total {
             let (res, back) = Op::submit(self.driver(), op).await;
             op = back;

@@ -656,10 +656,31 @@ impl StreamWriter {
     }
 }
 
-fn stream_pair(limit: usize) -> Result<(StreamReader, Rc<RefCell<FlowState>>)> {
+/// Opens a stream connection: `connect` gets the running loop and the
+/// stream protocol and returns the transport it connected.
+async fn open_streams<Fut>(
+    limit: usize,
+    connect: impl FnOnce(EventLoop, StreamProtocol) -> Fut,
+) -> Result<(StreamReader, StreamWriter)>
+where
+    Fut: Future<Output = Result<Transport>>,
+{
+    let lp = get_running_loop()?;
+    let reader = StreamReader::new(limit)?;
+    let flow = Rc::new(RefCell::new(FlowState::default()));
+    let proto = StreamProtocol {
+        reader: reader.clone(),
+        flow: flow.clone(),
+        on_connect: None,
+    };
+    let transport = connect(lp, proto).await?;
     Ok((
-        StreamReader::new(limit)?,
-        Rc::new(RefCell::new(FlowState::default())),
+        reader.clone(),
+        StreamWriter {
+            transport,
+            flow,
+            reader,
+        },
     ))
 }
 
@@ -690,22 +711,10 @@ fn stream_pair(limit: usize) -> Result<(StreamReader, Rc<RefCell<FlowState>>)> {
 /// }).unwrap();
 /// ```
 pub async fn open_connection(host: &str, port: u16) -> Result<(StreamReader, StreamWriter)> {
-    let lp = get_running_loop()?;
-    let (reader, flow) = stream_pair(DEFAULT_LIMIT)?;
-    let proto = StreamProtocol {
-        reader: reader.clone(),
-        flow: flow.clone(),
-        on_connect: None,
-    };
-    let transport = lp.create_connection(move || proto, host, port).await?;
-    Ok((
-        reader.clone(),
-        StreamWriter {
-            transport,
-            flow,
-            reader,
-        },
-    ))
+    open_streams(DEFAULT_LIMIT, |lp, proto| async move {
+        lp.create_connection(move || proto, host, port).await
+    })
+    .await
 }
 
 /// [`open_connection`] with a buffer limit and every connection option
@@ -719,22 +728,10 @@ pub async fn open_connection_with(
     opts: crate::connect::ConnectOptions,
     limit: usize,
 ) -> Result<(StreamReader, StreamWriter)> {
-    let lp = get_running_loop()?;
-    let (reader, flow) = stream_pair(limit)?;
-    let proto = StreamProtocol {
-        reader: reader.clone(),
-        flow: flow.clone(),
-        on_connect: None,
-    };
-    let transport = lp.create_connection_with(move || proto, opts).await?;
-    Ok((
-        reader.clone(),
-        StreamWriter {
-            transport,
-            flow,
-            reader,
-        },
-    ))
+    open_streams(limit, |lp, proto| async move {
+        lp.create_connection_with(move || proto, opts).await
+    })
+    .await
 }
 
 /// Connects to the Unix socket at `path`. Equivalent to
@@ -744,22 +741,10 @@ pub async fn open_connection_with(
 ///
 /// As [`EventLoop::create_unix_connection`].
 pub async fn open_unix_connection(path: impl AsRef<Path>) -> Result<(StreamReader, StreamWriter)> {
-    let lp = get_running_loop()?;
-    let (reader, flow) = stream_pair(DEFAULT_LIMIT)?;
-    let proto = StreamProtocol {
-        reader: reader.clone(),
-        flow: flow.clone(),
-        on_connect: None,
-    };
-    let transport = lp.create_unix_connection(move || proto, path).await?;
-    Ok((
-        reader.clone(),
-        StreamWriter {
-            transport,
-            flow,
-            reader,
-        },
-    ))
+    open_streams(DEFAULT_LIMIT, |lp, proto| async move {
+        lp.create_unix_connection(move || proto, path).await
+    })
+    .await
 }
 
 /// Makes the protocol factory of a stream server: each connection runs

@@ -10,6 +10,7 @@
 use std::any::Any;
 use std::collections::{HashMap, VecDeque};
 use std::io;
+use std::marker::PhantomData;
 use std::mem;
 use std::os::fd::RawFd;
 
@@ -223,15 +224,89 @@ fn spare_region<B: IoBufMut>(buf: &mut B) -> (*mut u8, usize) {
     )
 }
 
-// ---------------------------------------------------------------- recv / read
+// ---------------------------------------------------------------- recv / read, send / write
 
-/// `recv(2)` into the spare capacity of `buf`.
-pub(crate) struct Recv<B> {
-    pub(crate) fd: SharedFd,
-    pub(crate) buf: B,
+/// What a byte-stream op runs as: `recv`/`send` on sockets, `read`/`write`
+/// at the current position on other fds (pipes, ttys, eventfds).
+pub(crate) trait Kind: 'static {
+    fn read_entry(fd: RawFd, ptr: *mut u8, len: u32) -> squeue::Entry;
+    fn write_entry(fd: RawFd, ptr: *const u8, len: u32) -> squeue::Entry;
+    /// # Safety
+    /// `ptr` must be valid for writes of `len` bytes.
+    unsafe fn read(fd: RawFd, ptr: *mut u8, len: usize) -> isize;
+    /// # Safety
+    /// `ptr` must be valid for reads of `len` bytes.
+    unsafe fn write(fd: RawFd, ptr: *const u8, len: usize) -> isize;
 }
 
-impl<B: IoBufMut> Recv<B> {
+/// Sockets: `recv(2)` / `send(2)` (no SIGPIPE).
+pub(crate) struct SockKind;
+
+impl Kind for SockKind {
+    fn read_entry(fd: RawFd, ptr: *mut u8, len: u32) -> squeue::Entry {
+        opcode::Recv::new(types::Fd(fd), ptr, len).build()
+    }
+    fn write_entry(fd: RawFd, ptr: *const u8, len: u32) -> squeue::Entry {
+        opcode::Send::new(types::Fd(fd), ptr, len)
+            .flags(libc::MSG_NOSIGNAL)
+            .build()
+    }
+    unsafe fn read(fd: RawFd, ptr: *mut u8, len: usize) -> isize {
+        // SAFETY: the caller passes a writable region of `len` bytes.
+        unsafe { libc::recv(fd, ptr.cast(), len, 0) }
+    }
+    unsafe fn write(fd: RawFd, ptr: *const u8, len: usize) -> isize {
+        // SAFETY: the caller passes a readable region of `len` bytes.
+        unsafe { libc::send(fd, ptr.cast(), len, libc::MSG_NOSIGNAL) }
+    }
+}
+
+/// Other fds: `read(2)` / `write(2)` at the current file position.
+pub(crate) struct FileKind;
+
+impl Kind for FileKind {
+    fn read_entry(fd: RawFd, ptr: *mut u8, len: u32) -> squeue::Entry {
+        opcode::Read::new(types::Fd(fd), ptr, len)
+            .offset(u64::MAX)
+            .build()
+    }
+    fn write_entry(fd: RawFd, ptr: *const u8, len: u32) -> squeue::Entry {
+        opcode::Write::new(types::Fd(fd), ptr, len)
+            .offset(u64::MAX)
+            .build()
+    }
+    unsafe fn read(fd: RawFd, ptr: *mut u8, len: usize) -> isize {
+        // SAFETY: the caller passes a writable region of `len` bytes.
+        unsafe { libc::read(fd, ptr.cast(), len) }
+    }
+    unsafe fn write(fd: RawFd, ptr: *const u8, len: usize) -> isize {
+        // SAFETY: the caller passes a readable region of `len` bytes.
+        unsafe { libc::write(fd, ptr.cast(), len) }
+    }
+}
+
+/// A receive into the spare capacity of `buf` (`Recv` on sockets, `Read`
+/// on other fds).
+pub(crate) struct Inbound<B, K> {
+    pub(crate) fd: SharedFd,
+    pub(crate) buf: B,
+    kind: PhantomData<K>,
+}
+
+/// `recv(2)` into the spare capacity of `buf`.
+pub(crate) type Recv<B> = Inbound<B, SockKind>;
+/// `read(2)` at the current file position.
+pub(crate) type Read<B> = Inbound<B, FileKind>;
+
+impl<B: IoBufMut, K: Kind> Inbound<B, K> {
+    pub(crate) fn new(fd: SharedFd, buf: B) -> Self {
+        Inbound {
+            fd,
+            buf,
+            kind: PhantomData,
+        }
+    }
+
     /// Marks the received bytes initialised and hands the buffer back.
     pub(crate) fn finish(mut self, res: io::Result<u32>) -> (io::Result<usize>, B) {
         if let Ok(n) = res {
@@ -243,10 +318,10 @@ impl<B: IoBufMut> Recv<B> {
     }
 }
 
-impl<B: IoBufMut> OpAble for Recv<B> {
+impl<B: IoBufMut, K: Kind> OpAble for Inbound<B, K> {
     fn uring_entry(&mut self) -> squeue::Entry {
         let (ptr, len) = spare_region(&mut self.buf);
-        opcode::Recv::new(types::Fd(self.fd.raw()), ptr, len as u32).build()
+        K::read_entry(self.fd.raw(), ptr, len as u32)
     }
     fn interest(&self) -> (RawFd, Interest) {
         (self.fd.raw(), Interest::Read)
@@ -258,7 +333,7 @@ impl<B: IoBufMut> OpAble for Recv<B> {
         let (ptr, len) = spare_region(&mut self.buf);
         let fd = self.fd.raw();
         // SAFETY: ptr/len describe the buffer's spare capacity, owned by this op.
-        syscall(|| unsafe { libc::recv(fd, ptr.cast(), len, 0) })
+        syscall(|| unsafe { K::read(fd, ptr, len) })
     }
     fn take_stashed(&mut self, stash: &mut Stash) -> Option<io::Result<u32>> {
         stash_into(&self.fd, &mut self.buf, stash)
@@ -274,73 +349,43 @@ impl<B: IoBufMut> OpAble for Recv<B> {
     }
 }
 
-/// `read(2)` at the current file position (pipes, ttys, eventfds).
-pub(crate) struct Read<B> {
-    pub(crate) fd: SharedFd,
-    pub(crate) buf: B,
-}
-
-impl<B: IoBufMut> Read<B> {
-    pub(crate) fn finish(self, res: io::Result<u32>) -> (io::Result<usize>, B) {
-        Recv {
-            fd: self.fd,
-            buf: self.buf,
-        }
-        .finish(res)
-    }
-}
-
-impl<B: IoBufMut> OpAble for Read<B> {
-    fn uring_entry(&mut self) -> squeue::Entry {
-        let (ptr, len) = spare_region(&mut self.buf);
-        opcode::Read::new(types::Fd(self.fd.raw()), ptr, len as u32)
-            .offset(u64::MAX)
-            .build()
-    }
-    fn interest(&self) -> (RawFd, Interest) {
-        (self.fd.raw(), Interest::Read)
-    }
-    fn fd_id(&self) -> u64 {
-        self.fd.id()
-    }
-    fn legacy_call(&mut self) -> io::Result<u32> {
-        let (ptr, len) = spare_region(&mut self.buf);
-        let fd = self.fd.raw();
-        // SAFETY: ptr/len describe the buffer's spare capacity, owned by this op.
-        syscall(|| unsafe { libc::read(fd, ptr.cast(), len) })
-    }
-    fn salvage(&mut self, res: i32, stash: &mut Stash) {
-        if res > 0 {
-            let data = stash_received(&mut self.buf, res as usize);
-            stash.push(&self.fd, data, None);
-        }
-    }
-    fn take_stashed(&mut self, stash: &mut Stash) -> Option<io::Result<u32>> {
-        stash_into(&self.fd, &mut self.buf, stash)
-    }
-    fn into_buffer(self: Box<Self>) -> Option<Released> {
-        release(self.buf)
-    }
-}
-
-// ---------------------------------------------------------------- send / write
-
-/// `send(2)` of a whole buffer (the caller loops on short sends).
-pub(crate) struct Send<B> {
+/// A send of the part of `buf` after `offset` (`Send` on sockets, `Write`
+/// on other fds); the caller loops on short writes.
+pub(crate) struct Outbound<B, K> {
     pub(crate) fd: SharedFd,
     pub(crate) buf: B,
     /// Bytes of `buf` already sent by earlier ops; this op sends the rest.
     pub(crate) offset: usize,
+    kind: PhantomData<K>,
 }
 
-impl<B: IoBuf> OpAble for Send<B> {
-    fn uring_entry(&mut self) -> squeue::Entry {
-        // SAFETY: offset <= len, so the pointer stays in the buffer.
+/// `send(2)` of the unsent part of a buffer.
+pub(crate) type Send<B> = Outbound<B, SockKind>;
+/// `write(2)` of the unwritten part of a buffer.
+pub(crate) type Write<B> = Outbound<B, FileKind>;
+
+impl<B: IoBuf, K: Kind> Outbound<B, K> {
+    pub(crate) fn new(fd: SharedFd, buf: B) -> Self {
+        Outbound {
+            fd,
+            buf,
+            offset: 0,
+            kind: PhantomData,
+        }
+    }
+
+    /// The bytes still to send.
+    fn rest(&self) -> (*const u8, usize) {
+        // SAFETY: offset <= bytes_init(), so the pointer stays in the buffer.
         let ptr = unsafe { self.buf.stable_ptr().add(self.offset) };
-        let len = (self.buf.bytes_init() - self.offset) as u32;
-        opcode::Send::new(types::Fd(self.fd.raw()), ptr, len)
-            .flags(libc::MSG_NOSIGNAL)
-            .build()
+        (ptr, self.buf.bytes_init() - self.offset)
+    }
+}
+
+impl<B: IoBuf, K: Kind> OpAble for Outbound<B, K> {
+    fn uring_entry(&mut self) -> squeue::Entry {
+        let (ptr, len) = self.rest();
+        K::write_entry(self.fd.raw(), ptr, len as u32)
     }
     fn interest(&self) -> (RawFd, Interest) {
         (self.fd.raw(), Interest::Write)
@@ -350,43 +395,9 @@ impl<B: IoBuf> OpAble for Send<B> {
     }
     fn legacy_call(&mut self) -> io::Result<u32> {
         let fd = self.fd.raw();
-        // SAFETY: offset <= len, so the pointer stays in the buffer.
-        let ptr = unsafe { self.buf.stable_ptr().add(self.offset) };
-        let len = self.buf.bytes_init() - self.offset;
+        let (ptr, len) = self.rest();
         // SAFETY: ptr/len describe initialised bytes owned by this op.
-        syscall(|| unsafe { libc::send(fd, ptr.cast(), len, libc::MSG_NOSIGNAL) })
-    }
-}
-
-/// `write(2)` at the current file position (pipes).
-pub(crate) struct Write<B> {
-    pub(crate) fd: SharedFd,
-    pub(crate) buf: B,
-    pub(crate) offset: usize,
-}
-
-impl<B: IoBuf> OpAble for Write<B> {
-    fn uring_entry(&mut self) -> squeue::Entry {
-        // SAFETY: offset <= len.
-        let ptr = unsafe { self.buf.stable_ptr().add(self.offset) };
-        let len = (self.buf.bytes_init() - self.offset) as u32;
-        opcode::Write::new(types::Fd(self.fd.raw()), ptr, len)
-            .offset(u64::MAX)
-            .build()
-    }
-    fn interest(&self) -> (RawFd, Interest) {
-        (self.fd.raw(), Interest::Write)
-    }
-    fn fd_id(&self) -> u64 {
-        self.fd.id()
-    }
-    fn legacy_call(&mut self) -> io::Result<u32> {
-        let fd = self.fd.raw();
-        // SAFETY: offset <= len.
-        let ptr = unsafe { self.buf.stable_ptr().add(self.offset) };
-        let len = self.buf.bytes_init() - self.offset;
-        // SAFETY: ptr/len describe initialised bytes owned by this op.
-        syscall(|| unsafe { libc::write(fd, ptr.cast(), len) })
+        syscall(|| unsafe { K::write(fd, ptr, len) })
     }
 }
 
@@ -497,11 +508,7 @@ impl<B: IoBufMut> RecvFrom<B> {
 
     pub(crate) fn finish(self, res: io::Result<u32>) -> (io::Result<(usize, SockAddr)>, B) {
         let addr = self.addr();
-        let (r, buf) = Recv {
-            fd: self.fd,
-            buf: self.buf,
-        }
-        .finish(res);
+        let (r, buf) = Recv::new(self.fd, self.buf).finish(res);
         (r.map(|n| (n, addr)), buf)
     }
 }

@@ -90,10 +90,7 @@ impl Uring {
 
     fn arm_wake(&mut self) {
         let fd = self.wake_fd.clone().expect("wake fd");
-        let op = Box::new(Read {
-            fd,
-            buf: Vec::<u8>::with_capacity(8),
-        });
+        let op = Box::new(Read::new(fd, Vec::<u8>::with_capacity(8)));
         let key = self.ops.insert(op, State::Waiting(None));
         self.ops.stats.ops_submitted -= 1; // internal, not a user op
         self.wake_key = Some(key);

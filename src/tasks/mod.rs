@@ -170,7 +170,10 @@ where
             return;
         }
         if let Some(core) = self.header.core.upgrade() {
-            let task = Task { cell: self.clone() };
+            let task = Task {
+                cell: self.clone(),
+                untyped: TaskRef(self.clone()),
+            };
             for (_, cb) in cbs {
                 let task = task.clone();
                 core.call_soon(Box::new(move || cb(&task)), "task done callback");
@@ -322,15 +325,28 @@ impl<F: Future> Drop for TaskCell<F> {
 /// first await; a second await gets [`Error::InvalidState`] (use
 /// [`result`](Self::result) to read a `Clone` output again). Dropping the
 /// handle detaches the task; it keeps running.
+///
+/// The untyped operations (`cancel`, `cancelling`, `uncancel`, `done`,
+/// `cancelled`, `get_name`, `set_name`) are [`TaskRef`]'s, reached through
+/// `Deref`.
 pub struct Task<T> {
     cell: Rc<dyn TaskView<T>>,
+    untyped: TaskRef,
 }
 
 impl<T> Clone for Task<T> {
     fn clone(&self) -> Self {
         Task {
             cell: self.cell.clone(),
+            untyped: self.untyped.clone(),
         }
+    }
+}
+
+impl<T> std::ops::Deref for Task<T> {
+    type Target = TaskRef;
+    fn deref(&self) -> &TaskRef {
+        &self.untyped
     }
 }
 
@@ -339,54 +355,14 @@ impl<T: 'static> Task<T> {
     where
         F: Future<Output = T> + 'static,
     {
-        Task { cell }
+        Task {
+            untyped: TaskRef(cell.clone()),
+            cell,
+        }
     }
 
     fn header(&self) -> &TaskHeader {
         self.cell.header()
-    }
-
-    /// Requests cancellation: at its next turn the task's future is dropped
-    /// and the task ends with [`Error::Cancelled`]`(msg)`. False if the task
-    /// is already done.
-    ///
-    /// Equivalent to `asyncio.Task.cancel`. Unlike Python, the body cannot
-    /// catch the cancellation; its cleanup runs in `Drop`.
-    pub fn cancel(&self, msg: Option<&str>) -> bool {
-        self.header().cancel(msg.map(str::to_owned))
-    }
-
-    /// Pending cancellation requests. Equivalent to `asyncio.Task.cancelling`.
-    pub fn cancelling(&self) -> u32 {
-        self.header().cancelling.get()
-    }
-
-    /// Withdraws one cancellation request; returns the remaining count. At
-    /// zero, a request not yet acted on is forgotten.
-    /// Equivalent to `asyncio.Task.uncancel`.
-    pub fn uncancel(&self) -> u32 {
-        self.header().uncancel()
-    }
-
-    /// True once the task has finished, failed or been cancelled.
-    /// Equivalent to `asyncio.Task.done`.
-    pub fn done(&self) -> bool {
-        self.header().done()
-    }
-
-    /// True if the task ended cancelled. Equivalent to `asyncio.Task.cancelled`.
-    pub fn cancelled(&self) -> bool {
-        self.header().outcome.get() == Outcome::Cancelled
-    }
-
-    /// The task's name (`Task-N` unless set). Equivalent to `asyncio.Task.get_name`.
-    pub fn get_name(&self) -> String {
-        self.header().name()
-    }
-
-    /// Renames the task. Equivalent to `asyncio.Task.set_name`.
-    pub fn set_name(&self, name: impl Into<String>) {
-        *self.header().name.borrow_mut() = Some(name.into());
     }
 
     /// The error that ended the task, `None` if it succeeded.
@@ -468,7 +444,7 @@ impl<T: 'static> Task<T> {
 
     /// An untyped handle to this task (what [`current_task`] returns).
     pub fn as_ref(&self) -> TaskRef {
-        TaskRef(self.cell.clone())
+        self.untyped.clone()
     }
 }
 
@@ -519,31 +495,39 @@ impl TaskRef {
     fn header(&self) -> &TaskHeader {
         self.0.header()
     }
-    /// See [`Task::cancel`].
+    /// Requests cancellation: at its next turn the task's future is dropped
+    /// and the task ends with [`Error::Cancelled`]`(msg)`. False if the task
+    /// is already done.
+    ///
+    /// Equivalent to `asyncio.Task.cancel`. Unlike Python, the body cannot
+    /// catch the cancellation; its cleanup runs in `Drop`.
     pub fn cancel(&self, msg: Option<&str>) -> bool {
         self.header().cancel(msg.map(str::to_owned))
     }
-    /// See [`Task::cancelling`].
+    /// Pending cancellation requests. Equivalent to `asyncio.Task.cancelling`.
     pub fn cancelling(&self) -> u32 {
         self.header().cancelling.get()
     }
-    /// See [`Task::uncancel`].
+    /// Withdraws one cancellation request; returns the remaining count. At
+    /// zero, a request not yet acted on is forgotten.
+    /// Equivalent to `asyncio.Task.uncancel`.
     pub fn uncancel(&self) -> u32 {
         self.header().uncancel()
     }
-    /// See [`Task::done`].
+    /// True once the task has finished, failed or been cancelled.
+    /// Equivalent to `asyncio.Task.done`.
     pub fn done(&self) -> bool {
         self.header().done()
     }
-    /// See [`Task::cancelled`].
+    /// True if the task ended cancelled. Equivalent to `asyncio.Task.cancelled`.
     pub fn cancelled(&self) -> bool {
         self.header().outcome.get() == Outcome::Cancelled
     }
-    /// See [`Task::get_name`].
+    /// The task's name (`Task-N` unless set). Equivalent to `asyncio.Task.get_name`.
     pub fn get_name(&self) -> String {
         self.header().name()
     }
-    /// See [`Task::set_name`].
+    /// Renames the task. Equivalent to `asyncio.Task.set_name`.
     pub fn set_name(&self, name: impl Into<String>) {
         *self.header().name.borrow_mut() = Some(name.into());
     }

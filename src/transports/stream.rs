@@ -206,7 +206,7 @@ impl Transport {
                     if dry {
                         dry = false;
                         let buf = Vec::with_capacity(READ_SIZE);
-                        plain = Some(Box::pin(Op::submit(inner.lp.driver(), Recv { fd, buf })));
+                        plain = Some(Box::pin(Op::submit(inner.lp.driver(), Recv::new(fd, buf))));
                     } else {
                         let op = RecvPooled {
                             fd,
