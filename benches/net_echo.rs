@@ -8,80 +8,12 @@
 //! seconds; checks every configuration runs, asserts nothing about speed).
 //! Results: a Markdown table on stdout and `target/net_echo.json`.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ringloop::prelude::*;
-use ringloop::{Protocol, Transport};
 
-struct Echo(Option<Transport>);
-
-impl Protocol for Echo {
-    fn connection_made(&mut self, t: Transport) {
-        self.0 = Some(t);
-    }
-    fn data_received(&mut self, data: &[u8]) {
-        if let Some(t) = &self.0 {
-            let _ = t.write(data.to_vec());
-        }
-    }
-}
-
-fn serve(backend: &str) {
-    let lp = match backend {
-        "proactor" => EventLoop::proactor(),
-        _ => EventLoop::selector(),
-    }
-    .expect("loop");
-    lp.run_until_complete(async {
-        let lp = get_running_loop().unwrap();
-        let server = lp
-            .create_server_with(
-                || Echo(None),
-                ringloop::ServerOptions {
-                    hosts: vec!["127.0.0.1".into()],
-                    backlog: 1024,
-                    ..Default::default()
-                },
-            )
-            .await
-            .expect("server");
-        println!("PORT {}", server.sockets()[0].as_socket().unwrap().port());
-        use std::io::Write;
-        std::io::stdout().flush().unwrap();
-        server.serve_forever().await.unwrap();
-    })
-    .unwrap();
-}
-
-fn spawn_server(backend: &str) -> (Child, u16) {
-    let exe = std::env::current_exe().unwrap();
-    let pinned = Command::new("taskset").arg("--version").output().is_ok();
-    let mut cmd = if pinned {
-        let mut c = Command::new("taskset");
-        c.args(["-c", "0"]).arg(&exe);
-        c
-    } else {
-        Command::new(&exe)
-    };
-    let mut child = cmd
-        .args(["--server", backend])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("server process");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let port = line
-        .trim()
-        .strip_prefix("PORT ")
-        .expect("port line")
-        .parse()
-        .unwrap();
-    (child, port)
-}
+#[path = "common/echo_server.rs"]
+mod echo_server;
 
 /// Runs `conns` connections doing request/response echoes of `size` bytes
 /// for `secs`; returns requests per second.
@@ -130,11 +62,8 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 fn main() {
+    echo_server::serve_if_asked();
     let args: Vec<String> = std::env::args().collect();
-    if let Some(i) = args.iter().position(|a| a == "--server") {
-        serve(&args[i + 1]);
-        return;
-    }
     let quick =
         args.iter().any(|a| a == "--quick") || std::env::var("RINGLOOP_BENCH_QUICK").is_ok();
     let (sizes, conc, rounds, secs): (&[usize], &[usize], usize, f64) = if quick {
@@ -158,7 +87,7 @@ fn main() {
             let mut res: Vec<Vec<f64>> = vec![Vec::new(); 2];
             for _ in 0..rounds {
                 for (i, b) in backends.iter().enumerate() {
-                    let (mut child, port) = spawn_server(b);
+                    let (mut child, port) = echo_server::spawn_server(b, Some(0));
                     // Warm-up connection, discarded.
                     load(port, size, 1, 0.05);
                     res[i].push(load(port, size, c, secs));

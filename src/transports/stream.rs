@@ -416,7 +416,7 @@ impl Transport {
     /// [`Error::InvalidState`] after [`write_eof`](Self::write_eof).
     pub fn write(&self, data: impl Into<Bytes>) -> Result<()> {
         let data = data.into();
-        let pause = {
+        let kick = {
             let mut st = self.0.st.borrow_mut();
             if st.closing || st.lost {
                 return Err(Error::closed("transport is closing"));
@@ -429,23 +429,27 @@ impl Transport {
             }
             st.wsize += data.len();
             st.wbuf.push_back(data);
-            if st.writer_idle {
-                st.writer_idle = false;
-                if let Some(w) = self.0.writer.borrow().as_ref() {
-                    self.0.lp.core.step_at_turn_end(w);
-                }
-            }
-            if !st.protocol_paused && st.wsize > st.high {
-                st.protocol_paused = true;
-                true
-            } else {
-                false
-            }
+            std::mem::replace(&mut st.writer_idle, false)
+        };
+        if kick {
+            self.kick_writer();
+        }
+        self.maybe_pause();
+        Ok(())
+    }
+
+    /// Over the high-water mark and not paused yet: pause the protocol
+    /// (once, until `resume_writing`).
+    fn maybe_pause(&self) {
+        let pause = {
+            let mut st = self.0.st.borrow_mut();
+            let over = !st.protocol_paused && st.wsize > st.high;
+            st.protocol_paused |= over;
+            over
         };
         if pause {
             self.call_protocol(|p| p.pause_writing());
         }
-        Ok(())
     }
 
     /// Writes each buffer in turn. Equivalent to `WriteTransport.writelines`.
@@ -628,20 +632,12 @@ impl Transport {
     /// [`Error::InvalidArgument`] if `low > high`.
     pub fn set_write_buffer_limits(&self, high: Option<usize>, low: Option<usize>) -> Result<()> {
         let (high, low) = buffer_limits(high, low)?;
-        let pause = {
+        {
             let mut st = self.0.st.borrow_mut();
             st.high = high;
             st.low = low;
-            if !st.protocol_paused && st.wsize > st.high {
-                st.protocol_paused = true;
-                true
-            } else {
-                false
-            }
-        };
-        if pause {
-            self.call_protocol(|p| p.pause_writing());
         }
+        self.maybe_pause();
         Ok(())
     }
 
