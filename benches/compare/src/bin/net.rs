@@ -1,0 +1,547 @@
+//! Network benchmark: TCP echo servers of ringloop (proactor: Protocol and
+//! streams APIs; selector) and of the peers (tokio current_thread, monoio
+//! io_uring and legacy), each in its own process pinned to core 0, driven by
+//! one load client pinned to core 1. Rounds are interleaved, the server is
+//! fresh each round, a warm-up is discarded; medians and min–max.
+//!
+//! Beside the times: syscalls per request (`strace -f -c` on the server
+//! over a fixed request count) and user instructions per request (callgrind,
+//! the difference of N and 2N requests, cancelling start-up), for the
+//! ringloop servers.
+//!
+//! `cargo run --release -p ringloop-compare --bin net [-- --quick]`.
+//! Results: Markdown on stdout, `target/bench/net.json`, `target/bench/net.svg`.
+
+use std::cell::Cell;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use ringloop::prelude::*;
+use ringloop::{Protocol, Transport};
+
+const SERVERS: [&str; 6] = [
+    "ringloop-proactor",
+    "ringloop-proactor-streams",
+    "ringloop-selector",
+    "tokio",
+    "monoio-uring",
+    "monoio-legacy",
+];
+
+// ------------------------------------------------------------------ servers
+
+struct Echo {
+    t: Option<Transport>,
+    lost: Rc<Cell<usize>>,
+    quit_after: usize,
+}
+
+impl Protocol for Echo {
+    fn connection_made(&mut self, t: Transport) {
+        self.t = Some(t);
+    }
+    fn data_received(&mut self, data: &[u8]) {
+        if let Some(t) = &self.t {
+            let _ = t.write(data.to_vec());
+        }
+    }
+    fn connection_lost(&mut self, _: Option<Error>) {
+        self.lost.set(self.lost.get() + 1);
+        if self.quit_after > 0 && self.lost.get() >= self.quit_after {
+            get_running_loop().unwrap().stop();
+        }
+    }
+}
+
+fn announce(port: u16) {
+    use std::io::Write;
+    println!("PORT {port}");
+    std::io::stdout().flush().unwrap();
+}
+
+/// A ringloop server; with `quit_after > 0` it exits once that many
+/// connections have closed (for the counters).
+fn serve_ringloop(backend: Backend, streams: bool, quit_after: usize) {
+    let lp = EventLoop::with_backend(backend).expect("loop");
+    let lost = Rc::new(Cell::new(0));
+    let l2 = lost.clone();
+    let server = lp
+        .run_until_complete(async move {
+            let opts = || ringloop::ServerOptions {
+                hosts: vec!["127.0.0.1".into()],
+                backlog: 4096,
+                ..Default::default()
+            };
+            let server = if streams {
+                ringloop::start_server_with(
+                    |r, w| async move {
+                        loop {
+                            match r.read(64 * 1024).await {
+                                Ok(d) if !d.is_empty() => {
+                                    if w.write(d).is_err() || w.drain().await.is_err() {
+                                        return;
+                                    }
+                                }
+                                _ => break,
+                            }
+                        }
+                        w.close();
+                    },
+                    ringloop::DEFAULT_LIMIT,
+                    opts(),
+                )
+                .await
+            } else {
+                let lp = get_running_loop().unwrap();
+                lp.create_server_with(
+                    move || Echo {
+                        t: None,
+                        lost: l2.clone(),
+                        quit_after,
+                    },
+                    opts(),
+                )
+                .await
+            }
+            .expect("server");
+            announce(server.sockets()[0].as_socket().unwrap().port());
+            server
+        })
+        .unwrap();
+    lp.run_forever().unwrap();
+    server.close();
+    let _ = lost;
+    lp.close().unwrap();
+}
+
+fn serve_tokio() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        announce(l.local_addr().unwrap().port());
+        loop {
+            let (mut s, _) = l.accept().await.unwrap();
+            s.set_nodelay(true).unwrap();
+            tokio::task::spawn_local(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            if s.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+}
+
+/// The monoio echo server (owned buffers: read moves the buffer in and out).
+async fn monoio_echo() {
+    use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+    {
+        let l = monoio::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        announce(l.local_addr().unwrap().port());
+        loop {
+            let (mut s, _) = l.accept().await.unwrap();
+            let _ = s.set_nodelay(true);
+            monoio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    let (r, b) = s.read(buf).await;
+                    match r {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            let mut out = b;
+                            out.truncate(n);
+                            let (w, b2) = s.write_all(out).await;
+                            if w.is_err() {
+                                return;
+                            }
+                            buf = b2;
+                            buf.resize(64 * 1024, 0);
+                        }
+                    }
+                }
+            });
+        }
+    }
+}
+
+fn serve(kind: &str, quit_after: usize) {
+    match kind {
+        "ringloop-proactor" => serve_ringloop(Backend::Proactor, false, quit_after),
+        "ringloop-proactor-streams" => serve_ringloop(Backend::Proactor, true, quit_after),
+        "ringloop-selector" => serve_ringloop(Backend::Selector, false, quit_after),
+        "tokio" => serve_tokio(),
+        "monoio-uring" => monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+            .build()
+            .unwrap()
+            .block_on(monoio_echo()),
+        "monoio-legacy" => monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .build()
+            .unwrap()
+            .block_on(monoio_echo()),
+        other => panic!("unknown server {other}"),
+    }
+}
+
+fn spawn(kind: &str, wrapper: &[&str], quit_after: usize) -> (Child, u16) {
+    let exe = std::env::current_exe().unwrap();
+    let pin = Command::new("taskset").arg("--version").output().is_ok();
+    let mut argv: Vec<String> = Vec::new();
+    if pin {
+        argv.extend(["taskset", "-c", "0"].map(String::from));
+    }
+    argv.extend(wrapper.iter().map(|s| s.to_string()));
+    argv.push(exe.to_string_lossy().into_owned());
+    argv.extend([
+        "--server".into(),
+        kind.into(),
+        "--quit-after".into(),
+        quit_after.to_string(),
+    ]);
+    let mut child = Command::new(&argv[0])
+        .args(&argv[1..])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("server process");
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(
+            out.read_line(&mut line).unwrap() > 0,
+            "server {kind} printed no port"
+        );
+        if let Some(p) = line.trim().strip_prefix("PORT ") {
+            return (child, p.parse().unwrap());
+        }
+    }
+}
+
+// ------------------------------------------------------------------ client
+
+/// `conns` connections each echoing `size`-byte messages; for `secs`
+/// seconds (warm-up: the first fifth is not counted), or for `requests`
+/// requests in all when given. Returns requests per second.
+fn load(port: u16, size: usize, conns: usize, secs: f64, requests: Option<usize>) -> f64 {
+    let lp = EventLoop::selector().unwrap();
+    let per_conn = requests.map(|r| r.div_ceil(conns));
+    let (n, dt) = lp
+        .run_until_complete(async move {
+            let lp = get_running_loop().unwrap();
+            let start = Instant::now();
+            let deadline = start + Duration::from_secs_f64(secs);
+            let warm = start + Duration::from_secs_f64(secs * 0.2);
+            let mut tasks = Vec::new();
+            for _ in 0..conns {
+                tasks.push(lp.create_task(async move {
+                    let (r, w) = ringloop::open_connection("127.0.0.1", port).await.unwrap();
+                    let payload = bytes::Bytes::from(vec![b'x'; size]);
+                    let mut count = 0u64;
+                    let mut done = 0usize;
+                    loop {
+                        let now = Instant::now();
+                        match per_conn {
+                            Some(k) if done >= k => break,
+                            None if now >= deadline => break,
+                            _ => {}
+                        }
+                        w.write(payload.clone()).unwrap();
+                        r.readexactly(size).await.unwrap();
+                        done += 1;
+                        if per_conn.is_some() || now >= warm {
+                            count += 1;
+                        }
+                    }
+                    w.close();
+                    let _ = w.wait_closed().await;
+                    count
+                }));
+            }
+            let mut total = 0;
+            for t in tasks {
+                total += t.await.unwrap();
+            }
+            (total, start.elapsed())
+        })
+        .unwrap();
+    lp.close().unwrap();
+    match requests {
+        Some(_) => n as f64 / dt.as_secs_f64(),
+        None => n as f64 / (secs * 0.8),
+    }
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+// ------------------------------------------------------------------ counters
+
+/// Waits for a counter run's server to exit, at most `limit`; kills it
+/// (and returns false) past that.
+fn wait_bounded(child: &mut Child, limit: Duration) -> bool {
+    let t0 = Instant::now();
+    while t0.elapsed() < limit {
+        if let Ok(Some(_)) = child.try_wait() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    false
+}
+
+/// Runs the load in a thread so a stuck server cannot hang the bench.
+fn load_bounded(port: u16, size: usize, conns: usize, n: usize, limit: Duration) -> bool {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        load(port, size, conns, 0.0, Some(n));
+        let _ = tx.send(());
+    });
+    rx.recv_timeout(limit).is_ok()
+}
+
+/// Syscalls per request of a ringloop server (strace over `n` requests).
+fn syscalls_per_request(kind: &str, size: usize, conns: usize, n: usize) -> Option<f64> {
+    if Command::new("strace").arg("-V").output().is_err() {
+        eprintln!("!!! strace is not installed: syscall counts SKIPPED");
+        return None;
+    }
+    let out = std::env::temp_dir().join(format!("ringloop-strace-{}-{kind}", std::process::id()));
+    let o = out.to_string_lossy().into_owned();
+    let (mut child, port) = spawn(kind, &["strace", "-f", "-c", "-o", &o], conns);
+    let limit = Duration::from_secs(60);
+    if !load_bounded(port, size, conns, n, limit) || !wait_bounded(&mut child, limit) {
+        eprintln!("!!! {kind} under strace did not finish within {limit:?}: SKIPPED");
+        let _ = child.kill();
+        return None;
+    }
+    let text = std::fs::read_to_string(&out).ok()?;
+    let _ = std::fs::remove_file(&out);
+    let total: f64 = text
+        .lines()
+        .find(|l| l.trim_end().ends_with("total"))?
+        .split_whitespace()
+        .nth(3)?
+        .parse()
+        .ok()?;
+    Some(total / n as f64)
+}
+
+/// User instructions per request of a ringloop server: callgrind totals
+/// for `n` and `2n` requests; their difference over `n` cancels start-up.
+fn instructions_per_request(kind: &str, size: usize, conns: usize, n: usize) -> Option<f64> {
+    if Command::new("valgrind").arg("--version").output().is_err() {
+        eprintln!("!!! valgrind is not installed: instruction counts SKIPPED");
+        return None;
+    }
+    let mut totals = Vec::new();
+    for reqs in [n, 2 * n] {
+        let out =
+            std::env::temp_dir().join(format!("ringloop-cg-{}-{kind}-{reqs}", std::process::id()));
+        let o = format!("--callgrind-out-file={}", out.to_string_lossy());
+        let (mut child, port) = spawn(kind, &["valgrind", "--tool=callgrind", &o], conns);
+        let limit = Duration::from_secs(60);
+        if !load_bounded(port, size, conns, reqs, limit) || !wait_bounded(&mut child, limit) {
+            eprintln!("!!! {kind} under callgrind did not finish within {limit:?}: SKIPPED");
+            let _ = child.kill();
+            return None;
+        }
+        let text = std::fs::read_to_string(&out).ok()?;
+        let _ = std::fs::remove_file(&out);
+        let t: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("totals: "))?
+            .trim()
+            .parse()
+            .ok()?;
+        totals.push(t);
+    }
+    Some((totals[1] - totals[0]) / n as f64)
+}
+
+// ------------------------------------------------------------------ output
+
+fn svg(rows: &[(usize, usize, Vec<f64>)], conns: usize) -> String {
+    let rows: Vec<_> = rows.iter().filter(|r| r.1 == conns).collect();
+    let max = rows
+        .iter()
+        .flat_map(|r| r.2.iter())
+        .cloned()
+        .fold(1.0, f64::max);
+    let colors = [
+        "#1f77b4", "#4c9be8", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b",
+    ];
+    let (w, h, pad) = (720.0, 360.0, 50.0);
+    let group = (w - 2.0 * pad) / rows.len().max(1) as f64;
+    let bar = group / (SERVERS.len() as f64 + 1.0);
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{}\" font-family=\"sans-serif\" font-size=\"11\">\n<text x=\"{pad}\" y=\"20\" font-size=\"14\">TCP echo, {conns} connections: requests/s by message size</text>\n",
+        h + 90.0
+    );
+    for (gi, r) in rows.iter().enumerate() {
+        for (si, v) in r.2.iter().enumerate() {
+            let bh = (h - 2.0 * pad) * v / max;
+            let x = pad + gi as f64 * group + si as f64 * bar;
+            let y = h - pad - bh;
+            s += &format!(
+                "<rect x=\"{x:.1}\" y=\"{y:.1}\" width=\"{:.1}\" height=\"{bh:.1}\" fill=\"{}\"><title>{}: {v:.0} req/s</title></rect>\n",
+                bar * 0.9,
+                colors[si % colors.len()],
+                SERVERS[si]
+            );
+        }
+        s += &format!(
+            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{} KiB</text>\n",
+            pad + gi as f64 * group + group / 2.0 - bar / 2.0,
+            h - pad + 15.0,
+            r.0 / 1024
+        );
+    }
+    for (si, name) in SERVERS.iter().enumerate() {
+        let y = h + 5.0 + si as f64 * 13.0;
+        s += &format!(
+            "<rect x=\"{pad}\" y=\"{y}\" width=\"10\" height=\"10\" fill=\"{}\"/><text x=\"{}\" y=\"{}\">{name}</text>\n",
+            colors[si % colors.len()],
+            pad + 15.0,
+            y + 9.0
+        );
+    }
+    s + "</svg>\n"
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--server") {
+        let quit = args
+            .iter()
+            .position(|a| a == "--quit-after")
+            .and_then(|j| args.get(j + 1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        serve(&args[i + 1], quit);
+        return;
+    }
+    let quick = args.iter().any(|a| a == "--quick");
+    let (sizes, conc, rounds, secs): (&[usize], &[usize], usize, f64) = if quick {
+        (&[1024], &[10], 1, 0.3)
+    } else {
+        (&[1024, 10 * 1024, 100 * 1024], &[1, 10, 100, 1000], 5, 1.0)
+    };
+    // SAFETY: cpu_set_t is plain data; sched_setaffinity only reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(1, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        let mut r = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut r);
+        r.rlim_cur = r.rlim_max.min(65536);
+        libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+    }
+    let mut table: Vec<(usize, usize, Vec<f64>)> = Vec::new();
+    let mut json = Vec::new();
+    print!("| size | conns |");
+    for s in SERVERS {
+        print!(" {s} |");
+    }
+    println!(" proactor/selector | proactor/tokio | proactor/monoio-uring |");
+    println!("|---:|---:|{}---|---|---|", "---:|".repeat(SERVERS.len()));
+    for &size in sizes {
+        for &c in conc {
+            let mut res: Vec<Vec<f64>> = vec![Vec::new(); SERVERS.len()];
+            for _ in 0..rounds {
+                for (i, kind) in SERVERS.iter().enumerate() {
+                    let (mut child, port) = spawn(kind, &[], 0);
+                    load(port, size, 1, 0.05, None); // warm-up, discarded
+                    res[i].push(load(port, size, c, secs, None));
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
+            }
+            let ratio = |a: usize, b: usize| {
+                let mut r: Vec<f64> = res[a].iter().zip(&res[b]).map(|(x, y)| x / y).collect();
+                let lo = r.iter().cloned().fold(f64::MAX, f64::min);
+                let hi = r.iter().cloned().fold(0.0, f64::max);
+                (median(&mut r), lo, hi)
+            };
+            let (ps, pt, pm) = (ratio(0, 2), ratio(0, 3), ratio(0, 4));
+            let meds: Vec<f64> = res.iter_mut().map(|v| median(v)).collect();
+            assert!(meds.iter().all(|m| *m > 0.0), "a server answered nothing");
+            print!("| {} KiB | {c} |", size / 1024);
+            for m in &meds {
+                print!(" {m:.0} |");
+            }
+            println!(
+                " {:.2} ({:.2}–{:.2}) | {:.2} ({:.2}–{:.2}) | {:.2} ({:.2}–{:.2}) |",
+                ps.0, ps.1, ps.2, pt.0, pt.1, pt.2, pm.0, pm.1, pm.2
+            );
+            json.push(format!(
+                "{{\"size\":{size},\"conns\":{c},{}}}",
+                SERVERS
+                    .iter()
+                    .zip(&meds)
+                    .map(|(s, m)| format!("\"{s}\":{m:.0}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ));
+            table.push((size, c, meds));
+        }
+    }
+    // Counters on the ringloop servers, 1 KiB echo at c=100 (not in quick
+    // mode: tracing is slow).
+    let (cn, creq) = (100, 20_000);
+    let mut counters = Vec::new();
+    if !quick {
+        println!(
+            "\n| server (1 KiB echo, {cn} conns) | syscalls / request | user instructions / request |"
+        );
+        println!("|---|---:|---:|");
+    }
+    for kind in ["ringloop-proactor", "ringloop-selector"]
+        .into_iter()
+        .filter(|_| !quick)
+    {
+        let sc = syscalls_per_request(kind, 1024, cn, creq);
+        let ins = instructions_per_request(kind, 1024, cn, creq / 10);
+        let f = |v: Option<f64>, p: usize| v.map_or("n/a".to_string(), |x| format!("{x:.p$}"));
+        println!("| {kind} | {} | {} |", f(sc, 3), f(ins, 0));
+        counters.push(format!(
+            "{{\"server\":\"{kind}\",\"syscalls_per_request\":{},\"instructions_per_request\":{}}}",
+            sc.map_or("null".into(), |v| format!("{v:.4}")),
+            ins.map_or("null".into(), |v| format!("{v:.1}"))
+        ));
+    }
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/bench");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("net.json"),
+        format!(
+            "{{\"rounds\":{rounds},\"secs\":{secs},\"echo\":[{}],\"counters\":[{}]}}\n",
+            json.join(","),
+            counters.join(",")
+        ),
+    )
+    .unwrap();
+    let chart_conns = if quick { 10 } else { 100 };
+    std::fs::write(dir.join("net.svg"), svg(&table, chart_conns)).unwrap();
+    println!("\nrounds={rounds} secs={secs}; target/bench/net.json, target/bench/net.svg");
+}
