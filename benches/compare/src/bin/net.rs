@@ -196,6 +196,9 @@ fn serve(kind: &str, quit_after: usize) {
     }
 }
 
+// The caller owns the returned child and waits on it; a panic here ends the
+// whole bench, and the port line is read before the child is handed out.
+#[allow(clippy::zombie_processes)]
 fn spawn(kind: &str, wrapper: &[&str], quit_after: usize) -> (Child, u16) {
     let exe = std::env::current_exe().unwrap();
     let pin = Command::new("taskset").arg("--version").output().is_ok();
