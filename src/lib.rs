@@ -23,7 +23,7 @@
 //!   completion) and loses nothing (data a cancelled receive still got is
 //!   kept for the next receive; an fd a cancelled accept still got is closed).
 //! * Each loop iteration is CPython's `_run_once`: one wait on the driver
-//!   (exactly one `io_uring_enter` on the proactor), due timers, then exactly
+//!   (at most one `io_uring_enter` on the proactor), due timers, then exactly
 //!   the callbacks ready at that moment.
 //! * [`EventLoop::new`] picks the proactor when io_uring works here (probing
 //!   every opcode and feature it uses) and the selector otherwise, e.g. under
