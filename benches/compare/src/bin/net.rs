@@ -196,10 +196,23 @@ fn serve(kind: &str, quit_after: usize) {
     }
 }
 
-// The caller owns the returned child and waits on it; a panic here ends the
-// whole bench, and the port line is read before the child is handed out.
-#[allow(clippy::zombie_processes)]
 fn spawn(kind: &str, wrapper: &[&str], quit_after: usize) -> (Child, u16) {
+    match spawn_within(kind, wrapper, quit_after, Duration::from_secs(30)) {
+        Some(r) => r,
+        None => panic!("server {kind} did not print its port"),
+    }
+}
+
+/// Starts a server (under `wrapper`, e.g. strace or valgrind) and waits at
+/// most `limit` for its port; `None` (the child killed) if it never comes.
+// The caller owns the returned child and waits on it.
+#[allow(clippy::zombie_processes)]
+fn spawn_within(
+    kind: &str,
+    wrapper: &[&str],
+    quit_after: usize,
+    limit: Duration,
+) -> Option<(Child, u16)> {
     let exe = std::env::current_exe().unwrap();
     let pin = Command::new("taskset").arg("--version").output().is_ok();
     let mut argv: Vec<String> = Vec::new();
@@ -220,16 +233,28 @@ fn spawn(kind: &str, wrapper: &[&str], quit_after: usize) -> (Child, u16) {
         .stderr(Stdio::null())
         .spawn()
         .expect("server process");
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    loop {
-        line.clear();
-        assert!(
-            out.read_line(&mut line).unwrap() > 0,
-            "server {kind} printed no port"
-        );
-        if let Some(p) = line.trim().strip_prefix("PORT ") {
-            return (child, p.parse().unwrap());
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut out = BufReader::new(out);
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if out.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            if let Some(p) = line.trim().strip_prefix("PORT ") {
+                let _ = tx.send(p.parse::<u16>().unwrap());
+                return;
+            }
+        }
+    });
+    match rx.recv_timeout(limit) {
+        Ok(port) => Some((child, port)),
+        Err(_) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            None
         }
     }
 }
@@ -328,8 +353,13 @@ fn syscalls_per_request(kind: &str, size: usize, conns: usize, n: usize) -> Opti
     }
     let out = std::env::temp_dir().join(format!("ringloop-strace-{}-{kind}", std::process::id()));
     let o = out.to_string_lossy().into_owned();
-    let (mut child, port) = spawn(kind, &["strace", "-f", "-c", "-o", &o], conns);
     let limit = Duration::from_secs(60);
+    let Some((mut child, port)) =
+        spawn_within(kind, &["strace", "-f", "-c", "-o", &o], conns, limit)
+    else {
+        eprintln!("!!! {kind} under strace never listened: SKIPPED");
+        return None;
+    };
     if !load_bounded(port, size, conns, n, limit) || !wait_bounded(&mut child, limit) {
         eprintln!("!!! {kind} under strace did not finish within {limit:?}: SKIPPED");
         let _ = child.kill();
@@ -359,8 +389,13 @@ fn instructions_per_request(kind: &str, size: usize, conns: usize, n: usize) -> 
         let out =
             std::env::temp_dir().join(format!("ringloop-cg-{}-{kind}-{reqs}", std::process::id()));
         let o = format!("--callgrind-out-file={}", out.to_string_lossy());
-        let (mut child, port) = spawn(kind, &["valgrind", "--tool=callgrind", &o], conns);
         let limit = Duration::from_secs(60);
+        let Some((mut child, port)) =
+            spawn_within(kind, &["valgrind", "--tool=callgrind", &o], conns, limit)
+        else {
+            eprintln!("!!! {kind} under callgrind never listened (valgrind and io_uring): SKIPPED");
+            return None;
+        };
         if !load_bounded(port, size, conns, reqs, limit) || !wait_bounded(&mut child, limit) {
             eprintln!("!!! {kind} under callgrind did not finish within {limit:?}: SKIPPED");
             let _ = child.kill();
@@ -442,7 +477,10 @@ fn main() {
         return;
     }
     let quick = args.iter().any(|a| a == "--quick");
-    let (sizes, conc, rounds, secs): (&[usize], &[usize], usize, f64) = if quick {
+    let counters_only = args.iter().any(|a| a == "--counters-only");
+    let (sizes, conc, rounds, secs): (&[usize], &[usize], usize, f64) = if counters_only {
+        (&[], &[], 0, 0.0)
+    } else if quick {
         (&[1024], &[10], 1, 0.3)
     } else {
         (&[1024, 10 * 1024, 100 * 1024], &[1, 10, 100, 1000], 5, 1.0)
@@ -535,8 +573,13 @@ fn main() {
     }
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/bench");
     std::fs::create_dir_all(&dir).unwrap();
+    let name = if counters_only {
+        "net-counters.json"
+    } else {
+        "net.json"
+    };
     std::fs::write(
-        dir.join("net.json"),
+        dir.join(name),
         format!(
             "{{\"rounds\":{rounds},\"secs\":{secs},\"echo\":[{}],\"counters\":[{}]}}\n",
             json.join(","),
@@ -545,6 +588,8 @@ fn main() {
     )
     .unwrap();
     let chart_conns = if quick { 10 } else { 100 };
-    std::fs::write(dir.join("net.svg"), svg(&table, chart_conns)).unwrap();
+    if !counters_only {
+        std::fs::write(dir.join("net.svg"), svg(&table, chart_conns)).unwrap();
+    }
     println!("\nrounds={rounds} secs={secs}; target/bench/net.json, target/bench/net.svg");
 }
