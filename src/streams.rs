@@ -123,11 +123,8 @@ impl StreamReader {
     }
 
     fn maybe_resume(&self, st: &mut ReaderState) {
-        if st.paused && st.buf.len() <= self.limit {
-            st.paused = false;
-            if let Some(t) = &st.transport {
-                t.resume_reading();
-            }
+        if st.buf.len() <= self.limit {
+            unpause(st);
         }
     }
 
@@ -146,13 +143,8 @@ impl StreamReader {
             if st.eof {
                 return Poll::Ready(Ok(()));
             }
-            if st.paused {
-                // Never wait on a paused transport.
-                st.paused = false;
-                if let Some(t) = &st.transport {
-                    t.resume_reading();
-                }
-            }
+            // Never wait on a paused transport.
+            unpause(&mut st);
             st.waiter = Some(cx.waker().clone());
             Poll::Pending
         })
@@ -352,6 +344,15 @@ impl StreamReader {
     }
 }
 
+/// Resumes the transport if this reader paused it.
+fn unpause(st: &mut ReaderState) {
+    if std::mem::replace(&mut st.paused, false) {
+        if let Some(t) = &st.transport {
+            t.resume_reading();
+        }
+    }
+}
+
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     if needle.len() == 1 {
         return hay.iter().position(|&b| b == needle[0]);
@@ -392,12 +393,7 @@ impl futures_io::AsyncRead for StreamReader {
         if st.eof || out.is_empty() {
             return Poll::Ready(Ok(0));
         }
-        if st.paused {
-            st.paused = false;
-            if let Some(t) = &st.transport {
-                t.resume_reading();
-            }
-        }
+        unpause(&mut st);
         st.waiter = Some(cx.waker().clone());
         Poll::Pending
     }

@@ -64,7 +64,7 @@ pub fn run_on_serial(backend: Backend, body: fn(&EventLoop)) {
 /// [`serial`], for tests that count the process's open fds.
 #[macro_export]
 macro_rules! both_backends {
-    ($(#[$m:meta])* serial fn $name:ident($lp:ident) $body:block) => {
+    (@gen $runner:ident, [$(#[$m:meta])*] $name:ident, $lp:ident, $body:block) => {
         $(#[$m])*
         mod $name {
             #[allow(unused_imports)]
@@ -72,29 +72,19 @@ macro_rules! both_backends {
             fn body($lp: &ringloop::EventLoop) $body
             #[test]
             fn proactor() {
-                $crate::common::run_on_serial(ringloop::Backend::Proactor, body)
+                $crate::common::$runner(ringloop::Backend::Proactor, body)
             }
             #[test]
             fn selector() {
-                $crate::common::run_on_serial(ringloop::Backend::Selector, body)
+                $crate::common::$runner(ringloop::Backend::Selector, body)
             }
         }
     };
+    ($(#[$m:meta])* serial fn $name:ident($lp:ident) $body:block) => {
+        $crate::both_backends!(@gen run_on_serial, [$(#[$m])*] $name, $lp, $body);
+    };
     ($(#[$m:meta])* fn $name:ident($lp:ident) $body:block) => {
-        $(#[$m])*
-        mod $name {
-            #[allow(unused_imports)]
-            use super::*;
-            fn body($lp: &ringloop::EventLoop) $body
-            #[test]
-            fn proactor() {
-                $crate::common::run_on(ringloop::Backend::Proactor, body)
-            }
-            #[test]
-            fn selector() {
-                $crate::common::run_on(ringloop::Backend::Selector, body)
-            }
-        }
+        $crate::both_backends!(@gen run_on, [$(#[$m])*] $name, $lp, $body);
     };
 }
 
