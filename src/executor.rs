@@ -310,7 +310,9 @@ impl EventLoop {
 
     /// Resolves `host:port` off the loop thread.
     ///
-    /// Equivalent to `loop.getaddrinfo` (addresses only).
+    /// Equivalent to `loop.getaddrinfo` (addresses only). A numeric host
+    /// (`"127.0.0.1"`, `"::1"`) is answered at once without a worker
+    /// thread, like asyncio's `_ipaddr_info` fast path.
     ///
     /// # Errors
     ///
@@ -327,6 +329,9 @@ impl EventLoop {
     /// }).unwrap();
     /// ```
     pub async fn getaddrinfo(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>> {
+        if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+            return Ok(vec![SocketAddr::new(ip, port)]);
+        }
         let host = host.to_owned();
         let addrs = self
             .run_in_executor(move || (host.as_str(), port).to_socket_addrs().map(Vec::from_iter))

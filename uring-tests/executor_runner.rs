@@ -100,6 +100,21 @@ both_backends! {
 }
 
 both_backends! {
+    fn getaddrinfo_of_numeric_hosts_needs_no_thread(lp) {
+        let pool = ThreadPool::new(2).unwrap();
+        lp.set_default_executor(pool.clone());
+        let addrs = common::run_bounded(lp, LIMIT, async {
+            let lp = get_running_loop().unwrap();
+            let mut v = lp.getaddrinfo("127.0.0.1", 80).await.unwrap();
+            v.extend(lp.getaddrinfo("::1", 443).await.unwrap());
+            v
+        });
+        assert_eq!(addrs, vec!["127.0.0.1:80".parse().unwrap(), "[::1]:443".parse().unwrap()]);
+        assert_eq!(pool.threads(), 0, "a numeric host went through a worker thread");
+    }
+}
+
+both_backends! {
     fn run_coroutine_threadsafe_result_cancel_and_timeout(lp) {
         let h = lp.handle();
         let dropped = Arc::new(AtomicBool::new(false));
