@@ -8,52 +8,14 @@
 //! seconds; checks every configuration runs, asserts nothing about speed).
 //! Results: a Markdown table on stdout and `target/net_echo.json`.
 
-use std::time::{Duration, Instant};
-
-use ringloop::prelude::*;
-
+#[path = "common/load.rs"]
+mod client;
 #[path = "common/echo_server.rs"]
 mod echo_server;
 
-/// Runs `conns` connections doing request/response echoes of `size` bytes
-/// for `secs`; returns requests per second.
+/// Requests per second of `conns` echo connections for `secs`.
 fn load(port: u16, size: usize, conns: usize, secs: f64) -> f64 {
-    let lp = EventLoop::selector().unwrap();
-    let n = lp
-        .run_until_complete(async move {
-            let lp = get_running_loop().unwrap();
-            let deadline = Instant::now() + Duration::from_secs_f64(secs);
-            let warm = Instant::now() + Duration::from_secs_f64(secs * 0.2);
-            let mut tasks = Vec::new();
-            for _ in 0..conns {
-                tasks.push(lp.create_task(async move {
-                    let (r, w) = ringloop::open_connection("127.0.0.1", port).await.unwrap();
-                    let payload = bytes::Bytes::from(vec![b'x'; size]);
-                    let mut count = 0u64;
-                    loop {
-                        let now = Instant::now();
-                        if now >= deadline {
-                            break;
-                        }
-                        w.write(payload.clone()).unwrap();
-                        r.readexactly(size).await.unwrap();
-                        if now >= warm {
-                            count += 1;
-                        }
-                    }
-                    w.close();
-                    count
-                }));
-            }
-            let mut total = 0;
-            for t in tasks {
-                total += t.await.unwrap();
-            }
-            total
-        })
-        .unwrap();
-    lp.close().unwrap();
-    n as f64 / (secs * 0.8)
+    client::load(port, size, conns, secs, None)
 }
 
 fn median(v: &mut [f64]) -> f64 {

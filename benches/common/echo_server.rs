@@ -7,7 +7,8 @@ use std::process::{Child, Command, Stdio};
 use ringloop::prelude::*;
 use ringloop::{Protocol, Transport};
 
-struct Echo(Option<Transport>);
+/// Echoes through a reused `BytesMut` (no allocation per message).
+struct Echo(Option<Transport>, bytes::BytesMut);
 
 impl Protocol for Echo {
     fn connection_made(&mut self, t: Transport) {
@@ -15,7 +16,8 @@ impl Protocol for Echo {
     }
     fn data_received(&mut self, data: &[u8]) {
         if let Some(t) = &self.0 {
-            let _ = t.write(data.to_vec());
+            self.1.extend_from_slice(data);
+            let _ = t.write(self.1.split().freeze());
         }
     }
 }
@@ -51,7 +53,7 @@ pub fn serve_if_asked() {
         let lp = get_running_loop().unwrap();
         let server = lp
             .create_server_with(
-                || Echo(None),
+                || Echo(None, bytes::BytesMut::new()),
                 ringloop::ServerOptions {
                     hosts: vec!["127.0.0.1".into()],
                     backlog: 4096,

@@ -21,6 +21,10 @@ use std::time::{Duration, Instant};
 use ringloop::prelude::*;
 use ringloop::{Protocol, Transport};
 
+#[path = "../../../common/load.rs"]
+mod client;
+use client::load;
+
 const SERVERS: [&str; 6] = [
     "ringloop-proactor",
     "ringloop-proactor-streams",
@@ -32,8 +36,11 @@ const SERVERS: [&str; 6] = [
 
 // ------------------------------------------------------------------ servers
 
+/// Echoes through a reused `BytesMut` (no allocation per message, like
+/// the peers' reused read buffers).
 struct Echo {
     t: Option<Transport>,
+    out: bytes::BytesMut,
     lost: Rc<Cell<usize>>,
     quit_after: usize,
 }
@@ -44,7 +51,8 @@ impl Protocol for Echo {
     }
     fn data_received(&mut self, data: &[u8]) {
         if let Some(t) = &self.t {
-            let _ = t.write(data.to_vec());
+            self.out.extend_from_slice(data);
+            let _ = t.write(self.out.split().freeze());
         }
     }
     fn connection_lost(&mut self, _: Option<Error>) {
@@ -98,6 +106,7 @@ fn serve_ringloop(backend: Backend, streams: bool, quit_after: usize) {
                 lp.create_server_with(
                     move || Echo {
                         t: None,
+                        out: bytes::BytesMut::new(),
                         lost: l2.clone(),
                         quit_after,
                     },
@@ -261,58 +270,6 @@ fn spawn_within(
 
 // ------------------------------------------------------------------ client
 
-/// `conns` connections each echoing `size`-byte messages; for `secs`
-/// seconds (warm-up: the first fifth is not counted), or for `requests`
-/// requests in all when given. Returns requests per second.
-fn load(port: u16, size: usize, conns: usize, secs: f64, requests: Option<usize>) -> f64 {
-    let lp = EventLoop::selector().unwrap();
-    let per_conn = requests.map(|r| r.div_ceil(conns));
-    let (n, dt) = lp
-        .run_until_complete(async move {
-            let lp = get_running_loop().unwrap();
-            let start = Instant::now();
-            let deadline = start + Duration::from_secs_f64(secs);
-            let warm = start + Duration::from_secs_f64(secs * 0.2);
-            let mut tasks = Vec::new();
-            for _ in 0..conns {
-                tasks.push(lp.create_task(async move {
-                    let (r, w) = ringloop::open_connection("127.0.0.1", port).await.unwrap();
-                    let payload = bytes::Bytes::from(vec![b'x'; size]);
-                    let mut count = 0u64;
-                    let mut done = 0usize;
-                    loop {
-                        let now = Instant::now();
-                        match per_conn {
-                            Some(k) if done >= k => break,
-                            None if now >= deadline => break,
-                            _ => {}
-                        }
-                        w.write(payload.clone()).unwrap();
-                        r.readexactly(size).await.unwrap();
-                        done += 1;
-                        if per_conn.is_some() || now >= warm {
-                            count += 1;
-                        }
-                    }
-                    w.close();
-                    let _ = w.wait_closed().await;
-                    count
-                }));
-            }
-            let mut total = 0;
-            for t in tasks {
-                total += t.await.unwrap();
-            }
-            (total, start.elapsed())
-        })
-        .unwrap();
-    lp.close().unwrap();
-    match requests {
-        Some(_) => n as f64 / dt.as_secs_f64(),
-        None => n as f64 / (secs * 0.8),
-    }
-}
-
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
@@ -474,6 +431,18 @@ fn main() {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
         serve(&args[i + 1], quit);
+        return;
+    }
+    if let Some(i) = args.iter().position(|a| a == "--client") {
+        // `--client PORT SIZE CONNS SECS`: one load run against a server
+        // started by hand (for profiling).
+        let v = |k: usize| {
+            args[i + k]
+                .parse::<f64>()
+                .expect("--client PORT SIZE CONNS SECS")
+        };
+        let r = load(v(1) as u16, v(2) as usize, v(3) as usize, v(4), None);
+        println!("{r:.0} req/s");
         return;
     }
     let quick = args.iter().any(|a| a == "--quick");
