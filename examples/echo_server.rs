@@ -11,9 +11,13 @@ use std::time::Duration;
 use ringloop::prelude::*;
 use ringloop::{Protocol, Transport};
 
-/// Echoes every byte back.
+/// Echoes every byte back. The copy goes through a per-connection
+/// `BytesMut`: once the transport has sent a chunk and dropped it, the next
+/// `extend_from_slice` reuses the same allocation, so the steady state
+/// allocates nothing.
 struct Echo {
     transport: Option<Transport>,
+    out: bytes::BytesMut,
 }
 
 impl Protocol for Echo {
@@ -22,7 +26,8 @@ impl Protocol for Echo {
     }
     fn data_received(&mut self, data: &[u8]) {
         if let Some(t) = &self.transport {
-            let _ = t.write(data.to_vec());
+            self.out.extend_from_slice(data);
+            let _ = t.write(self.out.split().freeze());
         }
     }
 }
@@ -59,7 +64,10 @@ fn main() -> ringloop::Result<()> {
             let (host, port) = addr.rsplit_once(':').expect("--serve HOST:PORT");
             let server = lp
                 .create_server(
-                    || Echo { transport: None },
+                    || Echo {
+                        transport: None,
+                        out: bytes::BytesMut::new(),
+                    },
                     host,
                     port.parse().expect("port"),
                 )
@@ -72,7 +80,14 @@ fn main() -> ringloop::Result<()> {
             return server.serve_forever().await;
         }
         let server = lp
-            .create_server(|| Echo { transport: None }, "127.0.0.1", 0)
+            .create_server(
+                || Echo {
+                    transport: None,
+                    out: bytes::BytesMut::new(),
+                },
+                "127.0.0.1",
+                0,
+            )
             .await?;
         let port = server.sockets()[0].as_socket().expect("inet").port();
         println!("echo server ({}) on 127.0.0.1:{port}", lp.backend());

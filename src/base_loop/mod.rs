@@ -47,6 +47,8 @@ pub(crate) struct TaskSlot {
     task: Rc<dyn RawTask>,
     generation: u32,
     scheduled: bool,
+    /// Queued in `turn_end` (so a task is queued there at most once).
+    at_turn_end: bool,
 }
 
 /// The loop's state, shared by its handles (`EventLoop` is an `Rc` of it).
@@ -58,6 +60,8 @@ pub(crate) struct Core {
     /// Tasks to step once more at the end of this turn (transport writers:
     /// what a turn wrote is queued for the very next driver wait).
     turn_end: RefCell<Vec<(u32, u32)>>,
+    /// `turn_end`'s other buffer (swapped in each turn, so no allocation).
+    turn_end_spare: RefCell<Vec<(u32, u32)>>,
     timers: RefCell<TimerHeap>,
     tasks: RefCell<Slab<TaskSlot>>,
     /// The waker of each task slot, reused by the slot's tasks.
@@ -195,6 +199,7 @@ impl Core {
             task: cell.clone(),
             generation,
             scheduled: !eager,
+            at_turn_end: false,
         });
         drop(tasks);
         if eager {
@@ -209,10 +214,13 @@ impl Core {
 
     /// Steps `task` at the end of the current turn (once, however often asked).
     pub(crate) fn step_at_turn_end(&self, task: &TaskRef) {
-        let slot = task.0.header().slot;
-        let mut list = self.turn_end.borrow_mut();
-        if !list.contains(&slot) {
-            list.push(slot);
+        let (idx, generation) = task.0.header().slot;
+        let mut tasks = self.tasks.borrow_mut();
+        if let Some(s) = tasks.get_mut(idx as usize) {
+            if s.generation == generation && !s.at_turn_end {
+                s.at_turn_end = true;
+                self.turn_end.borrow_mut().push((idx, generation));
+            }
         }
     }
 
@@ -394,6 +402,7 @@ impl EventLoop {
             backend,
             ready: RefCell::new(VecDeque::with_capacity(256)),
             turn_end: RefCell::new(Vec::new()),
+            turn_end_spare: RefCell::new(Vec::new()),
             timers: RefCell::new(TimerHeap::default()),
             tasks: RefCell::new(Slab::with_capacity(64)),
             slot_wakers: RefCell::new(Vec::new()),
@@ -607,15 +616,22 @@ impl EventLoop {
         }
         // Writers asked for a flush during the turn: step them now so their
         // sends go out with the next driver wait.
+        let mut list = std::mem::take(&mut *core.turn_end_spare.borrow_mut());
         loop {
-            let list = std::mem::take(&mut *core.turn_end.borrow_mut());
+            std::mem::swap(&mut list, &mut *core.turn_end.borrow_mut());
             if list.is_empty() {
                 break;
             }
-            for (idx, generation) in list {
+            for (idx, generation) in list.drain(..) {
+                if let Some(s) = core.tasks.borrow_mut().get_mut(idx as usize) {
+                    if s.generation == generation {
+                        s.at_turn_end = false;
+                    }
+                }
                 core.run_task(idx, generation);
             }
         }
+        *core.turn_end_spare.borrow_mut() = list;
         Ok(())
     }
 

@@ -244,7 +244,10 @@ impl Ops {
         if slot.finished {
             return Poll::Ready(None);
         }
-        slot.state = State::Waiting(Some(cx.waker().clone()));
+        match &mut slot.state {
+            State::Waiting(Some(w)) if w.will_wake(cx.waker()) => {}
+            _ => slot.state = State::Waiting(Some(cx.waker().clone())),
+        }
         Poll::Pending
     }
 
@@ -457,19 +460,21 @@ pub(crate) struct Op<T> {
 
 impl<T: OpAble> Op<T> {
     pub(crate) fn submit(driver: &DriverRef, op: T) -> Op<T> {
-        let key = driver.borrow_mut().submit(Box::new(op));
-        Op {
+        Self::submit_box(driver, Box::new(op)).0
+    }
+
+    /// Submits an op already boxed, and gives the box back on completion,
+    /// so a caller that sends over and over can reuse one allocation.
+    pub(crate) fn submit_box(driver: &DriverRef, op: Box<T>) -> BoxedOp<T> {
+        let key = driver.borrow_mut().submit(op);
+        BoxedOp(Op {
             driver: driver.clone(),
             key: Some(key),
             _t: PhantomData,
-        }
+        })
     }
-}
 
-impl<T: OpAble> std::future::Future for Op<T> {
-    type Output = (io::Result<u32>, T);
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+    fn poll_box(&mut self, cx: &mut Context<'_>) -> Poll<(io::Result<u32>, Box<T>)> {
         let key = self.key.expect("ringloop: Op polled after completion");
         let r = self.driver.borrow_mut().ops().poll(key, cx);
         match r {
@@ -479,10 +484,29 @@ impl<T: OpAble> std::future::Future for Op<T> {
                     .into_any()
                     .downcast::<T>()
                     .expect("ringloop driver: op type mismatch");
-                Poll::Ready((res, *op))
+                Poll::Ready((res, op))
             }
             Poll::Pending => Poll::Pending,
         }
+    }
+}
+
+/// [`Op`] that hands its op back boxed (see [`Op::submit_box`]).
+pub(crate) struct BoxedOp<T>(Op<T>);
+
+impl<T: OpAble> std::future::Future for BoxedOp<T> {
+    type Output = (io::Result<u32>, Box<T>);
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.0.poll_box(cx)
+    }
+}
+
+impl<T: OpAble> std::future::Future for Op<T> {
+    type Output = (io::Result<u32>, T);
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.poll_box(cx).map(|(res, op)| (res, *op))
     }
 }
 

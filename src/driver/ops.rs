@@ -425,14 +425,11 @@ impl<B: IoBuf> SendMsg<B> {
 
     /// Points the header at the buffers; the op is at its final address.
     fn prepare(&mut self) -> *const libc::msghdr {
-        self.iov = self
-            .bufs
-            .iter()
-            .map(|b| libc::iovec {
-                iov_base: b.stable_ptr() as *mut _,
-                iov_len: b.bytes_init(),
-            })
-            .collect();
+        self.iov.clear();
+        self.iov.extend(self.bufs.iter().map(|b| libc::iovec {
+            iov_base: b.stable_ptr() as *mut _,
+            iov_len: b.bytes_init(),
+        }));
         self.msg.msg_iov = self.iov.as_mut_ptr();
         self.msg.msg_iovlen = self.iov.len() as _;
         if let Some(a) = &self.addr {
@@ -445,6 +442,17 @@ impl<B: IoBuf> SendMsg<B> {
 
 impl<B: IoBuf> OpAble for SendMsg<B> {
     fn uring_entry(&mut self) -> squeue::Entry {
+        if let ([b], None) = (self.bufs.as_slice(), &self.addr) {
+            // One buffer, no address: plain SEND skips the kernel's msghdr
+            // and iovec import.
+            return opcode::Send::new(
+                types::Fd(self.fd.raw()),
+                b.stable_ptr(),
+                b.bytes_init() as u32,
+            )
+            .flags(libc::MSG_NOSIGNAL)
+            .build();
+        }
         let msg = self.prepare();
         opcode::SendMsg::new(types::Fd(self.fd.raw()), msg)
             .flags(libc::MSG_NOSIGNAL as u32)

@@ -186,7 +186,12 @@ impl Transport {
                 if st.closing || st.lost || st.read_eof {
                     return Poll::Ready(ReadStep::Stop);
                 }
-                *inner.read_waker.borrow_mut() = Some(cx.waker().clone());
+                {
+                    let mut w = inner.read_waker.borrow_mut();
+                    if !w.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                        *w = Some(cx.waker().clone());
+                    }
+                }
                 if !st.reading {
                     // Paused: cancel the receive in flight; what it already
                     // got stays with the driver for the next receive.
@@ -308,6 +313,7 @@ impl Transport {
 
     async fn write_loop(self) {
         let inner = &self.0;
+        let mut spare: Option<Box<SendMsg<Bytes>>> = None;
         loop {
             let step = std::future::poll_fn(|cx| {
                 let mut st = inner.st.borrow_mut();
@@ -325,7 +331,10 @@ impl Transport {
                     return Poll::Ready(WriteStep::Finish);
                 }
                 st.writer_idle = true;
-                *inner.write_waker.borrow_mut() = Some(cx.waker().clone());
+                let mut w = inner.write_waker.borrow_mut();
+                if !w.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    *w = Some(cx.waker().clone());
+                }
                 Poll::Pending
             })
             .await;
@@ -351,47 +360,58 @@ impl Transport {
                     }
                 }
                 WriteStep::Send => {
-                    let bufs: Vec<Bytes> = inner
-                        .st
-                        .borrow()
-                        .wbuf
-                        .iter()
-                        .take(MAX_IOV)
-                        .cloned()
-                        .collect();
-                    let Some(fd) = inner.sock.borrow().as_ref().map(|s| s.shared().clone()) else {
-                        return;
+                    // The buffers move into the op (no clone); what the
+                    // kernel did not take goes back to the front of the queue.
+                    // The boxed op is reused from send to send.
+                    let mut op = match spare.take() {
+                        Some(op) => op,
+                        None => {
+                            let Some(fd) = inner.sock.borrow().as_ref().map(|s| s.shared().clone())
+                            else {
+                                return;
+                            };
+                            Box::new(SendMsg::new(fd, Vec::new(), None))
+                        }
                     };
-                    let (res, _) =
-                        Op::submit(inner.lp.driver(), SendMsg::new(fd, bufs, None)).await;
-                    match res {
-                        Ok(n) => self.sent(n as usize),
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    {
+                        let mut st = inner.st.borrow_mut();
+                        let k = st.wbuf.len().min(MAX_IOV);
+                        op.bufs.extend(st.wbuf.drain(..k));
+                    }
+                    let (res, mut op) = Op::submit_box(inner.lp.driver(), op).await;
+                    let n = match res {
+                        Ok(n) => n as usize,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
                         Err(e) => {
                             self.force_close(Some(e.into()));
                             return;
                         }
-                    }
+                    };
+                    self.sent(&mut op.bufs, n);
+                    spare = Some(op);
                 }
             }
         }
     }
 
-    /// `n` bytes left the buffer: drop them and maybe resume the protocol.
-    fn sent(&self, mut n: usize) {
+    /// The kernel took `n` bytes of `bufs` (taken from the queue's front):
+    /// put the rest back in front, and maybe resume the protocol.
+    fn sent(&self, bufs: &mut Vec<Bytes>, mut n: usize) {
         let resume = {
             let mut st = self.0.st.borrow_mut();
             st.wsize -= n;
-            while n > 0 {
-                let front = st.wbuf.front_mut().expect("sent more than buffered");
-                if front.len() <= n {
-                    n -= front.len();
-                    st.wbuf.pop_front();
-                } else {
-                    front.advance(n);
-                    n = 0;
+            let mut i = 0;
+            while i < bufs.len() && bufs[i].len() <= n {
+                n -= bufs[i].len();
+                i += 1;
+            }
+            if i < bufs.len() {
+                bufs[i].advance(n);
+                for b in bufs.drain(i..).rev() {
+                    st.wbuf.push_front(b);
                 }
             }
+            bufs.clear();
             if st.protocol_paused && st.wsize <= st.low {
                 st.protocol_paused = false;
                 true
