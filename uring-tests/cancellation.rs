@@ -428,3 +428,39 @@ both_backends! {
         assert!(common::open_fds() <= base, "fds leaked: {} > {base}", common::open_fds());
     }
 }
+
+/// Keeps its transport (a protocol and its transport hold each other).
+struct Holder(Option<ringloop::Transport>);
+
+impl ringloop::Protocol for Holder {
+    fn connection_made(&mut self, t: ringloop::Transport) {
+        t.write(&b"hi"[..]).unwrap();
+        self.0 = Some(t);
+    }
+}
+
+both_backends! {
+    serial fn closing_the_loop_under_a_live_connection_releases_its_socket(lp) {
+        let base = common::open_fds();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        common::run_bounded(lp, Duration::from_secs(5), async move {
+            let lp = get_running_loop().unwrap();
+            lp.create_connection(|| Holder(None), "127.0.0.1", port).await.unwrap();
+            // Turns for connection_made and its write to leave.
+            ringloop::sleep(Duration::from_millis(20)).await.unwrap();
+        });
+        let (mut peer, _) = listener.accept().unwrap();
+        peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 2];
+        peer.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"hi");
+        // The connection is alive, reading, with its protocol holding it.
+        lp.close().unwrap();
+        // The loop let go of the transport: the peer sees EOF, no fd leaks.
+        assert_eq!(peer.read(&mut buf).unwrap(), 0);
+        drop((peer, listener));
+        // (The proactor's close also releases the ring's own fd.)
+        assert!(common::open_fds() <= base, "an fd leaked at loop close");
+    }
+}

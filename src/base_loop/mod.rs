@@ -35,6 +35,14 @@ const CLOSE_DRAIN_BOUND: Duration = Duration::from_secs(1);
 pub(crate) enum Ready {
     Callback(Handle),
     Task(u32, u32),
+    /// A completion for a driver handler (the op's key).
+    Notify(Rc<dyn crate::driver::Notify>, usize),
+}
+
+/// Work queued for the end of the loop turn (writers flush there).
+pub(crate) enum TurnEnd {
+    Task(u32, u32),
+    Call(Rc<dyn crate::driver::Notify>),
 }
 
 /// An fd watcher of `add_reader` / `add_writer`: its task and its live flag.
@@ -59,9 +67,11 @@ pub(crate) struct Core {
     ready: RefCell<VecDeque<Ready>>,
     /// Tasks to step once more at the end of this turn (transport writers:
     /// what a turn wrote is queued for the very next driver wait).
-    turn_end: RefCell<Vec<(u32, u32)>>,
+    turn_end: RefCell<Vec<TurnEnd>>,
     /// `turn_end`'s other buffer (swapped in each turn, so no allocation).
-    turn_end_spare: RefCell<Vec<(u32, u32)>>,
+    turn_end_spare: RefCell<Vec<TurnEnd>>,
+    /// Buffer for the driver's completed handlers (reused each turn).
+    notified: RefCell<Vec<(Rc<dyn crate::driver::Notify>, usize)>>,
     timers: RefCell<TimerHeap>,
     tasks: RefCell<Slab<TaskSlot>>,
     /// The waker of each task slot, reused by the slot's tasks.
@@ -213,13 +223,21 @@ impl Core {
     }
 
     /// Steps `task` at the end of the current turn (once, however often asked).
+    /// Calls `h.notify(usize::MAX)` at the end of this loop turn (the caller
+    /// keeps its own flag so it queues itself once).
+    pub(crate) fn call_at_turn_end(&self, h: Rc<dyn crate::driver::Notify>) {
+        self.turn_end.borrow_mut().push(TurnEnd::Call(h));
+    }
+
     pub(crate) fn step_at_turn_end(&self, task: &TaskRef) {
         let (idx, generation) = task.0.header().slot;
         let mut tasks = self.tasks.borrow_mut();
         if let Some(s) = tasks.get_mut(idx as usize) {
             if s.generation == generation && !s.at_turn_end {
                 s.at_turn_end = true;
-                self.turn_end.borrow_mut().push((idx, generation));
+                self.turn_end
+                    .borrow_mut()
+                    .push(TurnEnd::Task(idx, generation));
             }
         }
     }
@@ -403,6 +421,7 @@ impl EventLoop {
             ready: RefCell::new(VecDeque::with_capacity(256)),
             turn_end: RefCell::new(Vec::new()),
             turn_end_spare: RefCell::new(Vec::new()),
+            notified: RefCell::new(Vec::new()),
             timers: RefCell::new(TimerHeap::default()),
             tasks: RefCell::new(Slab::with_capacity(64)),
             slot_wakers: RefCell::new(Vec::new()),
@@ -585,6 +604,7 @@ impl EventLoop {
         let core = &*self.core;
         let timeout = if !core.ready.borrow().is_empty()
             || core.stopping.get()
+            || core.driver.borrow().has_notified()
             || core.remote.has_items.load(Ordering::Acquire)
         {
             Some(Duration::ZERO)
@@ -595,6 +615,14 @@ impl EventLoop {
                 .map(|when| when.saturating_duration_since(Instant::now()))
         };
         core.driver.borrow_mut().turn(timeout)?;
+        {
+            let mut list = core.notified.borrow_mut();
+            core.driver.borrow_mut().take_notified(&mut list);
+            let mut ready = core.ready.borrow_mut();
+            for (h, key) in list.drain(..) {
+                ready.push_back(Ready::Notify(h, key));
+            }
+        }
         core.drain_remote(self);
         let now = Instant::now();
         loop {
@@ -611,6 +639,7 @@ impl EventLoop {
             match item {
                 Some(Ready::Callback(h)) => self.run_handle(&h),
                 Some(Ready::Task(idx, generation)) => core.run_task(idx, generation),
+                Some(Ready::Notify(h, key)) => h.notify(key),
                 None => break,
             }
         }
@@ -622,13 +651,18 @@ impl EventLoop {
             if list.is_empty() {
                 break;
             }
-            for (idx, generation) in list.drain(..) {
-                if let Some(s) = core.tasks.borrow_mut().get_mut(idx as usize) {
-                    if s.generation == generation {
-                        s.at_turn_end = false;
+            for item in list.drain(..) {
+                match item {
+                    TurnEnd::Task(idx, generation) => {
+                        if let Some(s) = core.tasks.borrow_mut().get_mut(idx as usize) {
+                            if s.generation == generation {
+                                s.at_turn_end = false;
+                            }
+                        }
+                        core.run_task(idx, generation);
                     }
+                    TurnEnd::Call(h) => h.notify(usize::MAX),
                 }
-                core.run_task(idx, generation);
             }
         }
         *core.turn_end_spare.borrow_mut() = list;
@@ -684,6 +718,14 @@ impl EventLoop {
         self.shutdown_executor_nowait();
         core.ready.borrow_mut().clear();
         core.timers.borrow_mut().clear();
+        core.turn_end_spare.borrow_mut().clear();
+        core.notified.borrow_mut().clear();
+        // Transports still registered let go of their ops first, so the
+        // drain below sees their cancellations.
+        let handlers = core.driver.borrow_mut().take_handlers();
+        for h in handlers {
+            h.loop_closing();
+        }
         core.driver.borrow_mut().shutdown(CLOSE_DRAIN_BOUND);
         Ok(())
     }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::ops::{Interest, OpAble};
-use super::{Notifier, Ops, State};
+use super::{Notifier, Ops, State, Waiter};
 
 const WAKE_TOKEN: u64 = u64::MAX;
 
@@ -86,7 +86,7 @@ impl Epoll {
         let multishot = op.is_multishot();
         self.ops.stats.syscalls_tried += 1;
         let first = op.legacy_call();
-        let key = self.ops.insert(op, State::Waiting(None));
+        let key = self.ops.insert(op, State::Waiting(Waiter::None));
         match first {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.park(key),
             r if multishot => {
@@ -318,18 +318,8 @@ impl Epoll {
         for key in keys {
             self.parked.remove(&key);
             if let Some(slot) = self.ops.slab.get_mut(key) {
-                if let State::Waiting(w) = &mut slot.state {
-                    let w = w.take();
-                    if let Some(q) = &mut slot.multi {
-                        q.push_back(Err(closed_error()));
-                        slot.finished = true;
-                        slot.state = State::Waiting(None);
-                    } else {
-                        slot.state = State::Done(Err(closed_error()));
-                    }
-                    if let Some(w) = w {
-                        w.wake();
-                    }
+                if let State::Waiting(_) = &slot.state {
+                    self.ops.complete(key, Err(closed_error()), false);
                 } else if matches!(slot.state, State::Ignored) {
                     let slot = self.ops.slab.remove(key);
                     self.ops.release(slot.op);

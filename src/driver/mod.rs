@@ -109,10 +109,31 @@ impl Notifier {
     }
 }
 
+/// Who hears of an op's completion.
+pub(crate) enum Waiter {
+    /// Nobody yet (a future that has not polled).
+    None,
+    /// The task polling the op's future.
+    Task(Waker),
+    /// A callback object, told through the loop's ready queue (transports:
+    /// no task, no poll on the data path).
+    Handler(Rc<dyn Notify>),
+}
+
+/// A completion callback: [`Notify::notify`] runs from the loop's ready
+/// queue (never inside the driver), with the key of the op that completed.
+/// It may run more than once per completion; it takes what is there.
+pub(crate) trait Notify {
+    fn notify(self: Rc<Self>, key: usize);
+    /// The loop closes with this handler's ops still registered: let go of
+    /// them (handlers and their ops would otherwise keep each other alive).
+    fn loop_closing(self: Rc<Self>) {}
+}
+
 /// Lifecycle of one op in the slab (tokio-uring's `Lifecycle`, both backends).
 enum State {
-    /// In flight; the waker of the future waiting on it, once polled.
-    Waiting(Option<Waker>),
+    /// In flight; who waits on it.
+    Waiting(Waiter),
     /// In flight, but its future is gone: keep the buffers until the final
     /// completion, then salvage what it got and free it.
     Ignored,
@@ -152,6 +173,8 @@ const POISON: u8 = 0xA5;
 /// The slab of ops and the rules of their lifecycle, shared by both backends.
 pub(crate) struct Ops {
     slab: Slab<Slot>,
+    /// Handlers of completed ops, for the loop to call.
+    notified: Vec<(Rc<dyn Notify>, usize)>,
     stash: Stash,
     quarantine: Option<Quarantine>,
     stats: DriverStats,
@@ -161,6 +184,7 @@ impl Ops {
     fn new() -> Ops {
         Ops {
             slab: Slab::with_capacity(256),
+            notified: Vec::new(),
             stash: Stash::default(),
             quarantine: None,
             stats: DriverStats::default(),
@@ -193,12 +217,22 @@ impl Ops {
                     self.release(slot.op);
                 }
             }
-            State::Waiting(waker) => {
-                let waker = waker.take();
+            State::Waiting(waiter) => {
+                let waker = match waiter {
+                    // A handler stays for what follows (multishot).
+                    Waiter::Handler(h) => {
+                        self.notified.push((h.clone(), key));
+                        None
+                    }
+                    Waiter::Task(_) => match std::mem::replace(waiter, Waiter::None) {
+                        Waiter::Task(w) => Some(w),
+                        _ => unreachable!(),
+                    },
+                    Waiter::None => None,
+                };
                 if let Some(q) = &mut slot.multi {
                     q.push_back(res);
                     slot.finished = !more;
-                    slot.state = State::Waiting(None);
                 } else {
                     slot.state = State::Done(res);
                 }
@@ -226,8 +260,8 @@ impl Ops {
             }
             State::Waiting(w) => {
                 match w {
-                    Some(w) if w.will_wake(cx.waker()) => {}
-                    _ => *w = Some(cx.waker().clone()),
+                    Waiter::Task(w) if w.will_wake(cx.waker()) => {}
+                    _ => *w = Waiter::Task(cx.waker().clone()),
                 }
                 Poll::Pending
             }
@@ -235,8 +269,13 @@ impl Ops {
         }
     }
 
-    /// Next result of a multishot op; `None` once it has finished.
-    fn poll_multi(&mut self, key: usize, cx: &mut Context<'_>) -> Poll<Option<io::Result<u32>>> {
+    /// Next result of a multishot op; `None` once it has finished. Without
+    /// a context (handler ops), `Pending` leaves the waiter as it is.
+    fn poll_multi(
+        &mut self,
+        key: usize,
+        cx: Option<&mut Context<'_>>,
+    ) -> Poll<Option<io::Result<u32>>> {
         let slot = &mut self.slab[key];
         if let Some(r) = slot.multi.as_mut().and_then(|q| q.pop_front()) {
             return Poll::Ready(Some(r));
@@ -244,11 +283,41 @@ impl Ops {
         if slot.finished {
             return Poll::Ready(None);
         }
-        match &mut slot.state {
-            State::Waiting(Some(w)) if w.will_wake(cx.waker()) => {}
-            _ => slot.state = State::Waiting(Some(cx.waker().clone())),
+        if let Some(cx) = cx {
+            match &mut slot.state {
+                State::Waiting(Waiter::Task(w)) if w.will_wake(cx.waker()) => {}
+                _ => slot.state = State::Waiting(Waiter::Task(cx.waker().clone())),
+            }
         }
         Poll::Pending
+    }
+
+    /// The result of a finished single-shot handler op, freeing its slot.
+    fn take_done(&mut self, key: usize) -> Option<(io::Result<u32>, Box<dyn OpAble>)> {
+        if !matches!(self.slab.get(key)?.state, State::Done(_)) {
+            return None;
+        }
+        let slot = self.slab.remove(key);
+        let State::Done(res) = slot.state else {
+            unreachable!()
+        };
+        Some((res, slot.op))
+    }
+
+    /// Hands a just-submitted op to `h`; if it already has a result (stash
+    /// hit, closed driver), `h` is told at once (through the loop).
+    fn set_handler(&mut self, key: usize, h: Rc<dyn Notify>) {
+        let slot = &mut self.slab[key];
+        let ready = match &slot.state {
+            State::Done(_) => true,
+            _ => slot.finished || slot.multi.as_ref().is_some_and(|q| !q.is_empty()),
+        };
+        if let State::Waiting(w) = &mut slot.state {
+            *w = Waiter::Handler(h.clone());
+        }
+        if ready {
+            self.notified.push((h, key));
+        }
     }
 
     fn is_finished(&self, key: usize) -> bool {
@@ -365,6 +434,38 @@ impl Driver {
             return ops.insert(op, State::Done(res));
         }
         each!(self, d => d.submit(op))
+    }
+
+    /// Submits an op whose completions go to `h` (see [`Notify`]).
+    pub(crate) fn submit_notify(&mut self, op: Box<dyn OpAble>, h: Rc<dyn Notify>) -> usize {
+        let key = self.submit(op);
+        self.ops().set_handler(key, h);
+        key
+    }
+
+    /// Moves the handlers of completed ops into `out` (for the loop).
+    pub(crate) fn take_notified(&mut self, out: &mut Vec<(Rc<dyn Notify>, usize)>) {
+        std::mem::swap(out, &mut self.ops().notified);
+    }
+
+    /// Unhooks every handler (the loop is closing) and returns them, for
+    /// the caller to tell once the driver is no longer borrowed.
+    pub(crate) fn take_handlers(&mut self) -> Vec<Rc<dyn Notify>> {
+        let ops = self.ops();
+        let mut out: Vec<Rc<dyn Notify>> = ops.notified.drain(..).map(|(h, _)| h).collect();
+        for (_, slot) in ops.slab.iter_mut() {
+            if let State::Waiting(w) = &mut slot.state {
+                if let Waiter::Handler(h) = std::mem::replace(w, Waiter::None) {
+                    out.push(h);
+                }
+            }
+        }
+        out
+    }
+
+    /// Handlers wait to be told of completions (the loop must not block).
+    pub(crate) fn has_notified(&self) -> bool {
+        !self.ops_ref().notified.is_empty()
     }
 
     pub(crate) fn drop_op(&mut self, key: usize) {
@@ -518,6 +619,51 @@ impl<T> Drop for Op<T> {
     }
 }
 
+/// A submitted single-shot op whose completion goes to a [`Notify`]
+/// handler; the handler takes the result with [`HandlerOp::take`].
+/// Dropping it before completion cancels the op, as for [`Op`].
+pub(crate) struct HandlerOp<T> {
+    driver: DriverRef,
+    key: Option<usize>,
+    _t: PhantomData<fn() -> T>,
+}
+
+impl<T: OpAble> HandlerOp<T> {
+    pub(crate) fn submit(driver: &DriverRef, op: Box<T>, h: Rc<dyn Notify>) -> HandlerOp<T> {
+        let key = driver.borrow_mut().submit_notify(op, h);
+        HandlerOp {
+            driver: driver.clone(),
+            key: Some(key),
+            _t: PhantomData,
+        }
+    }
+
+    /// Is `key` this op's?
+    pub(crate) fn is(&self, key: usize) -> bool {
+        self.key == Some(key)
+    }
+
+    /// The result and the op back, once it completed.
+    pub(crate) fn take(&mut self) -> Option<(io::Result<u32>, Box<T>)> {
+        let key = self.key?;
+        let (res, op) = self.driver.borrow_mut().ops().take_done(key)?;
+        self.key = None;
+        let op = op
+            .into_any()
+            .downcast::<T>()
+            .expect("ringloop driver: op type mismatch");
+        Some((res, op))
+    }
+}
+
+impl<T> Drop for HandlerOp<T> {
+    fn drop(&mut self) {
+        if let Some(key) = self.key {
+            self.driver.borrow_mut().drop_op(key);
+        }
+    }
+}
+
 /// A submitted multishot op, as a stream of results.
 pub(crate) struct MultiOp {
     driver: DriverRef,
@@ -533,6 +679,30 @@ impl MultiOp {
         }
     }
 
+    /// Submits a multishot op whose completions go to `h`; results are
+    /// taken with [`MultiOp::try_next`].
+    pub(crate) fn submit_notify(
+        driver: &DriverRef,
+        op: Box<dyn OpAble>,
+        h: Rc<dyn Notify>,
+    ) -> MultiOp {
+        let key = driver.borrow_mut().submit_notify(op, h);
+        MultiOp {
+            driver: driver.clone(),
+            key: Some(key),
+        }
+    }
+
+    /// Is `key` this op's?
+    pub(crate) fn is(&self, key: usize) -> bool {
+        self.key == Some(key)
+    }
+
+    /// Next result of a handler op, without a context.
+    pub(crate) fn try_next(&mut self) -> Poll<Option<io::Result<u32>>> {
+        self.next_inner(None)
+    }
+
     /// True once the kernel posted the op's final completion (results may
     /// still be queued).
     pub(crate) fn is_finished(&self) -> bool {
@@ -542,6 +712,10 @@ impl MultiOp {
 
     /// Next result; `None` when the op has ended (submit a new one to go on).
     pub(crate) fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<u32>>> {
+        self.next_inner(Some(cx))
+    }
+
+    fn next_inner(&mut self, cx: Option<&mut Context<'_>>) -> Poll<Option<io::Result<u32>>> {
         let Some(key) = self.key else {
             return Poll::Ready(None);
         };
@@ -582,7 +756,7 @@ mod tests {
     use io_uring::{opcode, squeue};
 
     use super::ops::{Interest, OpAble, Released, Stash};
-    use super::{Dropped, Ops, State};
+    use super::{Dropped, Ops, State, Waiter};
 
     /// A fake op: counts salvages, owns a buffer for the poison checker.
     struct Fake {
@@ -639,7 +813,7 @@ mod tests {
     fn completed_op_is_handed_back_once() {
         let mut ops = Ops::new();
         let (op, _) = fake(false);
-        let k = ops.insert(op, State::Waiting(None));
+        let k = ops.insert(op, State::Waiting(Waiter::None));
         assert!(ops.poll(k, &mut cx()).is_pending());
         ops.complete(k, Ok(5), false);
         match ops.poll(k, &mut cx()) {
@@ -654,7 +828,7 @@ mod tests {
         let mut ops = Ops::new();
         ops.quarantine = Some(Default::default());
         let (op, salvaged) = fake(false);
-        let k = ops.insert(op, State::Waiting(None));
+        let k = ops.insert(op, State::Waiting(Waiter::None));
         assert!(ops.drop_op(k) == Dropped::InFlight);
         assert_eq!(
             ops.in_flight(),
@@ -671,7 +845,7 @@ mod tests {
     fn dropped_after_completion_but_before_poll_salvages_at_once() {
         let mut ops = Ops::new();
         let (op, salvaged) = fake(false);
-        let k = ops.insert(op, State::Waiting(None));
+        let k = ops.insert(op, State::Waiting(Waiter::None));
         ops.complete(k, Ok(3), false);
         assert!(ops.drop_op(k) == Dropped::Freed);
         assert_eq!(salvaged.get(), 3);
@@ -681,11 +855,11 @@ mod tests {
     fn multishot_results_queue_and_the_final_one_ends_it() {
         let mut ops = Ops::new();
         let (op, salvaged) = fake(true);
-        let k = ops.insert(op, State::Waiting(None));
+        let k = ops.insert(op, State::Waiting(Waiter::None));
         ops.complete(k, Ok(10), true);
         ops.complete(k, Ok(11), true);
         assert!(matches!(
-            ops.poll_multi(k, &mut cx()),
+            ops.poll_multi(k, Some(&mut cx())),
             Poll::Ready(Some(Ok(10)))
         ));
         // Dropped with a queued result and more to come: the queued one is
@@ -703,7 +877,7 @@ mod tests {
         let mut ops = Ops::new();
         ops.quarantine = Some(Default::default());
         let (op, _) = fake(false);
-        let k = ops.insert(op, State::Waiting(None));
+        let k = ops.insert(op, State::Waiting(Waiter::None));
         ops.drop_op(k);
         ops.complete(k, Ok(0), false);
         let q = ops.quarantine.as_ref().unwrap();

@@ -17,7 +17,7 @@ use io_uring::{IoUring, cqueue, opcode, squeue, types};
 
 use super::fd::SharedFd;
 use super::ops::{Interest, OpAble, Read};
-use super::{Notifier, Ops, State};
+use super::{Notifier, Ops, State, Waiter};
 
 /// User data of SQEs whose completions nobody waits for.
 const TAG_CANCEL: u64 = u64::MAX - 1;
@@ -39,6 +39,8 @@ pub(crate) struct Uring {
     /// Keeps the eventfd open for the wake read's SharedFd.
     wake_fd: Option<SharedFd>,
     pub(super) shut: bool,
+    /// Completions copied out of the ring, reused each reap.
+    cqes: Vec<(u64, i32, u32)>,
 }
 
 /// Builds a ring with the flags the proactor wants, falling back to fewer
@@ -73,6 +75,7 @@ impl Uring {
             wake_fd: None,
             wake_key: None,
             shut: false,
+            cqes: Vec::with_capacity(256),
         };
         // The wake read holds a dup of the eventfd in a SharedFd of its own,
         // so the notifier's descriptor outlives any in-flight read.
@@ -91,7 +94,7 @@ impl Uring {
     fn arm_wake(&mut self) {
         let fd = self.wake_fd.clone().expect("wake fd");
         let op = Box::new(Read::new(fd, Vec::<u8>::with_capacity(8)));
-        let key = self.ops.insert(op, State::Waiting(None));
+        let key = self.ops.insert(op, State::Waiting(Waiter::None));
         self.ops.stats.ops_submitted -= 1; // internal, not a user op
         self.wake_key = Some(key);
         self.push_key(key);
@@ -123,7 +126,7 @@ impl Uring {
                 .ops
                 .insert(op, State::Done(Err(super::epoll::closed_error())));
         }
-        let key = self.ops.insert(op, State::Waiting(None));
+        let key = self.ops.insert(op, State::Waiting(Waiter::None));
         self.push_key(key);
         key
     }
@@ -207,20 +210,23 @@ impl Uring {
     }
 
     fn reap(&mut self) {
+        let mut cqes = std::mem::take(&mut self.cqes);
         loop {
-            let cqes: Vec<(u64, i32, u32)> = self
-                .ring
-                .completion()
-                .map(|c| (c.user_data(), c.result(), c.flags()))
-                .collect();
+            cqes.clear();
+            cqes.extend(
+                self.ring
+                    .completion()
+                    .map(|c| (c.user_data(), c.result(), c.flags())),
+            );
             if cqes.is_empty() {
-                return;
+                break;
             }
             self.ops.stats.uring_cqes += cqes.len() as u64;
-            for (ud, res, flags) in cqes {
+            for &(ud, res, flags) in &cqes {
                 self.dispatch(ud, res, flags);
             }
         }
+        self.cqes = cqes;
     }
 
     fn dispatch(&mut self, ud: u64, res: i32, flags: u32) {

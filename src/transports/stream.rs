@@ -1,20 +1,22 @@
-//! The socket stream transport (TCP and Unix): a reader task and a writer
-//! task per connection, both on the driver's owned-buffer ops.
+//! The socket stream transport (TCP and Unix), on the driver's owned-buffer
+//! ops, driven by completion callbacks: no task and no future on the data
+//! path. The driver reports each completion through the loop's ready queue
+//! ([`Notify`]), like asyncio's proactor, whose transports are driven by
+//! future callbacks.
 //!
-//! Writes made during a loop turn are queued and the writer is stepped at
-//! the end of that turn, so they leave in one `sendmsg` (writev) with the
-//! next driver wait. The reader keeps one receive in flight while reading is
-//! on; `pause_reading` cancels it (data it already got is kept by the driver
-//! for the next receive).
+//! Writes made during a loop turn are queued and flushed at the end of that
+//! turn, so they leave in one send (`sendmsg`/writev for several buffers)
+//! with the next driver wait. The reader keeps one receive in flight while
+//! reading is on; `pause_reading` cancels it (data it already got is kept by
+//! the driver for the next receive).
 #![forbid(unsafe_code)]
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::fmt;
 use std::io;
-use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Poll, Waker};
+use std::task::Poll;
 
 use bytes::{Buf, Bytes};
 
@@ -23,12 +25,11 @@ use super::{ExtraInfo, buffer_limits};
 use crate::base_loop::EventLoop;
 use crate::driver::ops::{Recv, SendMsg};
 use crate::driver::pool::{PooledBuf, RecvPooled};
-use crate::driver::{MultiOp, Op};
+use crate::driver::{HandlerOp, MultiOp, Notify};
 use crate::error::{Error, Result};
 use crate::events::ExceptionContext;
 use crate::protocols::Protocol;
 use crate::sock::{SockAddr, Socket};
-use crate::tasks::TaskRef;
 
 /// Receive size per read (asyncio's selector reads up to 256 KiB; 64 KiB
 /// keeps memory per active connection modest).
@@ -43,7 +44,10 @@ struct State {
     high: usize,
     low: usize,
     protocol_paused: bool,
-    writer_idle: bool,
+    /// A send is in flight (its completion pumps the writer again).
+    sending: bool,
+    /// A flush is queued for the end of this loop turn.
+    flush_queued: bool,
     closing: bool,
     eof_requested: bool,
     eof_sent: bool,
@@ -60,11 +64,62 @@ struct Inner {
     local: Option<SockAddr>,
     protocol: ProtoCell<dyn Protocol>,
     st: RefCell<State>,
-    reader: RefCell<Option<TaskRef>>,
-    writer: RefCell<Option<TaskRef>>,
-    read_waker: RefCell<Option<Waker>>,
-    write_waker: RefCell<Option<Waker>>,
+    rd: RefCell<ReadSide>,
+    wr: RefCell<WriteSide>,
     on_lost: RefCell<Vec<Box<dyn FnOnce()>>>,
+}
+
+/// The receive in flight, if any.
+#[derive(Default)]
+struct ReadSide {
+    /// Multishot receive into the loop's pool: no buffer is held while the
+    /// connection is idle.
+    multi: Option<MultiOp>,
+    /// After the pool ran dry (ENOBUFS), one plain receive with its own
+    /// buffer keeps the connection moving.
+    plain: Option<HandlerOp<Recv<Vec<u8>>>>,
+    dry: bool,
+}
+
+/// The send in flight, and the boxed op reused from send to send.
+#[derive(Default)]
+struct WriteSide {
+    op: Option<HandlerOp<SendMsg<Bytes>>>,
+    spare: Option<Box<SendMsg<Bytes>>>,
+}
+
+/// Completion callbacks: a receive or a send finished (`key`), or the
+/// turn-end flush (`usize::MAX`).
+impl Notify for Inner {
+    fn notify(self: Rc<Self>, key: usize) {
+        let t = Transport(self);
+        if key == usize::MAX {
+            t.0.st.borrow_mut().flush_queued = false;
+            t.pump_writer();
+            return;
+        }
+        let (read, write) = {
+            let rd = t.0.rd.borrow();
+            let read = rd.multi.as_ref().is_some_and(|m| m.is(key))
+                || rd.plain.as_ref().is_some_and(|p| p.is(key));
+            (read, t.0.wr.borrow().op.as_ref().is_some_and(|o| o.is(key)))
+        };
+        if read {
+            t.on_read();
+        } else if write {
+            t.on_sent();
+        }
+    }
+
+    fn loop_closing(self: Rc<Self>) {
+        // The loop closes under a live connection (asyncio would warn about
+        // an unclosed transport): let go of everything without callbacks.
+        let t = Transport(self);
+        t.0.st.borrow_mut().lost = true;
+        t.drop_ops();
+        t.0.protocol.release();
+        t.0.sock.borrow_mut().take();
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -79,28 +134,6 @@ struct RawFdCell(std::os::fd::RawFd);
 /// `connection_lost`, after which both are released.
 #[derive(Clone)]
 pub struct Transport(Rc<Inner>);
-
-/// The fallback receive with an owned buffer (when the pool ran dry).
-type PlainRecv = Pin<Box<Op<Recv<Vec<u8>>>>>;
-
-enum ReadStep {
-    /// A pool buffer's worth of data.
-    Pooled(PooledBuf),
-    /// Data from a plain receive (fallback when the pool ran dry).
-    Owned(Vec<u8>),
-    /// Data cancelled receives had kept.
-    Stashed(Vec<Vec<u8>>),
-    Eof,
-    Failed(io::Error),
-    Stop,
-}
-
-enum WriteStep {
-    Send,
-    Eof,
-    Finish,
-    Stop,
-}
 
 impl Transport {
     /// Wraps a connected socket and starts it: `connection_made` runs
@@ -121,21 +154,24 @@ impl Transport {
                 high,
                 low,
                 reading: true,
-                writer_idle: true,
                 ..Default::default()
             }),
-            reader: RefCell::new(None),
-            writer: RefCell::new(None),
-            read_waker: RefCell::new(None),
-            write_waker: RefCell::new(None),
+            rd: RefCell::new(ReadSide::default()),
+            wr: RefCell::new(WriteSide::default()),
             on_lost: RefCell::new(Vec::new()),
         }));
+        // connection_made runs through the loop, then reading starts.
         let t2 = t.clone();
-        let reader = lp.spawn_internal(async move { t2.read_loop().await });
-        *t.0.reader.borrow_mut() = Some(reader.as_ref());
-        let t3 = t.clone();
-        let writer = lp.spawn_internal(async move { t3.write_loop().await });
-        *t.0.writer.borrow_mut() = Some(writer.as_ref());
+        lp.call_soon_impl(
+            Box::new(move || {
+                t2.call_protocol({
+                    let t = t2.clone();
+                    move |p| p.connection_made(t)
+                });
+                t2.pump_reader();
+            }),
+            "connection_made",
+        );
         t
     }
 
@@ -167,115 +203,128 @@ impl Transport {
         self.force_close(Some(Error::Panic(msg)));
     }
 
-    async fn read_loop(self) {
+    fn handler(&self) -> Rc<dyn Notify> {
+        self.0.clone()
+    }
+
+    /// Cancels the receive and the send in flight (the driver keeps their
+    /// buffers until the kernel lets go, and what a receive got).
+    fn drop_ops(&self) {
+        let rd = std::mem::take(&mut *self.0.rd.borrow_mut());
+        let wr = std::mem::take(&mut *self.0.wr.borrow_mut());
+        drop((rd, wr));
+    }
+
+    /// Brings the read side in line with the state: no receive while
+    /// paused or closed; otherwise data the driver kept first, then one
+    /// receive in flight.
+    fn pump_reader(&self) {
         let inner = &self.0;
-        self.call_protocol({
-            let t = self.clone();
-            move |p| p.connection_made(t)
-        });
-        let pool = inner.lp.driver().borrow().pool();
-        // Multishot receive into the loop's pool: no buffer is held while
-        // the connection is idle. After the pool ran dry (ENOBUFS), one plain
-        // receive with its own buffer keeps the connection moving.
-        let mut multi: Option<MultiOp> = None;
-        let mut plain: Option<PlainRecv> = None;
-        let mut dry = false;
         loop {
-            let step = std::future::poll_fn(|cx| {
+            {
                 let st = inner.st.borrow();
-                if st.closing || st.lost || st.read_eof {
-                    return Poll::Ready(ReadStep::Stop);
-                }
-                {
-                    let mut w = inner.read_waker.borrow_mut();
-                    if !w.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                        *w = Some(cx.waker().clone());
-                    }
-                }
-                if !st.reading {
-                    // Paused: cancel the receive in flight; what it already
-                    // got stays with the driver for the next receive.
-                    multi = None;
-                    plain = None;
-                    return Poll::Pending;
-                }
-                drop(st);
-                let Some(fd) = inner.sock.borrow().as_ref().map(|s| s.shared().clone()) else {
-                    return Poll::Ready(ReadStep::Stop);
-                };
-                if multi.is_none() && plain.is_none() {
-                    let kept = inner.lp.driver().borrow_mut().take_stashed(&fd);
-                    if !kept.is_empty() {
-                        return Poll::Ready(ReadStep::Stashed(kept));
-                    }
-                    if dry {
-                        dry = false;
-                        let buf = Vec::with_capacity(READ_SIZE);
-                        plain = Some(Box::pin(Op::submit(inner.lp.driver(), Recv::new(fd, buf))));
-                    } else {
-                        let op = RecvPooled {
-                            fd,
-                            pool: pool.clone(),
-                        };
-                        multi = Some(MultiOp::submit(inner.lp.driver(), Box::new(op)));
-                    }
-                }
-                if let Some(p) = plain.as_mut() {
-                    return match p.as_mut().poll(cx) {
-                        Poll::Pending => Poll::Pending,
-                        Poll::Ready((res, recv)) => {
-                            plain = None;
-                            let (r, b) = recv.finish(res);
-                            Poll::Ready(match r {
-                                Ok(0) => ReadStep::Eof,
-                                Ok(_) => ReadStep::Owned(b),
-                                Err(e) => ReadStep::Failed(e),
-                            })
-                        }
-                    };
-                }
-                let m = multi.as_mut().expect("armed above");
-                match m.poll_next(cx) {
-                    Poll::Pending => Poll::Pending,
-                    Poll::Ready(Some(Ok(0))) => Poll::Ready(ReadStep::Eof),
-                    Poll::Ready(Some(Ok(v))) => match PooledBuf::from_completion(&pool, v) {
-                        Some(b) => Poll::Ready(ReadStep::Pooled(b)),
-                        None => Poll::Ready(ReadStep::Failed(io::Error::other(
-                            "receive completed without a pool buffer",
-                        ))),
-                    },
-                    Poll::Ready(Some(Err(e))) if e.raw_os_error() == Some(libc::ENOBUFS) => {
-                        multi = None;
-                        dry = true;
-                        cx.waker().wake_by_ref();
-                        Poll::Pending
-                    }
-                    Poll::Ready(Some(Err(e))) => Poll::Ready(ReadStep::Failed(e)),
-                    // The kernel ended the multishot: arm a new one.
-                    Poll::Ready(None) => {
-                        multi = None;
-                        cx.waker().wake_by_ref();
-                        Poll::Pending
-                    }
-                }
-            })
-            .await;
-            let delivered = match step {
-                ReadStep::Stop => return,
-                ReadStep::Eof => {
-                    self.eof();
+                if st.closing || st.lost || st.read_eof || !st.reading {
+                    drop(st);
+                    let rd = std::mem::take(&mut *inner.rd.borrow_mut());
+                    drop(rd);
                     return;
                 }
-                ReadStep::Failed(e) => {
-                    self.force_close(Some(e.into()));
-                    return;
-                }
-                ReadStep::Pooled(buf) => self.deliver(&buf),
-                ReadStep::Owned(buf) => self.deliver(&buf),
-                ReadStep::Stashed(chunks) => chunks.iter().all(|c| self.deliver(c)),
-            };
-            if !delivered {
+            }
+            let Some(fd) = inner.sock.borrow().as_ref().map(|s| s.shared().clone()) else {
                 return;
+            };
+            {
+                let rd = inner.rd.borrow();
+                if rd.multi.is_some() || rd.plain.is_some() {
+                    return;
+                }
+            }
+            let kept = inner.lp.driver().borrow_mut().take_stashed(&fd);
+            if !kept.is_empty() {
+                if kept.iter().all(|c| self.deliver(c)) {
+                    continue; // the protocol may have paused or closed
+                }
+                return;
+            }
+            let driver = inner.lp.driver();
+            let mut rd = inner.rd.borrow_mut();
+            if std::mem::take(&mut rd.dry) {
+                let op = Box::new(Recv::new(fd, Vec::with_capacity(READ_SIZE)));
+                rd.plain = Some(HandlerOp::submit(driver, op, self.handler()));
+            } else {
+                let pool = driver.borrow().pool();
+                let op = Box::new(RecvPooled { fd, pool });
+                rd.multi = Some(MultiOp::submit_notify(driver, op, self.handler()));
+            }
+            return;
+        }
+    }
+
+    /// A receive completed: hand over everything it got, in order.
+    fn on_read(&self) {
+        let inner = &self.0;
+        loop {
+            let next = {
+                let mut rd = inner.rd.borrow_mut();
+                if let Some(p) = rd.plain.as_mut() {
+                    match p.take() {
+                        None => return,
+                        Some((res, recv)) => {
+                            rd.plain = None;
+                            drop(rd);
+                            let (r, b) = recv.finish(res);
+                            match r {
+                                Ok(0) => self.eof(),
+                                Ok(_) => {
+                                    if self.deliver(&b) {
+                                        self.pump_reader();
+                                    }
+                                }
+                                Err(e) => self.force_close(Some(e.into())),
+                            }
+                            return;
+                        }
+                    }
+                }
+                let Some(m) = rd.multi.as_mut() else {
+                    return;
+                };
+                match m.try_next() {
+                    Poll::Pending => return,
+                    Poll::Ready(r) => {
+                        if !matches!(r, Some(Ok(v)) if v != 0) {
+                            rd.multi = None;
+                        }
+                        r
+                    }
+                }
+            };
+            match next {
+                Some(Ok(0)) => return self.eof(),
+                Some(Ok(v)) => {
+                    let pool = inner.lp.driver().borrow().pool();
+                    let Some(b) = PooledBuf::from_completion(&pool, v) else {
+                        let e = io::Error::other("receive completed without a pool buffer");
+                        return self.force_close(Some(e.into()));
+                    };
+                    if !self.deliver(&b) {
+                        return;
+                    }
+                    drop(b);
+                    // The protocol may have paused reading or closed.
+                    let st = inner.st.borrow();
+                    if st.closing || st.lost || st.read_eof || !st.reading {
+                        drop(st);
+                        return self.pump_reader();
+                    }
+                }
+                Some(Err(e)) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                    inner.rd.borrow_mut().dry = true;
+                    return self.pump_reader();
+                }
+                Some(Err(e)) => return self.force_close(Some(e.into())),
+                // The kernel ended the multishot: arm a new one.
+                None => return self.pump_reader(),
             }
         }
     }
@@ -311,87 +360,89 @@ impl Transport {
         }
     }
 
-    async fn write_loop(self) {
+    /// Sends what is queued, or finishes what was asked once nothing is:
+    /// the EOF (`write_eof`), then the close.
+    fn pump_writer(&self) {
         let inner = &self.0;
-        let mut spare: Option<Box<SendMsg<Bytes>>> = None;
-        loop {
-            let step = std::future::poll_fn(|cx| {
-                let mut st = inner.st.borrow_mut();
-                if st.lost {
-                    return Poll::Ready(WriteStep::Stop);
-                }
-                if !st.wbuf.is_empty() {
-                    st.writer_idle = false;
-                    return Poll::Ready(WriteStep::Send);
-                }
-                if st.eof_requested && !st.eof_sent {
-                    return Poll::Ready(WriteStep::Eof);
-                }
-                if st.closing {
-                    return Poll::Ready(WriteStep::Finish);
-                }
-                st.writer_idle = true;
-                let mut w = inner.write_waker.borrow_mut();
-                if !w.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                    *w = Some(cx.waker().clone());
-                }
-                Poll::Pending
-            })
-            .await;
-            match step {
-                WriteStep::Stop => return,
-                WriteStep::Finish => {
-                    self.connection_lost(None);
-                    return;
-                }
-                WriteStep::Eof => {
-                    let r = inner
-                        .sock
-                        .borrow()
-                        .as_ref()
-                        .map(|s| s.shutdown(std::net::Shutdown::Write));
-                    inner.st.borrow_mut().eof_sent = true;
-                    if let Some(Err(e)) = r {
-                        self.force_close(Some(e));
-                        return;
+        let step = {
+            let st = inner.st.borrow();
+            if st.lost || st.sending {
+                return;
+            }
+            if !st.wbuf.is_empty() {
+                0
+            } else if st.eof_requested && !st.eof_sent {
+                1
+            } else if st.closing {
+                2
+            } else {
+                return;
+            }
+        };
+        match step {
+            0 => {
+                // The buffers move into the op (no clone); what the kernel
+                // does not take goes back to the front of the queue. The
+                // boxed op is reused from send to send.
+                let spare = inner.wr.borrow_mut().spare.take();
+                let mut op = match spare {
+                    Some(op) => op,
+                    None => {
+                        let Some(fd) = inner.sock.borrow().as_ref().map(|s| s.shared().clone())
+                        else {
+                            return;
+                        };
+                        Box::new(SendMsg::new(fd, Vec::new(), None))
                     }
-                    if inner.st.borrow().read_eof {
-                        self.close();
-                    }
-                }
-                WriteStep::Send => {
-                    // The buffers move into the op (no clone); what the
-                    // kernel did not take goes back to the front of the queue.
-                    // The boxed op is reused from send to send.
-                    let mut op = match spare.take() {
-                        Some(op) => op,
-                        None => {
-                            let Some(fd) = inner.sock.borrow().as_ref().map(|s| s.shared().clone())
-                            else {
-                                return;
-                            };
-                            Box::new(SendMsg::new(fd, Vec::new(), None))
-                        }
-                    };
-                    {
-                        let mut st = inner.st.borrow_mut();
+                };
+                {
+                    let mut st = inner.st.borrow_mut();
+                    if st.wbuf.len() == 1 {
+                        op.bufs.extend(st.wbuf.pop_front());
+                    } else {
                         let k = st.wbuf.len().min(MAX_IOV);
                         op.bufs.extend(st.wbuf.drain(..k));
                     }
-                    let (res, mut op) = Op::submit_box(inner.lp.driver(), op).await;
-                    let n = match res {
-                        Ok(n) => n as usize,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
-                        Err(e) => {
-                            self.force_close(Some(e.into()));
-                            return;
-                        }
-                    };
-                    self.sent(&mut op.bufs, n);
-                    spare = Some(op);
+                    st.sending = true;
                 }
+                let op = HandlerOp::submit(inner.lp.driver(), op, self.handler());
+                inner.wr.borrow_mut().op = Some(op);
             }
+            1 => {
+                let r = inner
+                    .sock
+                    .borrow()
+                    .as_ref()
+                    .map(|s| s.shutdown(std::net::Shutdown::Write));
+                inner.st.borrow_mut().eof_sent = true;
+                if let Some(Err(e)) = r {
+                    return self.force_close(Some(e));
+                }
+                if inner.st.borrow().read_eof {
+                    self.close();
+                }
+                self.pump_writer();
+            }
+            _ => self.connection_lost(None),
         }
+    }
+
+    /// A send completed.
+    fn on_sent(&self) {
+        let inner = &self.0;
+        let Some((res, mut op)) = inner.wr.borrow_mut().op.as_mut().and_then(|o| o.take()) else {
+            return;
+        };
+        inner.wr.borrow_mut().op = None;
+        inner.st.borrow_mut().sending = false;
+        let n = match res {
+            Ok(n) => n as usize,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
+            Err(e) => return self.force_close(Some(e.into())),
+        };
+        self.sent(&mut op.bufs, n);
+        inner.wr.borrow_mut().spare = Some(op);
+        self.pump_writer();
     }
 
     /// The kernel took `n` bytes of `bufs` (taken from the queue's front):
@@ -449,7 +500,7 @@ impl Transport {
             }
             st.wsize += data.len();
             st.wbuf.push_back(data);
-            std::mem::replace(&mut st.writer_idle, false)
+            !st.sending && !st.flush_queued
         };
         if kick {
             self.kick_writer();
@@ -513,15 +564,14 @@ impl Transport {
         true
     }
 
+    /// Flushes at the end of this loop turn (once per turn).
     fn kick_writer(&self) {
-        if let Some(w) = self.0.writer.borrow().as_ref() {
-            self.0.lp.core.step_at_turn_end(w);
-        }
-    }
-
-    fn kick_reader(&self) {
-        if let Some(w) = self.0.read_waker.borrow_mut().take() {
-            w.wake();
+        let queue = {
+            let mut st = self.0.st.borrow_mut();
+            !st.sending && !std::mem::replace(&mut st.flush_queued, true)
+        };
+        if queue {
+            self.0.lp.core.call_at_turn_end(self.handler());
         }
     }
 
@@ -537,7 +587,7 @@ impl Transport {
             }
             st.closing = true;
         }
-        self.kick_reader();
+        self.pump_reader();
         self.kick_writer();
     }
 
@@ -561,7 +611,7 @@ impl Transport {
     }
 
     /// Delivers `connection_lost` (exactly once, through the loop), then
-    /// releases the protocol, the socket and the tasks.
+    /// releases the protocol, the ops in flight and the socket.
     fn connection_lost(&self, exc: Option<Error>) {
         {
             let mut st = self.0.st.borrow_mut();
@@ -570,23 +620,15 @@ impl Transport {
             }
             st.lost = true;
         }
-        self.kick_reader();
+        self.pump_reader();
         let t = self.clone();
         self.0.lp.call_soon_impl(
             Box::new(move || {
                 t.call_protocol(move |p| p.connection_lost(exc));
                 let inner = &t.0;
                 inner.protocol.release();
+                t.drop_ops();
                 inner.sock.borrow_mut().take();
-                for task in [
-                    inner.reader.borrow_mut().take(),
-                    inner.writer.borrow_mut().take(),
-                ]
-                .into_iter()
-                .flatten()
-                {
-                    task.cancel(None);
-                }
                 let hooks = std::mem::take(&mut *inner.on_lost.borrow_mut());
                 for h in hooks {
                     h();
@@ -607,13 +649,19 @@ impl Transport {
     /// Equivalent to `ReadTransport.pause_reading`; idempotent.
     pub fn pause_reading(&self) {
         self.0.st.borrow_mut().reading = false;
-        self.kick_reader();
+        self.pump_reader();
     }
 
     /// Receives again. Equivalent to `ReadTransport.resume_reading`.
     pub fn resume_reading(&self) {
-        self.0.st.borrow_mut().reading = true;
-        self.kick_reader();
+        if std::mem::replace(&mut self.0.st.borrow_mut().reading, true) {
+            return;
+        }
+        // Data (kept or new) arrives through the loop, never inside this call.
+        let t = self.clone();
+        self.0
+            .lp
+            .call_soon_impl(Box::new(move || t.pump_reader()), "resume_reading");
     }
 
     /// True while receiving. Equivalent to `ReadTransport.is_reading`.

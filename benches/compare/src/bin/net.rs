@@ -434,14 +434,15 @@ fn main() {
         return;
     }
     if let Some(i) = args.iter().position(|a| a == "--client") {
-        // `--client PORT SIZE CONNS SECS`: one load run against a server
-        // started by hand (for profiling).
+        // `--client PORT SIZE CONNS SECS [REQUESTS]`: one load run against
+        // a server started by hand (for profiling).
         let v = |k: usize| {
             args[i + k]
                 .parse::<f64>()
-                .expect("--client PORT SIZE CONNS SECS")
+                .expect("--client PORT SIZE CONNS SECS [REQUESTS]")
         };
-        let r = load(v(1) as u16, v(2) as usize, v(3) as usize, v(4), None);
+        let reqs = args.get(i + 5).map(|_| v(5) as usize);
+        let r = load(v(1) as u16, v(2) as usize, v(3) as usize, v(4), reqs);
         println!("{r:.0} req/s");
         return;
     }
