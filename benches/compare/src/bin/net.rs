@@ -187,12 +187,249 @@ async fn monoio_echo() {
     }
 }
 
+// ------------------------------------------------------------- HTTP hello
+
+const HTTP_SERVERS: [&str; 5] = [
+    "http-ringloop-proactor",
+    "http-ringloop-selector",
+    "http-tokio",
+    "http-monoio-uring",
+    "http-monoio-legacy",
+];
+
+const HTTP_RESPONSE: &[u8] =
+    b"HTTP/1.1 200 OK\r\nServer: bench\r\nContent-Type: text/plain\r\nContent-Length: 13\r\n\r\nHello, world!";
+
+/// The same request handling for every HTTP server: each complete request
+/// head in `buf` (keep-alive, pipelining) gets the fixed answer in `out`.
+/// False if the buffer grew past any sane header (one bad client costs
+/// one connection).
+fn http_answer(buf: &mut Vec<u8>, out: &mut Vec<u8>) -> bool {
+    let mut start = 0;
+    while let Some(end) = buf[start..].windows(4).position(|w| w == b"\r\n\r\n") {
+        out.extend_from_slice(HTTP_RESPONSE);
+        start += end + 4;
+    }
+    buf.drain(..start);
+    buf.len() <= 64 * 1024
+}
+
+struct Http {
+    t: Option<Transport>,
+    buf: Vec<u8>,
+    out: bytes::BytesMut,
+    scratch: Vec<u8>,
+}
+
+impl Protocol for Http {
+    fn connection_made(&mut self, t: Transport) {
+        self.t = Some(t);
+    }
+    fn data_received(&mut self, data: &[u8]) {
+        let Some(t) = &self.t else { return };
+        self.buf.extend_from_slice(data);
+        if !http_answer(&mut self.buf, &mut self.scratch) {
+            return t.abort();
+        }
+        if !self.scratch.is_empty() {
+            self.out.extend_from_slice(&self.scratch);
+            self.scratch.clear();
+            let _ = t.write(self.out.split().freeze());
+        }
+    }
+}
+
+fn serve_http_ringloop(backend: Backend) {
+    let lp = EventLoop::with_backend(backend).expect("loop");
+    lp.run_until_complete(async {
+        let lp = get_running_loop().unwrap();
+        let server = lp
+            .create_server_with(
+                || Http {
+                    t: None,
+                    buf: Vec::new(),
+                    out: bytes::BytesMut::new(),
+                    scratch: Vec::new(),
+                },
+                ringloop::ServerOptions {
+                    hosts: vec!["127.0.0.1".into()],
+                    backlog: 4096,
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect("server");
+        announce(server.sockets()[0].as_socket().unwrap().port());
+        server.serve_forever().await.unwrap();
+    })
+    .unwrap();
+}
+
+fn serve_http_tokio() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        announce(l.local_addr().unwrap().port());
+        loop {
+            let (mut s, _) = l.accept().await.unwrap();
+            s.set_nodelay(true).unwrap();
+            tokio::task::spawn_local(async move {
+                let (mut rbuf, mut buf, mut out) = (vec![0u8; 64 * 1024], Vec::new(), Vec::new());
+                loop {
+                    match s.read(&mut rbuf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            buf.extend_from_slice(&rbuf[..n]);
+                            if !http_answer(&mut buf, &mut out) {
+                                return;
+                            }
+                            if s.write_all(&out).await.is_err() {
+                                return;
+                            }
+                            out.clear();
+                        }
+                    }
+                }
+            });
+        }
+    });
+}
+
+async fn monoio_http() {
+    use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+    let l = monoio::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    announce(l.local_addr().unwrap().port());
+    loop {
+        let (mut s, _) = l.accept().await.unwrap();
+        let _ = s.set_nodelay(true);
+        monoio::spawn(async move {
+            let (mut rbuf, mut buf) = (vec![0u8; 64 * 1024], Vec::new());
+            let mut out = Vec::new();
+            loop {
+                let (r, b) = s.read(rbuf).await;
+                rbuf = b;
+                match r {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => {
+                        buf.extend_from_slice(&rbuf[..n]);
+                        if !http_answer(&mut buf, &mut out) {
+                            return;
+                        }
+                        let (w, o) = s.write_all(out).await;
+                        if w.is_err() {
+                            return;
+                        }
+                        out = o;
+                        out.clear();
+                        rbuf.resize(64 * 1024, 0);
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Requests per second `wrk -t1 -c{conns}` measured against `port` (wrk
+/// pinned to core 1), or `None` if wrk failed.
+fn wrk(port: u16, conns: usize, secs: u32) -> Option<f64> {
+    let out = Command::new("taskset")
+        .args(["-c", "1", "wrk", "-t1"])
+        .arg(format!("-c{conns}"))
+        .arg(format!("-d{secs}s"))
+        .arg(format!("http://127.0.0.1:{port}/"))
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if text.contains("Non-2xx") || text.contains("Socket errors") {
+        eprintln!("!!! wrk reported errors against port {port}:\n{text}");
+    }
+    text.lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// The HTTP table: `wrk -t1` against each HTTP server, interleaved rounds,
+/// fresh server per round. Returns the JSON rows.
+fn http_bench(conc: &[usize], rounds: usize, secs: u32) -> Vec<String> {
+    if Command::new("wrk").arg("-v").output().is_err() {
+        eprintln!("!!! wrk is not installed (apt-get install wrk): HTTP bench SKIPPED");
+        return Vec::new();
+    }
+    print!("\n| HTTP hello, wrk -t1 | conns |");
+    for s in HTTP_SERVERS {
+        print!(" {} |", s.trim_start_matches("http-"));
+    }
+    println!(" proactor/selector | proactor/tokio | proactor/monoio-uring |");
+    println!(
+        "|---|---:|{}---|---|---|",
+        "---:|".repeat(HTTP_SERVERS.len())
+    );
+    let mut json = Vec::new();
+    for &c in conc {
+        let mut res: Vec<Vec<f64>> = vec![Vec::new(); HTTP_SERVERS.len()];
+        for _ in 0..rounds {
+            for (i, kind) in HTTP_SERVERS.iter().enumerate() {
+                let (mut child, port) = spawn(kind, &[], 0);
+                res[i].push(wrk(port, c, secs).unwrap_or(0.0));
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        let ratio = |a: usize, b: usize| {
+            let mut r: Vec<f64> = res[a].iter().zip(&res[b]).map(|(x, y)| x / y).collect();
+            let lo = r.iter().cloned().fold(f64::MAX, f64::min);
+            let hi = r.iter().cloned().fold(0.0, f64::max);
+            (median(&mut r), lo, hi)
+        };
+        let (ps, pt, pm) = (ratio(0, 1), ratio(0, 2), ratio(0, 3));
+        let meds: Vec<f64> = res.iter_mut().map(|v| median(v)).collect();
+        assert!(
+            meds.iter().all(|m| *m > 0.0),
+            "an HTTP server answered nothing"
+        );
+        print!("| req/s | {c} |");
+        for m in &meds {
+            print!(" {m:.0} |");
+        }
+        println!(
+            " {:.2} ({:.2}–{:.2}) | {:.2} ({:.2}–{:.2}) | {:.2} ({:.2}–{:.2}) |",
+            ps.0, ps.1, ps.2, pt.0, pt.1, pt.2, pm.0, pm.1, pm.2
+        );
+        json.push(format!(
+            "{{\"conns\":{c},{}}}",
+            HTTP_SERVERS
+                .iter()
+                .zip(&meds)
+                .map(|(s, m)| format!("\"{s}\":{m:.0}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        ));
+    }
+    json
+}
+
 fn serve(kind: &str, quit_after: usize) {
     match kind {
         "ringloop-proactor" => serve_ringloop(Backend::Proactor, false, quit_after),
         "ringloop-proactor-streams" => serve_ringloop(Backend::Proactor, true, quit_after),
         "ringloop-selector" => serve_ringloop(Backend::Selector, false, quit_after),
         "tokio" => serve_tokio(),
+        "http-ringloop-proactor" => serve_http_ringloop(Backend::Proactor),
+        "http-ringloop-selector" => serve_http_ringloop(Backend::Selector),
+        "http-tokio" => serve_http_tokio(),
+        "http-monoio-uring" => monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+            .build()
+            .unwrap()
+            .block_on(monoio_http()),
+        "http-monoio-legacy" => monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .build()
+            .unwrap()
+            .block_on(monoio_http()),
         "monoio-uring" => monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
             .build()
             .unwrap()
@@ -517,6 +754,13 @@ fn main() {
             table.push((size, c, meds));
         }
     }
+    let http = if counters_only {
+        Vec::new()
+    } else if quick {
+        http_bench(&[10], 1, 1)
+    } else {
+        http_bench(&[10, 100], rounds, 2)
+    };
     // Counters on the ringloop servers, 1 KiB echo at c=100 (not in quick
     // mode: tracing is slow).
     let (cn, creq) = (100, 20_000);
@@ -551,8 +795,9 @@ fn main() {
     std::fs::write(
         dir.join(name),
         format!(
-            "{{\"rounds\":{rounds},\"secs\":{secs},\"echo\":[{}],\"counters\":[{}]}}\n",
+            "{{\"rounds\":{rounds},\"secs\":{secs},\"echo\":[{}],\"http\":[{}],\"counters\":[{}]}}\n",
             json.join(","),
+            http.join(","),
             counters.join(",")
         ),
     )
