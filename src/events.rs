@@ -25,11 +25,37 @@ struct TimerPart {
     core: Weak<Core>,
 }
 
-pub(crate) struct HandleInner {
-    callback: Cell<Option<Callback>>,
+/// A callback kept in its handle's own allocation (one allocation per
+/// `call_soon`, not a boxed closure plus a handle).
+pub(crate) trait CallOnce {
+    /// Runs the callback if it is still there; false if it was not.
+    fn call(&self) -> bool;
+    /// Drops the callback; true if it was there.
+    fn clear(&self) -> bool;
+}
+
+pub(crate) struct CbSlot<F>(Cell<Option<F>>);
+
+impl<F: FnOnce()> CallOnce for CbSlot<F> {
+    fn call(&self) -> bool {
+        match self.0.take() {
+            Some(f) => {
+                f();
+                true
+            }
+            None => false,
+        }
+    }
+    fn clear(&self) -> bool {
+        self.0.take().is_some()
+    }
+}
+
+pub(crate) struct HandleInner<C: ?Sized = dyn CallOnce> {
     pub(crate) cancelled: Cell<bool>,
     timer: Option<TimerPart>,
     label: &'static str,
+    callback: C,
 }
 
 /// A scheduled callback, returned by `call_soon` (asyncio's `Handle`).
@@ -39,18 +65,22 @@ pub(crate) struct HandleInner {
 pub struct Handle(pub(crate) Rc<HandleInner>);
 
 impl Handle {
-    pub(crate) fn new(cb: Callback, label: &'static str) -> Handle {
+    pub(crate) fn new<F: FnOnce() + 'static>(cb: F, label: &'static str) -> Handle {
         Handle(Rc::new(HandleInner {
-            callback: Cell::new(Some(cb)),
+            callback: CbSlot(Cell::new(Some(cb))),
             cancelled: Cell::new(false),
             timer: None,
             label,
         }))
     }
 
-    pub(crate) fn new_timer(cb: Callback, when: Instant, core: Weak<Core>) -> Handle {
+    pub(crate) fn new_timer<F: FnOnce() + 'static>(
+        cb: F,
+        when: Instant,
+        core: Weak<Core>,
+    ) -> Handle {
         Handle(Rc::new(HandleInner {
-            callback: Cell::new(Some(cb)),
+            callback: CbSlot(Cell::new(Some(cb))),
             cancelled: Cell::new(false),
             timer: Some(TimerPart {
                 when,
@@ -69,7 +99,7 @@ impl Handle {
         if self.0.cancelled.replace(true) {
             return;
         }
-        let had_cb = self.0.callback.take().is_some();
+        let had_cb = self.0.callback.clear();
         if let Some(t) = &self.0.timer {
             if had_cb && t.in_heap.get() {
                 if let Some(core) = t.core.upgrade() {
@@ -92,12 +122,15 @@ impl Handle {
         }
     }
 
-    /// Takes the callback to run it (None if cancelled or already run).
-    pub(crate) fn take_callback(&self) -> Option<Callback> {
-        if self.0.cancelled.get() {
-            return None;
-        }
-        self.0.callback.take()
+    /// Runs the callback (unless cancelled or already run); false if it
+    /// did not run.
+    pub(crate) fn run(&self) -> bool {
+        !self.0.cancelled.get() && self.0.callback.call()
+    }
+
+    /// Will [`run`](Self::run) call something?
+    pub(crate) fn is_pending(&self) -> bool {
+        !self.0.cancelled.get()
     }
 }
 

@@ -139,8 +139,7 @@ both_backends! {
             h.cancel();
         }
         drop(handles);
-        // Compaction kicks in once more than half are cancelled.
-        assert!(lp.scheduled_timers() < n / 2 + 2, "heap kept {} cancelled timers", lp.scheduled_timers());
+        // The next turn rebuilds the heap (more than half are cancelled).
         lp.stop();
         lp.run_forever().unwrap();
         assert!(lp.scheduled_timers() <= 101, "heap still holds {}", lp.scheduled_timers());

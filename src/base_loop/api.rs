@@ -66,7 +66,7 @@ impl AbstractEventLoop for EventLoop {
 
     fn call_soon(&self, cb: impl FnOnce() + 'static) -> Result<Handle> {
         self.check_open()?;
-        Ok(self.call_soon_impl(Box::new(cb), "callback"))
+        Ok(self.core.call_soon(cb, "callback"))
     }
 
     fn call_soon_threadsafe(&self, cb: impl FnOnce() + Send + 'static) -> Result<()> {
@@ -82,7 +82,7 @@ impl AbstractEventLoop for EventLoop {
 
     fn call_at(&self, when: Instant, cb: impl FnOnce() + 'static) -> Result<TimerHandle> {
         self.check_open()?;
-        Ok(self.call_at_impl(when, Box::new(cb)))
+        Ok(self.call_at_impl(when, cb))
     }
 
     fn time(&self) -> Instant {

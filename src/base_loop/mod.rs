@@ -133,7 +133,7 @@ impl Core {
         }
     }
 
-    pub(crate) fn call_soon(&self, cb: Callback, label: &'static str) -> Handle {
+    pub(crate) fn call_soon<F: FnOnce() + 'static>(&self, cb: F, label: &'static str) -> Handle {
         let h = Handle::new(cb, label);
         self.ready
             .borrow_mut()
@@ -564,7 +564,7 @@ impl EventLoop {
         self.core.spawn(fut, name, false)
     }
 
-    fn call_at_impl(&self, when: Instant, cb: Callback) -> TimerHandle {
+    pub(crate) fn call_at_impl<F: FnOnce() + 'static>(&self, when: Instant, cb: F) -> TimerHandle {
         let h = Handle::new_timer(cb, when, Rc::downgrade(&self.core));
         self.core.timers.borrow_mut().push(when, h.clone());
         TimerHandle(h)
@@ -602,6 +602,7 @@ impl EventLoop {
     /// One iteration, as CPython's `BaseEventLoop._run_once`.
     fn run_once(&self) -> Result<()> {
         let core = &*self.core;
+        core.timers.borrow_mut().compact_if_needed();
         let timeout = if !core.ready.borrow().is_empty()
             || core.stopping.get()
             || core.driver.borrow().has_notified()
@@ -670,11 +671,11 @@ impl EventLoop {
     }
 
     fn run_handle(&self, h: &Handle) {
-        let Some(cb) = h.take_callback() else {
+        if !h.is_pending() {
             return;
-        };
+        }
         let t0 = self.core.debug.get().then(Instant::now);
-        if let Err(p) = catch_unwind(AssertUnwindSafe(cb)) {
+        if let Err(p) = catch_unwind(AssertUnwindSafe(|| h.run())) {
             self.call_exception_handler_impl(ExceptionContext {
                 message: format!("Exception in callback {h:?}"),
                 exception: Some(Error::Panic(panic_message(&*p))),

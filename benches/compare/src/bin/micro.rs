@@ -3,7 +3,7 @@
 //! process. Rounds are interleaved (P S T, P S T, …) and the median of each
 //! is reported with the tokio/ringloop ratio.
 //!
-//! `cargo run --release -p ringloop-compare [-- --quick]`
+//! `cargo run --release -p ringloop-compare [-- --quick] [--only NAME]`
 
 use std::cell::Cell;
 use std::hint::black_box;
@@ -436,7 +436,16 @@ fn main() {
         "| bench | ringloop proactor ns/op | ringloop selector ns/op | tokio ns/op | tokio / proactor |"
     );
     println!("|---|---:|---:|---:|---:|");
+    // `--only TEXT`: just the benches whose name contains TEXT (profiling).
+    let args: Vec<String> = std::env::args().collect();
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1).cloned());
     for (name, work, n) in benches {
+        if only.as_ref().is_some_and(|o| !name.contains(o.as_str())) {
+            continue;
+        }
         let n = (n / scale).max(10);
         let mut res = [Vec::new(), Vec::new(), Vec::new()];
         // Warm-up, discarded.
