@@ -412,7 +412,11 @@ both_backends! {
                 let enters = after.uring_enters - before.uring_enters;
                 assert!(enters >= 2 && enters <= turns, "{enters} enters in {turns} turns: {after:?}");
             }
-            Backend::Selector => assert_eq!(after.epoll_waits - before.epoll_waits, turns, "{after:?}"),
+            // At most one epoll_wait per turn; none when nothing is parked.
+            Backend::Selector => {
+                let waits = after.epoll_waits - before.epoll_waits;
+                assert!(waits >= 1 && waits <= turns, "{waits} waits in {turns} turns: {after:?}");
+            }
         }
         assert_eq!(lp.ops_in_flight(), 0, "all 50 reads completed");
     }

@@ -279,10 +279,17 @@ impl Core {
     }
 
     fn drain_remote(&self, lp: &EventLoop) {
-        if !self.remote.has_items.swap(false, Ordering::AcqRel) {
+        // Clear the notifier's flag before looking at the queue, every turn:
+        // a notify that raced with the last drain left it set with nothing
+        // queued, and the next pusher would then skip the eventfd write
+        // while this loop blocks (a lost wake-up).
+        self.remote.notifier.clear();
+        // A plain load first: the locked swap only when there is work.
+        if !self.remote.has_items.load(Ordering::SeqCst)
+            || !self.remote.has_items.swap(false, Ordering::AcqRel)
+        {
             return;
         }
-        self.remote.notifier.clear();
         let RemoteQueue {
             callbacks, wakes, ..
         } = self.remote.take();
@@ -606,7 +613,7 @@ impl EventLoop {
         let timeout = if !core.ready.borrow().is_empty()
             || core.stopping.get()
             || core.driver.borrow().has_notified()
-            || core.remote.has_items.load(Ordering::Acquire)
+            || core.remote.has_items.load(Ordering::SeqCst)
         {
             Some(Duration::ZERO)
         } else {
@@ -616,7 +623,7 @@ impl EventLoop {
                 .map(|when| when.saturating_duration_since(Instant::now()))
         };
         core.driver.borrow_mut().turn(timeout)?;
-        {
+        if core.driver.borrow().has_notified() {
             let mut list = core.notified.borrow_mut();
             core.driver.borrow_mut().take_notified(&mut list);
             let mut ready = core.ready.borrow_mut();
@@ -625,12 +632,15 @@ impl EventLoop {
             }
         }
         core.drain_remote(self);
-        let now = Instant::now();
-        loop {
-            let due = core.timers.borrow_mut().pop_due(now);
-            match due {
-                Some(h) => core.ready.borrow_mut().push_back(Ready::Callback(h)),
-                None => break,
+        // (No clock read when no timer is scheduled.)
+        if core.timers.borrow().len() > 0 {
+            let now = Instant::now();
+            loop {
+                let due = core.timers.borrow_mut().pop_due(now);
+                match due {
+                    Some(h) => core.ready.borrow_mut().push_back(Ready::Callback(h)),
+                    None => break,
+                }
             }
         }
         // Run only what is ready now; what these schedule waits a turn.
@@ -646,6 +656,9 @@ impl EventLoop {
         }
         // Writers asked for a flush during the turn: step them now so their
         // sends go out with the next driver wait.
+        if core.turn_end.borrow().is_empty() {
+            return Ok(());
+        }
         let mut list = std::mem::take(&mut *core.turn_end_spare.borrow_mut());
         loop {
             std::mem::swap(&mut list, &mut *core.turn_end.borrow_mut());

@@ -36,7 +36,7 @@ impl Remote {
             }
             f(&mut q);
         }
-        self.has_items.store(true, Ordering::Release);
+        self.has_items.store(true, Ordering::SeqCst);
         self.notifier.notify();
         Ok(())
     }

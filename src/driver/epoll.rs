@@ -218,6 +218,12 @@ impl Epoll {
             // Round up: waking before the timer is due would spin.
             Some(t) => t.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as i32,
         };
+        if ms == 0 && self.parked.is_empty() {
+            // Must not wait and no op waits for readiness: nothing to learn
+            // (as the proactor skips an idle enter). Remote wake-ups are
+            // seen through the loop's flag; the eventfd is read next wait.
+            return Ok(());
+        }
         self.events.clear();
         self.ops.stats.epoll_waits += 1;
         // SAFETY: the buffer has room for `capacity` events.

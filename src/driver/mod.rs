@@ -96,7 +96,7 @@ impl Notifier {
 
     /// Makes the next (or current) `turn` return. Cheap when already pending.
     pub(crate) fn notify(&self) {
-        if !self.pending.swap(true, Ordering::AcqRel) {
+        if !self.pending.swap(true, Ordering::SeqCst) {
             let one: u64 = 1;
             // SAFETY: writes 8 bytes from a valid u64 to our eventfd.
             unsafe { libc::write(self.fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
@@ -104,8 +104,13 @@ impl Notifier {
     }
 
     /// Called by the loop before it drains its remote queue.
+    /// SeqCst with the pusher's `has_items` store and `pending` swap: either
+    /// the loop then sees the item, or the pusher sees the flag cleared and
+    /// writes the eventfd.
     pub(crate) fn clear(&self) {
-        self.pending.store(false, Ordering::Release);
+        if self.pending.load(Ordering::Acquire) {
+            self.pending.swap(false, Ordering::SeqCst);
+        }
     }
 }
 

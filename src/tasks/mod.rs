@@ -5,9 +5,11 @@
 //! the future instead of polling it (cleanup runs in `Drop`) and the task ends
 //! with [`Error::Cancelled`]. Dropping a [`Task`] handle detaches the task: it
 //! keeps running.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)] // except `slot`: the future pinned in place
 
 pub(crate) mod api;
+#[allow(unsafe_code)]
+mod slot;
 
 use std::cell::{Cell, RefCell};
 use std::fmt;
@@ -126,7 +128,7 @@ type TaskCallback<T> = Box<dyn FnOnce(&Task<T>)>;
 
 pub(crate) struct TaskCell<F: Future> {
     header: TaskHeader,
-    future: RefCell<Option<Pin<Box<F>>>>,
+    future: slot::FutureSlot<F>,
     result: RefCell<Option<Result<F::Output>>>,
     /// Awaiting tasks: the first inline, more (rare) in the Vec.
     joiners: RefCell<(Option<Waker>, Vec<Waker>)>,
@@ -142,7 +144,7 @@ where
     pub(crate) fn new(header: TaskHeader, fut: F) -> Rc<Self> {
         Rc::new(TaskCell {
             header,
-            future: RefCell::new(Some(Box::pin(fut))),
+            future: slot::FutureSlot::new(fut),
             result: RefCell::new(None),
             joiners: RefCell::new((None, Vec::new())),
             callbacks: RefCell::new(Vec::new()),
@@ -196,22 +198,16 @@ where
             return true;
         }
         if let Some(msg) = self.header.cancel_request.borrow_mut().take() {
-            let fut = self.future.borrow_mut().take();
-            drop_quietly(fut);
+            drop_quietly(&self.future);
             self.finish(Err(Error::Cancelled(msg)));
             return true;
         }
-        let Some(mut fut) = self.future.borrow_mut().take() else {
-            return true;
-        };
         let mut cx = Context::from_waker(&self.header.waker);
-        match catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(&mut cx))) {
-            Ok(Poll::Pending) => {
-                *self.future.borrow_mut() = Some(fut);
-                false
-            }
-            Ok(Poll::Ready(v)) => {
-                drop_quietly(Some(fut));
+        match catch_unwind(AssertUnwindSafe(|| self.future.poll(&mut cx))) {
+            Ok(None) => true,
+            Ok(Some(Poll::Pending)) => false,
+            Ok(Some(Poll::Ready(v))) => {
+                drop_quietly(&self.future);
                 // As asyncio: a cancel requested during the task's last step
                 // still ends it cancelled.
                 match self.header.cancel_request.borrow_mut().take() {
@@ -221,7 +217,7 @@ where
                 true
             }
             Err(p) => {
-                drop_quietly(Some(fut));
+                drop_quietly(&self.future);
                 self.finish(Err(Error::Panic(panic_message(&*p))));
                 true
             }
@@ -232,15 +228,14 @@ where
         if self.header.done() {
             return;
         }
-        let fut = self.future.borrow_mut().take();
-        drop_quietly(fut);
+        drop_quietly(&self.future);
         self.finish(Err(Error::Cancelled(Some("event loop closed".into()))));
     }
 }
 
 /// Drops a future, turning a panic in its destructor into a log line.
-fn drop_quietly<T>(v: Option<T>) {
-    if let Err(p) = catch_unwind(AssertUnwindSafe(move || drop(v))) {
+fn drop_quietly<F: Future>(slot: &slot::FutureSlot<F>) {
+    if let Err(p) = catch_unwind(AssertUnwindSafe(|| slot.drop_future())) {
         log::error!(
             "ringloop: a task's future panicked while dropped: {}",
             panic_message(&*p)
