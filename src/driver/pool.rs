@@ -27,6 +27,8 @@ use super::ops::{Interest, OpAble, Stash};
 pub(crate) const POOL_BUFS: u16 = 256;
 /// Bytes per buffer.
 pub(crate) const POOL_BUF_SIZE: usize = 16 * 1024;
+// A completion value carries the length in 16 bits (see `encode`).
+const _: () = assert!(POOL_BUF_SIZE < 1 << 16 && (POOL_BUFS as u32) < 1 << 15);
 /// The buffer group id of the ring.
 pub(crate) const BGID: u16 = 0;
 /// Marks a completion value that names a pool buffer: `BIT | bid << 16 | len`.
