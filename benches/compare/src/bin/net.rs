@@ -380,35 +380,14 @@ fn http_bench(conc: &[usize], rounds: usize, secs: u32) -> Vec<String> {
                 let _ = child.wait();
             }
         }
-        let ratio = |a: usize, b: usize| {
-            let mut r: Vec<f64> = res[a].iter().zip(&res[b]).map(|(x, y)| x / y).collect();
-            let lo = r.iter().cloned().fold(f64::MAX, f64::min);
-            let hi = r.iter().cloned().fold(0.0, f64::max);
-            (median(&mut r), lo, hi)
-        };
-        let (ps, pt, pm) = (ratio(0, 1), ratio(0, 2), ratio(0, 3));
-        let meds: Vec<f64> = res.iter_mut().map(|v| median(v)).collect();
-        assert!(
-            meds.iter().all(|m| *m > 0.0),
-            "an HTTP server answered nothing"
+        let (_, row) = report_row(
+            &format!("| req/s | {c} |"),
+            &format!("\"conns\":{c}"),
+            &HTTP_SERVERS,
+            &mut res,
+            [1, 2, 3],
         );
-        print!("| req/s | {c} |");
-        for m in &meds {
-            print!(" {m:.0} |");
-        }
-        println!(
-            " {:.2} ({:.2}–{:.2}) | {:.2} ({:.2}–{:.2}) | {:.2} ({:.2}–{:.2}) |",
-            ps.0, ps.1, ps.2, pt.0, pt.1, pt.2, pm.0, pm.1, pm.2
-        );
-        json.push(format!(
-            "{{\"conns\":{c},{}}}",
-            HTTP_SERVERS
-                .iter()
-                .zip(&meds)
-                .map(|(s, m)| format!("\"{s}\":{m:.0}"))
-                .collect::<Vec<_>>()
-                .join(",")
-        ));
+        json.push(row);
     }
     json
 }
@@ -506,6 +485,45 @@ fn spawn_within(
 }
 
 // ------------------------------------------------------------------ client
+
+/// Prints one table row (medians of each server's rounds, then the
+/// proactor's ratios to the servers `cmp` with min–max) and returns the
+/// medians and the row as JSON.
+fn report_row(
+    head: &str,
+    json_head: &str,
+    names: &[&str],
+    res: &mut [Vec<f64>],
+    cmp: [usize; 3],
+) -> (Vec<f64>, String) {
+    let ratio = |b: usize| {
+        let mut r: Vec<f64> = res[0].iter().zip(&res[b]).map(|(x, y)| x / y).collect();
+        let lo = r.iter().cloned().fold(f64::MAX, f64::min);
+        let hi = r.iter().cloned().fold(0.0, f64::max);
+        (median(&mut r), lo, hi)
+    };
+    let ratios = cmp.map(ratio);
+    let meds: Vec<f64> = res.iter_mut().map(|v| median(v)).collect();
+    assert!(
+        meds.iter().all(|m| *m > 0.0),
+        "a server answered nothing: {head}"
+    );
+    print!("{head}");
+    for m in &meds {
+        print!(" {m:.0} |");
+    }
+    for (m, lo, hi) in ratios {
+        print!(" {m:.2} ({lo:.2}–{hi:.2}) |");
+    }
+    println!();
+    let fields: Vec<String> = names
+        .iter()
+        .zip(&meds)
+        .map(|(s, m)| format!("\"{s}\":{m:.0}"))
+        .collect();
+    let json = format!("{{{json_head},{}}}", fields.join(","));
+    (meds, json)
+}
 
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
@@ -725,32 +743,14 @@ fn main() {
                     let _ = child.wait();
                 }
             }
-            let ratio = |a: usize, b: usize| {
-                let mut r: Vec<f64> = res[a].iter().zip(&res[b]).map(|(x, y)| x / y).collect();
-                let lo = r.iter().cloned().fold(f64::MAX, f64::min);
-                let hi = r.iter().cloned().fold(0.0, f64::max);
-                (median(&mut r), lo, hi)
-            };
-            let (ps, pt, pm) = (ratio(0, 2), ratio(0, 3), ratio(0, 4));
-            let meds: Vec<f64> = res.iter_mut().map(|v| median(v)).collect();
-            assert!(meds.iter().all(|m| *m > 0.0), "a server answered nothing");
-            print!("| {} KiB | {c} |", size / 1024);
-            for m in &meds {
-                print!(" {m:.0} |");
-            }
-            println!(
-                " {:.2} ({:.2}–{:.2}) | {:.2} ({:.2}–{:.2}) | {:.2} ({:.2}–{:.2}) |",
-                ps.0, ps.1, ps.2, pt.0, pt.1, pt.2, pm.0, pm.1, pm.2
+            let (meds, row) = report_row(
+                &format!("| {} KiB | {c} |", size / 1024),
+                &format!("\"size\":{size},\"conns\":{c}"),
+                &SERVERS,
+                &mut res,
+                [2, 3, 4],
             );
-            json.push(format!(
-                "{{\"size\":{size},\"conns\":{c},{}}}",
-                SERVERS
-                    .iter()
-                    .zip(&meds)
-                    .map(|(s, m)| format!("\"{s}\":{m:.0}"))
-                    .collect::<Vec<_>>()
-                    .join(",")
-            ));
+            json.push(row);
             table.push((size, c, meds));
         }
     }
