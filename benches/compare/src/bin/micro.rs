@@ -170,6 +170,40 @@ fn spawn_join(rt: Rt, n: usize) -> f64 {
     }
 }
 
+/// Future resolution: a future is created, resolved by a callback the loop
+/// runs, and awaited, n times. tokio has no loop future: a oneshot channel
+/// resolved by a spawned task.
+fn future_resolution(rt: Rt, n: usize) -> f64 {
+    match rt {
+        Rt::Tokio => per(
+            on_tokio(|| async move {
+                for i in 0..n {
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    tokio::task::spawn_local(async move {
+                        let _ = tx.send(i);
+                    });
+                    black_box(rx.await.unwrap());
+                }
+            }),
+            n,
+        ),
+        _ => per(
+            on_ringloop(rt, |lp| async move {
+                for i in 0..n {
+                    let f = lp.create_future::<usize>();
+                    let f2 = f.clone();
+                    lp.call_soon(move || {
+                        let _ = f2.set_result(i);
+                    })
+                    .unwrap();
+                    black_box(f.await.unwrap());
+                }
+            }),
+            n,
+        ),
+    }
+}
+
 /// A task yields to the loop n times.
 fn yields(rt: Rt, n: usize) -> f64 {
     match rt {
@@ -417,6 +451,11 @@ fn main() {
         ),
         ("sleep task + cancel (both: tasks)", sleep_cancel, 200_000),
         ("task spawn + join", spawn_join, 200_000),
+        (
+            "future resolved by a callback (tokio: oneshot from a task)",
+            future_resolution,
+            1_000_000,
+        ),
         ("yield (sleep(0) / yield_now)", yields, 1_000_000),
         ("gather 10k tasks", gather, 10_000),
         ("timeout scope, ready body", timeout_scope, 1_000_000),
