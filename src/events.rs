@@ -17,8 +17,6 @@ use crate::sock::{SockAddr, Socket};
 use crate::tasks::Task;
 use crate::{Backend, DriverStats};
 
-pub(crate) type Callback = Box<dyn FnOnce()>;
-
 struct TimerPart {
     when: Instant,
     in_heap: Cell<bool>,

@@ -26,7 +26,7 @@ use timers::TimerHeap;
 
 use crate::driver::{Backend, Driver, DriverRef, DriverStats, probe};
 use crate::error::{Error, Result, panic_message};
-use crate::events::{Callback, ExceptionContext, ExceptionHandler, Handle, TimerHandle};
+use crate::events::{ExceptionContext, ExceptionHandler, Handle, TimerHandle};
 use crate::tasks::{RawTask, Task, TaskCell, TaskHeader, TaskRef};
 
 /// How long `close` waits for cancelled io_uring ops before leaking them.
@@ -551,7 +551,11 @@ impl EventLoop {
         }
     }
 
-    pub(crate) fn call_soon_impl(&self, cb: Callback, label: &'static str) -> Handle {
+    pub(crate) fn call_soon_impl<F: FnOnce() + 'static>(
+        &self,
+        cb: F,
+        label: &'static str,
+    ) -> Handle {
         self.core.call_soon(cb, label)
     }
 

@@ -661,7 +661,7 @@ impl Transport {
         let t = self.clone();
         self.0
             .lp
-            .call_soon_impl(Box::new(move || t.pump_reader()), "resume_reading");
+            .call_soon_impl(move || t.pump_reader(), "resume_reading");
     }
 
     /// True while receiving. Equivalent to `ReadTransport.is_reading`.
