@@ -555,6 +555,13 @@ pub(crate) fn owned_from_accept(fd: u32) -> OwnedFd {
     unsafe { OwnedFd::from_raw_fd(fd as i32) }
 }
 
+/// The typed op back from the slab (the key was issued for a `T`).
+fn downcast_op<T: OpAble>(op: Box<dyn OpAble>) -> Box<T> {
+    op.into_any()
+        .downcast::<T>()
+        .expect("ringloop driver: op type mismatch")
+}
+
 /// A submitted op, as a future: resolves to the op's result and the op itself
 /// (its fd and buffers), whether it succeeded or failed. Dropping it before
 /// completion cancels the op without freeing anything the kernel still uses.
@@ -566,18 +573,12 @@ pub(crate) struct Op<T> {
 
 impl<T: OpAble> Op<T> {
     pub(crate) fn submit(driver: &DriverRef, op: T) -> Op<T> {
-        Self::submit_box(driver, Box::new(op)).0
-    }
-
-    /// Submits an op already boxed, and gives the box back on completion,
-    /// so a caller that sends over and over can reuse one allocation.
-    pub(crate) fn submit_box(driver: &DriverRef, op: Box<T>) -> BoxedOp<T> {
-        let key = driver.borrow_mut().submit(op);
-        BoxedOp(Op {
+        let key = driver.borrow_mut().submit(Box::new(op));
+        Op {
             driver: driver.clone(),
             key: Some(key),
             _t: PhantomData,
-        })
+        }
     }
 
     fn poll_box(&mut self, cx: &mut Context<'_>) -> Poll<(io::Result<u32>, Box<T>)> {
@@ -586,25 +587,10 @@ impl<T: OpAble> Op<T> {
         match r {
             Poll::Ready((res, op)) => {
                 self.key = None;
-                let op = op
-                    .into_any()
-                    .downcast::<T>()
-                    .expect("ringloop driver: op type mismatch");
-                Poll::Ready((res, op))
+                Poll::Ready((res, downcast_op(op)))
             }
             Poll::Pending => Poll::Pending,
         }
-    }
-}
-
-/// [`Op`] that hands its op back boxed (see [`Op::submit_box`]).
-pub(crate) struct BoxedOp<T>(Op<T>);
-
-impl<T: OpAble> std::future::Future for BoxedOp<T> {
-    type Output = (io::Result<u32>, Box<T>);
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.0.poll_box(cx)
     }
 }
 
@@ -653,11 +639,7 @@ impl<T: OpAble> HandlerOp<T> {
         let key = self.key?;
         let (res, op) = self.driver.borrow_mut().ops().take_done(key)?;
         self.key = None;
-        let op = op
-            .into_any()
-            .downcast::<T>()
-            .expect("ringloop driver: op type mismatch");
-        Some((res, op))
+        Some((res, downcast_op(op)))
     }
 }
 

@@ -308,7 +308,7 @@ impl DatagramTransport {
         }
         let t = self.clone();
         self.0.lp.call_soon_impl(
-            Box::new(move || {
+            move || {
                 t.call_protocol(move |p| p.connection_lost(exc));
                 let inner = &t.0;
                 inner.protocol.release();
@@ -322,7 +322,7 @@ impl DatagramTransport {
                 {
                     task.cancel(None);
                 }
-            }),
+            },
             "datagram connection_lost",
         );
     }

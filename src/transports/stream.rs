@@ -163,13 +163,13 @@ impl Transport {
         // connection_made runs through the loop, then reading starts.
         let t2 = t.clone();
         lp.call_soon_impl(
-            Box::new(move || {
+            move || {
                 t2.call_protocol({
                     let t = t2.clone();
                     move |p| p.connection_made(t)
                 });
                 t2.pump_reader();
-            }),
+            },
             "connection_made",
         );
         t
@@ -363,6 +363,11 @@ impl Transport {
     /// Sends what is queued, or finishes what was asked once nothing is:
     /// the EOF (`write_eof`), then the close.
     fn pump_writer(&self) {
+        enum Step {
+            Send,
+            Eof,
+            Finish,
+        }
         let inner = &self.0;
         let step = {
             let st = inner.st.borrow();
@@ -370,17 +375,17 @@ impl Transport {
                 return;
             }
             if !st.wbuf.is_empty() {
-                0
+                Step::Send
             } else if st.eof_requested && !st.eof_sent {
-                1
+                Step::Eof
             } else if st.closing {
-                2
+                Step::Finish
             } else {
                 return;
             }
         };
         match step {
-            0 => {
+            Step::Send => {
                 // The buffers move into the op (no clone); what the kernel
                 // does not take goes back to the front of the queue. The
                 // boxed op is reused from send to send.
@@ -408,7 +413,7 @@ impl Transport {
                 let op = HandlerOp::submit(inner.lp.driver(), op, self.handler());
                 inner.wr.borrow_mut().op = Some(op);
             }
-            1 => {
+            Step::Eof => {
                 let r = inner
                     .sock
                     .borrow()
@@ -423,7 +428,7 @@ impl Transport {
                 }
                 self.pump_writer();
             }
-            _ => self.connection_lost(None),
+            Step::Finish => self.connection_lost(None),
         }
     }
 
@@ -623,7 +628,7 @@ impl Transport {
         self.pump_reader();
         let t = self.clone();
         self.0.lp.call_soon_impl(
-            Box::new(move || {
+            move || {
                 t.call_protocol(move |p| p.connection_lost(exc));
                 let inner = &t.0;
                 inner.protocol.release();
@@ -633,7 +638,7 @@ impl Transport {
                 for h in hooks {
                     h();
                 }
-            }),
+            },
             "connection_lost",
         );
     }
