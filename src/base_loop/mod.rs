@@ -223,7 +223,7 @@ impl Core {
     }
 
     /// Steps `task` at the end of the current turn (once, however often asked).
-    /// Calls `h.notify(usize::MAX)` at the end of this loop turn (the caller
+    /// Calls `h.notify(TURN_END)` at the end of this loop turn (the caller
     /// keeps its own flag so it queues itself once).
     pub(crate) fn call_at_turn_end(&self, h: Rc<dyn crate::driver::Notify>) {
         self.turn_end.borrow_mut().push(TurnEnd::Call(h));
@@ -679,7 +679,7 @@ impl EventLoop {
                         }
                         core.run_task(idx, generation);
                     }
-                    TurnEnd::Call(h) => h.notify(usize::MAX),
+                    TurnEnd::Call(h) => h.notify(crate::driver::TURN_END),
                 }
             }
         }

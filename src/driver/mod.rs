@@ -128,6 +128,10 @@ pub(crate) enum Waiter {
 /// A completion callback: [`Notify::notify`] runs from the loop's ready
 /// queue (never inside the driver), with the key of the op that completed.
 /// It may run more than once per completion; it takes what is there.
+/// `Core::call_at_turn_end` calls it with [`TURN_END`] instead of a key.
+/// The key [`Notify::notify`] gets from a turn-end call (no op has it).
+pub(crate) const TURN_END: usize = usize::MAX;
+
 pub(crate) trait Notify {
     fn notify(self: Rc<Self>, key: usize);
     /// The loop closes with this handler's ops still registered: let go of

@@ -25,7 +25,7 @@ use super::{ExtraInfo, buffer_limits};
 use crate::base_loop::EventLoop;
 use crate::driver::ops::{Recv, SendMsg};
 use crate::driver::pool::{PooledBuf, RecvPooled};
-use crate::driver::{HandlerOp, MultiOp, Notify};
+use crate::driver::{HandlerOp, MultiOp, Notify, TURN_END};
 use crate::error::{Error, Result};
 use crate::events::ExceptionContext;
 use crate::protocols::Protocol;
@@ -89,11 +89,11 @@ struct WriteSide {
 }
 
 /// Completion callbacks: a receive or a send finished (`key`), or the
-/// turn-end flush (`usize::MAX`).
+/// turn-end flush (`TURN_END`).
 impl Notify for Inner {
     fn notify(self: Rc<Self>, key: usize) {
         let t = Transport(self);
-        if key == usize::MAX {
+        if key == TURN_END {
             t.0.st.borrow_mut().flush_queued = false;
             t.pump_writer();
             return;
