@@ -24,7 +24,7 @@ use super::cell::{Failure, ProtoCell};
 use super::{ExtraInfo, buffer_limits};
 use crate::base_loop::EventLoop;
 use crate::driver::ops::{Recv, SendMsg};
-use crate::driver::pool::{PooledBuf, RecvPooled};
+use crate::driver::pool::{PoolRef, PooledBuf, RecvPooled};
 use crate::driver::{HandlerOp, MultiOp, Notify, TURN_END};
 use crate::error::{Error, Result};
 use crate::events::ExceptionContext;
@@ -66,6 +66,8 @@ struct Inner {
     st: RefCell<State>,
     rd: RefCell<ReadSide>,
     wr: RefCell<WriteSide>,
+    /// The loop's receive buffer pool.
+    pool: PoolRef,
     on_lost: RefCell<Vec<Box<dyn FnOnce()>>>,
 }
 
@@ -158,6 +160,7 @@ impl Transport {
             }),
             rd: RefCell::new(ReadSide::default()),
             wr: RefCell::new(WriteSide::default()),
+            pool: lp.driver().borrow().pool(),
             on_lost: RefCell::new(Vec::new()),
         }));
         // connection_made runs through the loop, then reading starts.
@@ -252,8 +255,10 @@ impl Transport {
                 let op = Box::new(Recv::new(fd, Vec::with_capacity(READ_SIZE)));
                 rd.plain = Some(HandlerOp::submit(driver, op, self.handler()));
             } else {
-                let pool = driver.borrow().pool();
-                let op = Box::new(RecvPooled { fd, pool });
+                let op = Box::new(RecvPooled {
+                    fd,
+                    pool: inner.pool.clone(),
+                });
                 rd.multi = Some(MultiOp::submit_notify(driver, op, self.handler()));
             }
             return;
@@ -302,8 +307,7 @@ impl Transport {
             match next {
                 Some(Ok(0)) => return self.eof(),
                 Some(Ok(v)) => {
-                    let pool = inner.lp.driver().borrow().pool();
-                    let Some(b) = PooledBuf::from_completion(&pool, v) else {
+                    let Some(b) = PooledBuf::from_completion(&inner.pool, v) else {
                         let e = io::Error::other("receive completed without a pool buffer");
                         return self.force_close(Some(e.into()));
                     };
