@@ -227,17 +227,14 @@ impl Ops {
                 }
             }
             State::Waiting(waiter) => {
-                let waker = match waiter {
+                let waker = if let Waiter::Handler(h) = waiter {
                     // A handler stays for what follows (multishot).
-                    Waiter::Handler(h) => {
-                        self.notified.push((h.clone(), key));
-                        None
-                    }
-                    Waiter::Task(_) => match std::mem::replace(waiter, Waiter::None) {
-                        Waiter::Task(w) => Some(w),
-                        _ => unreachable!(),
-                    },
-                    Waiter::None => None,
+                    self.notified.push((h.clone(), key));
+                    None
+                } else if let Waiter::Task(w) = std::mem::replace(waiter, Waiter::None) {
+                    Some(w)
+                } else {
+                    None
                 };
                 if let Some(q) = &mut slot.multi {
                     q.push_back(res);
@@ -258,15 +255,11 @@ impl Ops {
         key: usize,
         cx: &mut Context<'_>,
     ) -> Poll<(io::Result<u32>, Box<dyn OpAble>)> {
-        let slot = &mut self.slab[key];
-        match &mut slot.state {
-            State::Done(_) => {
-                let slot = self.slab.remove(key);
-                let State::Done(res) = slot.state else {
-                    unreachable!()
-                };
-                Poll::Ready((res, slot.op))
-            }
+        if let Some(done) = self.take_done(key) {
+            return Poll::Ready(done);
+        }
+        match &mut self.slab[key].state {
+            State::Done(_) => unreachable!("taken above"),
             State::Waiting(w) => {
                 match w {
                     Waiter::Task(w) if w.will_wake(cx.waker()) => {}
@@ -578,22 +571,14 @@ pub(crate) struct Op<T> {
 impl<T: OpAble> Op<T> {
     pub(crate) fn submit(driver: &DriverRef, op: T) -> Op<T> {
         let key = driver.borrow_mut().submit(Box::new(op));
+        Self::with_key(driver, key)
+    }
+
+    fn with_key(driver: &DriverRef, key: usize) -> Op<T> {
         Op {
             driver: driver.clone(),
             key: Some(key),
             _t: PhantomData,
-        }
-    }
-
-    fn poll_box(&mut self, cx: &mut Context<'_>) -> Poll<(io::Result<u32>, Box<T>)> {
-        let key = self.key.expect("ringloop: Op polled after completion");
-        let r = self.driver.borrow_mut().ops().poll(key, cx);
-        match r {
-            Poll::Ready((res, op)) => {
-                self.key = None;
-                Poll::Ready((res, downcast_op(op)))
-            }
-            Poll::Pending => Poll::Pending,
         }
     }
 }
@@ -602,7 +587,12 @@ impl<T: OpAble> std::future::Future for Op<T> {
     type Output = (io::Result<u32>, T);
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.poll_box(cx).map(|(res, op)| (res, *op))
+        let key = self.key.expect("ringloop: Op polled after completion");
+        let r = self.driver.borrow_mut().ops().poll(key, cx);
+        r.map(|(res, op)| {
+            self.key = None;
+            (res, *downcast_op::<T>(op))
+        })
     }
 }
 
@@ -616,42 +606,27 @@ impl<T> Drop for Op<T> {
 
 /// A submitted single-shot op whose completion goes to a [`Notify`]
 /// handler; the handler takes the result with [`HandlerOp::take`].
-/// Dropping it before completion cancels the op, as for [`Op`].
-pub(crate) struct HandlerOp<T> {
-    driver: DriverRef,
-    key: Option<usize>,
-    _t: PhantomData<fn() -> T>,
-}
+/// Dropping it before completion cancels the op, as for [`Op`] (whose
+/// key and drop it uses).
+pub(crate) struct HandlerOp<T>(Op<T>);
 
 impl<T: OpAble> HandlerOp<T> {
     pub(crate) fn submit(driver: &DriverRef, op: Box<T>, h: Rc<dyn Notify>) -> HandlerOp<T> {
         let key = driver.borrow_mut().submit_notify(op, h);
-        HandlerOp {
-            driver: driver.clone(),
-            key: Some(key),
-            _t: PhantomData,
-        }
+        HandlerOp(Op::with_key(driver, key))
     }
 
     /// Is `key` this op's?
     pub(crate) fn is(&self, key: usize) -> bool {
-        self.key == Some(key)
+        self.0.key == Some(key)
     }
 
     /// The result and the op back, once it completed.
     pub(crate) fn take(&mut self) -> Option<(io::Result<u32>, Box<T>)> {
-        let key = self.key?;
-        let (res, op) = self.driver.borrow_mut().ops().take_done(key)?;
-        self.key = None;
+        let key = self.0.key?;
+        let (res, op) = self.0.driver.borrow_mut().ops().take_done(key)?;
+        self.0.key = None;
         Some((res, downcast_op(op)))
-    }
-}
-
-impl<T> Drop for HandlerOp<T> {
-    fn drop(&mut self) {
-        if let Some(key) = self.key {
-            self.driver.borrow_mut().drop_op(key);
-        }
     }
 }
 

@@ -125,68 +125,6 @@ fn serve_ringloop(backend: Backend, streams: bool, quit_after: usize) {
     lp.close().unwrap();
 }
 
-fn serve_tokio() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let local = tokio::task::LocalSet::new();
-    local.block_on(&rt, async {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        announce(l.local_addr().unwrap().port());
-        loop {
-            let (mut s, _) = l.accept().await.unwrap();
-            s.set_nodelay(true).unwrap();
-            tokio::task::spawn_local(async move {
-                let mut buf = vec![0u8; 64 * 1024];
-                loop {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => {
-                            if s.write_all(&buf[..n]).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
-                }
-            });
-        }
-    });
-}
-
-/// The monoio echo server (owned buffers: read moves the buffer in and out).
-async fn monoio_echo() {
-    use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
-    {
-        let l = monoio::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        announce(l.local_addr().unwrap().port());
-        loop {
-            let (mut s, _) = l.accept().await.unwrap();
-            let _ = s.set_nodelay(true);
-            monoio::spawn(async move {
-                let mut buf = vec![0u8; 64 * 1024];
-                loop {
-                    let (r, b) = s.read(buf).await;
-                    match r {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => {
-                            let mut out = b;
-                            out.truncate(n);
-                            let (w, b2) = s.write_all(out).await;
-                            if w.is_err() {
-                                return;
-                            }
-                            buf = b2;
-                            buf.resize(64 * 1024, 0);
-                        }
-                    }
-                }
-            });
-        }
-    }
-}
-
 // ------------------------------------------------------------- HTTP hello
 
 const HTTP_SERVERS: [&str; 5] = [
@@ -265,7 +203,9 @@ fn serve_http_ringloop(backend: Backend) {
     .unwrap();
 }
 
-fn serve_http_tokio() {
+/// A peer server on tokio `current_thread` + `LocalSet`: TCP echo (writes
+/// back from the buffer it read into) or, with `http`, HTTP hello.
+fn serve_tokio(http: bool) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -281,18 +221,22 @@ fn serve_http_tokio() {
             tokio::task::spawn_local(async move {
                 let (mut rbuf, mut buf, mut out) = (vec![0u8; 64 * 1024], Vec::new(), Vec::new());
                 loop {
-                    match s.read(&mut rbuf).await {
+                    let n = match s.read(&mut rbuf).await {
                         Ok(0) | Err(_) => return,
-                        Ok(n) => {
-                            buf.extend_from_slice(&rbuf[..n]);
-                            if !http_answer(&mut buf, &mut out) {
-                                return;
-                            }
-                            if s.write_all(&out).await.is_err() {
-                                return;
-                            }
-                            out.clear();
+                        Ok(n) => n,
+                    };
+                    let reply = if http {
+                        buf.extend_from_slice(&rbuf[..n]);
+                        out.clear();
+                        if !http_answer(&mut buf, &mut out) {
+                            return;
                         }
+                        &out[..]
+                    } else {
+                        &rbuf[..n]
+                    };
+                    if s.write_all(reply).await.is_err() {
+                        return;
                     }
                 }
             });
@@ -300,7 +244,9 @@ fn serve_http_tokio() {
     });
 }
 
-async fn monoio_http() {
+/// A peer server on monoio (owned buffers: read and write move them in and
+/// out): TCP echo or, with `http`, HTTP hello.
+async fn monoio_serve(http: bool) {
     use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
     let l = monoio::net::TcpListener::bind("127.0.0.1:0").unwrap();
     announce(l.local_addr().unwrap().port());
@@ -308,27 +254,34 @@ async fn monoio_http() {
         let (mut s, _) = l.accept().await.unwrap();
         let _ = s.set_nodelay(true);
         monoio::spawn(async move {
-            let (mut rbuf, mut buf) = (vec![0u8; 64 * 1024], Vec::new());
-            let mut out = Vec::new();
+            let (mut rbuf, mut buf, mut out) = (vec![0u8; 64 * 1024], Vec::new(), Vec::new());
             loop {
                 let (r, b) = s.read(rbuf).await;
                 rbuf = b;
-                match r {
+                let n = match r {
                     Ok(0) | Err(_) => return,
-                    Ok(n) => {
-                        buf.extend_from_slice(&rbuf[..n]);
-                        if !http_answer(&mut buf, &mut out) {
-                            return;
-                        }
-                        let (w, o) = s.write_all(out).await;
-                        if w.is_err() {
-                            return;
-                        }
-                        out = o;
-                        out.clear();
-                        rbuf.resize(64 * 1024, 0);
+                    Ok(n) => n,
+                };
+                if http {
+                    buf.extend_from_slice(&rbuf[..n]);
+                    out.clear();
+                    if !http_answer(&mut buf, &mut out) {
+                        return;
+                    }
+                    let (w, o) = s.write_all(out).await;
+                    out = o;
+                    if w.is_err() {
+                        return;
+                    }
+                } else {
+                    rbuf.truncate(n);
+                    let (w, b) = s.write_all(rbuf).await;
+                    rbuf = b;
+                    if w.is_err() {
+                        return;
                     }
                 }
+                rbuf.resize(64 * 1024, 0);
             }
         });
     }
@@ -392,32 +345,30 @@ fn http_bench(conc: &[usize], rounds: usize, secs: u32) -> Vec<String> {
     json
 }
 
+/// Runs the server `kind` (an `http-` prefix: the HTTP hello variant).
 fn serve(kind: &str, quit_after: usize) {
-    match kind {
-        "ringloop-proactor" => serve_ringloop(Backend::Proactor, false, quit_after),
-        "ringloop-proactor-streams" => serve_ringloop(Backend::Proactor, true, quit_after),
-        "ringloop-selector" => serve_ringloop(Backend::Selector, false, quit_after),
-        "tokio" => serve_tokio(),
-        "http-ringloop-proactor" => serve_http_ringloop(Backend::Proactor),
-        "http-ringloop-selector" => serve_http_ringloop(Backend::Selector),
-        "http-tokio" => serve_http_tokio(),
-        "http-monoio-uring" => monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
-            .build()
-            .unwrap()
-            .block_on(monoio_http()),
-        "http-monoio-legacy" => monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
-            .build()
-            .unwrap()
-            .block_on(monoio_http()),
+    let (http, base) = match kind.strip_prefix("http-") {
+        Some(b) => (true, b),
+        None => (false, kind),
+    };
+    let ringloop = |backend| match http {
+        true => serve_http_ringloop(backend),
+        false => serve_ringloop(backend, false, quit_after),
+    };
+    match base {
+        "ringloop-proactor" => ringloop(Backend::Proactor),
+        "ringloop-proactor-streams" if !http => serve_ringloop(Backend::Proactor, true, quit_after),
+        "ringloop-selector" => ringloop(Backend::Selector),
+        "tokio" => serve_tokio(http),
         "monoio-uring" => monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
             .build()
             .unwrap()
-            .block_on(monoio_echo()),
+            .block_on(monoio_serve(http)),
         "monoio-legacy" => monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
             .build()
             .unwrap()
-            .block_on(monoio_echo()),
-        other => panic!("unknown server {other}"),
+            .block_on(monoio_serve(http)),
+        _ => panic!("unknown server {kind}"),
     }
 }
 
