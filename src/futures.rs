@@ -81,7 +81,7 @@ impl<T: 'static> LoopFuture<T> {
             let me = self.clone();
             self.inner
                 .lp
-                .call_soon_impl(move || cb(&me), "future done callback");
+                .call_soon_impl(move || cb(&me), &"future done callback");
         }
         Ok(())
     }
@@ -161,7 +161,7 @@ impl<T: 'static> LoopFuture<T> {
             let me = self.clone();
             self.inner
                 .lp
-                .call_soon_impl(move || cb(&me), "future done callback");
+                .call_soon_impl(move || cb(&me), &"future done callback");
         } else {
             self.inner.callbacks.borrow_mut().push((id, Box::new(cb)));
         }

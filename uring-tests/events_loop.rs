@@ -147,6 +147,51 @@ both_backends! {
 }
 
 both_backends! {
+    fn timers_cancelled_after_entering_the_heap_are_compacted(lp) {
+        let n = 10_000;
+        let handles: Vec<_> = (0..n)
+            .map(|i| lp.call_later(Duration::from_secs(3600 + (i % 100) as u64), || {}).unwrap())
+            .collect();
+        // One turn moves them into the heap; then cancel all but one.
+        lp.stop();
+        lp.run_forever().unwrap();
+        assert_eq!(lp.scheduled_timers(), n);
+        for h in &handles[1..] {
+            h.cancel();
+        }
+        lp.stop();
+        lp.run_forever().unwrap();
+        assert_eq!(lp.scheduled_timers(), 1, "the turn rebuilt the heap");
+        assert!(!handles[0].cancelled());
+    }
+}
+
+both_backends! {
+    fn equal_deadlines_run_in_scheduling_order_across_turns(lp) {
+        let when = lp.time() + Duration::from_millis(30);
+        let order = Rc::new(RefCell::new(Vec::new()));
+        let o = order.clone();
+        lp.call_at(when, move || o.borrow_mut().push("first")).unwrap();
+        // A turn later (the first timer is in the heap by then), a second
+        // timer for the same instant, and a cancelled one before it.
+        let (o, l2) = (order.clone(), lp.clone());
+        lp.call_soon(move || {
+            let l3 = l2.clone();
+            l2.call_at(when, || panic!("cancelled timer ran")).unwrap().cancel();
+            l2.call_at(when, move || {
+                o.borrow_mut().push("second");
+                l3.stop();
+            })
+            .unwrap();
+        })
+        .unwrap();
+        lp.run_forever().unwrap();
+        assert_eq!(*order.borrow(), ["first", "second"]);
+        assert_eq!(lp.scheduled_timers(), 0);
+    }
+}
+
+both_backends! {
     fn call_soon_threadsafe_wakes_a_blocked_loop(lp) {
         let h = lp.handle();
         let from_thread = Arc::new(Mutex::new(false));

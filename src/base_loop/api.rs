@@ -66,7 +66,7 @@ impl AbstractEventLoop for EventLoop {
 
     fn call_soon(&self, cb: impl FnOnce() + 'static) -> Result<Handle> {
         self.check_open()?;
-        Ok(self.call_soon_impl(cb, "callback"))
+        Ok(self.call_soon_impl(cb, &"callback"))
     }
 
     fn call_soon_threadsafe(&self, cb: impl FnOnce() + Send + 'static) -> Result<()> {

@@ -26,7 +26,7 @@ use timers::TimerHeap;
 
 use crate::driver::{Backend, Driver, DriverRef, DriverStats, probe};
 use crate::error::{Error, Result, panic_message};
-use crate::events::{ExceptionContext, ExceptionHandler, Handle, TimerHandle};
+use crate::events::{ExceptionContext, ExceptionHandler, Handle, TimerHandle, ticks};
 use crate::tasks::{RawTask, Task, TaskCell, TaskHeader, TaskRef};
 
 /// How long `close` waits for cancelled io_uring ops before leaking them.
@@ -133,7 +133,11 @@ impl Core {
         }
     }
 
-    pub(crate) fn call_soon<F: FnOnce() + 'static>(&self, cb: F, label: &'static str) -> Handle {
+    pub(crate) fn call_soon<F: FnOnce() + 'static>(
+        &self,
+        cb: F,
+        label: &'static &'static str,
+    ) -> Handle {
         let h = Handle::new(cb, label);
         self.ready
             .borrow_mut()
@@ -297,7 +301,7 @@ impl Core {
             self.schedule_task(idx, generation);
         }
         for cb in callbacks {
-            lp.call_soon_impl(cb, "threadsafe callback");
+            lp.call_soon_impl(cb, &"threadsafe callback");
         }
     }
 }
@@ -554,7 +558,7 @@ impl EventLoop {
     pub(crate) fn call_soon_impl<F: FnOnce() + 'static>(
         &self,
         cb: F,
-        label: &'static str,
+        label: &'static &'static str,
     ) -> Handle {
         self.core.call_soon(cb, label)
     }
@@ -576,6 +580,7 @@ impl EventLoop {
     }
 
     pub(crate) fn call_at_impl<F: FnOnce() + 'static>(&self, when: Instant, cb: F) -> TimerHandle {
+        let when = ticks::from_instant(when);
         let h = Handle::new_timer(cb, when, Rc::downgrade(&self.core));
         self.core.timers.borrow_mut().push(when, h.clone());
         TimerHandle(h)
@@ -613,7 +618,7 @@ impl EventLoop {
     /// One iteration, as CPython's `BaseEventLoop._run_once`.
     fn run_once(&self) -> Result<()> {
         let core = &*self.core;
-        core.timers.borrow_mut().compact_if_needed();
+        core.timers.borrow_mut().settle();
         let timeout = if !core.ready.borrow().is_empty()
             || core.stopping.get()
             || core.driver.borrow().has_notified()

@@ -1,17 +1,24 @@
 //! The timer heap: deadline order, ties in scheduling order, lazy removal of
 //! cancelled timers with compaction (CPython's `_run_once` rule: rebuild when
 //! more than half of at least 100 scheduled timers are cancelled).
+//!
+//! Deadlines are kept as [`ticks`] (a `u64`), so an entry is 24 bytes.
+//!
+//! A new timer waits in an unsorted list until the next loop turn
+//! ([`TimerHeap::settle`]); one cancelled before then (a timeout around an
+//! operation that was ready at once, say) never enters the heap, and its
+//! cancel does not touch the loop.
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
 use std::time::Instant;
 
-use crate::events::Handle;
+use crate::events::{Handle, ticks};
 
 const MIN_SCHEDULED_FOR_COMPACTION: usize = 100;
 
 struct Entry {
-    when: Instant,
+    when: u64,
     seq: u64,
     handle: Handle,
 }
@@ -37,19 +44,40 @@ impl Ord for Entry {
 #[derive(Default)]
 pub(crate) struct TimerHeap {
     heap: BinaryHeap<Reverse<Entry>>,
+    /// Scheduled since the last turn, not in `heap` yet (not `IN_HEAP`).
+    fresh: Vec<Entry>,
     seq: u64,
     /// Cancelled timers still in the heap.
     cancelled: usize,
 }
 
 impl TimerHeap {
-    pub(crate) fn push(&mut self, when: Instant, handle: Handle) {
+    /// Schedules `handle` at `when` (in [`ticks`]).
+    pub(crate) fn push(&mut self, when: u64, handle: Handle) {
         self.seq += 1;
-        self.heap.push(Reverse(Entry {
+        self.fresh.push(Entry {
             when,
             seq: self.seq,
             handle,
-        }));
+        });
+    }
+
+    /// Moves the timers scheduled since the last turn into the heap,
+    /// dropping those already cancelled; then compacts the heap if needed.
+    /// Called at the start of every loop turn.
+    pub(crate) fn settle(&mut self) {
+        if !self.fresh.is_empty() {
+            self.heap.extend(
+                self.fresh
+                    .drain(..)
+                    .filter(|e| !e.handle.cancelled())
+                    .map(|e| {
+                        e.handle.set_in_heap(true);
+                        Reverse(e)
+                    }),
+            );
+        }
+        self.compact_if_needed();
     }
 
     /// A timer in the heap was cancelled (the heap is compacted at the
@@ -61,7 +89,7 @@ impl TimerHeap {
 
     /// Rebuilds the heap without its cancelled timers when they are more
     /// than half of over 100 (CPython's rule; once per loop turn).
-    pub(crate) fn compact_if_needed(&mut self) {
+    fn compact_if_needed(&mut self) {
         let n = self.heap.len();
         if n > MIN_SCHEDULED_FOR_COMPACTION && self.cancelled * 2 > n {
             let entries = std::mem::take(&mut self.heap).into_vec();
@@ -78,12 +106,15 @@ impl TimerHeap {
 
     /// Drops cancelled timers at the front, then returns the next deadline.
     pub(crate) fn next_deadline(&mut self) -> Option<Instant> {
+        if !self.fresh.is_empty() {
+            self.settle();
+        }
         while let Some(top) = self.heap.peek() {
             if top.0.handle.cancelled() {
                 self.heap.pop();
                 self.cancelled = self.cancelled.saturating_sub(1);
             } else {
-                return Some(top.0.when);
+                return Some(ticks::to_instant(top.0.when));
             }
         }
         None
@@ -91,6 +122,10 @@ impl TimerHeap {
 
     /// Pops the next timer due at `now`, skipping cancelled ones.
     pub(crate) fn pop_due(&mut self, now: Instant) -> Option<Handle> {
+        if !self.fresh.is_empty() {
+            self.settle();
+        }
+        let now = ticks::from_instant(now);
         loop {
             let top = self.heap.peek()?;
             if top.0.handle.cancelled() {
@@ -107,13 +142,14 @@ impl TimerHeap {
         }
     }
 
-    /// Timers in the heap, cancelled ones included.
+    /// Timers scheduled and not run, cancelled ones not dropped yet included.
     pub(crate) fn len(&self) -> usize {
-        self.heap.len()
+        self.heap.len() + self.fresh.len()
     }
 
     pub(crate) fn clear(&mut self) {
         self.heap.clear();
+        self.fresh.clear();
         self.cancelled = 0;
     }
 }
@@ -125,11 +161,11 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use super::TimerHeap;
-    use crate::events::Handle;
+    use crate::events::{Handle, ticks};
 
     fn handle(log: &Rc<RefCell<Vec<u32>>>, v: u32) -> Handle {
         let log = log.clone();
-        Handle::new(Box::new(move || log.borrow_mut().push(v)), "t")
+        Handle::new(Box::new(move || log.borrow_mut().push(v)), &"t")
     }
 
     fn run_due(heap: &mut TimerHeap, now: Instant) {
@@ -143,10 +179,16 @@ mod tests {
         let log = Rc::new(RefCell::new(Vec::new()));
         let mut heap = TimerHeap::default();
         let t0 = Instant::now();
-        heap.push(t0 + Duration::from_millis(5), handle(&log, 3));
-        heap.push(t0, handle(&log, 1));
-        heap.push(t0, handle(&log, 2));
-        heap.push(t0 + Duration::from_millis(9), handle(&log, 4));
+        heap.push(
+            ticks::from_instant(t0 + Duration::from_millis(5)),
+            handle(&log, 3),
+        );
+        heap.push(ticks::from_instant(t0), handle(&log, 1));
+        heap.push(ticks::from_instant(t0), handle(&log, 2));
+        heap.push(
+            ticks::from_instant(t0 + Duration::from_millis(9)),
+            handle(&log, 4),
+        );
         assert_eq!(heap.next_deadline(), Some(t0));
         run_due(&mut heap, t0 + Duration::from_millis(5));
         assert_eq!(*log.borrow(), [1, 2, 3]);
@@ -164,17 +206,21 @@ mod tests {
         let hs: Vec<Handle> = (0..1000)
             .map(|i| {
                 let h = handle(&log, i);
-                heap.push(t0 + Duration::from_millis(u64::from(i)), h.clone());
+                heap.push(
+                    ticks::from_instant(t0 + Duration::from_millis(u64::from(i))),
+                    h.clone(),
+                );
                 h
             })
             .collect();
+        heap.settle();
         // Cancel through the heap's bookkeeping, as Handle::cancel does.
         for h in &hs[..600] {
-            h.0.cancelled.set(true);
+            h.cancel();
             heap.note_cancelled();
         }
         assert_eq!(heap.len(), 1000, "no rebuild inside cancel");
-        heap.compact_if_needed();
+        heap.settle();
         assert_eq!(heap.next_deadline(), Some(t0 + Duration::from_millis(600)));
         assert_eq!(
             heap.len(),
@@ -185,5 +231,28 @@ mod tests {
         assert_eq!(log.borrow().len(), 400);
         assert_eq!(log.borrow()[0], 600);
         assert_eq!(heap.len(), 0);
+    }
+
+    #[test]
+    fn timers_cancelled_before_the_turn_never_enter_the_heap() {
+        let log = Rc::new(RefCell::new(Vec::new()));
+        let mut heap = TimerHeap::default();
+        let t0 = Instant::now();
+        let hs: Vec<Handle> = (0..10)
+            .map(|i| {
+                let h = handle(&log, i);
+                heap.push(ticks::from_instant(t0), h.clone());
+                h
+            })
+            .collect();
+        for h in hs.iter().step_by(2) {
+            h.cancel();
+        }
+        assert_eq!(heap.len(), 10);
+        heap.settle();
+        assert_eq!(heap.len(), 5, "cancelled fresh timers are dropped");
+        assert_eq!(heap.cancelled, 0);
+        run_due(&mut heap, t0);
+        assert_eq!(*log.borrow(), [1, 3, 5, 7, 9], "scheduling order kept");
     }
 }

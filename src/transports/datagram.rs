@@ -323,7 +323,7 @@ impl DatagramTransport {
                     task.cancel(None);
                 }
             },
-            "datagram connection_lost",
+            &"datagram connection_lost",
         );
     }
 

@@ -173,7 +173,7 @@ impl Transport {
                 });
                 t2.pump_reader();
             },
-            "connection_made",
+            &"connection_made",
         );
         t
     }
@@ -643,7 +643,7 @@ impl Transport {
                     h();
                 }
             },
-            "connection_lost",
+            &"connection_lost",
         );
     }
 
@@ -670,7 +670,7 @@ impl Transport {
         let t = self.clone();
         self.0
             .lp
-            .call_soon_impl(move || t.pump_reader(), "resume_reading");
+            .call_soon_impl(move || t.pump_reader(), &"resume_reading");
     }
 
     /// True while receiving. Equivalent to `ReadTransport.is_reading`.
