@@ -9,25 +9,27 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use ringloop::prelude::*;
-use ringloop::{Protocol, Transport};
+use ringloop::{Protocol, RecvBuf, Transport};
 
-/// Echoes every byte back. The copy goes through a per-connection
-/// `BytesMut`: once the transport has sent a chunk and dropped it, the next
-/// `extend_from_slice` reuses the same allocation, so the steady state
-/// allocates nothing.
+/// Echoes every byte back. Data received into the loop's buffer pool comes
+/// as an owned [`RecvBuf`], and writing it sends that very buffer: no copy,
+/// no allocation. Data from anywhere else comes as a slice.
 struct Echo {
     transport: Option<Transport>,
-    out: bytes::BytesMut,
 }
 
 impl Protocol for Echo {
     fn connection_made(&mut self, transport: Transport) {
         self.transport = Some(transport);
     }
+    fn data_received_owned(&mut self, data: RecvBuf) {
+        if let Some(t) = &self.transport {
+            let _ = t.write(data);
+        }
+    }
     fn data_received(&mut self, data: &[u8]) {
         if let Some(t) = &self.transport {
-            self.out.extend_from_slice(data);
-            let _ = t.write(self.out.split().freeze());
+            let _ = t.write(data.to_vec());
         }
     }
 }
@@ -64,10 +66,7 @@ fn main() -> ringloop::Result<()> {
             let (host, port) = addr.rsplit_once(':').expect("--serve HOST:PORT");
             let server = lp
                 .create_server(
-                    || Echo {
-                        transport: None,
-                        out: bytes::BytesMut::new(),
-                    },
+                    || Echo { transport: None },
                     host,
                     port.parse().expect("port"),
                 )
@@ -80,14 +79,7 @@ fn main() -> ringloop::Result<()> {
             return server.serve_forever().await;
         }
         let server = lp
-            .create_server(
-                || Echo {
-                    transport: None,
-                    out: bytes::BytesMut::new(),
-                },
-                "127.0.0.1",
-                0,
-            )
+            .create_server(|| Echo { transport: None }, "127.0.0.1", 0)
             .await?;
         let port = server.sockets()[0].as_socket().expect("inet").port();
         println!("echo server ({}) on 127.0.0.1:{port}", lp.backend());

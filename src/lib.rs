@@ -79,7 +79,8 @@ pub use base_loop::{
     proactor_available,
 };
 pub use connect::{ConnectOptions, DatagramOptions};
-pub use driver::buf::{IoBuf, IoBufMut};
+pub use driver::buf::{IoBuf, IoBufMut, WriteBuf};
+pub use driver::pool::RecvBuf;
 pub use driver::{Backend, DriverStats};
 pub use error::{Error, Result};
 pub use events::{

@@ -9,6 +9,7 @@
 //! protocol are delivered right after it returns.
 #![forbid(unsafe_code)]
 
+use crate::driver::pool::RecvBuf;
 use crate::error::Error;
 use crate::sock::SockAddr;
 use crate::transports::{DatagramTransport, Transport};
@@ -26,6 +27,17 @@ pub trait Protocol: 'static {
     /// Equivalent to `Protocol.data_received`.
     fn data_received(&mut self, data: &[u8]) {
         let _ = data;
+    }
+
+    /// Bytes arrived in a receive-pool buffer, handed over: keep it, or
+    /// write it back with [`Transport::write`] without a copy (an echo, a
+    /// proxy). The transport calls this for data it received into the
+    /// loop's pool; the default passes the bytes to
+    /// [`data_received`](Self::data_received), and data from anywhere else
+    /// always goes there. The pool is shared by the loop's connections:
+    /// hold a [`RecvBuf`] only as long as forwarding it takes.
+    fn data_received_owned(&mut self, data: RecvBuf) {
+        self.data_received(&data)
     }
 
     /// The peer closed its writing side. Return `true` to keep the
@@ -148,6 +160,9 @@ impl<P: Protocol> Protocol for std::rc::Rc<std::cell::RefCell<P>> {
     }
     fn data_received(&mut self, data: &[u8]) {
         self.borrow_mut().data_received(data)
+    }
+    fn data_received_owned(&mut self, data: RecvBuf) {
+        self.borrow_mut().data_received_owned(data)
     }
     fn eof_received(&mut self) -> bool {
         self.borrow_mut().eof_received()

@@ -20,6 +20,7 @@ use std::task::{Context, Poll, Waker};
 use bytes::{Buf, Bytes, BytesMut};
 
 use crate::base_loop::EventLoop;
+use crate::driver::buf::WriteBuf;
 use crate::error::{Error, Result};
 use crate::events::get_running_loop;
 use crate::protocols::Protocol;
@@ -482,7 +483,7 @@ impl StreamWriter {
     /// # Errors
     ///
     /// [`Error::Closed`] once closing.
-    pub fn write(&self, data: impl Into<Bytes>) -> Result<()> {
+    pub fn write(&self, data: impl Into<WriteBuf>) -> Result<()> {
         self.transport.write(data)
     }
 
@@ -494,7 +495,7 @@ impl StreamWriter {
     pub fn writelines<I, B>(&self, bufs: I) -> Result<()>
     where
         I: IntoIterator<Item = B>,
-        B: Into<Bytes>,
+        B: Into<WriteBuf>,
     {
         self.transport.writelines(bufs)
     }

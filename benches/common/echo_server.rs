@@ -5,19 +5,24 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 
 use ringloop::prelude::*;
-use ringloop::{Protocol, Transport};
+use ringloop::{Protocol, RecvBuf, Transport};
 
-/// Echoes through a reused `BytesMut` (no allocation per message).
-struct Echo(Option<Transport>, bytes::BytesMut);
+/// Echoes each receive buffer back as it is (no copy, no allocation).
+struct Echo(Option<Transport>);
 
 impl Protocol for Echo {
     fn connection_made(&mut self, t: Transport) {
         self.0 = Some(t);
     }
+    fn data_received_owned(&mut self, data: RecvBuf) {
+        if let Some(t) = &self.0 {
+            let _ = t.write(data);
+        }
+    }
+    // Data that did not arrive in a pool buffer (rare: the pool ran dry).
     fn data_received(&mut self, data: &[u8]) {
         if let Some(t) = &self.0 {
-            self.1.extend_from_slice(data);
-            let _ = t.write(self.1.split().freeze());
+            let _ = t.write(data.to_vec());
         }
     }
 }
@@ -53,7 +58,7 @@ pub fn serve_if_asked() {
         let lp = get_running_loop().unwrap();
         let server = lp
             .create_server_with(
-                || Echo(None, bytes::BytesMut::new()),
+                || Echo(None),
                 ringloop::ServerOptions {
                     hosts: vec!["127.0.0.1".into()],
                     backlog: 4096,

@@ -137,3 +137,82 @@ unsafe impl IoBuf for String {
         self.len()
     }
 }
+
+/// What [`Transport::write`](crate::Transport::write) takes: bytes in one of
+/// the usual owned forms (converted to [`Bytes`](bytes::Bytes) as
+/// `Bytes::from` does, so a `Vec` or a `String` is not copied), or a
+/// [`RecvBuf`](crate::RecvBuf) from the receive pool, sent as it is.
+pub struct WriteBuf(pub(crate) Chunk);
+
+pub(crate) enum Chunk {
+    Bytes(bytes::Bytes),
+    Recv(crate::driver::pool::RecvBuf),
+}
+
+impl WriteBuf {
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        match &self.0 {
+            Chunk::Bytes(b) => b.len(),
+            Chunk::Recv(b) => b.len(),
+        }
+    }
+
+    /// True if there are no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Drops the first `n` bytes (a send took them).
+    pub(crate) fn advance(&mut self, n: usize) {
+        match &mut self.0 {
+            Chunk::Bytes(b) => bytes::Buf::advance(b, n),
+            Chunk::Recv(b) => b.advance(n),
+        }
+    }
+}
+
+impl std::fmt::Debug for WriteBuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "WriteBuf({} bytes)", self.len())
+    }
+}
+
+// SAFETY: both variants keep their bytes at a stable address while alive.
+unsafe impl IoBuf for WriteBuf {
+    fn stable_ptr(&self) -> *const u8 {
+        match &self.0 {
+            Chunk::Bytes(b) => b.as_ptr(),
+            Chunk::Recv(b) => b.stable_ptr(),
+        }
+    }
+    fn bytes_init(&self) -> usize {
+        self.len()
+    }
+}
+
+impl From<crate::driver::pool::RecvBuf> for WriteBuf {
+    fn from(b: crate::driver::pool::RecvBuf) -> Self {
+        WriteBuf(Chunk::Recv(b))
+    }
+}
+
+macro_rules! write_buf_from_bytes {
+    ($($t:ty),*) => {$(
+        impl From<$t> for WriteBuf {
+            fn from(b: $t) -> Self {
+                WriteBuf(Chunk::Bytes(bytes::Bytes::from(b)))
+            }
+        }
+    )*};
+}
+
+write_buf_from_bytes!(
+    bytes::Bytes,
+    bytes::BytesMut,
+    Vec<u8>,
+    Box<[u8]>,
+    String,
+    &'static [u8],
+    &'static str
+);

@@ -5,7 +5,7 @@
 //! multishot `RECV` picks a buffer from it only when data arrives, and the
 //! completion names the buffer. On the selector the same pool is a free
 //! list the non-blocking `recv` takes from after readiness. Either way the
-//! receiver gets a [`PooledBuf`] that gives the buffer back when dropped
+//! receiver gets a [`RecvBuf`] that gives the buffer back when dropped
 //! (to the ring's tail, or to the free list).
 
 use std::alloc::{Layout, alloc_zeroed, dealloc};
@@ -230,20 +230,29 @@ pub(crate) fn encode(bid: u16, len: usize) -> u32 {
     BUF_BIT | (u32::from(bid) << 16) | len as u32
 }
 
-/// Received bytes in a pool buffer; the buffer goes back when this drops.
-pub struct PooledBuf {
+/// Received bytes in a buffer of the loop's receive pool, owned: the buffer
+/// goes back to the pool when this drops.
+///
+/// [`Protocol::data_received_owned`](crate::Protocol::data_received_owned)
+/// hands one over, and [`Transport::write`](crate::Transport::write) takes it
+/// back to send it without a copy (an echo, a proxy). The pool is shared by
+/// every connection of the loop (256 buffers of 16 KiB): keep a `RecvBuf`
+/// for as long as it takes to forward it, not as storage. While fewer than a
+/// quarter of the pool's buffers are free, `write` copies a `RecvBuf` and
+/// gives the buffer back at once. Not `Send`: it belongs to its loop's thread.
+pub struct RecvBuf {
     pool: PoolRef,
     bid: u16,
     ptr: *const u8,
     len: usize,
 }
 
-impl PooledBuf {
+impl RecvBuf {
     /// Wraps the buffer a completion value names, or `None` if it names none.
-    pub(crate) fn from_completion(pool: &PoolRef, v: u32) -> Option<PooledBuf> {
+    pub(crate) fn from_completion(pool: &PoolRef, v: u32) -> Option<RecvBuf> {
         let (bid, len) = decode(v)?;
         let ptr = pool.borrow().slice_ptr(bid);
-        Some(PooledBuf {
+        Some(RecvBuf {
             pool: pool.clone(),
             bid,
             ptr,
@@ -252,7 +261,34 @@ impl PooledBuf {
     }
 }
 
-impl Deref for PooledBuf {
+impl RecvBuf {
+    /// Drops the first `n` bytes (a send took them).
+    pub(crate) fn advance(&mut self, n: usize) {
+        assert!(n <= self.len, "advance past the end of a RecvBuf");
+        // SAFETY: n <= len, so the pointer stays inside the buffer.
+        self.ptr = unsafe { self.ptr.add(n) };
+        self.len -= n;
+    }
+
+    /// Is the pool this buffer came from running low (under a quarter free)?
+    pub(crate) fn pool_is_low(&self) -> bool {
+        self.pool.borrow().out * 4 >= POOL_BUFS as usize * 3
+    }
+}
+
+// SAFETY: the bytes live in the pool's mapping, which never moves and stays
+// allocated while this guard's `pool` reference does; the buffer is not
+// handed out again until the guard drops.
+unsafe impl crate::driver::buf::IoBuf for RecvBuf {
+    fn stable_ptr(&self) -> *const u8 {
+        self.ptr
+    }
+    fn bytes_init(&self) -> usize {
+        self.len
+    }
+}
+
+impl Deref for RecvBuf {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
         // SAFETY: the buffer belongs to this guard until it drops (neither
@@ -262,15 +298,15 @@ impl Deref for PooledBuf {
     }
 }
 
-impl Drop for PooledBuf {
+impl Drop for RecvBuf {
     fn drop(&mut self) {
         self.pool.borrow_mut().give_back(self.bid);
     }
 }
 
-impl std::fmt::Debug for PooledBuf {
+impl std::fmt::Debug for RecvBuf {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "PooledBuf(bid={}, len={})", self.bid, self.len)
+        write!(f, "RecvBuf(bid={}, len={})", self.bid, self.len)
     }
 }
 
@@ -324,7 +360,7 @@ impl OpAble for RecvPooled {
     fn salvage(&mut self, res: i32, stash: &mut Stash) {
         if let Some(buf) = (res != -1)
             .then_some(res as u32)
-            .and_then(|v| PooledBuf::from_completion(&self.pool, v))
+            .and_then(|v| RecvBuf::from_completion(&self.pool, v))
         {
             stash.push_data(&self.fd, buf.to_vec());
         }

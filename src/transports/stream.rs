@@ -18,13 +18,14 @@ use std::io;
 use std::rc::Rc;
 use std::task::Poll;
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 
 use super::cell::{Failure, ProtoCell};
 use super::{ExtraInfo, buffer_limits};
 use crate::base_loop::EventLoop;
+use crate::driver::buf::{Chunk, WriteBuf};
 use crate::driver::ops::{Recv, SendMsg};
-use crate::driver::pool::{PoolRef, PooledBuf, RecvPooled};
+use crate::driver::pool::{PoolRef, RecvBuf, RecvPooled};
 use crate::driver::{HandlerOp, MultiOp, Notify, TURN_END};
 use crate::error::{Error, Result};
 use crate::events::ExceptionContext;
@@ -39,7 +40,7 @@ const MAX_IOV: usize = 1024;
 
 #[derive(Default)]
 struct State {
-    wbuf: VecDeque<Bytes>,
+    wbuf: VecDeque<WriteBuf>,
     wsize: usize,
     high: usize,
     low: usize,
@@ -86,8 +87,8 @@ struct ReadSide {
 /// The send in flight, and the boxed op reused from send to send.
 #[derive(Default)]
 struct WriteSide {
-    op: Option<HandlerOp<SendMsg<Bytes>>>,
-    spare: Option<Box<SendMsg<Bytes>>>,
+    op: Option<HandlerOp<SendMsg<WriteBuf>>>,
+    spare: Option<Box<SendMsg<WriteBuf>>>,
 }
 
 /// Completion callbacks: a receive or a send finished (`key`), or the
@@ -244,7 +245,7 @@ impl Transport {
             }
             let kept = inner.lp.driver().borrow_mut().take_stashed(&fd);
             if !kept.is_empty() {
-                if kept.iter().all(|c| self.deliver(c)) {
+                if kept.iter().all(|c| self.deliver_slice(c)) {
                     continue; // the protocol may have paused or closed
                 }
                 return;
@@ -281,7 +282,7 @@ impl Transport {
                             match r {
                                 Ok(0) => self.eof(),
                                 Ok(_) => {
-                                    if self.deliver(&b) {
+                                    if self.deliver_slice(&b) {
                                         self.pump_reader();
                                     }
                                 }
@@ -307,14 +308,13 @@ impl Transport {
             match next {
                 Some(Ok(0)) => return self.eof(),
                 Some(Ok(v)) => {
-                    let Some(b) = PooledBuf::from_completion(&inner.pool, v) else {
+                    let Some(b) = RecvBuf::from_completion(&inner.pool, v) else {
                         let e = io::Error::other("receive completed without a pool buffer");
                         return self.force_close(Some(e.into()));
                     };
-                    if !self.deliver(&b) {
+                    if !self.deliver(b) {
                         return;
                     }
-                    drop(b);
                     // The protocol may have paused reading or closed.
                     let st = inner.st.borrow();
                     if st.closing || st.lost || st.read_eof || !st.reading {
@@ -333,19 +333,47 @@ impl Transport {
         }
     }
 
-    /// Hands received bytes to the protocol; false if the protocol failed.
-    fn deliver(&self, data: &[u8]) -> bool {
-        match self.0.protocol.invoke(|p| p.data_received(data)) {
+    /// Hands a received pool buffer to the protocol (owned: it may keep it
+    /// or write it back); false if the protocol failed.
+    fn deliver(&self, data: RecvBuf) -> bool {
+        let mut data = Some(data);
+        let r = self.0.protocol.invoke(|p| {
+            if let Some(d) = data.take() {
+                p.data_received_owned(d)
+            }
+        });
+        self.delivered(r, || {
+            let d = data.take().expect("not delivered");
+            Box::new(move |p: &mut dyn Protocol| p.data_received_owned(d))
+        })
+    }
+
+    /// Hands received bytes (a kept or a plain receive) to the protocol.
+    fn deliver_slice(&self, data: &[u8]) -> bool {
+        let r = self.0.protocol.invoke(|p| p.data_received(data));
+        self.delivered(r, || {
+            let copy = data.to_vec();
+            Box::new(move |p: &mut dyn Protocol| p.data_received(&copy))
+        })
+    }
+
+    /// After a delivery: false if the protocol failed. `Busy` is only
+    /// reachable if a protocol drives another transport's reader
+    /// synchronously: the order is kept by deferring the delivery.
+    fn delivered(
+        &self,
+        r: std::result::Result<Option<()>, Failure>,
+        deferred: impl FnOnce() -> Box<dyn FnOnce(&mut dyn Protocol)>,
+    ) -> bool {
+        match r {
             Ok(_) => true,
             Err(Failure::Panic(m)) => {
                 self.protocol_panicked(m);
                 false
             }
-            // Only reachable if a protocol drives another transport's
-            // reader synchronously: keep the order by deferring a copy.
             Err(Failure::Busy) => {
-                let copy = data.to_vec();
-                self.call_protocol(move |p| p.data_received(&copy));
+                let f = deferred();
+                self.call_protocol(move |p| f(p));
                 true
             }
         }
@@ -456,7 +484,7 @@ impl Transport {
 
     /// The kernel took `n` bytes of `bufs` (taken from the queue's front):
     /// put the rest back in front, and maybe resume the protocol.
-    fn sent(&self, bufs: &mut Vec<Bytes>, mut n: usize) {
+    fn sent(&self, bufs: &mut Vec<WriteBuf>, mut n: usize) {
         let resume = {
             let mut st = self.0.st.borrow_mut();
             st.wsize -= n;
@@ -490,12 +518,23 @@ impl Transport {
     /// Equivalent to `WriteTransport.write`. Over the high-water mark the
     /// protocol's `pause_writing` is called (once, until `resume_writing`).
     ///
+    /// `data` is any owned byte container [`WriteBuf`] converts from; none is
+    /// copied. A [`RecvBuf`] from
+    /// [`Protocol::data_received_owned`](crate::Protocol::data_received_owned)
+    /// is sent straight from the receive pool (copied instead while the pool
+    /// runs low, so held buffers cannot starve the loop's receives).
+    ///
     /// # Errors
     ///
     /// [`Error::Closed`] once the transport is closing or closed;
     /// [`Error::InvalidState`] after [`write_eof`](Self::write_eof).
-    pub fn write(&self, data: impl Into<Bytes>) -> Result<()> {
-        let data = data.into();
+    pub fn write(&self, data: impl Into<WriteBuf>) -> Result<()> {
+        let mut data = data.into();
+        if let Chunk::Recv(b) = &data.0 {
+            if b.pool_is_low() {
+                data = WriteBuf(Chunk::Bytes(Bytes::copy_from_slice(b)));
+            }
+        }
         let kick = {
             let mut st = self.0.st.borrow_mut();
             if st.closing || st.lost {
@@ -540,7 +579,7 @@ impl Transport {
     pub fn writelines<I, B>(&self, bufs: I) -> Result<()>
     where
         I: IntoIterator<Item = B>,
-        B: Into<Bytes>,
+        B: Into<WriteBuf>,
     {
         for b in bufs {
             self.write(b)?;

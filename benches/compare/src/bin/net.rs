@@ -19,7 +19,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use ringloop::prelude::*;
-use ringloop::{Protocol, Transport};
+use ringloop::{Protocol, RecvBuf, Transport};
 
 #[path = "../../../common/load.rs"]
 mod client;
@@ -36,11 +36,10 @@ const SERVERS: [&str; 6] = [
 
 // ------------------------------------------------------------------ servers
 
-/// Echoes through a reused `BytesMut` (no allocation per message, like
-/// the peers' reused read buffers).
+/// Echoes each receive buffer back as it is (no copy, no allocation, like
+/// the peers writing back from the buffer they read into).
 struct Echo {
     t: Option<Transport>,
-    out: bytes::BytesMut,
     lost: Rc<Cell<usize>>,
     quit_after: usize,
 }
@@ -49,10 +48,15 @@ impl Protocol for Echo {
     fn connection_made(&mut self, t: Transport) {
         self.t = Some(t);
     }
+    fn data_received_owned(&mut self, data: RecvBuf) {
+        if let Some(t) = &self.t {
+            let _ = t.write(data);
+        }
+    }
+    // Data that did not arrive in a pool buffer (rare: the pool ran dry).
     fn data_received(&mut self, data: &[u8]) {
         if let Some(t) = &self.t {
-            self.out.extend_from_slice(data);
-            let _ = t.write(self.out.split().freeze());
+            let _ = t.write(data.to_vec());
         }
     }
     fn connection_lost(&mut self, _: Option<Error>) {
@@ -106,7 +110,6 @@ fn serve_ringloop(backend: Backend, streams: bool, quit_after: usize) {
                 lp.create_server_with(
                     move || Echo {
                         t: None,
-                        out: bytes::BytesMut::new(),
                         lost: l2.clone(),
                         quit_after,
                     },
