@@ -876,7 +876,10 @@ impl Protocol for SendThenEof {
 
 /// Runs one `SendThenEof` client of `total` bytes against a server made
 /// by `factory`; returns (sent, echoed).
-async fn echo_through<P: Protocol>(factory: impl Fn() -> P + 'static, total: usize) -> (Vec<u8>, Vec<u8>) {
+async fn echo_through<P: Protocol>(
+    factory: impl Fn() -> P + 'static,
+    total: usize,
+) -> (Vec<u8>, Vec<u8>) {
     let lp = get_running_loop().unwrap();
     let server = lp.create_server(factory, "127.0.0.1", 0).await.unwrap();
     let port = server.sockets()[0].as_socket().unwrap().port();
@@ -891,9 +894,17 @@ async fn echo_through<P: Protocol>(factory: impl Fn() -> P + 'static, total: usi
     let got = Rc::new(RefCell::new(Vec::new()));
     let done = lp.create_future::<()>();
     let (g, d) = (got.clone(), done.clone());
-    lp.create_connection(move || SendThenEof { chunks, got: g, done: Some(d) }, "127.0.0.1", port)
-        .await
-        .unwrap();
+    lp.create_connection(
+        move || SendThenEof {
+            chunks,
+            got: g,
+            done: Some(d),
+        },
+        "127.0.0.1",
+        port,
+    )
+    .await
+    .unwrap();
     done.await.unwrap();
     server.close();
     server.wait_closed().await;

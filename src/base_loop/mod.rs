@@ -35,8 +35,6 @@ const CLOSE_DRAIN_BOUND: Duration = Duration::from_secs(1);
 pub(crate) enum Ready {
     Callback(Handle),
     Task(u32, u32),
-    /// A completion for a driver handler (the op's key).
-    Notify(Rc<dyn crate::driver::Notify>, usize),
 }
 
 /// Work queued for the end of the loop turn (writers flush there).
@@ -632,14 +630,15 @@ impl EventLoop {
                 .map(|when| when.saturating_duration_since(Instant::now()))
         };
         core.driver.borrow_mut().turn(timeout)?;
+        // The ready queue in asyncio's order is: what was ready before the
+        // turn, then I/O completions, then threadsafe calls and due timers.
+        // Completions for handlers run from their own list in that place
+        // (no round trip through the queue).
+        let mut notified = std::mem::take(&mut *core.notified.borrow_mut());
         if core.driver.borrow().has_notified() {
-            let mut list = core.notified.borrow_mut();
-            core.driver.borrow_mut().take_notified(&mut list);
-            let mut ready = core.ready.borrow_mut();
-            for (h, key) in list.drain(..) {
-                ready.push_back(Ready::Notify(h, key));
-            }
+            core.driver.borrow_mut().take_notified(&mut notified);
         }
+        let before = core.ready.borrow().len();
         core.drain_remote(self);
         // (No clock read when no timer is scheduled.)
         if core.timers.borrow().len() > 0 {
@@ -654,15 +653,12 @@ impl EventLoop {
         }
         // Run only what is ready now; what these schedule waits a turn.
         let ntodo = core.ready.borrow().len();
-        for _ in 0..ntodo {
-            let item = core.ready.borrow_mut().pop_front();
-            match item {
-                Some(Ready::Callback(h)) => self.run_handle(&h),
-                Some(Ready::Task(idx, generation)) => core.run_task(idx, generation),
-                Some(Ready::Notify(h, key)) => h.notify(key),
-                None => break,
-            }
+        self.run_ready(before);
+        for (h, key) in notified.drain(..) {
+            h.notify(key);
         }
+        *core.notified.borrow_mut() = notified;
+        self.run_ready(ntodo - before);
         // Writers asked for a flush during the turn: step them now so their
         // sends go out with the next driver wait.
         if core.turn_end.borrow().is_empty() {
@@ -690,6 +686,19 @@ impl EventLoop {
         }
         *core.turn_end_spare.borrow_mut() = list;
         Ok(())
+    }
+
+    /// Runs the first `n` items of the ready queue.
+    fn run_ready(&self, n: usize) {
+        let core = &*self.core;
+        for _ in 0..n {
+            let item = core.ready.borrow_mut().pop_front();
+            match item {
+                Some(Ready::Callback(h)) => self.run_handle(&h),
+                Some(Ready::Task(idx, generation)) => core.run_task(idx, generation),
+                None => break,
+            }
+        }
     }
 
     fn run_handle(&self, h: &Handle) {

@@ -79,14 +79,14 @@ impl Epoll {
         })
     }
 
-    pub(super) fn submit(&mut self, mut op: Box<dyn OpAble>) -> usize {
+    pub(super) fn submit(&mut self, mut op: Box<dyn OpAble>, w: Waiter) -> usize {
         if self.shut {
-            return self.ops.insert(op, State::Done(Err(closed_error())));
+            return self.ops.insert_done(op, Err(closed_error()), w);
         }
         let multishot = op.is_multishot();
         self.ops.stats.syscalls_tried += 1;
         let first = op.legacy_call();
-        let key = self.ops.insert(op, State::Waiting(Waiter::None));
+        let key = self.ops.insert(op, State::Waiting(w));
         match first {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.park(key),
             r if multishot => {

@@ -306,20 +306,21 @@ impl Ops {
         Some((res, slot.op))
     }
 
-    /// Hands a just-submitted op to `h`; if it already has a result (stash
-    /// hit, closed driver), `h` is told at once (through the loop).
-    fn set_handler(&mut self, key: usize, h: Rc<dyn Notify>) {
-        let slot = &mut self.slab[key];
-        let ready = match &slot.state {
-            State::Done(_) => true,
-            _ => slot.finished || slot.multi.as_ref().is_some_and(|q| !q.is_empty()),
-        };
-        if let State::Waiting(w) = &mut slot.state {
-            *w = Waiter::Handler(h.clone());
-        }
-        if ready {
+    /// An op finished before it was submitted (stash hit, closed driver):
+    /// a handler waiting on it is told at once (through the loop).
+    fn insert_done(&mut self, op: Box<dyn OpAble>, res: io::Result<u32>, w: Waiter) -> usize {
+        let key = self.insert(op, State::Done(res));
+        if let Waiter::Handler(h) = w {
             self.notified.push((h, key));
         }
+        key
+    }
+
+    /// A multishot op has results queued, or its end.
+    fn has_queued(&self, key: usize) -> bool {
+        self.slab
+            .get(key)
+            .is_some_and(|s| s.finished || s.multi.as_ref().is_some_and(|q| !q.is_empty()))
     }
 
     fn is_finished(&self, key: usize) -> bool {
@@ -429,20 +430,22 @@ impl Driver {
         each!(self, d => &d.ops)
     }
 
-    pub(crate) fn submit(&mut self, mut op: Box<dyn OpAble>) -> usize {
-        let ops = self.ops();
-        if let Some(res) = op.take_stashed(&mut ops.stash) {
-            ops.stats.stash_hits += 1;
-            return ops.insert(op, State::Done(res));
-        }
-        each!(self, d => d.submit(op))
+    pub(crate) fn submit(&mut self, op: Box<dyn OpAble>) -> usize {
+        self.submit_for(op, Waiter::None)
     }
 
     /// Submits an op whose completions go to `h` (see [`Notify`]).
     pub(crate) fn submit_notify(&mut self, op: Box<dyn OpAble>, h: Rc<dyn Notify>) -> usize {
-        let key = self.submit(op);
-        self.ops().set_handler(key, h);
-        key
+        self.submit_for(op, Waiter::Handler(h))
+    }
+
+    fn submit_for(&mut self, mut op: Box<dyn OpAble>, w: Waiter) -> usize {
+        let ops = self.ops();
+        if let Some(res) = op.take_stashed(&mut ops.stash) {
+            ops.stats.stash_hits += 1;
+            return ops.insert_done(op, res, w);
+        }
+        each!(self, d => d.submit(op, w))
     }
 
     /// Moves the handlers of completed ops into `out` (for the loop).
@@ -664,9 +667,15 @@ impl MultiOp {
         self.key == Some(key)
     }
 
-    /// Next result of a handler op, without a context.
-    pub(crate) fn try_next(&mut self) -> Poll<Option<io::Result<u32>>> {
-        self.next_inner(None)
+    /// Next result of a handler op, without a context, and whether
+    /// another is queued behind it (so the handler need not ask again).
+    pub(crate) fn try_next(&mut self) -> (Poll<Option<io::Result<u32>>>, bool) {
+        let r = self.next_inner(None);
+        let more = match (&r, self.key) {
+            (Poll::Ready(Some(_)), Some(k)) => self.driver.borrow().ops_ref().has_queued(k),
+            _ => false,
+        };
+        (r, more)
     }
 
     /// True once the kernel posted the op's final completion (results may

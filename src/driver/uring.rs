@@ -120,13 +120,13 @@ impl Uring {
         }
     }
 
-    pub(super) fn submit(&mut self, op: Box<dyn OpAble>) -> usize {
+    pub(super) fn submit(&mut self, op: Box<dyn OpAble>, w: Waiter) -> usize {
         if self.shut {
             return self
                 .ops
-                .insert(op, State::Done(Err(super::epoll::closed_error())));
+                .insert_done(op, Err(super::epoll::closed_error()), w);
         }
-        let key = self.ops.insert(op, State::Waiting(Waiter::None));
+        let key = self.ops.insert(op, State::Waiting(w));
         self.push_key(key);
         key
     }

@@ -270,7 +270,7 @@ impl Transport {
     fn on_read(&self) {
         let inner = &self.0;
         loop {
-            let next = {
+            let (next, more) = {
                 let mut rd = inner.rd.borrow_mut();
                 if let Some(p) = rd.plain.as_mut() {
                     match p.take() {
@@ -296,12 +296,12 @@ impl Transport {
                     return;
                 };
                 match m.try_next() {
-                    Poll::Pending => return,
-                    Poll::Ready(r) => {
+                    (Poll::Pending, _) => return,
+                    (Poll::Ready(r), more) => {
                         if !matches!(r, Some(Ok(v)) if v != 0) {
                             rd.multi = None;
                         }
-                        r
+                        (r, more)
                     }
                 }
             };
@@ -320,6 +320,9 @@ impl Transport {
                     if st.closing || st.lost || st.read_eof || !st.reading {
                         drop(st);
                         return self.pump_reader();
+                    }
+                    if !more {
+                        return;
                     }
                 }
                 Some(Err(e)) if e.raw_os_error() == Some(libc::ENOBUFS) => {
