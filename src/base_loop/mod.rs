@@ -634,8 +634,9 @@ impl EventLoop {
         // turn, then I/O completions, then threadsafe calls and due timers.
         // Completions for handlers run from their own list in that place
         // (no round trip through the queue).
-        let mut notified = std::mem::take(&mut *core.notified.borrow_mut());
+        let mut notified = Vec::new();
         if core.driver.borrow().has_notified() {
+            notified = std::mem::take(&mut *core.notified.borrow_mut());
             core.driver.borrow_mut().take_notified(&mut notified);
         }
         let before = core.ready.borrow().len();
@@ -653,12 +654,16 @@ impl EventLoop {
         }
         // Run only what is ready now; what these schedule waits a turn.
         let ntodo = core.ready.borrow().len();
-        self.run_ready(before);
-        for (h, key) in notified.drain(..) {
-            h.notify(key);
+        if notified.is_empty() {
+            self.run_ready(ntodo);
+        } else {
+            self.run_ready(before);
+            for (h, key) in notified.drain(..) {
+                h.notify(key);
+            }
+            *core.notified.borrow_mut() = notified;
+            self.run_ready(ntodo - before);
         }
-        *core.notified.borrow_mut() = notified;
-        self.run_ready(ntodo - before);
         // Writers asked for a flush during the turn: step them now so their
         // sends go out with the next driver wait.
         if core.turn_end.borrow().is_empty() {
@@ -689,6 +694,7 @@ impl EventLoop {
     }
 
     /// Runs the first `n` items of the ready queue.
+    #[inline]
     fn run_ready(&self, n: usize) {
         let core = &*self.core;
         for _ in 0..n {
