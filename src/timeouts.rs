@@ -150,10 +150,9 @@ impl Timeout {
         let mut body = pin!(Some(body));
         let mut armed = false;
         std::future::poll_fn(|cx| {
-            let expired = self.0.expired.get()
-                || (!armed && self.0.when.get().is_some_and(|w| w <= Instant::now()));
-            // Poll the body: once normally; once more when the deadline hit,
-            // so a result that is ready now is not thrown away.
+            // Poll the body first: a result that is ready now wins over a
+            // deadline that passed (asyncio: the timeout cancels the body at
+            // its next suspension, so a body that does not suspend finishes).
             if let Some(f) = body.as_mut().as_pin_mut() {
                 if let Poll::Ready(v) = f.poll(cx) {
                     body.set(None);
@@ -162,6 +161,9 @@ impl Timeout {
                     return Poll::Ready(Ok(v));
                 }
             }
+            // (The clock is read only for a body that has to wait.)
+            let expired = self.0.expired.get()
+                || (!armed && self.0.when.get().is_some_and(|w| w <= Instant::now()));
             if expired {
                 self.0.expired.set(true);
                 body.set(None);

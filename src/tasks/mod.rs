@@ -178,7 +178,7 @@ where
             };
             for (_, cb) in cbs {
                 let task = task.clone();
-                core.call_soon(Box::new(move || cb(&task)), &"task done callback");
+                core.call_soon(move || cb(&task), &"task done callback");
             }
         }
     }
@@ -390,7 +390,7 @@ impl<T: 'static> Task<T> {
         if self.done() {
             let me = self.clone();
             if let Ok(lp) = self.get_loop() {
-                lp.call_soon_impl(Box::new(move || cb(&me)), &"task done callback");
+                lp.call_soon_impl(move || cb(&me), &"task done callback");
             }
             return 0;
         }
