@@ -69,7 +69,7 @@ pub(crate) struct Core {
     /// `turn_end`'s other buffer (swapped in each turn, so no allocation).
     turn_end_spare: RefCell<Vec<TurnEnd>>,
     /// Buffer for the driver's completed handlers (reused each turn).
-    notified: RefCell<Vec<(Rc<dyn crate::driver::Notify>, usize)>>,
+    notified: RefCell<Vec<crate::driver::Notified>>,
     timers: RefCell<TimerHeap>,
     tasks: RefCell<Slab<TaskSlot>>,
     /// The waker of each task slot, reused by the slot's tasks.
@@ -658,8 +658,8 @@ impl EventLoop {
             self.run_ready(ntodo);
         } else {
             self.run_ready(before);
-            for (h, key) in notified.drain(..) {
-                h.notify(key);
+            for (h, key, res) in notified.drain(..) {
+                h.notify(key, res);
             }
             *core.notified.borrow_mut() = notified;
             self.run_ready(ntodo - before);
@@ -685,7 +685,7 @@ impl EventLoop {
                         }
                         core.run_task(idx, generation);
                     }
-                    TurnEnd::Call(h) => h.notify(crate::driver::TURN_END),
+                    TurnEnd::Call(h) => h.notify(crate::driver::TURN_END, crate::driver::NO_RESULT),
                 }
             }
         }

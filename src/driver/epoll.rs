@@ -101,6 +101,20 @@ impl Epoll {
         key
     }
 
+    /// Submits an idle reusable op again (its state is set by the caller):
+    /// tried at once, parked on `EAGAIN`.
+    pub(super) fn resubmit(&mut self, key: usize) {
+        if self.shut {
+            self.ops.complete(key, Err(closed_error()), false);
+            return;
+        }
+        self.ops.stats.syscalls_tried += 1;
+        match self.ops.slab[key].op.legacy_call() {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.park(key),
+            r => self.ops.complete(key, r, false),
+        }
+    }
+
     /// Keeps accepting for a multishot op until `EAGAIN` (then parks) or an error.
     fn drain_multishot(&mut self, key: usize) {
         loop {

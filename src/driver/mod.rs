@@ -123,17 +123,25 @@ pub(crate) enum Waiter {
     /// A callback object, told through the loop's ready queue (transports:
     /// no task, no poll on the data path).
     Handler(Rc<dyn Notify>),
+    /// The handler of a [`ReusableOp`]: told with the result, and the op
+    /// goes back to `Idle`.
+    Reuse(Rc<dyn Notify>),
 }
 
-/// A completion callback: [`Notify::notify`] runs from the loop's ready
-/// queue (never inside the driver), with the key of the op that completed.
-/// It may run more than once per completion; it takes what is there.
-/// `Core::call_at_turn_end` calls it with [`TURN_END`] instead of a key.
 /// The key [`Notify::notify`] gets from a turn-end call (no op has it).
 pub(crate) const TURN_END: usize = usize::MAX;
 
+/// The `res` [`Notify::notify`] gets when the result stays in the driver.
+pub(crate) const NO_RESULT: i32 = i32::MIN;
+
+/// A completion callback: [`Notify::notify`] runs from the loop's ready
+/// queue (never inside the driver), with the key of the op that completed.
+/// For a [`ReusableOp`], `res` is its result (bytes, or `-errno`); for
+/// other ops it is [`NO_RESULT`] and the handler takes what is there: it
+/// may then run more than once per completion. `Core::call_at_turn_end`
+/// calls it with [`TURN_END`] instead of a key.
 pub(crate) trait Notify {
-    fn notify(self: Rc<Self>, key: usize);
+    fn notify(self: Rc<Self>, key: usize, res: i32);
     /// The loop closes with this handler's ops still registered: let go of
     /// them (handlers and their ops would otherwise keep each other alive).
     fn loop_closing(self: Rc<Self>) {}
@@ -148,6 +156,15 @@ enum State {
     Ignored,
     /// Finished (single-shot ops).
     Done(io::Result<u32>),
+    /// A [`ReusableOp`] between uses: not in flight, its result delivered.
+    Idle,
+}
+
+impl State {
+    /// Not in the kernel (or parked) any more.
+    fn at_rest(&self) -> bool {
+        matches!(self, State::Done(_) | State::Idle)
+    }
 }
 
 struct Slot {
@@ -179,11 +196,24 @@ struct Quarantine {
 
 const POISON: u8 = 0xA5;
 
+/// A completion for a handler: who, which op, and the result
+/// ([`NO_RESULT`] unless the op is a [`ReusableOp`]).
+pub(crate) type Notified = (Rc<dyn Notify>, usize, i32);
+
+/// A result as a raw completion value: bytes, or `-errno` (errors without an
+/// OS code, as the closed loop's, become `-ENOTCONN`).
+fn raw_result(r: &io::Result<u32>) -> i32 {
+    match r {
+        Ok(n) => i32::try_from(*n).unwrap_or(i32::MAX),
+        Err(e) => -e.raw_os_error().unwrap_or(libc::ENOTCONN),
+    }
+}
+
 /// The slab of ops and the rules of their lifecycle, shared by both backends.
 pub(crate) struct Ops {
     slab: Slab<Slot>,
-    /// Handlers of completed ops, for the loop to call.
-    notified: Vec<(Rc<dyn Notify>, usize)>,
+    /// Handlers of completed ops, for the loop to call: (handler, key, res).
+    notified: Vec<Notified>,
     stash: Stash,
     quarantine: Option<Quarantine>,
     stats: DriverStats,
@@ -226,10 +256,18 @@ impl Ops {
                     self.release(slot.op);
                 }
             }
+            State::Waiting(Waiter::Reuse(_)) => {
+                let State::Waiting(Waiter::Reuse(h)) =
+                    std::mem::replace(&mut slot.state, State::Idle)
+                else {
+                    unreachable!()
+                };
+                self.notified.push((h, key, raw_result(&res)));
+            }
             State::Waiting(waiter) => {
                 let waker = if let Waiter::Handler(h) = waiter {
                     // A handler stays for what follows (multishot).
-                    self.notified.push((h.clone(), key));
+                    self.notified.push((h.clone(), key, NO_RESULT));
                     None
                 } else if let Waiter::Task(w) = std::mem::replace(waiter, Waiter::None) {
                     Some(w)
@@ -246,7 +284,9 @@ impl Ops {
                     w.wake();
                 }
             }
-            State::Done(_) => panic!("ringloop driver: second completion for op {key}"),
+            State::Done(_) | State::Idle => {
+                panic!("ringloop driver: completion for op {key}, which is not in flight")
+            }
         }
     }
 
@@ -259,7 +299,7 @@ impl Ops {
             return Poll::Ready(done);
         }
         match &mut self.slab[key].state {
-            State::Done(_) => unreachable!("taken above"),
+            State::Done(_) | State::Idle => unreachable!("taken above; futures never idle"),
             State::Waiting(w) => {
                 match w {
                     Waiter::Task(w) if w.will_wake(cx.waker()) => {}
@@ -310,8 +350,10 @@ impl Ops {
     /// a handler waiting on it is told at once (through the loop).
     fn insert_done(&mut self, op: Box<dyn OpAble>, res: io::Result<u32>, w: Waiter) -> usize {
         let key = self.insert(op, State::Done(res));
-        if let Waiter::Handler(h) = w {
-            self.notified.push((h, key));
+        match w {
+            Waiter::Handler(h) => self.notified.push((h, key, NO_RESULT)),
+            Waiter::Reuse(_) => unreachable!("reusable ops are resubmitted, not inserted"),
+            _ => {}
         }
         key
     }
@@ -351,6 +393,11 @@ impl Ops {
                 self.release(slot.op);
                 Dropped::Freed
             }
+            State::Idle => {
+                let slot = self.slab.remove(key);
+                self.release(slot.op);
+                Dropped::Freed
+            }
             _ => Dropped::InFlight,
         }
     }
@@ -384,8 +431,13 @@ impl Ops {
         Ok(q.held.len())
     }
 
+    /// Ops in the slab, idle reusable ones (a transport's send between
+    /// sends) excepted.
     fn in_flight(&self) -> usize {
-        self.slab.len()
+        self.slab
+            .iter()
+            .filter(|(_, s)| !matches!(s.state, State::Idle))
+            .count()
     }
 }
 
@@ -449,7 +501,7 @@ impl Driver {
     }
 
     /// Moves the handlers of completed ops into `out` (for the loop).
-    pub(crate) fn take_notified(&mut self, out: &mut Vec<(Rc<dyn Notify>, usize)>) {
+    pub(crate) fn take_notified(&mut self, out: &mut Vec<Notified>) {
         std::mem::swap(out, &mut self.ops().notified);
     }
 
@@ -457,10 +509,10 @@ impl Driver {
     /// the caller to tell once the driver is no longer borrowed.
     pub(crate) fn take_handlers(&mut self) -> Vec<Rc<dyn Notify>> {
         let ops = self.ops();
-        let mut out: Vec<Rc<dyn Notify>> = ops.notified.drain(..).map(|(h, _)| h).collect();
+        let mut out: Vec<Rc<dyn Notify>> = ops.notified.drain(..).map(|(h, _, _)| h).collect();
         for (_, slot) in ops.slab.iter_mut() {
             if let State::Waiting(w) = &mut slot.state {
-                if let Waiter::Handler(h) = std::mem::replace(w, Waiter::None) {
+                if let Waiter::Handler(h) | Waiter::Reuse(h) = std::mem::replace(w, Waiter::None) {
                     out.push(h);
                 }
             }
@@ -630,6 +682,82 @@ impl<T: OpAble> HandlerOp<T> {
         let (res, op) = self.0.driver.borrow_mut().ops().take_done(key)?;
         self.0.key = None;
         Some((res, downcast_op(op)))
+    }
+}
+
+/// A single-shot op that stays in the driver between uses (a transport's
+/// send): no slab insert or remove and no box per use. Each completion goes
+/// to the handler with its result (`Notify::notify(key, res)`), and the op
+/// is idle again: [`completed`](Self::completed) reaches its buffers,
+/// [`submit_with`](Self::submit_with) loads and sends it again. Dropping it while in flight cancels it as
+/// for [`Op`]: the driver keeps the buffers until the kernel lets go.
+pub(crate) struct ReusableOp<T> {
+    driver: DriverRef,
+    key: usize,
+    handler: Rc<dyn Notify>,
+    in_flight: bool,
+    _t: PhantomData<fn() -> T>,
+}
+
+impl<T: OpAble> ReusableOp<T> {
+    /// Puts `op` in the driver, idle (not submitted).
+    pub(crate) fn new(driver: &DriverRef, op: Box<T>, handler: Rc<dyn Notify>) -> Self {
+        let key = driver.borrow_mut().ops().insert(op, State::Idle);
+        ReusableOp {
+            driver: driver.clone(),
+            key,
+            handler,
+            in_flight: false,
+            _t: PhantomData,
+        }
+    }
+
+    /// Is `key` this op's?
+    pub(crate) fn is(&self, key: usize) -> bool {
+        self.key == key
+    }
+
+    /// Submitted and its result not delivered yet?
+    pub(crate) fn in_flight(&self) -> bool {
+        self.in_flight
+    }
+
+    /// The op itself, to be changed only while idle (the kernel never
+    /// sees an op being changed).
+    fn op_mut(d: &mut Driver, key: usize) -> &mut T {
+        d.ops().slab[key]
+            .op
+            .as_any_mut()
+            .downcast_mut::<T>()
+            .expect("ringloop driver: op type mismatch")
+    }
+
+    /// The handler got this op's result: the op is idle again, and `f`
+    /// runs on it (to take back what the kernel is done with). `f` must not
+    /// call into the loop (the driver is borrowed).
+    pub(crate) fn completed<R>(&mut self, f: impl FnOnce(&mut T) -> R) -> R {
+        assert!(self.in_flight, "ringloop driver: completion of an idle op");
+        self.in_flight = false;
+        f(Self::op_mut(&mut self.driver.borrow_mut(), self.key))
+    }
+
+    /// Runs `f` on the idle op (to load it), then submits it. `f` must not
+    /// call into the loop (the driver is borrowed).
+    pub(crate) fn submit_with(&mut self, f: impl FnOnce(&mut T)) {
+        assert!(!self.in_flight, "ringloop driver: op submitted twice");
+        self.in_flight = true;
+        let mut d = self.driver.borrow_mut();
+        f(Self::op_mut(&mut d, self.key));
+        let ops = d.ops();
+        ops.stats.ops_submitted += 1;
+        ops.slab[self.key].state = State::Waiting(Waiter::Reuse(self.handler.clone()));
+        each!(&mut *d, b => b.resubmit(self.key))
+    }
+}
+
+impl<T> Drop for ReusableOp<T> {
+    fn drop(&mut self) {
+        self.driver.borrow_mut().drop_op(self.key);
     }
 }
 

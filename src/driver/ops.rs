@@ -30,10 +30,14 @@ pub(crate) enum Interest {
 /// Lets the driver hand a boxed op back to its typed future.
 pub(crate) trait AsAny: Any {
     fn into_any(self: Box<Self>) -> Box<dyn Any>;
+    fn as_any_mut(&mut self) -> &mut dyn Any;
 }
 
 impl<T: Any> AsAny for T {
     fn into_any(self: Box<Self>) -> Box<dyn Any> {
+        self
+    }
+    fn as_any_mut(&mut self) -> &mut dyn Any {
         self
     }
 }

@@ -131,6 +131,16 @@ impl Uring {
         key
     }
 
+    /// Submits an idle reusable op again (its state is set by the caller).
+    pub(super) fn resubmit(&mut self, key: usize) {
+        if self.shut {
+            self.ops
+                .complete(key, Err(super::epoll::closed_error()), false);
+        } else {
+            self.push_key(key);
+        }
+    }
+
     pub(super) fn cancel(&mut self, key: usize) {
         if self.shut && self.wake_key.is_none() && !self.ops.slab.contains(key) {
             return;
@@ -298,7 +308,7 @@ impl Uring {
         let keys: Vec<usize> = self.ops.slab.iter().map(|(k, _)| k).collect();
         for key in keys {
             let slot = &mut self.ops.slab[key];
-            if !matches!(slot.state, State::Done(_)) || slot.multi.is_some() {
+            if !slot.state.at_rest() || slot.multi.is_some() {
                 slot.state = State::Ignored;
                 slot.multi = None;
                 self.cancel(key);
@@ -319,7 +329,7 @@ impl Uring {
             .ops
             .slab
             .iter()
-            .filter(|(_, s)| !matches!(s.state, State::Done(_)))
+            .filter(|(_, s)| !s.state.at_rest())
             .map(|(k, _)| k)
             .collect();
         for key in &leaked {
@@ -355,10 +365,7 @@ impl Uring {
     }
 
     fn has_in_flight(&self) -> bool {
-        self.ops
-            .slab
-            .iter()
-            .any(|(_, s)| !matches!(s.state, State::Done(_)))
+        self.ops.slab.iter().any(|(_, s)| !s.state.at_rest())
     }
 }
 

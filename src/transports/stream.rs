@@ -26,7 +26,7 @@ use crate::base_loop::EventLoop;
 use crate::driver::buf::{Chunk, WriteBuf};
 use crate::driver::ops::{Recv, SendMsg};
 use crate::driver::pool::{PoolRef, RecvBuf, RecvPooled};
-use crate::driver::{HandlerOp, MultiOp, Notify, TURN_END};
+use crate::driver::{HandlerOp, MultiOp, Notify, ReusableOp, TURN_END};
 use crate::error::{Error, Result};
 use crate::events::ExceptionContext;
 use crate::protocols::Protocol;
@@ -84,33 +84,33 @@ struct ReadSide {
     dry: bool,
 }
 
-/// The send in flight, and the boxed op reused from send to send.
+/// The send op, made at the first send and reused for every send after it
+/// (it stays in the driver: no allocation per send).
 #[derive(Default)]
 struct WriteSide {
-    op: Option<HandlerOp<SendMsg<WriteBuf>>>,
-    spare: Option<Box<SendMsg<WriteBuf>>>,
+    op: Option<ReusableOp<SendMsg<WriteBuf>>>,
 }
 
 /// Completion callbacks: a receive or a send finished (`key`), or the
 /// turn-end flush (`TURN_END`).
 impl Notify for Inner {
-    fn notify(self: Rc<Self>, key: usize) {
+    fn notify(self: Rc<Self>, key: usize, res: i32) {
         let t = Transport(self);
         if key == TURN_END {
             t.0.st.borrow_mut().flush_queued = false;
             t.pump_writer();
             return;
         }
-        let (read, write) = {
+        if t.0.wr.borrow().op.as_ref().is_some_and(|o| o.is(key)) {
+            return t.on_sent(res);
+        }
+        let read = {
             let rd = t.0.rd.borrow();
-            let read = rd.multi.as_ref().is_some_and(|m| m.is(key))
-                || rd.plain.as_ref().is_some_and(|p| p.is(key));
-            (read, t.0.wr.borrow().op.as_ref().is_some_and(|o| o.is(key)))
+            rd.multi.as_ref().is_some_and(|m| m.is(key))
+                || rd.plain.as_ref().is_some_and(|p| p.is(key))
         };
         if read {
             t.on_read();
-        } else if write {
-            t.on_sent();
         }
     }
 
@@ -422,31 +422,26 @@ impl Transport {
         match step {
             Step::Send => {
                 // The buffers move into the op (no clone); what the kernel
-                // does not take goes back to the front of the queue. The
-                // boxed op is reused from send to send.
-                let spare = inner.wr.borrow_mut().spare.take();
-                let mut op = match spare {
-                    Some(op) => op,
-                    None => {
-                        let Some(fd) = inner.sock.borrow().as_ref().map(|s| s.shared().clone())
-                        else {
-                            return;
-                        };
-                        Box::new(SendMsg::new(fd, Vec::new(), None))
-                    }
-                };
-                {
-                    let mut st = inner.st.borrow_mut();
+                // does not take goes back to the front of the queue.
+                let mut wr = inner.wr.borrow_mut();
+                if wr.op.is_none() {
+                    let Some(fd) = inner.sock.borrow().as_ref().map(|s| s.shared().clone()) else {
+                        return;
+                    };
+                    let op = Box::new(SendMsg::new(fd, Vec::new(), None));
+                    wr.op = Some(ReusableOp::new(inner.lp.driver(), op, self.handler()));
+                }
+                let op = wr.op.as_mut().expect("made above");
+                let mut st = inner.st.borrow_mut();
+                st.sending = true;
+                op.submit_with(|m| {
                     if st.wbuf.len() == 1 {
-                        op.bufs.extend(st.wbuf.pop_front());
+                        m.bufs.extend(st.wbuf.pop_front());
                     } else {
                         let k = st.wbuf.len().min(MAX_IOV);
-                        op.bufs.extend(st.wbuf.drain(..k));
+                        m.bufs.extend(st.wbuf.drain(..k));
                     }
-                    st.sending = true;
-                }
-                let op = HandlerOp::submit(inner.lp.driver(), op, self.handler());
-                inner.wr.borrow_mut().op = Some(op);
+                });
             }
             Step::Eof => {
                 let r = inner
@@ -467,52 +462,48 @@ impl Transport {
         }
     }
 
-    /// A send completed.
-    fn on_sent(&self) {
+    /// A send completed with `res` (bytes sent, or `-errno`).
+    fn on_sent(&self, res: i32) {
         let inner = &self.0;
-        let Some((res, mut op)) = inner.wr.borrow_mut().op.as_mut().and_then(|o| o.take()) else {
-            return;
-        };
-        inner.wr.borrow_mut().op = None;
-        inner.st.borrow_mut().sending = false;
-        let n = match res {
-            Ok(n) => n as usize,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
-            Err(e) => return self.force_close(Some(e.into())),
-        };
-        self.sent(&mut op.bufs, n);
-        inner.wr.borrow_mut().spare = Some(op);
-        self.pump_writer();
-    }
-
-    /// The kernel took `n` bytes of `bufs` (taken from the queue's front):
-    /// put the rest back in front, and maybe resume the protocol.
-    fn sent(&self, bufs: &mut Vec<WriteBuf>, mut n: usize) {
+        // An error sent nothing (EINTR: the queue is simply sent again).
+        let n = usize::try_from(res).unwrap_or(0);
         let resume = {
-            let mut st = self.0.st.borrow_mut();
-            st.wsize -= n;
-            let mut i = 0;
-            while i < bufs.len() && bufs[i].len() <= n {
-                n -= bufs[i].len();
-                i += 1;
-            }
-            if i < bufs.len() {
-                bufs[i].advance(n);
-                for b in bufs.drain(i..).rev() {
-                    st.wbuf.push_front(b);
+            let mut wr = inner.wr.borrow_mut();
+            let Some(op) = wr.op.as_mut().filter(|o| o.in_flight()) else {
+                return;
+            };
+            let mut st = inner.st.borrow_mut();
+            st.sending = false;
+            // What the kernel took is dropped; the rest goes back to the
+            // front of the queue (the op is idle now, its vector kept).
+            op.completed(|m| {
+                let bufs = &mut m.bufs;
+                let mut n = n;
+                st.wsize -= n;
+                let mut i = 0;
+                while i < bufs.len() && bufs[i].len() <= n {
+                    n -= bufs[i].len();
+                    i += 1;
                 }
-            }
-            bufs.clear();
-            if st.protocol_paused && st.wsize <= st.low {
-                st.protocol_paused = false;
-                true
-            } else {
-                false
-            }
+                if i < bufs.len() {
+                    bufs[i].advance(n);
+                    for b in bufs.drain(i..).rev() {
+                        st.wbuf.push_front(b);
+                    }
+                }
+                bufs.clear();
+            });
+            let resume = st.protocol_paused && st.wsize <= st.low;
+            st.protocol_paused &= !resume;
+            resume
         };
+        if res < 0 && res != -libc::EINTR {
+            return self.force_close(Some(io::Error::from_raw_os_error(-res).into()));
+        }
         if resume {
             self.call_protocol(|p| p.resume_writing());
         }
+        self.pump_writer();
     }
 
     /// Queues `data` for sending; it leaves with the next driver wait,
