@@ -242,6 +242,24 @@ impl Ops {
         })
     }
 
+    /// Records a completion given as the kernel's raw result, for the
+    /// common case of a reusable op (a stream's send): its handler gets the
+    /// result as it is. False if the op is not a reusable one in flight
+    /// (the caller then goes through [`complete`](Self::complete)).
+    #[inline]
+    fn complete_reusable(&mut self, key: usize, res: i32) -> bool {
+        let slot = &mut self.slab[key];
+        if !matches!(slot.state, State::Waiting(Waiter::Reuse(_))) {
+            return false;
+        }
+        let State::Waiting(Waiter::Reuse(h)) = std::mem::replace(&mut slot.state, State::Idle)
+        else {
+            unreachable!()
+        };
+        self.notified.push((h, key, res));
+        true
+    }
+
     /// Records a completion. `more` is false for the op's final completion.
     fn complete(&mut self, key: usize, res: io::Result<u32>, more: bool) {
         let Some(slot) = self.slab.get_mut(key) else {
@@ -356,13 +374,6 @@ impl Ops {
             _ => {}
         }
         key
-    }
-
-    /// A multishot op has results queued, or its end.
-    fn has_queued(&self, key: usize) -> bool {
-        self.slab
-            .get(key)
-            .is_some_and(|s| s.finished || s.multi.as_ref().is_some_and(|q| !q.is_empty()))
     }
 
     fn is_finished(&self, key: usize) -> bool {
@@ -798,12 +809,23 @@ impl MultiOp {
     /// Next result of a handler op, without a context, and whether
     /// another is queued behind it (so the handler need not ask again).
     pub(crate) fn try_next(&mut self) -> (Poll<Option<io::Result<u32>>>, bool) {
-        let r = self.next_inner(None);
-        let more = match (&r, self.key) {
-            (Poll::Ready(Some(_)), Some(k)) => self.driver.borrow().ops_ref().has_queued(k),
-            _ => false,
+        let Some(key) = self.key else {
+            return (Poll::Ready(None), false);
         };
-        (r, more)
+        let mut d = self.driver.borrow_mut();
+        let slot = &mut d.ops().slab[key];
+        if let Some(q) = slot.multi.as_mut() {
+            if let Some(r) = q.pop_front() {
+                let more = slot.finished || !q.is_empty();
+                return (Poll::Ready(Some(r)), more);
+            }
+        }
+        if !slot.finished {
+            return (Poll::Pending, false);
+        }
+        d.drop_op(key);
+        self.key = None;
+        (Poll::Ready(None), false)
     }
 
     /// True once the kernel posted the op's final completion (results may

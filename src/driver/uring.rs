@@ -288,6 +288,9 @@ impl Uring {
             self.push_key(key);
             return;
         }
+        if !more && self.ops.complete_reusable(key, res) {
+            return;
+        }
         let r = if res < 0 {
             Err(io::Error::from_raw_os_error(-res))
         } else if let Some(bid) = cqueue::buffer_select(flags) {

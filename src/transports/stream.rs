@@ -529,7 +529,7 @@ impl Transport {
                 data = WriteBuf(Chunk::Bytes(Bytes::copy_from_slice(b)));
             }
         }
-        let kick = {
+        let (flush, pause) = {
             let mut st = self.0.st.borrow_mut();
             if st.closing || st.lost {
                 return Err(Error::closed("transport is closing"));
@@ -542,12 +542,19 @@ impl Transport {
             }
             st.wsize += data.len();
             st.wbuf.push_back(data);
-            !st.sending && !st.flush_queued
+            // A flush at the end of this turn, unless a send or a flush is
+            // already on its way; pause the protocol past the high mark.
+            let flush = !st.sending && !std::mem::replace(&mut st.flush_queued, true);
+            let pause = !st.protocol_paused && st.wsize > st.high;
+            st.protocol_paused |= pause;
+            (flush, pause)
         };
-        if kick {
-            self.kick_writer();
+        if flush {
+            self.0.lp.core.call_at_turn_end(self.handler());
         }
-        self.maybe_pause();
+        if pause {
+            self.call_protocol(|p| p.pause_writing());
+        }
         Ok(())
     }
 
