@@ -758,11 +758,18 @@ impl<T: OpAble> ReusableOp<T> {
         assert!(!self.in_flight, "ringloop driver: op submitted twice");
         self.in_flight = true;
         let mut d = self.driver.borrow_mut();
-        f(Self::op_mut(&mut d, self.key));
+        let uring = matches!(&*d, Driver::Uring(u) if !u.shut);
+        let op = Self::op_mut(&mut d, self.key);
+        f(op);
+        // The SQE straight from the typed op (no second lookup).
+        let entry = uring.then(|| op.uring_entry().user_data(self.key as u64));
         let ops = d.ops();
         ops.stats.ops_submitted += 1;
         ops.slab[self.key].state = State::Waiting(Waiter::Reuse(self.handler.clone()));
-        each!(&mut *d, b => b.resubmit(self.key))
+        match (&mut *d, entry) {
+            (Driver::Uring(u), Some(e)) => u.push(e),
+            (d, _) => each!(d, b => b.resubmit(self.key)),
+        }
     }
 }
 

@@ -108,7 +108,7 @@ impl Uring {
     /// Queues an SQE. When the submission queue is full, submits it (an
     /// extra `io_uring_enter`, counted) and reaps what completed, which also
     /// clears an `EBUSY` from a full completion queue, then retries.
-    fn push(&mut self, entry: squeue::Entry) {
+    pub(super) fn push(&mut self, entry: squeue::Entry) {
         loop {
             // SAFETY: every pointer in the entry refers to op data boxed in
             // the slab, which stays put until the op's final completion.
