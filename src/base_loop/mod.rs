@@ -685,7 +685,7 @@ impl EventLoop {
                         }
                         core.run_task(idx, generation);
                     }
-                    TurnEnd::Call(h) => h.notify(crate::driver::TURN_END, crate::driver::NO_RESULT),
+                    TurnEnd::Call(h) => h.notify(crate::driver::TURN_END, None),
                 }
             }
         }

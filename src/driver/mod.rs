@@ -126,22 +126,52 @@ pub(crate) enum Waiter {
     /// The handler of a [`ReusableOp`]: told with the result, and the op
     /// goes back to `Idle`.
     Reuse(Rc<dyn Notify>),
+    /// The handler of a multishot [`MultiOp::submit_stream`]: told with each
+    /// result (nothing is queued in the slot).
+    Stream(Rc<dyn Notify>),
 }
 
 /// The key [`Notify::notify`] gets from a turn-end call (no op has it).
 pub(crate) const TURN_END: usize = usize::MAX;
 
-/// The `res` [`Notify::notify`] gets when the result stays in the driver.
-pub(crate) const NO_RESULT: i32 = i32::MIN;
+/// A result handed to a handler with its notification.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Done {
+    /// The value (bytes, or a pool-buffer completion value), or an errno.
+    pub(crate) res: Result<u32, i32>,
+    /// The op's final completion (a multishot op has ended).
+    pub(crate) last: bool,
+}
+
+impl Done {
+    fn from_result(r: &io::Result<u32>, last: bool) -> Done {
+        Done {
+            res: match r {
+                Ok(v) => Ok(*v),
+                // Errors without an OS code (the closed loop's) as ENOTCONN.
+                Err(e) => Err(e.raw_os_error().unwrap_or(libc::ENOTCONN)),
+            },
+            last,
+        }
+    }
+
+    /// A single-shot result straight from a CQE (`-errno` or bytes).
+    fn from_raw(res: i32) -> Done {
+        Done {
+            res: if res < 0 { Err(-res) } else { Ok(res as u32) },
+            last: true,
+        }
+    }
+}
 
 /// A completion callback: [`Notify::notify`] runs from the loop's ready
 /// queue (never inside the driver), with the key of the op that completed.
-/// For a [`ReusableOp`], `res` is its result (bytes, or `-errno`); for
-/// other ops it is [`NO_RESULT`] and the handler takes what is there: it
-/// may then run more than once per completion. `Core::call_at_turn_end`
-/// calls it with [`TURN_END`] instead of a key.
+/// For a [`ReusableOp`] or a stream [`MultiOp`] the result comes with it
+/// (`Some`); for other ops it is `None` and the handler takes what is
+/// there: it may then run more than once per completion.
+/// `Core::call_at_turn_end` calls it with [`TURN_END`] and `None`.
 pub(crate) trait Notify {
-    fn notify(self: Rc<Self>, key: usize, res: i32);
+    fn notify(self: Rc<Self>, key: usize, done: Option<Done>);
     /// The loop closes with this handler's ops still registered: let go of
     /// them (handlers and their ops would otherwise keep each other alive).
     fn loop_closing(self: Rc<Self>) {}
@@ -196,18 +226,9 @@ struct Quarantine {
 
 const POISON: u8 = 0xA5;
 
-/// A completion for a handler: who, which op, and the result
-/// ([`NO_RESULT`] unless the op is a [`ReusableOp`]).
-pub(crate) type Notified = (Rc<dyn Notify>, usize, i32);
-
-/// A result as a raw completion value: bytes, or `-errno` (errors without an
-/// OS code, as the closed loop's, become `-ENOTCONN`).
-fn raw_result(r: &io::Result<u32>) -> i32 {
-    match r {
-        Ok(n) => i32::try_from(*n).unwrap_or(i32::MAX),
-        Err(e) => -e.raw_os_error().unwrap_or(libc::ENOTCONN),
-    }
-}
+/// A completion for a handler: who, which op, and the result if it is
+/// handed over (see [`Notify`]).
+pub(crate) type Notified = (Rc<dyn Notify>, usize, Option<Done>);
 
 /// The slab of ops and the rules of their lifecycle, shared by both backends.
 pub(crate) struct Ops {
@@ -256,7 +277,7 @@ impl Ops {
         else {
             unreachable!()
         };
-        self.notified.push((h, key, res));
+        self.notified.push((h, key, Some(Done::from_raw(res))));
         true
     }
 
@@ -280,12 +301,18 @@ impl Ops {
                 else {
                     unreachable!()
                 };
-                self.notified.push((h, key, raw_result(&res)));
+                self.notified
+                    .push((h, key, Some(Done::from_result(&res, true))));
+            }
+            State::Waiting(Waiter::Stream(h)) => {
+                self.notified
+                    .push((h.clone(), key, Some(Done::from_result(&res, !more))));
+                slot.finished |= !more;
             }
             State::Waiting(waiter) => {
                 let waker = if let Waiter::Handler(h) = waiter {
                     // A handler stays for what follows (multishot).
-                    self.notified.push((h.clone(), key, NO_RESULT));
+                    self.notified.push((h.clone(), key, None));
                     None
                 } else if let Waiter::Task(w) = std::mem::replace(waiter, Waiter::None) {
                     Some(w)
@@ -367,13 +394,23 @@ impl Ops {
     /// An op finished before it was submitted (stash hit, closed driver):
     /// a handler waiting on it is told at once (through the loop).
     fn insert_done(&mut self, op: Box<dyn OpAble>, res: io::Result<u32>, w: Waiter) -> usize {
-        let key = self.insert(op, State::Done(res));
         match w {
-            Waiter::Handler(h) => self.notified.push((h, key, NO_RESULT)),
+            Waiter::Stream(h) => {
+                // Handed over at once; the slot only waits to be dropped.
+                let done = Done::from_result(&res, true);
+                let key = self.insert(op, State::Waiting(Waiter::None));
+                self.slab[key].finished = true;
+                self.notified.push((h, key, Some(done)));
+                key
+            }
+            Waiter::Handler(h) => {
+                let key = self.insert(op, State::Done(res));
+                self.notified.push((h, key, None));
+                key
+            }
             Waiter::Reuse(_) => unreachable!("reusable ops are resubmitted, not inserted"),
-            _ => {}
+            _ => self.insert(op, State::Done(res)),
         }
-        key
     }
 
     fn is_finished(&self, key: usize) -> bool {
@@ -523,7 +560,9 @@ impl Driver {
         let mut out: Vec<Rc<dyn Notify>> = ops.notified.drain(..).map(|(h, _, _)| h).collect();
         for (_, slot) in ops.slab.iter_mut() {
             if let State::Waiting(w) = &mut slot.state {
-                if let Waiter::Handler(h) | Waiter::Reuse(h) = std::mem::replace(w, Waiter::None) {
+                if let Waiter::Handler(h) | Waiter::Reuse(h) | Waiter::Stream(h) =
+                    std::mem::replace(w, Waiter::None)
+                {
                     out.push(h);
                 }
             }
@@ -571,6 +610,12 @@ impl Driver {
         let v = ops.stash.take_all(fd);
         ops.stats.stash_hits += v.len() as u64;
         v
+    }
+
+    /// Keeps received bytes for the next receive on `fd` (a handler got
+    /// them for a receive it had already given up).
+    pub(crate) fn stash_data(&mut self, fd: &fd::SharedFd, data: Vec<u8>) {
+        self.ops().stash.push_data(fd, data);
     }
 
     /// Pool buffers handed out and not back yet.
@@ -794,14 +839,14 @@ impl MultiOp {
         }
     }
 
-    /// Submits a multishot op whose completions go to `h`; results are
-    /// taken with [`MultiOp::try_next`].
-    pub(crate) fn submit_notify(
+    /// Submits a multishot op whose results go to `h`, each with its
+    /// notification (nothing is queued for [`poll_next`](Self::poll_next)).
+    pub(crate) fn submit_stream(
         driver: &DriverRef,
         op: Box<dyn OpAble>,
         h: Rc<dyn Notify>,
     ) -> MultiOp {
-        let key = driver.borrow_mut().submit_notify(op, h);
+        let key = driver.borrow_mut().submit_for(op, Waiter::Stream(h));
         MultiOp {
             driver: driver.clone(),
             key: Some(key),
@@ -811,28 +856,6 @@ impl MultiOp {
     /// Is `key` this op's?
     pub(crate) fn is(&self, key: usize) -> bool {
         self.key == Some(key)
-    }
-
-    /// Next result of a handler op, without a context, and whether
-    /// another is queued behind it (so the handler need not ask again).
-    pub(crate) fn try_next(&mut self) -> (Poll<Option<io::Result<u32>>>, bool) {
-        let Some(key) = self.key else {
-            return (Poll::Ready(None), false);
-        };
-        let mut d = self.driver.borrow_mut();
-        let slot = &mut d.ops().slab[key];
-        if let Some(q) = slot.multi.as_mut() {
-            if let Some(r) = q.pop_front() {
-                let more = slot.finished || !q.is_empty();
-                return (Poll::Ready(Some(r)), more);
-            }
-        }
-        if !slot.finished {
-            return (Poll::Pending, false);
-        }
-        d.drop_op(key);
-        self.key = None;
-        (Poll::Ready(None), false)
     }
 
     /// True once the kernel posted the op's final completion (results may

@@ -16,7 +16,6 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::io;
 use std::rc::Rc;
-use std::task::Poll;
 
 use bytes::Bytes;
 
@@ -26,7 +25,7 @@ use crate::base_loop::EventLoop;
 use crate::driver::buf::{Chunk, WriteBuf};
 use crate::driver::ops::{Recv, SendMsg};
 use crate::driver::pool::{PoolRef, RecvBuf, RecvPooled};
-use crate::driver::{HandlerOp, MultiOp, Notify, ReusableOp, TURN_END};
+use crate::driver::{Done, HandlerOp, MultiOp, Notify, ReusableOp, TURN_END};
 use crate::error::{Error, Result};
 use crate::events::ExceptionContext;
 use crate::protocols::Protocol;
@@ -94,23 +93,26 @@ struct WriteSide {
 /// Completion callbacks: a receive or a send finished (`key`), or the
 /// turn-end flush (`TURN_END`).
 impl Notify for Inner {
-    fn notify(self: Rc<Self>, key: usize, res: i32) {
+    fn notify(self: Rc<Self>, key: usize, done: Option<Done>) {
         let t = Transport(self);
         if key == TURN_END {
             t.0.st.borrow_mut().flush_queued = false;
             t.pump_writer();
             return;
         }
-        if t.0.wr.borrow().op.as_ref().is_some_and(|o| o.is(key)) {
-            return t.on_sent(res);
-        }
-        let read = {
-            let rd = t.0.rd.borrow();
-            rd.multi.as_ref().is_some_and(|m| m.is(key))
-                || rd.plain.as_ref().is_some_and(|p| p.is(key))
+        let Some(done) = done else {
+            // The plain receive's completion waits in the driver.
+            if t.0.rd.borrow().plain.as_ref().is_some_and(|p| p.is(key)) {
+                t.on_plain_read();
+            }
+            return;
         };
-        if read {
-            t.on_read();
+        if t.0.rd.borrow().multi.as_ref().is_some_and(|m| m.is(key)) {
+            t.on_received(done);
+        } else if t.0.wr.borrow().op.as_ref().is_some_and(|o| o.is(key)) {
+            t.on_sent(done);
+        } else {
+            t.on_stale_receive(done);
         }
     }
 
@@ -260,79 +262,96 @@ impl Transport {
                     fd,
                     pool: inner.pool.clone(),
                 });
-                rd.multi = Some(MultiOp::submit_notify(driver, op, self.handler()));
+                rd.multi = Some(MultiOp::submit_stream(driver, op, self.handler()));
             }
             return;
         }
     }
 
-    /// A receive completed: hand over everything it got, in order.
-    fn on_read(&self) {
-        let inner = &self.0;
-        loop {
-            let (next, more) = {
-                let mut rd = inner.rd.borrow_mut();
-                if let Some(p) = rd.plain.as_mut() {
-                    match p.take() {
-                        None => return,
-                        Some((res, recv)) => {
-                            rd.plain = None;
-                            drop(rd);
-                            let (r, b) = recv.finish(res);
-                            match r {
-                                Ok(0) => self.eof(),
-                                Ok(_) => {
-                                    if self.deliver_slice(&b) {
-                                        self.pump_reader();
-                                    }
-                                }
-                                Err(e) => self.force_close(Some(e.into())),
-                            }
-                            return;
-                        }
-                    }
-                }
-                let Some(m) = rd.multi.as_mut() else {
-                    return;
-                };
-                match m.try_next() {
-                    (Poll::Pending, _) => return,
-                    (Poll::Ready(r), more) => {
-                        if !matches!(r, Some(Ok(v)) if v != 0) {
-                            rd.multi = None;
-                        }
-                        (r, more)
-                    }
-                }
-            };
-            match next {
-                Some(Ok(0)) => return self.eof(),
-                Some(Ok(v)) => {
-                    let Some(b) = RecvBuf::from_completion(&inner.pool, v) else {
-                        let e = io::Error::other("receive completed without a pool buffer");
-                        return self.force_close(Some(e.into()));
-                    };
-                    if !self.deliver(b) {
-                        return;
-                    }
-                    // The protocol may have paused reading or closed.
-                    let st = inner.st.borrow();
-                    if st.closing || st.lost || st.read_eof || !st.reading {
-                        drop(st);
-                        return self.pump_reader();
-                    }
-                    if !more {
-                        return;
-                    }
-                }
-                Some(Err(e)) if e.raw_os_error() == Some(libc::ENOBUFS) => {
-                    inner.rd.borrow_mut().dry = true;
-                    return self.pump_reader();
-                }
-                Some(Err(e)) => return self.force_close(Some(e.into())),
-                // The kernel ended the multishot: arm a new one.
-                None => return self.pump_reader(),
+    /// The plain receive (after the pool ran dry) completed.
+    fn on_plain_read(&self) {
+        let taken = {
+            let mut rd = self.0.rd.borrow_mut();
+            let taken = rd.plain.as_mut().and_then(|p| p.take());
+            if taken.is_some() {
+                rd.plain = None;
             }
+            taken
+        };
+        let Some((res, recv)) = taken else {
+            return;
+        };
+        let (r, b) = recv.finish(res);
+        match r {
+            Ok(0) => self.eof(),
+            Ok(_) => {
+                if self.deliver_slice(&b) {
+                    self.pump_reader();
+                }
+            }
+            Err(e) => self.force_close(Some(e.into())),
+        }
+    }
+
+    /// One result of the multishot receive, in order.
+    fn on_received(&self, done: Done) {
+        let inner = &self.0;
+        // Anything but data ends the receive (as does the kernel's last
+        // completion); it is armed again below while reading is on.
+        if done.last || !matches!(done.res, Ok(v) if v != 0) {
+            inner.rd.borrow_mut().multi = None;
+        }
+        match done.res {
+            Ok(0) => self.eof(),
+            Ok(v) => {
+                let Some(b) = RecvBuf::from_completion(&inner.pool, v) else {
+                    let e = io::Error::other("receive completed without a pool buffer");
+                    return self.force_close(Some(e.into()));
+                };
+                if !self.deliver(b) {
+                    return;
+                }
+                // The protocol may have paused reading or closed; the
+                // receive may have ended.
+                let rearm = done.last || {
+                    let st = inner.st.borrow();
+                    st.closing || st.lost || st.read_eof || !st.reading
+                };
+                if rearm {
+                    self.pump_reader();
+                }
+            }
+            Err(libc::ENOBUFS) => {
+                inner.rd.borrow_mut().dry = true;
+                self.pump_reader();
+            }
+            Err(e) => self.force_close(Some(io::Error::from_raw_os_error(e).into())),
+        }
+    }
+
+    /// A result of a multishot receive this transport gave up in this turn
+    /// (paused or closed before the loop got to it). Data is not lost: it
+    /// is delivered now if reading is on again (nothing newer can precede
+    /// it), kept for the next receive if reading is paused, and dropped
+    /// only once the transport is closing. EOF and errors are seen again by
+    /// the next receive.
+    fn on_stale_receive(&self, done: Done) {
+        let inner = &self.0;
+        let Ok(v) = done.res else { return };
+        let Some(b) = RecvBuf::from_completion(&inner.pool, v) else {
+            return;
+        };
+        let (drop_it, deliver) = {
+            let st = inner.st.borrow();
+            (st.closing || st.lost, st.reading && !st.read_eof)
+        };
+        if drop_it {
+            return;
+        }
+        if deliver {
+            self.deliver(b);
+        } else if let Some(fd) = inner.sock.borrow().as_ref().map(|s| s.shared().clone()) {
+            inner.lp.driver().borrow_mut().stash_data(&fd, b.to_vec());
         }
     }
 
@@ -462,11 +481,11 @@ impl Transport {
         }
     }
 
-    /// A send completed with `res` (bytes sent, or `-errno`).
-    fn on_sent(&self, res: i32) {
+    /// A send completed: bytes sent, or an errno.
+    fn on_sent(&self, done: Done) {
         let inner = &self.0;
         // An error sent nothing (EINTR: the queue is simply sent again).
-        let n = usize::try_from(res).unwrap_or(0);
+        let n = done.res.map_or(0, |n| n as usize);
         let resume = {
             let mut wr = inner.wr.borrow_mut();
             let Some(op) = wr.op.as_mut().filter(|o| o.in_flight()) else {
@@ -497,8 +516,10 @@ impl Transport {
             st.protocol_paused &= !resume;
             resume
         };
-        if res < 0 && res != -libc::EINTR {
-            return self.force_close(Some(io::Error::from_raw_os_error(-res).into()));
+        if let Err(e) = done.res {
+            if e != libc::EINTR {
+                return self.force_close(Some(io::Error::from_raw_os_error(e).into()));
+            }
         }
         if resume {
             self.call_protocol(|p| p.resume_writing());
