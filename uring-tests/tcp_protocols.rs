@@ -931,7 +931,7 @@ both_backends! {
         let owned = Rc::new(std::cell::Cell::new(0));
         let slices = Rc::new(std::cell::Cell::new(0));
         let (o, s) = (owned.clone(), slices.clone());
-        let total = 12 << 20; // 3 times the pool
+        let total = 40 << 20; // 2.5 times the pool (1,024 buffers of 16 KiB)
         let (sent, got) = common::run_bounded(lp, Duration::from_secs(60), async move {
             echo_through(
                 move || Hoarder { t: None, held: Vec::new(), owned: o.clone(), slices: s.clone() },
