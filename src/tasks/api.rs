@@ -253,12 +253,53 @@ fn track<T: 'static>(tasks: &[Task<T>]) -> Rc<Tracker> {
     tr
 }
 
-fn spawn_all<F, T>(lp: &EventLoop, futs: impl IntoIterator<Item = F>) -> Vec<Task<Result<T>>>
+/// Records that gather child `idx` ended when its task drops the future,
+/// whatever ended it (result, error, cancel, panic, loop close): a task
+/// drops its future right before it stores its result, and the gather reads
+/// results only when it runs again. No done callback, handle or boxed
+/// closure per child, as asyncio's done callbacks would cost.
+struct ChildGuard {
+    idx: usize,
+    tracker: Rc<Tracker>,
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        self.tracker.done.borrow_mut().push_back(self.idx);
+        self.tracker.signal.fire();
+    }
+}
+
+/// Spawns gather's children, each reporting to the returned tracker.
+fn spawn_all<F, T>(
+    lp: &EventLoop,
+    futs: impl IntoIterator<Item = F>,
+) -> (Vec<Task<Result<T>>>, Rc<Tracker>)
 where
     F: Future<Output = Result<T>> + 'static,
     T: 'static,
 {
-    futs.into_iter().map(|f| lp.create_task(f)).collect()
+    let tracker = Rc::new(Tracker {
+        done: RefCell::new(VecDeque::new()),
+        signal: Signal::default(),
+    });
+    let tasks = futs
+        .into_iter()
+        .enumerate()
+        .map(|(idx, f)| {
+            // Moved in (not made inside), so it drops even if the task is
+            // cancelled before it first runs.
+            let guard = ChildGuard {
+                idx,
+                tracker: tracker.clone(),
+            };
+            lp.create_task(async move {
+                let _guard = guard;
+                f.await
+            })
+        })
+        .collect();
+    (tasks, tracker)
 }
 
 /// Flattens a task's result: its own failure, or the body's `Result`.
@@ -294,8 +335,8 @@ where
     T: 'static,
 {
     let lp = get_running_loop()?;
-    let g = Gather::new(spawn_all(&lp, futs));
-    let results = g.run(false).await?;
+    let (tasks, tracker) = spawn_all(&lp, futs);
+    let results = Gather::new(tasks).run(tracker, false).await?;
     results.into_iter().collect()
 }
 
@@ -323,7 +364,8 @@ where
     T: 'static,
 {
     let lp = get_running_loop()?;
-    Gather::new(spawn_all(&lp, futs)).run(true).await
+    let (tasks, tracker) = spawn_all(&lp, futs);
+    Gather::new(tasks).run(tracker, true).await
 }
 
 struct Gather<T: 'static> {
@@ -339,8 +381,7 @@ impl<T: 'static> Gather<T> {
         }
     }
 
-    async fn run(mut self, return_all: bool) -> Result<Vec<Result<T>>> {
-        let tracker = track(&self.tasks);
+    async fn run(mut self, tracker: Rc<Tracker>, return_all: bool) -> Result<Vec<Result<T>>> {
         let n = self.tasks.len();
         let mut results: Vec<Option<Result<T>>> = (0..n).map(|_| None).collect();
         let mut left = n;
