@@ -32,12 +32,19 @@ enum Outcome {
 }
 
 /// The type-erased part of every task.
+/// What most tasks never have: a name and a pending cancel request (boxed
+/// on first use, so a task stays small).
+#[derive(Default)]
+struct Rare {
+    name: Option<String>,
+    /// `Some(msg)` once `cancel(msg)` asked for cancellation.
+    cancel_request: Option<Option<String>>,
+}
+
 pub(crate) struct TaskHeader {
     id: u64,
-    name: RefCell<Option<String>>,
+    rare: RefCell<Option<Box<Rare>>>,
     outcome: Cell<Outcome>,
-    /// `Some(msg)` once `cancel(msg)` asked for cancellation.
-    cancel_request: RefCell<Option<Option<String>>>,
     cancelling: Cell<u32>,
     pub(crate) waker: Waker,
     core: Weak<Core>,
@@ -60,9 +67,13 @@ impl TaskHeader {
         TaskHeader {
             slot,
             id,
-            name: RefCell::new(name),
+            rare: RefCell::new(name.map(|n| {
+                Box::new(Rare {
+                    name: Some(n),
+                    cancel_request: None,
+                })
+            })),
             outcome: Cell::new(Outcome::Pending),
-            cancel_request: RefCell::new(None),
             cancelling: Cell::new(0),
             waker,
             core,
@@ -72,10 +83,20 @@ impl TaskHeader {
     }
 
     fn name(&self) -> String {
-        self.name
+        self.rare
             .borrow()
-            .clone()
+            .as_ref()
+            .and_then(|r| r.name.clone())
             .unwrap_or_else(|| format!("Task-{}", self.id))
+    }
+
+    fn set_name(&self, name: String) {
+        self.rare.borrow_mut().get_or_insert_with(Box::default).name = Some(name);
+    }
+
+    /// Takes the pending cancel request, if any.
+    fn take_cancel_request(&self) -> Option<Option<String>> {
+        self.rare.borrow_mut().as_mut()?.cancel_request.take()
     }
 
     fn done(&self) -> bool {
@@ -87,7 +108,10 @@ impl TaskHeader {
             return false;
         }
         self.cancelling.set(self.cancelling.get() + 1);
-        *self.cancel_request.borrow_mut() = Some(msg);
+        self.rare
+            .borrow_mut()
+            .get_or_insert_with(Box::default)
+            .cancel_request = Some(msg);
         self.waker.wake_by_ref();
         true
     }
@@ -97,7 +121,7 @@ impl TaskHeader {
         self.cancelling.set(n);
         if n == 0 {
             // Python 3.13: a fully uncancelled task forgets a pending request.
-            self.cancel_request.borrow_mut().take();
+            self.take_cancel_request();
         }
         n
     }
@@ -130,10 +154,24 @@ pub(crate) struct TaskCell<F: Future> {
     header: TaskHeader,
     future: slot::FutureSlot<F>,
     result: RefCell<Option<Result<F::Output>>>,
-    /// Awaiting tasks: the first inline, more (rare) in the Vec.
-    joiners: RefCell<(Option<Waker>, Vec<Waker>)>,
-    callbacks: RefCell<Vec<(u64, TaskCallback<F::Output>)>>,
-    next_cb: Cell<u64>,
+    /// Awaiting tasks.
+    joiners: RefCell<Joiners>,
+    /// Done callbacks, boxed on first use (most tasks have none).
+    callbacks: RefCell<Option<Box<Callbacks<F::Output>>>>,
+}
+
+/// Who awaits a task: usually one waker, inline.
+#[derive(Default)]
+enum Joiners {
+    #[default]
+    None,
+    One(Waker),
+    Many(Vec<Waker>),
+}
+
+struct Callbacks<T> {
+    next_id: u64,
+    list: Vec<(u64, TaskCallback<T>)>,
 }
 
 impl<F> TaskCell<F>
@@ -146,9 +184,8 @@ where
             header,
             future: slot::FutureSlot::new(fut),
             result: RefCell::new(None),
-            joiners: RefCell::new((None, Vec::new())),
-            callbacks: RefCell::new(Vec::new()),
-            next_cb: Cell::new(1),
+            joiners: RefCell::new(Joiners::None),
+            callbacks: RefCell::new(None),
         })
     }
 
@@ -160,14 +197,15 @@ where
         };
         *self.result.borrow_mut() = Some(result);
         self.header.outcome.set(outcome);
-        let (first, more) = std::mem::take(&mut *self.joiners.borrow_mut());
-        if let Some(w) = first {
-            w.wake();
+        match std::mem::take(&mut *self.joiners.borrow_mut()) {
+            Joiners::None => {}
+            Joiners::One(w) => w.wake(),
+            Joiners::Many(ws) => ws.into_iter().for_each(Waker::wake),
         }
-        for w in more {
-            w.wake();
-        }
-        let cbs = std::mem::take(&mut *self.callbacks.borrow_mut());
+        let Some(cbs) = self.callbacks.borrow_mut().take() else {
+            return;
+        };
+        let cbs = cbs.list;
         if cbs.is_empty() {
             return;
         }
@@ -197,7 +235,7 @@ where
         if self.header.done() {
             return true;
         }
-        if let Some(msg) = self.header.cancel_request.borrow_mut().take() {
+        if let Some(msg) = self.header.take_cancel_request() {
             drop_quietly(&self.future);
             self.finish(Err(Error::Cancelled(msg)));
             return true;
@@ -210,7 +248,7 @@ where
                 drop_quietly(&self.future);
                 // As asyncio: a cancel requested during the task's last step
                 // still ends it cancelled.
-                match self.header.cancel_request.borrow_mut().take() {
+                match self.header.take_cancel_request() {
                     Some(msg) => self.finish(Err(Error::Cancelled(msg))),
                     None => self.finish(Ok(v)),
                 }
@@ -258,12 +296,18 @@ where
             }));
         }
         let mut j = self.joiners.borrow_mut();
-        match &j.0 {
-            None => j.0 = Some(cx.waker().clone()),
-            Some(w) if w.will_wake(cx.waker()) => {}
-            Some(_) => {
-                if !j.1.iter().any(|w| w.will_wake(cx.waker())) {
-                    j.1.push(cx.waker().clone());
+        match &mut *j {
+            Joiners::None => *j = Joiners::One(cx.waker().clone()),
+            Joiners::One(w) if w.will_wake(cx.waker()) => {}
+            Joiners::One(_) => {
+                let Joiners::One(first) = std::mem::take(&mut *j) else {
+                    unreachable!()
+                };
+                *j = Joiners::Many(vec![first, cx.waker().clone()]);
+            }
+            Joiners::Many(ws) => {
+                if !ws.iter().any(|w| w.will_wake(cx.waker())) {
+                    ws.push(cx.waker().clone());
                 }
             }
         }
@@ -275,17 +319,25 @@ where
     }
 
     fn add_callback(&self, cb: TaskCallback<F::Output>) -> u64 {
-        let id = self.next_cb.get();
-        self.next_cb.set(id + 1);
-        self.callbacks.borrow_mut().push((id, cb));
+        let mut cbs = self.callbacks.borrow_mut();
+        let cbs = cbs.get_or_insert_with(|| {
+            Box::new(Callbacks {
+                next_id: 1,
+                list: Vec::new(),
+            })
+        });
+        let id = cbs.next_id;
+        cbs.next_id += 1;
+        cbs.list.push((id, cb));
         id
     }
 
     fn remove_callback(&self, id: u64) -> usize {
         let mut cbs = self.callbacks.borrow_mut();
-        let before = cbs.len();
-        cbs.retain(|(i, _)| *i != id);
-        before - cbs.len()
+        let Some(cbs) = cbs.as_mut() else { return 0 };
+        let before = cbs.list.len();
+        cbs.list.retain(|(i, _)| *i != id);
+        before - cbs.list.len()
     }
 }
 
@@ -524,7 +576,7 @@ impl TaskRef {
     }
     /// Renames the task. Equivalent to `asyncio.Task.set_name`.
     pub fn set_name(&self, name: impl Into<String>) {
-        *self.header().name.borrow_mut() = Some(name.into());
+        self.header().set_name(name.into());
     }
     /// True if both handles refer to the same task.
     pub fn same(&self, other: &TaskRef) -> bool {
@@ -570,5 +622,16 @@ impl Future for YieldNow {
             cx.waker().wake_by_ref();
             Poll::Pending
         }
+    }
+}
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_task_stays_small() {
+        // Name, cancel request and done callbacks are boxed on first use;
+        // one awaiting waker is inline. (264 bytes before that.)
+        let n = std::mem::size_of::<super::TaskCell<std::future::Ready<()>>>();
+        assert!(n <= 176, "TaskCell grew to {n} bytes");
+        assert!(std::mem::size_of::<super::TaskHeader>() <= 64);
     }
 }
