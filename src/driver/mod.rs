@@ -154,14 +154,6 @@ impl Done {
             last,
         }
     }
-
-    /// A single-shot result straight from a CQE (`-errno` or bytes).
-    fn from_raw(res: i32) -> Done {
-        Done {
-            res: if res < 0 { Err(-res) } else { Ok(res as u32) },
-            last: true,
-        }
-    }
 }
 
 /// A completion callback: [`Notify::notify`] runs from the loop's ready
@@ -264,21 +256,43 @@ impl Ops {
     }
 
     /// Records a completion given as the kernel's raw result, for the
-    /// common case of a reusable op (a stream's send): its handler gets the
-    /// result as it is. False if the op is not a reusable one in flight
-    /// (the caller then goes through [`complete`](Self::complete)).
+    /// common cases of a handler that takes its results with the
+    /// notification: a reusable op (a stream's send; it goes back to
+    /// `Idle`) and a stream multishot op (a stream's receive). `value` makes
+    /// the result value from the non-negative `res` (naming a pool buffer).
+    /// False for any other op: the caller goes through
+    /// [`complete`](Self::complete).
     #[inline]
-    fn complete_reusable(&mut self, key: usize, res: i32) -> bool {
+    fn complete_direct(
+        &mut self,
+        key: usize,
+        res: i32,
+        more: bool,
+        value: impl FnOnce() -> u32,
+    ) -> bool {
         let slot = &mut self.slab[key];
-        if !matches!(slot.state, State::Waiting(Waiter::Reuse(_))) {
-            return false;
-        }
-        let State::Waiting(Waiter::Reuse(h)) = std::mem::replace(&mut slot.state, State::Idle)
-        else {
-            unreachable!()
+        let done = |res: i32, last| Done {
+            res: if res < 0 { Err(-res) } else { Ok(value()) },
+            last,
         };
-        self.notified.push((h, key, Some(Done::from_raw(res))));
-        true
+        match &slot.state {
+            State::Waiting(Waiter::Reuse(_)) if !more => {
+                let State::Waiting(Waiter::Reuse(h)) =
+                    std::mem::replace(&mut slot.state, State::Idle)
+                else {
+                    unreachable!()
+                };
+                self.notified.push((h, key, Some(done(res, true))));
+                true
+            }
+            State::Waiting(Waiter::Stream(h)) => {
+                let h = h.clone();
+                slot.finished |= !more;
+                self.notified.push((h, key, Some(done(res, !more))));
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Records a completion. `more` is false for the op's final completion.

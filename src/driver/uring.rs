@@ -288,7 +288,16 @@ impl Uring {
             self.push_key(key);
             return;
         }
-        if !more && self.ops.complete_reusable(key, res) {
+        let pool = &self.pool;
+        let value = || match cqueue::buffer_select(flags) {
+            // A provided buffer was used: name it in the result.
+            Some(bid) => {
+                pool.borrow_mut().note_out();
+                super::pool::encode(bid, res as usize)
+            }
+            None => res as u32,
+        };
+        if self.ops.complete_direct(key, res, more, value) {
             return;
         }
         let r = if res < 0 {
