@@ -4,9 +4,10 @@
 //! ([`Notify`]), like asyncio's proactor, whose transports are driven by
 //! future callbacks.
 //!
-//! Writes made during a loop turn are queued and flushed at the end of that
-//! turn, so they leave in one send (`sendmsg`/writev for several buffers)
-//! with the next driver wait. The reader keeps one receive in flight while
+//! Writes made in the protocol's `data_received` for this transport leave
+//! in one send (`sendmsg`/writev for several buffers) when it returns; writes
+//! made anywhere else during a loop turn are flushed at the end of that turn.
+//! Either way they go to the kernel with the next driver wait. The reader keeps one receive in flight while
 //! reading is on; `pause_reading` cancels it (data it already got is kept by
 //! the driver for the next receive).
 #![forbid(unsafe_code)]
@@ -48,6 +49,10 @@ struct State {
     sending: bool,
     /// A flush is queued for the end of this loop turn.
     flush_queued: bool,
+    /// The protocol is in its `data_received` for this transport: its
+    /// writes leave when it returns (`flush_on_return`).
+    in_data_cb: bool,
+    flush_on_return: bool,
     closing: bool,
     eof_requested: bool,
     eof_sent: bool,
@@ -359,11 +364,13 @@ impl Transport {
     /// or write it back); false if the protocol failed.
     fn deliver(&self, data: RecvBuf) -> bool {
         let mut data = Some(data);
+        self.0.st.borrow_mut().in_data_cb = true;
         let r = self.0.protocol.invoke(|p| {
             if let Some(d) = data.take() {
                 p.data_received_owned(d)
             }
         });
+        self.data_cb_returned();
         self.delivered(r, || {
             let d = data.take().expect("not delivered");
             Box::new(move |p: &mut dyn Protocol| p.data_received_owned(d))
@@ -372,11 +379,27 @@ impl Transport {
 
     /// Hands received bytes (a kept or a plain receive) to the protocol.
     fn deliver_slice(&self, data: &[u8]) -> bool {
+        self.0.st.borrow_mut().in_data_cb = true;
         let r = self.0.protocol.invoke(|p| p.data_received(data));
+        self.data_cb_returned();
         self.delivered(r, || {
             let copy = data.to_vec();
             Box::new(move |p: &mut dyn Protocol| p.data_received(&copy))
         })
+    }
+
+    /// The protocol's `data_received` returned: what it wrote leaves now
+    /// (in one send), rather than at the end of the turn: a reply goes out
+    /// with the same driver wait either way, for no turn-end call.
+    fn data_cb_returned(&self) {
+        let flush = {
+            let mut st = self.0.st.borrow_mut();
+            st.in_data_cb = false;
+            std::mem::take(&mut st.flush_on_return) && !st.flush_queued
+        };
+        if flush {
+            self.pump_writer();
+        }
     }
 
     /// After a delivery: false if the protocol failed. `Busy` is only
@@ -563,9 +586,15 @@ impl Transport {
             }
             st.wsize += data.len();
             st.wbuf.push_back(data);
-            // A flush at the end of this turn, unless a send or a flush is
-            // already on its way; pause the protocol past the high mark.
-            let flush = !st.sending && !std::mem::replace(&mut st.flush_queued, true);
+            // A flush when the protocol's data_received returns, if this
+            // is it; else at the end of this turn, unless a send or a flush
+            // is already on its way. Pause the protocol past the high mark.
+            let flush = if st.in_data_cb {
+                st.flush_on_return = true;
+                false
+            } else {
+                !st.sending && !std::mem::replace(&mut st.flush_queued, true)
+            };
             let pause = !st.protocol_paused && st.wsize > st.high;
             st.protocol_paused |= pause;
             (flush, pause)
