@@ -818,13 +818,23 @@ impl<T: OpAble> ReusableOp<T> {
         self.in_flight = true;
         let mut d = self.driver.borrow_mut();
         let uring = matches!(&*d, Driver::Uring(u) if !u.shut);
-        let op = Self::op_mut(&mut d, self.key);
-        f(op);
-        // The SQE straight from the typed op (no second lookup).
-        let entry = uring.then(|| op.uring_entry().user_data(self.key as u64));
         let ops = d.ops();
         ops.stats.ops_submitted += 1;
-        ops.slab[self.key].state = State::Waiting(Waiter::Reuse(self.handler.clone()));
+        // One lookup: load the typed op, build its SQE (no vtable call),
+        // and mark the slot in flight.
+        let slot = &mut ops.slab[self.key];
+        let op = slot
+            .op
+            .as_any_mut()
+            .downcast_mut::<T>()
+            .expect("ringloop driver: op type mismatch");
+        f(op);
+        let entry = uring.then(|| op.uring_entry().user_data(self.key as u64));
+        assert!(
+            matches!(slot.state, State::Idle),
+            "ringloop driver: op not idle"
+        );
+        slot.state = State::Waiting(Waiter::Reuse(self.handler.clone()));
         match (&mut *d, entry) {
             (Driver::Uring(u), Some(e)) => u.push(e),
             (d, _) => each!(d, b => b.resubmit(self.key)),

@@ -275,6 +275,22 @@ impl Uring {
             }
             return;
         }
+        // The common case first: a handler that takes its result with the
+        // notification (EAGAIN and EINTR are retried below instead).
+        if res != -libc::EAGAIN && res != -libc::EINTR {
+            let pool = &self.pool;
+            let value = || match cqueue::buffer_select(flags) {
+                // A provided buffer was used: name it in the result.
+                Some(bid) => {
+                    pool.borrow_mut().note_out();
+                    super::pool::encode(bid, res as usize)
+                }
+                None => res as u32,
+            };
+            if self.ops.complete_direct(key, res, more, value) {
+                return;
+            }
+        }
         let slot = &mut self.ops.slab[key];
         let ignored = matches!(slot.state, State::Ignored);
         if res == -libc::EAGAIN && !ignored && !slot.op.is_multishot() {
@@ -286,18 +302,6 @@ impl Uring {
         }
         if res == -libc::EINTR && !ignored {
             self.push_key(key);
-            return;
-        }
-        let pool = &self.pool;
-        let value = || match cqueue::buffer_select(flags) {
-            // A provided buffer was used: name it in the result.
-            Some(bid) => {
-                pool.borrow_mut().note_out();
-                super::pool::encode(bid, res as usize)
-            }
-            None => res as u32,
-        };
-        if self.ops.complete_direct(key, res, more, value) {
             return;
         }
         let r = if res < 0 {

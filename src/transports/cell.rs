@@ -65,6 +65,9 @@ impl<P: ?Sized + 'static> ProtoCell<P> {
     }
 
     fn drain(&self) -> Result<(), Failure> {
+        if self.deferred.borrow().is_empty() {
+            return Ok(());
+        }
         loop {
             let next = self.deferred.borrow_mut().pop_front();
             match next {
