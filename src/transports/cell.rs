@@ -43,7 +43,10 @@ impl<P: ?Sized + 'static> ProtoCell<P> {
         let r = catch_unwind(AssertUnwindSafe(|| f(&mut **p)));
         drop(guard);
         let r = r.map_err(|e| Failure::Panic(panic_message(&*e)))?;
-        self.drain()?;
+        // (Calls deferred while the protocol was busy: usually none.)
+        if !self.deferred.borrow().is_empty() {
+            self.drain()?;
+        }
         Ok(Some(r))
     }
 
@@ -65,9 +68,6 @@ impl<P: ?Sized + 'static> ProtoCell<P> {
     }
 
     fn drain(&self) -> Result<(), Failure> {
-        if self.deferred.borrow().is_empty() {
-            return Ok(());
-        }
         loop {
             let next = self.deferred.borrow_mut().pop_front();
             match next {
