@@ -509,19 +509,23 @@ impl Transport {
         let inner = &self.0;
         // An error sent nothing (EINTR: the queue is simply sent again).
         let n = done.res.map_or(0, |n| n as usize);
-        let resume = {
+        let (resume, idle) = {
             let mut wr = inner.wr.borrow_mut();
             let Some(op) = wr.op.as_mut().filter(|o| o.in_flight()) else {
                 return;
             };
             let mut st = inner.st.borrow_mut();
             st.sending = false;
+            st.wsize -= n;
             // What the kernel took is dropped; the rest goes back to the
             // front of the queue (the op is idle now, its vector kept).
             op.completed(|m| {
                 let bufs = &mut m.bufs;
+                if bufs.len() == 1 && bufs[0].len() == n {
+                    bufs.clear(); // the usual case: one buffer, all sent
+                    return;
+                }
                 let mut n = n;
-                st.wsize -= n;
                 let mut i = 0;
                 while i < bufs.len() && bufs[i].len() <= n {
                     n -= bufs[i].len();
@@ -537,7 +541,9 @@ impl Transport {
             });
             let resume = st.protocol_paused && st.wsize <= st.low;
             st.protocol_paused &= !resume;
-            resume
+            // Nothing more to send, no EOF or close to finish.
+            let idle = st.wbuf.is_empty() && !st.eof_requested && !st.closing;
+            (resume, idle)
         };
         if let Err(e) = done.res {
             if e != libc::EINTR {
@@ -546,6 +552,8 @@ impl Transport {
         }
         if resume {
             self.call_protocol(|p| p.resume_writing());
+        } else if idle {
+            return;
         }
         self.pump_writer();
     }
