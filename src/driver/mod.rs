@@ -830,11 +830,12 @@ impl<T: OpAble> ReusableOp<T> {
             .expect("ringloop driver: op type mismatch");
         f(op);
         let entry = uring.then(|| op.uring_entry().user_data(self.key as u64));
-        assert!(
-            matches!(slot.state, State::Idle),
-            "ringloop driver: op not idle"
+        let idle = std::mem::replace(
+            &mut slot.state,
+            State::Waiting(Waiter::Reuse(self.handler.clone())),
         );
-        slot.state = State::Waiting(Waiter::Reuse(self.handler.clone()));
+        assert!(matches!(idle, State::Idle), "ringloop driver: op not idle");
+        std::mem::forget(idle); // `Idle` owns nothing: no drop call
         match (&mut *d, entry) {
             (Driver::Uring(u), Some(e)) => u.push(e),
             (d, _) => each!(d, b => b.resubmit(self.key)),
