@@ -757,10 +757,11 @@ impl<T: OpAble> HandlerOp<T> {
 
 /// A single-shot op that stays in the driver between uses (a transport's
 /// send): no slab insert or remove and no box per use. Each completion goes
-/// to the handler with its result (`Notify::notify(key, res)`), and the op
-/// is idle again: [`completed`](Self::completed) reaches its buffers,
-/// [`submit_with`](Self::submit_with) loads and sends it again. Dropping it while in flight cancels it as
-/// for [`Op`]: the driver keeps the buffers until the kernel lets go.
+/// to the handler with its result (`Notify::notify(key, Some(done))`), and
+/// the op is idle again: [`completed`](Self::completed) reaches its
+/// buffers, [`submit_with`](Self::submit_with) loads and sends it again.
+/// Dropping it while in flight cancels it as for [`Op`]: the driver keeps
+/// the buffers until the kernel lets go.
 pub(crate) struct ReusableOp<T> {
     driver: DriverRef,
     key: usize,
