@@ -25,7 +25,7 @@ use super::{ExtraInfo, buffer_limits};
 use crate::base_loop::EventLoop;
 use crate::driver::buf::{Chunk, WriteBuf};
 use crate::driver::ops::{Recv, SendMsg};
-use crate::driver::pool::{PoolRef, RecvBuf, RecvPooled};
+use crate::driver::pool::{POOL_BUF_SIZE, PoolRef, RecvBuf, RecvPooled};
 use crate::driver::{Done, HandlerOp, MultiOp, Notify, ReusableOp, TURN_END};
 use crate::error::{Error, Result};
 use crate::events::ExceptionContext;
@@ -49,8 +49,9 @@ struct State {
     sending: bool,
     /// A flush is queued for the end of this loop turn.
     flush_queued: bool,
-    /// The protocol is in its `data_received` for this transport: its
-    /// writes leave when it returns (`flush_on_return`).
+    /// The protocol is in its `data_received` for this transport, for a
+    /// receive that did not fill its buffer: its writes leave when it
+    /// returns (`flush_on_return`).
     in_data_cb: bool,
     flush_on_return: bool,
     closing: bool,
@@ -363,8 +364,12 @@ impl Transport {
     /// Hands a received pool buffer to the protocol (owned: it may keep it
     /// or write it back); false if the protocol failed.
     fn deliver(&self, data: RecvBuf) -> bool {
+        // A receive that filled its buffer likely has more behind it in this
+        // turn: let the replies coalesce until the turn ends (one send for
+        // a bulk transfer's chunks). A short one ends the peer's message:
+        // the reply leaves when the callback returns.
+        self.0.st.borrow_mut().in_data_cb = data.len() < POOL_BUF_SIZE;
         let mut data = Some(data);
-        self.0.st.borrow_mut().in_data_cb = true;
         let r = self.0.protocol.invoke(|p| {
             if let Some(d) = data.take() {
                 p.data_received_owned(d)
@@ -379,7 +384,8 @@ impl Transport {
 
     /// Hands received bytes (a kept or a plain receive) to the protocol.
     fn deliver_slice(&self, data: &[u8]) -> bool {
-        self.0.st.borrow_mut().in_data_cb = true;
+        // (As in `deliver`: a full read coalesces until the turn ends.)
+        self.0.st.borrow_mut().in_data_cb = data.len() < READ_SIZE;
         let r = self.0.protocol.invoke(|p| p.data_received(data));
         self.data_cb_returned();
         self.delivered(r, || {
