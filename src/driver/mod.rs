@@ -1,9 +1,9 @@
 //! The driver layer: owned-buffer operations and `wait(timeout)`, on io_uring
 //! (proactor) or epoll (selector).
 //!
-//! Everything above this module sees one API: [`Driver::submit`] moves an op
-//! (with its fd and buffers) in and returns a key; [`Op`] is the future that
-//! hands the op back with its result; [`Driver::turn`] is the one blocking
+//! Everything above this module sees one API: `Driver::submit` moves an op
+//! (with its fd and buffers) in and returns a key; `Op` is the future that
+//! hands the op back with its result; `Driver::turn` is the one blocking
 //! call per loop iteration. Which kernel interface runs underneath is an enum
 //! tag, chosen at run time.
 
