@@ -270,11 +270,18 @@ impl Ops {
         more: bool,
         value: impl FnOnce() -> u32,
     ) -> bool {
-        let slot = &mut self.slab[key];
-        let done = |res: i32, last| Done {
+        self.hand_over(key, more, |last| Done {
             res: if res < 0 { Err(-res) } else { Ok(value()) },
             last,
-        };
+        })
+    }
+
+    /// Hands a result to a handler that takes it with the notification (a
+    /// reusable op, which goes back to `Idle`; a stream multishot op);
+    /// `done(last)` makes the result. False for any other waiter.
+    #[inline]
+    fn hand_over(&mut self, key: usize, more: bool, done: impl FnOnce(bool) -> Done) -> bool {
+        let slot = &mut self.slab[key];
         match &slot.state {
             State::Waiting(Waiter::Reuse(_)) if !more => {
                 let State::Waiting(Waiter::Reuse(h)) =
@@ -282,13 +289,13 @@ impl Ops {
                 else {
                     unreachable!()
                 };
-                self.notified.push((h, key, Some(done(res, true))));
+                self.notified.push((h, key, Some(done(true))));
                 true
             }
             State::Waiting(Waiter::Stream(h)) => {
                 let h = h.clone();
                 slot.finished |= !more;
-                self.notified.push((h, key, Some(done(res, !more))));
+                self.notified.push((h, key, Some(done(!more))));
                 true
             }
             _ => false,
@@ -297,9 +304,13 @@ impl Ops {
 
     /// Records a completion. `more` is false for the op's final completion.
     fn complete(&mut self, key: usize, res: io::Result<u32>, more: bool) {
-        let Some(slot) = self.slab.get_mut(key) else {
+        if !self.slab.contains(key) {
             panic!("ringloop driver: completion for unknown op {key}");
-        };
+        }
+        if self.hand_over(key, more, |last| Done::from_result(&res, last)) {
+            return;
+        }
+        let slot = &mut self.slab[key];
         match &mut slot.state {
             State::Ignored => {
                 let raw = res.as_ref().map_or(-1, |&n| n as i32);
@@ -308,20 +319,6 @@ impl Ops {
                     let slot = self.slab.remove(key);
                     self.release(slot.op);
                 }
-            }
-            State::Waiting(Waiter::Reuse(_)) => {
-                let State::Waiting(Waiter::Reuse(h)) =
-                    std::mem::replace(&mut slot.state, State::Idle)
-                else {
-                    unreachable!()
-                };
-                self.notified
-                    .push((h, key, Some(Done::from_result(&res, true))));
-            }
-            State::Waiting(Waiter::Stream(h)) => {
-                self.notified
-                    .push((h.clone(), key, Some(Done::from_result(&res, !more))));
-                slot.finished |= !more;
             }
             State::Waiting(waiter) => {
                 let waker = if let Waiter::Handler(h) = waiter {
@@ -796,9 +793,12 @@ impl<T: OpAble> ReusableOp<T> {
     /// The op itself, to be changed only while idle (the kernel never
     /// sees an op being changed).
     fn op_mut(d: &mut Driver, key: usize) -> &mut T {
-        d.ops().slab[key]
-            .op
-            .as_any_mut()
+        Self::typed(&mut d.ops().slab[key].op)
+    }
+
+    /// The boxed op as the type its key was issued for.
+    fn typed(op: &mut Box<dyn OpAble>) -> &mut T {
+        op.as_any_mut()
             .downcast_mut::<T>()
             .expect("ringloop driver: op type mismatch")
     }
@@ -824,11 +824,7 @@ impl<T: OpAble> ReusableOp<T> {
         // One lookup: load the typed op, build its SQE (no vtable call),
         // and mark the slot in flight.
         let slot = &mut ops.slab[self.key];
-        let op = slot
-            .op
-            .as_any_mut()
-            .downcast_mut::<T>()
-            .expect("ringloop driver: op type mismatch");
+        let op = Self::typed(&mut slot.op);
         f(op);
         let entry = uring.then(|| op.uring_entry().user_data(self.key as u64));
         let idle = std::mem::replace(

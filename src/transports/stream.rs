@@ -62,6 +62,22 @@ struct State {
     lost: bool,
 }
 
+impl State {
+    /// A turn-end flush is needed (no send or flush on its way); it counts
+    /// as queued from now on.
+    fn queue_flush(&mut self) -> bool {
+        !self.sending && !std::mem::replace(&mut self.flush_queued, true)
+    }
+
+    /// Over the high-water mark and not paused yet: paused from now on
+    /// (the caller tells the protocol, once, until `resume_writing`).
+    fn pause_due(&mut self) -> bool {
+        let over = !self.protocol_paused && self.wsize > self.high;
+        self.protocol_paused |= over;
+        over
+    }
+}
+
 struct Inner {
     lp: EventLoop,
     sock: RefCell<Option<Socket>>,
@@ -607,11 +623,9 @@ impl Transport {
                 st.flush_on_return = true;
                 false
             } else {
-                !st.sending && !std::mem::replace(&mut st.flush_queued, true)
+                st.queue_flush()
             };
-            let pause = !st.protocol_paused && st.wsize > st.high;
-            st.protocol_paused |= pause;
-            (flush, pause)
+            (flush, st.pause_due())
         };
         if flush {
             self.0.lp.core.call_at_turn_end(self.handler());
@@ -625,12 +639,7 @@ impl Transport {
     /// Over the high-water mark and not paused yet: pause the protocol
     /// (once, until `resume_writing`).
     fn maybe_pause(&self) {
-        let pause = {
-            let mut st = self.0.st.borrow_mut();
-            let over = !st.protocol_paused && st.wsize > st.high;
-            st.protocol_paused |= over;
-            over
-        };
+        let pause = self.0.st.borrow_mut().pause_due();
         if pause {
             self.call_protocol(|p| p.pause_writing());
         }
@@ -679,10 +688,7 @@ impl Transport {
 
     /// Flushes at the end of this loop turn (once per turn).
     fn kick_writer(&self) {
-        let queue = {
-            let mut st = self.0.st.borrow_mut();
-            !st.sending && !std::mem::replace(&mut st.flush_queued, true)
-        };
+        let queue = self.0.st.borrow_mut().queue_flush();
         if queue {
             self.0.lp.core.call_at_turn_end(self.handler());
         }
