@@ -73,6 +73,15 @@ fn announce(port: u16) {
     std::io::stdout().flush().unwrap();
 }
 
+/// The ringloop servers' options: loopback, a deep backlog for c=1000.
+fn opts() -> ringloop::ServerOptions {
+    ringloop::ServerOptions {
+        hosts: vec!["127.0.0.1".into()],
+        backlog: 4096,
+        ..Default::default()
+    }
+}
+
 /// A ringloop server; with `quit_after > 0` it exits once that many
 /// connections have closed (for the counters).
 fn serve_ringloop(backend: Backend, streams: bool, quit_after: usize) {
@@ -81,11 +90,6 @@ fn serve_ringloop(backend: Backend, streams: bool, quit_after: usize) {
     let l2 = lost.clone();
     let server = lp
         .run_until_complete(async move {
-            let opts = || ringloop::ServerOptions {
-                hosts: vec!["127.0.0.1".into()],
-                backlog: 4096,
-                ..Default::default()
-            };
             let server = if streams {
                 ringloop::start_server_with(
                     |r, w| async move {
@@ -192,11 +196,7 @@ fn serve_http_ringloop(backend: Backend) {
                     out: bytes::BytesMut::new(),
                     scratch: Vec::new(),
                 },
-                ringloop::ServerOptions {
-                    hosts: vec!["127.0.0.1".into()],
-                    backlog: 4096,
-                    ..Default::default()
-                },
+                opts(),
             )
             .await
             .expect("server");
