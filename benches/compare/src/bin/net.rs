@@ -1,8 +1,10 @@
 //! Network benchmark: TCP echo servers of ringloop (proactor: Protocol and
 //! streams APIs; selector) and of the peers (tokio current_thread, monoio
-//! io_uring and legacy), each in its own process pinned to core 0, driven by
-//! one load client pinned to core 1. Rounds are interleaved, the server is
-//! fresh each round, a warm-up is discarded; medians and min–max.
+//! io_uring and legacy), and the *floor* (`floor.rs`: the same data path on
+//! a raw io_uring with nothing above it, the most any server can do here),
+//! each in its own process pinned to core 0, driven by one load client
+//! pinned to core 1. Rounds are interleaved, the server is fresh each round,
+//! a warm-up is discarded; medians and min–max.
 //!
 //! Beside the times: syscalls per request (`strace -f -c` on the server
 //! over a fixed request count) and user instructions per request (callgrind,
@@ -23,16 +25,27 @@ use ringloop::{Protocol, RecvBuf, Transport};
 
 #[path = "../../../common/load.rs"]
 mod client;
+#[path = "../floor.rs"]
+mod floor;
 use client::load;
 
-const SERVERS: [&str; 6] = [
+const SERVERS: [&str; 7] = [
     "ringloop-proactor",
     "ringloop-proactor-streams",
     "ringloop-selector",
     "tokio",
     "monoio-uring",
     "monoio-legacy",
+    "floor-uring",
 ];
+
+/// The echo table's ratio columns: (numerator, denominator) in `SERVERS`.
+/// The last one, floor/tokio, is the ceiling: what a server with no
+/// overhead at all gains over tokio on this machine.
+const ECHO_RATIOS: [(usize, usize); 5] = [(0, 2), (0, 3), (0, 4), (0, 6), (6, 3)];
+const ECHO_RATIO_NAMES: &str =
+    " proactor/selector | proactor/tokio | proactor/monoio-uring | proactor/floor | floor/tokio |";
+const HTTP_RATIOS: [(usize, usize); 3] = [(0, 1), (0, 2), (0, 3)];
 
 // ------------------------------------------------------------------ servers
 
@@ -341,7 +354,7 @@ fn http_bench(conc: &[usize], rounds: usize, secs: u32) -> Vec<String> {
             &format!("\"conns\":{c}"),
             &HTTP_SERVERS,
             &mut res,
-            [1, 2, 3],
+            &HTTP_RATIOS,
         );
         json.push(row);
     }
@@ -362,6 +375,7 @@ fn serve(kind: &str, quit_after: usize) {
         "ringloop-proactor" => ringloop(Backend::Proactor),
         "ringloop-proactor-streams" if !http => serve_ringloop(Backend::Proactor, true, quit_after),
         "ringloop-selector" => ringloop(Backend::Selector),
+        "floor-uring" if !http => floor::serve(announce),
         "tokio" => serve_tokio(http),
         "monoio-uring" => monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
             .build()
@@ -440,23 +454,23 @@ fn spawn_within(
 
 // ------------------------------------------------------------------ client
 
-/// Prints one table row (medians of each server's rounds, then the
-/// proactor's ratios to the servers `cmp` with min–max) and returns the
-/// medians and the row as JSON.
+/// Prints one table row (medians of each server's rounds, then the ratios
+/// `cmp` of one server's rounds to another's, median with min–max) and
+/// returns the medians and the row as JSON.
 fn report_row(
     head: &str,
     json_head: &str,
     names: &[&str],
     res: &mut [Vec<f64>],
-    cmp: [usize; 3],
+    cmp: &[(usize, usize)],
 ) -> (Vec<f64>, String) {
-    let ratio = |b: usize| {
-        let mut r: Vec<f64> = res[0].iter().zip(&res[b]).map(|(x, y)| x / y).collect();
+    let ratio = |&(a, b): &(usize, usize)| {
+        let mut r: Vec<f64> = res[a].iter().zip(&res[b]).map(|(x, y)| x / y).collect();
         let lo = r.iter().cloned().fold(f64::MAX, f64::min);
         let hi = r.iter().cloned().fold(0.0, f64::max);
         (median(&mut r), lo, hi)
     };
-    let ratios = cmp.map(ratio);
+    let ratios: Vec<_> = cmp.iter().map(ratio).collect();
     let meds: Vec<f64> = res.iter_mut().map(|v| median(v)).collect();
     assert!(
         meds.iter().all(|m| *m > 0.0),
@@ -590,7 +604,7 @@ fn svg(rows: &[(usize, usize, Vec<f64>)], conns: usize) -> String {
         .cloned()
         .fold(1.0, f64::max);
     let colors = [
-        "#1f77b4", "#4c9be8", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b",
+        "#1f77b4", "#4c9be8", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#7f7f7f",
     ];
     let (w, h, pad) = (720.0, 360.0, 50.0);
     let group = (w - 2.0 * pad) / rows.len().max(1) as f64;
@@ -683,8 +697,12 @@ fn main() {
     for s in SERVERS {
         print!(" {s} |");
     }
-    println!(" proactor/selector | proactor/tokio | proactor/monoio-uring |");
-    println!("|---:|---:|{}---|---|---|", "---:|".repeat(SERVERS.len()));
+    println!("{ECHO_RATIO_NAMES}");
+    println!(
+        "|---:|---:|{}{}",
+        "---:|".repeat(SERVERS.len()),
+        "---|".repeat(ECHO_RATIOS.len())
+    );
     for &size in sizes {
         for &c in conc {
             let mut res: Vec<Vec<f64>> = vec![Vec::new(); SERVERS.len()];
@@ -702,7 +720,7 @@ fn main() {
                 &format!("\"size\":{size},\"conns\":{c}"),
                 &SERVERS,
                 &mut res,
-                [2, 3, 4],
+                &ECHO_RATIOS,
             );
             json.push(row);
             table.push((size, c, meds));
