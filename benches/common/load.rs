@@ -53,10 +53,26 @@ fn recv_entry(c: &mut Conn, i: usize) -> squeue::Entry {
     .user_data(((i as u64) << 1) | RECV)
 }
 
+/// What one load run measured.
+pub struct Run {
+    /// Requests per second.
+    pub rps: f64,
+    /// The share of the counted time in which the client's turns found
+    /// nothing completed: its spare capacity. Near zero, the client's core
+    /// (not the server) set the pace, and no server could go faster.
+    #[allow(dead_code)] // read by `compare net`, not by `net_echo`
+    pub idle: f64,
+}
+
 /// Runs the load against `127.0.0.1:port`: for `secs` seconds (the first
 /// fifth is warm-up and not counted) or, with `requests`, for that many
 /// requests in all. Returns requests per second.
 pub fn load(port: u16, size: usize, conns: usize, secs: f64, requests: Option<usize>) -> f64 {
+    run(port, size, conns, secs, requests).rps
+}
+
+/// [`load`], with the client's idle share.
+pub fn run(port: u16, size: usize, conns: usize, secs: f64, requests: Option<usize>) -> Run {
     try_load(port, size, conns, secs, requests).unwrap_or_else(|e| panic!("load client: {e}"))
 }
 
@@ -66,7 +82,7 @@ fn try_load(
     conns: usize,
     secs: f64,
     requests: Option<usize>,
-) -> io::Result<f64> {
+) -> io::Result<Run> {
     let payload = vec![b'x'; size];
     let mut cs = Vec::with_capacity(conns);
     for _ in 0..conns {
@@ -96,6 +112,8 @@ fn try_load(
     let mut drain_limit = None;
     let mut new_requests: Vec<usize> = (0..conns).collect();
     let mut sqes: Vec<squeue::Entry> = Vec::with_capacity(2 * conns);
+    let mut idle = Duration::ZERO;
+    let mut turn_start = start;
     loop {
         let now = Instant::now();
         if !stopping {
@@ -145,6 +163,10 @@ fn try_load(
                 .enter::<libc::sigset_t>(n, 0, GETEVENTS, None)?;
         }
         let now = Instant::now();
+        if ring.completion().is_empty() && turn_start >= warm && !stopping {
+            idle += now - turn_start;
+        }
+        turn_start = now;
         for cqe in ring.completion() {
             let i = (cqe.user_data() >> 1) as usize;
             let res = cqe.result();
@@ -180,5 +202,8 @@ fn try_load(
         Some(_) => start.elapsed(),
         None => deadline.max(Instant::now()) - warm,
     };
-    Ok(counted as f64 / elapsed.as_secs_f64())
+    Ok(Run {
+        rps: counted as f64 / elapsed.as_secs_f64(),
+        idle: idle.as_secs_f64() / elapsed.as_secs_f64(),
+    })
 }

@@ -27,7 +27,7 @@ use ringloop::{Protocol, RecvBuf, Transport};
 mod client;
 #[path = "../floor.rs"]
 mod floor;
-use client::load;
+use client::{load, run};
 
 const SERVERS: [&str; 7] = [
     "ringloop-proactor",
@@ -355,6 +355,7 @@ fn http_bench(conc: &[usize], rounds: usize, secs: u32) -> Vec<String> {
             &HTTP_SERVERS,
             &mut res,
             &HTTP_RATIOS,
+            "",
         );
         json.push(row);
     }
@@ -463,6 +464,7 @@ fn report_row(
     names: &[&str],
     res: &mut [Vec<f64>],
     cmp: &[(usize, usize)],
+    tail: &str,
 ) -> (Vec<f64>, String) {
     let ratio = |&(a, b): &(usize, usize)| {
         let mut r: Vec<f64> = res[a].iter().zip(&res[b]).map(|(x, y)| x / y).collect();
@@ -483,7 +485,7 @@ fn report_row(
     for (m, lo, hi) in ratios {
         print!(" {m:.2} ({lo:.2}–{hi:.2}) |");
     }
-    println!();
+    println!("{tail}");
     let fields: Vec<String> = names
         .iter()
         .zip(&meds)
@@ -697,30 +699,39 @@ fn main() {
     for s in SERVERS {
         print!(" {s} |");
     }
-    println!("{ECHO_RATIO_NAMES}");
+    println!("{ECHO_RATIO_NAMES} client idle |");
     println!(
-        "|---:|---:|{}{}",
+        "|---:|---:|{}{}---:|",
         "---:|".repeat(SERVERS.len()),
         "---|".repeat(ECHO_RATIOS.len())
     );
     for &size in sizes {
         for &c in conc {
             let mut res: Vec<Vec<f64>> = vec![Vec::new(); SERVERS.len()];
+            // The client's idle share against the floor: how much faster
+            // than the floor any server could have been measured.
+            let mut idle = Vec::new();
             for _ in 0..rounds {
                 for (i, kind) in SERVERS.iter().enumerate() {
                     let (mut child, port) = spawn(kind, &[], 0);
                     load(port, size, 1, 0.05, None); // warm-up, discarded
-                    res[i].push(load(port, size, c, secs, None));
+                    let r = run(port, size, c, secs, None);
+                    res[i].push(r.rps);
+                    if *kind == "floor-uring" {
+                        idle.push(r.idle);
+                    }
                     let _ = child.kill();
                     let _ = child.wait();
                 }
             }
+            let idle = median(&mut idle);
             let (meds, row) = report_row(
                 &format!("| {} KiB | {c} |", size / 1024),
-                &format!("\"size\":{size},\"conns\":{c}"),
+                &format!("\"size\":{size},\"conns\":{c},\"client_idle_vs_floor\":{idle:.3}"),
                 &SERVERS,
                 &mut res,
                 &ECHO_RATIOS,
+                &format!(" {:.0}% |", idle * 100.0),
             );
             json.push(row);
             table.push((size, c, meds));
