@@ -7,8 +7,9 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Duration;
 
+use common::Rng;
 use ringloop::prelude::*;
-use ringloop::{Protocol, RecvBuf, Transport};
+use ringloop::{Protocol, Transport};
 
 const LIMIT: Duration = Duration::from_secs(20);
 
@@ -100,16 +101,6 @@ impl Fnv {
         for &b in data {
             self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x100000001b3);
         }
-    }
-}
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
     }
 }
 
@@ -802,150 +793,6 @@ both_backends! {
             t.abort();
             assert!(t.is_closing());
         });
-    }
-}
-
-/// Echoes pool buffers back as they are, and counts how data came.
-struct OwnedEcho {
-    t: Option<Transport>,
-    owned: Rc<std::cell::Cell<usize>>,
-    slices: Rc<std::cell::Cell<usize>>,
-}
-impl Protocol for OwnedEcho {
-    fn connection_made(&mut self, t: Transport) {
-        self.t = Some(t);
-    }
-    fn data_received_owned(&mut self, data: RecvBuf) {
-        self.owned.set(self.owned.get() + 1);
-        self.t.as_ref().unwrap().write(data).unwrap();
-    }
-    fn data_received(&mut self, data: &[u8]) {
-        self.slices.set(self.slices.get() + 1);
-        self.t.as_ref().unwrap().write(data.to_vec()).unwrap();
-    }
-}
-
-/// Keeps every receive buffer until EOF, then writes them all back: more
-/// than the pool holds, so the pool runs dry on the way.
-struct Hoarder {
-    t: Option<Transport>,
-    held: Vec<ringloop::WriteBuf>,
-    owned: Rc<std::cell::Cell<usize>>,
-    slices: Rc<std::cell::Cell<usize>>,
-}
-impl Protocol for Hoarder {
-    fn connection_made(&mut self, t: Transport) {
-        self.t = Some(t);
-    }
-    fn data_received_owned(&mut self, data: RecvBuf) {
-        self.owned.set(self.owned.get() + 1);
-        self.held.push(data.into());
-    }
-    fn data_received(&mut self, data: &[u8]) {
-        self.slices.set(self.slices.get() + 1);
-        self.held.push(data.to_vec().into());
-    }
-    fn eof_received(&mut self) -> bool {
-        let t = self.t.as_ref().unwrap();
-        t.writelines(self.held.drain(..)).unwrap();
-        t.close();
-        true
-    }
-}
-
-/// Sends its chunks and an EOF, and collects what comes back until EOF.
-struct SendThenEof {
-    chunks: Vec<Vec<u8>>,
-    got: Rc<RefCell<Vec<u8>>>,
-    done: Option<LoopFuture<()>>,
-}
-impl Protocol for SendThenEof {
-    fn connection_made(&mut self, t: Transport) {
-        t.writelines(self.chunks.drain(..)).unwrap();
-        t.write_eof().unwrap();
-    }
-    fn data_received(&mut self, data: &[u8]) {
-        self.got.borrow_mut().extend_from_slice(data);
-    }
-    fn connection_lost(&mut self, _: Option<Error>) {
-        if let Some(d) = self.done.take() {
-            let _ = d.set_result(());
-        }
-    }
-}
-
-/// Runs one `SendThenEof` client of `total` bytes against a server made
-/// by `factory`; returns (sent, echoed).
-async fn echo_through<P: Protocol>(
-    factory: impl Fn() -> P + 'static,
-    total: usize,
-) -> (Vec<u8>, Vec<u8>) {
-    let lp = get_running_loop().unwrap();
-    let server = lp.create_server(factory, "127.0.0.1", 0).await.unwrap();
-    let port = server.sockets()[0].as_socket().unwrap().port();
-    let mut rng = Rng(11);
-    let (mut chunks, mut sent) = (Vec::new(), Vec::new());
-    while sent.len() < total {
-        let n = ((1 + rng.next() % 40_000) as usize).min(total - sent.len());
-        let c: Vec<u8> = (0..n).map(|i| (sent.len() + i) as u8 ^ 0x3c).collect();
-        sent.extend_from_slice(&c);
-        chunks.push(c);
-    }
-    let got = Rc::new(RefCell::new(Vec::new()));
-    let done = lp.create_future::<()>();
-    let (g, d) = (got.clone(), done.clone());
-    lp.create_connection(
-        move || SendThenEof {
-            chunks,
-            got: g,
-            done: Some(d),
-        },
-        "127.0.0.1",
-        port,
-    )
-    .await
-    .unwrap();
-    done.await.unwrap();
-    server.close();
-    server.wait_closed().await;
-    let got = got.borrow().clone();
-    (sent, got)
-}
-
-both_backends! {
-    fn owned_receive_buffers_echo_without_a_copy_and_come_back(lp) {
-        let owned = Rc::new(std::cell::Cell::new(0));
-        let slices = Rc::new(std::cell::Cell::new(0));
-        let (o, s) = (owned.clone(), slices.clone());
-        let (sent, got) = common::run_bounded(lp, LIMIT, async move {
-            echo_through(move || OwnedEcho { t: None, owned: o.clone(), slices: s.clone() }, 4 << 20).await
-        });
-        assert!(got == sent, "echo differs ({} of {} bytes)", got.len(), sent.len());
-        assert!(owned.get() > 0, "no receive came as an owned pool buffer");
-        assert_eq!(lp.pool_buffers_out(), 0, "every pool buffer came back");
-    }
-}
-
-both_backends! {
-    fn a_protocol_holding_receive_buffers_cannot_starve_the_connection(lp) {
-        let owned = Rc::new(std::cell::Cell::new(0));
-        let slices = Rc::new(std::cell::Cell::new(0));
-        let (o, s) = (owned.clone(), slices.clone());
-        let total = 40 << 20; // 2.5 times the pool (1,024 buffers of 16 KiB)
-        let (sent, got) = common::run_bounded(lp, Duration::from_secs(60), async move {
-            echo_through(
-                move || Hoarder { t: None, held: Vec::new(), owned: o.clone(), slices: s.clone() },
-                total,
-            )
-            .await
-        });
-        assert!(got == sent, "echo differs ({} of {} bytes)", got.len(), sent.len());
-        assert!(owned.get() > 0);
-        if lp.backend() == Backend::Proactor {
-            // The ring ran dry (ENOBUFS): plain receives carried the rest.
-            assert!(slices.get() > 0, "the pool never ran dry");
-        }
-        assert_eq!(lp.pool_buffers_out(), 0, "every pool buffer came back");
     }
 }
 

@@ -509,6 +509,16 @@ impl EventLoop {
         self.core.driver.borrow().pool_buffers_out()
     }
 
+    /// Proactor only (`None` on the selector): how many receive-pool buffers
+    /// the kernel's provided-buffer ring is sized to hold now, and how many
+    /// times it ran dry. The ring starts at 64 buffers so the ones in use
+    /// stay in cache, doubles whenever a receive finds it empty (`ENOBUFS`:
+    /// that receive falls back to a plain one, nothing is lost), up to the
+    /// whole pool of 1,024, and shrinks back once the traffic needs fewer.
+    pub fn recv_ring_stats(&self) -> Option<(usize, u64)> {
+        self.core.driver.borrow().recv_ring_stats()
+    }
+
     /// Ops submitted to the driver and not yet handed back (tests, stats).
     pub fn ops_in_flight(&self) -> usize {
         self.core.driver.borrow().in_flight()

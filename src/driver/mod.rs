@@ -634,6 +634,11 @@ impl Driver {
         each!(self, d => d.pool.borrow().out)
     }
 
+    /// Proactor: (receive-ring size now, times the ring ran dry).
+    pub(crate) fn recv_ring_stats(&self) -> Option<(usize, u64)> {
+        each!(self, d => d.pool.borrow().ring_stats())
+    }
+
     /// User ops in the slab (the proactor's own eventfd read excluded).
     pub(crate) fn in_flight(&self) -> usize {
         let internal = match self {

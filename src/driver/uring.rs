@@ -211,6 +211,7 @@ impl Uring {
             // loop checks its remote queue every turn.
             return Ok(());
         }
+        self.pool.borrow_mut().turn();
         // Completions may already be posted (a previous turn's overflow): then
         // do not block.
         let ready = !self.ring.completion().is_empty();

@@ -344,6 +344,10 @@ impl Transport {
                 }
             }
             Err(libc::ENOBUFS) => {
+                // The proactor's buffer ring ran dry: it holds more from
+                // now on (the pool's policy; here because this is the one
+                // receiver of pool buffers, and the hot path stays clean).
+                inner.pool.borrow_mut().ran_dry();
                 inner.rd.borrow_mut().dry = true;
                 self.pump_reader();
             }

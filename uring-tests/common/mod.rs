@@ -154,3 +154,14 @@ pub fn logged(needle: &str) -> bool {
 pub fn log_lines() -> Vec<String> {
     LINES.lock().unwrap().clone()
 }
+
+/// A small xorshift generator: reproducible sizes and chunkings.
+pub struct Rng(pub u64);
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}

@@ -1,0 +1,228 @@
+//! The receive pool seen from the transports: owned pool buffers echo
+//! without a copy and come back, a protocol holding buffers cannot starve
+//! a connection, and the proactor's buffer ring grows for a burst and
+//! shrinks after it, losing nothing on the way.
+
+mod common;
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::Duration;
+
+use ringloop::prelude::*;
+use ringloop::{Protocol, RecvBuf, Transport};
+
+const LIMIT: Duration = Duration::from_secs(20);
+
+/// Echoes pool buffers back as they are, and counts how data came.
+struct OwnedEcho {
+    t: Option<Transport>,
+    owned: Rc<std::cell::Cell<usize>>,
+    slices: Rc<std::cell::Cell<usize>>,
+}
+impl Protocol for OwnedEcho {
+    fn connection_made(&mut self, t: Transport) {
+        self.t = Some(t);
+    }
+    fn data_received_owned(&mut self, data: RecvBuf) {
+        self.owned.set(self.owned.get() + 1);
+        self.t.as_ref().unwrap().write(data).unwrap();
+    }
+    fn data_received(&mut self, data: &[u8]) {
+        self.slices.set(self.slices.get() + 1);
+        self.t.as_ref().unwrap().write(data.to_vec()).unwrap();
+    }
+}
+
+/// Keeps every receive buffer until EOF, then writes them all back: more
+/// than the pool holds, so the pool runs dry on the way.
+struct Hoarder {
+    t: Option<Transport>,
+    held: Vec<ringloop::WriteBuf>,
+    owned: Rc<std::cell::Cell<usize>>,
+    slices: Rc<std::cell::Cell<usize>>,
+}
+impl Protocol for Hoarder {
+    fn connection_made(&mut self, t: Transport) {
+        self.t = Some(t);
+    }
+    fn data_received_owned(&mut self, data: RecvBuf) {
+        self.owned.set(self.owned.get() + 1);
+        self.held.push(data.into());
+    }
+    fn data_received(&mut self, data: &[u8]) {
+        self.slices.set(self.slices.get() + 1);
+        self.held.push(data.to_vec().into());
+    }
+    fn eof_received(&mut self) -> bool {
+        let t = self.t.as_ref().unwrap();
+        t.writelines(self.held.drain(..)).unwrap();
+        t.close();
+        true
+    }
+}
+
+/// Sends its chunks and an EOF, and collects what comes back until EOF.
+struct SendThenEof {
+    chunks: Vec<Vec<u8>>,
+    got: Rc<RefCell<Vec<u8>>>,
+    done: Option<LoopFuture<()>>,
+}
+impl Protocol for SendThenEof {
+    fn connection_made(&mut self, t: Transport) {
+        // No chunks: the caller writes and ends the stream itself.
+        if !self.chunks.is_empty() {
+            t.writelines(self.chunks.drain(..)).unwrap();
+            t.write_eof().unwrap();
+        }
+    }
+    fn data_received(&mut self, data: &[u8]) {
+        self.got.borrow_mut().extend_from_slice(data);
+    }
+    fn connection_lost(&mut self, _: Option<Error>) {
+        if let Some(d) = self.done.take() {
+            let _ = d.set_result(());
+        }
+    }
+}
+
+/// Runs one `SendThenEof` client of `total` bytes against a server made
+/// by `factory`; returns (sent, echoed).
+async fn echo_through<P: Protocol>(
+    factory: impl Fn() -> P + 'static,
+    total: usize,
+) -> (Vec<u8>, Vec<u8>) {
+    let lp = get_running_loop().unwrap();
+    let server = lp.create_server(factory, "127.0.0.1", 0).await.unwrap();
+    let port = server.sockets()[0].as_socket().unwrap().port();
+    let mut rng = common::Rng(11);
+    let (mut chunks, mut sent) = (Vec::new(), Vec::new());
+    while sent.len() < total {
+        let n = ((1 + rng.next() % 40_000) as usize).min(total - sent.len());
+        let c: Vec<u8> = (0..n).map(|i| (sent.len() + i) as u8 ^ 0x3c).collect();
+        sent.extend_from_slice(&c);
+        chunks.push(c);
+    }
+    let got = Rc::new(RefCell::new(Vec::new()));
+    let done = lp.create_future::<()>();
+    let (g, d) = (got.clone(), done.clone());
+    lp.create_connection(
+        move || SendThenEof {
+            chunks,
+            got: g,
+            done: Some(d),
+        },
+        "127.0.0.1",
+        port,
+    )
+    .await
+    .unwrap();
+    done.await.unwrap();
+    server.close();
+    server.wait_closed().await;
+    let got = got.borrow().clone();
+    (sent, got)
+}
+
+both_backends! {
+    fn owned_receive_buffers_echo_without_a_copy_and_come_back(lp) {
+        let owned = Rc::new(std::cell::Cell::new(0));
+        let slices = Rc::new(std::cell::Cell::new(0));
+        let (o, s) = (owned.clone(), slices.clone());
+        let (sent, got) = common::run_bounded(lp, LIMIT, async move {
+            echo_through(move || OwnedEcho { t: None, owned: o.clone(), slices: s.clone() }, 4 << 20).await
+        });
+        assert!(got == sent, "echo differs ({} of {} bytes)", got.len(), sent.len());
+        assert!(owned.get() > 0, "no receive came as an owned pool buffer");
+        assert_eq!(lp.pool_buffers_out(), 0, "every pool buffer came back");
+    }
+}
+
+both_backends! {
+    fn a_protocol_holding_receive_buffers_cannot_starve_the_connection(lp) {
+        let owned = Rc::new(std::cell::Cell::new(0));
+        let slices = Rc::new(std::cell::Cell::new(0));
+        let (o, s) = (owned.clone(), slices.clone());
+        let total = 40 << 20; // 2.5 times the pool (1,024 buffers of 16 KiB)
+        let (sent, got) = common::run_bounded(lp, Duration::from_secs(60), async move {
+            echo_through(
+                move || Hoarder { t: None, held: Vec::new(), owned: o.clone(), slices: s.clone() },
+                total,
+            )
+            .await
+        });
+        assert!(got == sent, "echo differs ({} of {} bytes)", got.len(), sent.len());
+        assert!(owned.get() > 0);
+        if lp.backend() == Backend::Proactor {
+            // The ring ran dry (ENOBUFS): plain receives carried the rest.
+            assert!(slices.get() > 0, "the pool never ran dry");
+        }
+        assert_eq!(lp.pool_buffers_out(), 0, "every pool buffer came back");
+    }
+}
+
+both_backends! {
+    fn the_receive_ring_grows_for_a_burst_and_shrinks_after_it(lp) {
+        const CONNS: usize = 200;
+        const EACH: usize = 48 << 10;
+        let start = lp.recv_ring_stats();
+        let (grown, dry, end, echoed) = common::run_bounded(lp, Duration::from_secs(60), async move {
+            let lp = get_running_loop().unwrap();
+            let owned = Rc::new(std::cell::Cell::new(0));
+            let slices = Rc::new(std::cell::Cell::new(0));
+            let (o, s) = (owned.clone(), slices.clone());
+            let server = lp
+                .create_server(move || OwnedEcho { t: None, owned: o.clone(), slices: s.clone() }, "127.0.0.1", 0)
+                .await
+                .unwrap();
+            let port = server.sockets()[0].as_socket().unwrap().port();
+            // The burst: every connection is made first, then all send in
+            // one callback, so far more receives want a buffer in one turn
+            // than the ring starts with.
+            let mut clients = Vec::new();
+            for c in 0..CONNS {
+                let sent: Vec<u8> = (0..EACH).map(|i| (i * 7 + c) as u8).collect();
+                let got = Rc::new(RefCell::new(Vec::new()));
+                let done = lp.create_future::<()>();
+                let (g, d) = (got.clone(), done.clone());
+                let t = lp
+                    .create_connection(move || SendThenEof { chunks: Vec::new(), got: g, done: Some(d) }, "127.0.0.1", port)
+                    .await
+                    .unwrap();
+                clients.push((t, sent, got, done));
+            }
+            for (t, sent, _, _) in &clients {
+                t.write(sent.clone()).unwrap();
+                t.write_eof().unwrap();
+            }
+            let mut echoed = 0;
+            for (_, sent, got, done) in clients {
+                done.await.unwrap();
+                assert!(*got.borrow() == sent, "a burst connection's echo differs");
+                echoed += 1;
+            }
+            let after_burst = lp.recv_ring_stats();
+            // Calm traffic after it: one connection, enough receives for
+            // the ring to measure its peak demand again (both ends of the
+            // connection receive into this loop's pool).
+            server.close();
+            server.wait_closed().await;
+            let (sent, got) = echo_through(move || OwnedEcho { t: None, owned: owned.clone(), slices: slices.clone() }, 48 << 20).await;
+            assert!(got == sent, "the calm connection's echo differs ({} of {} bytes)", got.len(), sent.len());
+            (after_burst.map(|s| s.0), after_burst.map(|s| s.1), lp.recv_ring_stats().map(|s| s.0), echoed)
+        });
+        assert_eq!(echoed, CONNS);
+        assert_eq!(lp.pool_buffers_out(), 0, "every pool buffer came back");
+        match lp.backend() {
+            Backend::Proactor => {
+                let (grown, dry, end) = (grown.unwrap(), dry.unwrap(), end.unwrap());
+                assert_eq!(start, Some((64, 0)), "the ring starts small");
+                assert!(dry > 0 && grown > 64, "the burst did not grow the ring: {grown} buffers, dry {dry} times");
+                assert!(end < grown, "the ring did not shrink after the burst: {end} of {grown}");
+            }
+            // The selector's pool is a free list taken from after
+            // readiness: there is no kernel ring to size.
+            Backend::Selector => assert_eq!((start, grown, end), (None, None, None)),
+        }
+    }
+}
