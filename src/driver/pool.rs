@@ -305,9 +305,7 @@ impl BufPool {
         ring.dry += 1;
         self.top_up();
     }
-}
 
-impl BufPool {
     /// Proactor: (buffers the ring is sized to hold now, times it ran dry).
     pub(crate) fn ring_stats(&self) -> Option<(usize, u64)> {
         self.ring.as_ref().map(|r| (r.target.into(), r.dry))
