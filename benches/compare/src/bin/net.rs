@@ -613,7 +613,15 @@ fn svg(rows: &[(usize, usize, Vec<f64>)], conns: usize) -> String {
     let bar = group / (SERVERS.len() as f64 + 1.0);
     let mut s = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{}\" font-family=\"sans-serif\" font-size=\"11\">\n<text x=\"{pad}\" y=\"20\" font-size=\"14\">TCP echo, {conns} connections: requests/s by message size</text>\n",
-        h + 90.0
+        h + 20.0 + 13.0 * SERVERS.len() as f64
+    );
+    // The scale: the tallest bar's value at its top, zero at the base.
+    s += &format!(
+        "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{max:.0}</text>\n<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">0</text>\n",
+        pad - 4.0,
+        pad + 4.0,
+        pad - 4.0,
+        h - pad
     );
     for (gi, r) in rows.iter().enumerate() {
         for (si, v) in r.2.iter().enumerate() {
