@@ -203,11 +203,13 @@ both_backends! {
             }
             let after_burst = lp.recv_ring_stats();
             // Calm traffic after it: one connection, enough receives for
-            // the ring to measure its peak demand again (both ends of the
-            // connection receive into this loop's pool).
+            // the ring to measure its peak demand again over at least one
+            // whole window of 4,096 receives that the burst is not part of
+            // (128 MiB: ~16k receives, both ends of the connection
+            // receiving into this loop's pool).
             server.close();
             server.wait_closed().await;
-            let (sent, got) = echo_through(move || OwnedEcho { t: None, owned: owned.clone(), slices: slices.clone() }, 48 << 20).await;
+            let (sent, got) = echo_through(move || OwnedEcho { t: None, owned: owned.clone(), slices: slices.clone() }, 128 << 20).await;
             assert!(got == sent, "the calm connection's echo differs ({} of {} bytes)", got.len(), sent.len());
             (after_burst.map(|s| s.0), after_burst.map(|s| s.1), lp.recv_ring_stats().map(|s| s.0), echoed)
         });
