@@ -2,8 +2,9 @@
 //! `count` buffers of `len` bytes that the kernel picks for multishot
 //! receives and that are handed back by id.
 //!
-//! Make it before the `IoUring` it is registered with, so that it is dropped
-//! after the ring: the kernel may write into the buffers until then.
+//! Drop it only after the `IoUring` it is registered with (a local made
+//! before the ring, or a struct field declared after it): the kernel may
+//! write into the buffers until the ring is gone.
 
 use std::io;
 use std::sync::atomic::{AtomicU16, Ordering};

@@ -13,9 +13,17 @@
 //!
 //! Sends are serialised per connection, as any correct server must (two
 //! sends in flight on one socket may complete out of order once one of them
-//! has to wait for buffer space): one in flight, carrying everything
-//! received since the last one (one `SEND` for one buffer, one `SENDMSG`
-//! for several), as ringloop's writer coalesces.
+//! has to wait for buffer space): a receive's completion sends at once if
+//! no send is in flight (one `SEND` for one buffer), otherwise its buffer
+//! waits and the next send carries everything queued (one `SENDMSG`, at
+//! most `MAX_IOV` buffers). ringloop's writer instead coalesces a turn's
+//! writes into one send at the turn's end.
+//!
+//! Its ring always holds all 1,024 buffers, the proactor's pool as it was
+//! before its ring learned to hold only what the traffic needs: at 1 KiB
+//! that makes no measurable difference, at 100 KiB the proactor now beats
+//! this column (see `docs/benchmarks.md`), so it is a ceiling for small
+//! messages only.
 
 use std::collections::VecDeque;
 use std::io;
@@ -28,8 +36,8 @@ use io_uring::{IoUring, cqueue, opcode, squeue, types};
 mod bufring;
 use bufring::BufRing;
 
-/// Receive buffers: as many and as large as ringloop's pool, so every size
-/// of the bench sees the same buffering.
+/// Receive buffers: as many and as large as ringloop's pool (all of them in
+/// the ring, see the module docs).
 const BUFS: u16 = 1024;
 const BUF_LEN: usize = 16 * 1024;
 const BGID: u16 = 0;
