@@ -1,7 +1,8 @@
 //! Network benchmark: TCP echo servers of ringloop (proactor: Protocol and
 //! streams APIs; selector) and of the peers (tokio current_thread, monoio
 //! io_uring and legacy), and the *floor* (`floor.rs`: the same data path on
-//! a raw io_uring with nothing above it, the most any server can do here),
+//! a raw io_uring with nothing above it, the most any server can do here
+//! with small messages),
 //! each in its own process pinned to core 0, driven by one load client
 //! pinned to core 1. Rounds are interleaved, the server is fresh each round,
 //! a warm-up is discarded; medians and min–max.
