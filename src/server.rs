@@ -448,10 +448,11 @@ async fn accept_loop(server: std::rc::Weak<Inner>, mut acceptor: Acceptor, lp: E
                 let t = Transport::start(&lp, sock, proto);
                 inner.clients.borrow_mut().push(t.clone());
                 let weak = Rc::downgrade(&inner);
-                let t2 = t.clone();
+                // (By identity: a handle here would keep the transport alive.)
+                let id = t.id();
                 t.on_lost(move || {
                     if let Some(inner) = weak.upgrade() {
-                        inner.clients.borrow_mut().retain(|c| !c.same(&t2));
+                        inner.clients.borrow_mut().retain(|c| c.id() != id);
                         inner.wake_waiters();
                     }
                 });

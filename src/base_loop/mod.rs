@@ -43,6 +43,14 @@ pub(crate) enum TurnEnd {
     Call(Rc<dyn crate::driver::Notify>),
 }
 
+/// A transport, told when its loop closes under it: it lets go of its
+/// protocol, its ops and its socket without callbacks (the peer sees EOF),
+/// which also breaks the protocol ⇄ transport cycle of a connection nobody
+/// closed.
+pub(crate) trait LoopClosing {
+    fn loop_closing(self: Rc<Self>);
+}
+
 /// An fd watcher of `add_reader` / `add_writer`: its task and its live flag.
 pub(crate) type Watcher = (TaskRef, Rc<Cell<bool>>);
 
@@ -89,6 +97,8 @@ pub(crate) struct Core {
     current: RefCell<Option<TaskRef>>,
     /// fd watchers of `add_reader` / `add_writer`: (fd, writable) -> task.
     pub(crate) watchers: RefCell<HashMap<(RawFd, bool), Watcher>>,
+    /// Live transports, told at close ([`LoopClosing`]).
+    transports: RefCell<Slab<Weak<dyn LoopClosing>>>,
     me: Weak<Core>,
 }
 
@@ -224,13 +234,24 @@ impl Core {
         Task::from_cell(cell)
     }
 
-    /// Steps `task` at the end of the current turn (once, however often asked).
+    /// Registers a live transport, to be told if the loop closes under it;
+    /// returns the key for [`unregister_transport`](Self::unregister_transport).
+    pub(crate) fn register_transport(&self, t: Weak<dyn LoopClosing>) -> usize {
+        self.transports.borrow_mut().insert(t)
+    }
+
+    /// The transport is gone (connection lost): the loop need not tell it.
+    pub(crate) fn unregister_transport(&self, key: usize) {
+        self.transports.borrow_mut().try_remove(key);
+    }
+
     /// Calls `h.notify(TURN_END)` at the end of this loop turn (the caller
     /// keeps its own flag so it queues itself once).
     pub(crate) fn call_at_turn_end(&self, h: Rc<dyn crate::driver::Notify>) {
         self.turn_end.borrow_mut().push(TurnEnd::Call(h));
     }
 
+    /// Steps `task` at the end of the current turn (once, however often asked).
     pub(crate) fn step_at_turn_end(&self, task: &TaskRef) {
         let (idx, generation) = task.0.header().slot;
         let mut tasks = self.tasks.borrow_mut();
@@ -448,6 +469,7 @@ impl EventLoop {
             handler: RefCell::new(None),
             current: RefCell::new(None),
             watchers: RefCell::new(HashMap::new()),
+            transports: RefCell::new(Slab::new()),
             me: me.clone(),
         });
         Ok(EventLoop { core })
@@ -626,6 +648,9 @@ impl EventLoop {
     /// One iteration, as CPython's `BaseEventLoop._run_once`.
     fn run_once(&self) -> Result<()> {
         let core = &*self.core;
+        // Flushes asked for while the loop was not running (a write or a
+        // close between two runs) go out before this turn's driver wait.
+        self.run_turn_end();
         core.timers.borrow_mut().settle();
         let timeout = if !core.ready.borrow().is_empty()
             || core.stopping.get()
@@ -676,8 +701,17 @@ impl EventLoop {
         }
         // Writers asked for a flush during the turn: step them now so their
         // sends go out with the next driver wait.
+        self.run_turn_end();
+        Ok(())
+    }
+
+    /// Runs what was queued for the end of the turn (writers' flushes),
+    /// and what those queue in turn.
+    #[inline]
+    fn run_turn_end(&self) {
+        let core = &*self.core;
         if core.turn_end.borrow().is_empty() {
-            return Ok(());
+            return;
         }
         let mut list = std::mem::take(&mut *core.turn_end_spare.borrow_mut());
         loop {
@@ -700,7 +734,6 @@ impl EventLoop {
             }
         }
         *core.turn_end_spare.borrow_mut() = list;
-        Ok(())
     }
 
     /// Runs the first `n` items of the ready queue.
@@ -768,12 +801,17 @@ impl EventLoop {
         core.timers.borrow_mut().clear();
         core.turn_end_spare.borrow_mut().clear();
         core.notified.borrow_mut().clear();
-        // Transports still registered let go of their ops first, so the
-        // drain below sees their cancellations.
-        let handlers = core.driver.borrow_mut().take_handlers();
-        for h in handlers {
-            h.loop_closing();
+        // Live transports let go of their protocols, ops and sockets first,
+        // so the drain below sees their cancellations (and no cycle of a
+        // protocol and its transport outlives the loop).
+        let live: Vec<_> = core.transports.borrow_mut().drain().collect();
+        for t in live.into_iter().filter_map(|w| w.upgrade()) {
+            t.loop_closing();
         }
+        // Handlers still hooked to ops are unhooked and dropped here, with
+        // the driver not borrowed (a last reference may drop ops).
+        let handlers = core.driver.borrow_mut().take_handlers();
+        drop(handlers);
         core.driver.borrow_mut().shutdown(CLOSE_DRAIN_BOUND);
         Ok(())
     }

@@ -35,6 +35,9 @@ pub(crate) struct Epoll {
     parked: HashMap<usize, (RawFd, Interest)>,
     next_generation: u32,
     events: Vec<libc::epoll_event>,
+    /// Multishot ops that used their turn's budget with more to come:
+    /// tried again next turn (which then does not block).
+    again: Vec<usize>,
     pub(super) shut: bool,
 }
 
@@ -75,6 +78,7 @@ impl Epoll {
             parked: HashMap::new(),
             next_generation: 1,
             events: Vec::with_capacity(1024),
+            again: Vec::new(),
             shut: false,
         })
     }
@@ -83,19 +87,16 @@ impl Epoll {
         if self.shut {
             return self.ops.insert_done(op, Err(closed_error()), w);
         }
-        let multishot = op.is_multishot();
+        if op.is_multishot() {
+            let key = self.ops.insert(op, State::Waiting(w));
+            self.run_multishot(key);
+            return key;
+        }
         self.ops.stats.syscalls_tried += 1;
         let first = op.legacy_call();
         let key = self.ops.insert(op, State::Waiting(w));
         match first {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.park(key),
-            r if multishot => {
-                let more = r.is_ok() && !self.ops.slab[key].op.is_final(&r);
-                self.ops.complete(key, r, more);
-                if more {
-                    self.drain_multishot(key);
-                }
-            }
             r => self.ops.complete(key, r, false),
         }
         key
@@ -115,9 +116,14 @@ impl Epoll {
         }
     }
 
-    /// Keeps accepting for a multishot op until `EAGAIN` (then parks) or an error.
-    fn drain_multishot(&mut self, key: usize) {
-        loop {
+    /// Runs a multishot op (multishot accept or receive, emulated) until
+    /// `EAGAIN` (then parks it), its end, or its budget for this turn
+    /// ([`OpAble::turn_budget`]): then it goes on next turn without waiting
+    /// for an edge, after the handlers saw this turn's results (a paused
+    /// reader has dropped it by then).
+    fn run_multishot(&mut self, key: usize) {
+        let budget = self.ops.slab[key].op.turn_budget();
+        for _ in 0..budget {
             self.ops.stats.syscalls_tried += 1;
             match self.ops.slab[key].op.legacy_call() {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -137,46 +143,65 @@ impl Epoll {
                 }
             }
         }
+        self.again.push(key);
     }
 
     fn park(&mut self, key: usize) {
         let (fd, interest) = self.ops.slab[key].op.interest();
         let owner = self.ops.slab[key].op.fd_id();
-        // A registration left by a closed descriptor with the same number is
-        // stale: register the new one afresh (ADD, or MOD if the kernel still
-        // has the old file through a dup).
-        let fresh = self.regs.get(&fd).is_some_and(|r| r.owner == owner);
-        if !fresh {
-            if let Some(old) = self.regs.remove(&fd) {
-                debug_assert!(old.readers.is_empty() && old.writers.is_empty() || owner == 0);
+        let ep = self.epfd.as_raw_fd();
+        match self.regs.get(&fd) {
+            // The same SharedFd: registered already.
+            Some(r) if r.owner == owner && owner != 0 => {}
+            // A raw fd (`add_reader`): its number may name another file than
+            // when it was registered (closed and reused, even within one
+            // turn), and epoll forgets a file when it is closed, so the
+            // registration is made afresh on every wait (MOD, or ADD).
+            Some(r) if r.owner == 0 && owner == 0 => {
+                let mut ev = epoll_event_for(fd, r.generation);
+                // SAFETY: valid epoll fd and event struct; `fd` is open (the caller's).
+                let mut rc = unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_MOD, fd, &mut ev) };
+                if rc < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ENOENT) {
+                    // SAFETY: as above.
+                    rc = unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, &mut ev) };
+                }
+                if rc < 0 {
+                    let e = io::Error::last_os_error();
+                    self.ops.complete(key, Err(e), false);
+                    return;
+                }
             }
-            let generation = self.next_generation;
-            self.next_generation = self.next_generation.wrapping_add(1).max(1);
-            let mut ev = libc::epoll_event {
-                events: (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32,
-                u64: (u64::from(generation) << 32) | fd as u32 as u64,
-            };
-            let ep = self.epfd.as_raw_fd();
-            // SAFETY: valid epoll fd and event struct; `fd` is open (an op holds it).
-            let mut r = unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, &mut ev) };
-            if r < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EEXIST) {
-                // SAFETY: as above.
-                r = unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_MOD, fd, &mut ev) };
+            // Nothing, or a registration left by a closed descriptor with
+            // the same number: register the new one afresh (ADD, or MOD if
+            // the kernel still has the old file through a dup).
+            _ => {
+                if let Some(old) = self.regs.remove(&fd) {
+                    debug_assert!(old.readers.is_empty() && old.writers.is_empty() || owner == 0);
+                }
+                let generation = self.next_generation;
+                self.next_generation = self.next_generation.wrapping_add(1).max(1);
+                let mut ev = epoll_event_for(fd, generation);
+                // SAFETY: valid epoll fd and event struct; `fd` is open (an op holds it).
+                let mut r = unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, &mut ev) };
+                if r < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EEXIST) {
+                    // SAFETY: as above.
+                    r = unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_MOD, fd, &mut ev) };
+                }
+                if r < 0 {
+                    let e = io::Error::last_os_error();
+                    self.ops.complete(key, Err(e), false);
+                    return;
+                }
+                self.regs.insert(
+                    fd,
+                    Reg {
+                        owner,
+                        generation,
+                        readers: VecDeque::new(),
+                        writers: VecDeque::new(),
+                    },
+                );
             }
-            if r < 0 {
-                let e = io::Error::last_os_error();
-                self.ops.complete(key, Err(e), false);
-                return;
-            }
-            self.regs.insert(
-                fd,
-                Reg {
-                    owner,
-                    generation,
-                    readers: VecDeque::new(),
-                    writers: VecDeque::new(),
-                },
-            );
         }
         let reg = self.regs.get_mut(&fd).expect("registered above");
         match interest {
@@ -187,6 +212,9 @@ impl Epoll {
     }
 
     pub(super) fn cancel(&mut self, key: usize) {
+        if !self.again.is_empty() {
+            self.again.retain(|&k| k != key);
+        }
         // Nothing is in the kernel: unpark and free at once.
         if let Some((fd, interest)) = self.parked.remove(&key) {
             if let Some(reg) = self.regs.get_mut(&fd) {
@@ -228,10 +256,16 @@ impl Epoll {
 
     pub(super) fn turn(&mut self, timeout: Option<Duration>) -> io::Result<()> {
         let ms = match timeout {
+            _ if !self.again.is_empty() => 0,
             None => -1,
             // Round up: waking before the timer is due would spin.
             Some(t) => t.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as i32,
         };
+        let again = std::mem::take(&mut self.again);
+        for key in again {
+            // (Still there: a dropped op leaves this list in `cancel`.)
+            self.run_multishot(key);
+        }
         if ms == 0 && self.parked.is_empty() {
             // Must not wait and no op waits for readiness: nothing to learn
             // (as the proactor skips an idle enter). Remote wake-ups are
@@ -302,18 +336,18 @@ impl Epoll {
         };
         let mut still = VecDeque::new();
         for key in list {
+            if self.ops.slab[key].op.is_multishot() {
+                // (Parks itself again on EAGAIN: after `still`, below.)
+                self.parked.remove(&key);
+                self.run_multishot(key);
+                continue;
+            }
             self.ops.stats.syscalls_tried += 1;
-            let multishot = self.ops.slab[key].op.is_multishot();
             match self.ops.slab[key].op.legacy_call() {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => still.push_back(key),
                 r => {
                     self.parked.remove(&key);
-                    if multishot && r.is_ok() && !self.ops.slab[key].op.is_final(&r) {
-                        self.ops.complete(key, r, true);
-                        self.drain_multishot(key);
-                    } else {
-                        self.ops.complete(key, r, false);
-                    }
+                    self.ops.complete(key, r, false);
                 }
             }
         }
@@ -334,7 +368,8 @@ impl Epoll {
         }
         self.shut = true;
         // Nothing is in the kernel on this backend; parked ops just end.
-        let keys: Vec<usize> = self.parked.keys().copied().collect();
+        let mut keys: Vec<usize> = self.parked.keys().copied().collect();
+        keys.append(&mut self.again);
         for key in keys {
             self.parked.remove(&key);
             if let Some(slot) = self.ops.slab.get_mut(key) {
@@ -347,6 +382,14 @@ impl Epoll {
             }
         }
         self.regs.clear();
+    }
+}
+
+/// Edge-triggered interest in everything, with `generation` in the token.
+fn epoll_event_for(fd: RawFd, generation: u32) -> libc::epoll_event {
+    libc::epoll_event {
+        events: (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32,
+        u64: (u64::from(generation) << 32) | fd as u32 as u64,
     }
 }
 

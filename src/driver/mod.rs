@@ -131,8 +131,19 @@ pub(crate) enum Waiter {
     Stream(Rc<dyn Notify>),
 }
 
-/// The key [`Notify::notify`] gets from a turn-end call (no op has it).
-pub(crate) const TURN_END: usize = usize::MAX;
+/// Names one op for its handler: the slab key in the low 32 bits and the
+/// slot's generation in the high ones. A slab key is reused as soon as an
+/// op is freed, so a completion still queued for a freed op (a receive the
+/// transport gave up in the same turn) must never match the op that took
+/// its key next (the transport's send): the generation tells them apart.
+pub(crate) type Token = u64;
+
+/// The token [`Notify::notify`] gets from a turn-end call (no op has it).
+pub(crate) const TURN_END: Token = u64::MAX;
+
+fn token(key: usize, generation: u32) -> Token {
+    (u64::from(generation) << 32) | key as u64
+}
 
 /// A result handed to a handler with its notification.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -163,10 +174,7 @@ impl Done {
 /// there: it may then run more than once per completion.
 /// `Core::call_at_turn_end` calls it with [`TURN_END`] and `None`.
 pub(crate) trait Notify {
-    fn notify(self: Rc<Self>, key: usize, done: Option<Done>);
-    /// The loop closes with this handler's ops still registered: let go of
-    /// them (handlers and their ops would otherwise keep each other alive).
-    fn loop_closing(self: Rc<Self>) {}
+    fn notify(self: Rc<Self>, token: Token, done: Option<Done>);
 }
 
 /// Lifecycle of one op in the slab (tokio-uring's `Lifecycle`, both backends).
@@ -191,6 +199,8 @@ impl State {
 
 struct Slot {
     op: Box<dyn OpAble>,
+    /// Tells this op from earlier ones that had the same key ([`Token`]).
+    generation: u32,
     state: State,
     /// Results of a multishot op not yet taken; `None` for single-shot ops.
     multi: Option<VecDeque<io::Result<u32>>>,
@@ -220,7 +230,7 @@ const POISON: u8 = 0xA5;
 
 /// A completion for a handler: who, which op, and the result if it is
 /// handed over (see [`Notify`]).
-pub(crate) type Notified = (Rc<dyn Notify>, usize, Option<Done>);
+pub(crate) type Notified = (Rc<dyn Notify>, Token, Option<Done>);
 
 /// The slab of ops and the rules of their lifecycle, shared by both backends.
 pub(crate) struct Ops {
@@ -230,12 +240,14 @@ pub(crate) struct Ops {
     stash: Stash,
     quarantine: Option<Quarantine>,
     stats: DriverStats,
+    next_generation: u32,
 }
 
 impl Ops {
     fn new() -> Ops {
         Ops {
             slab: Slab::with_capacity(256),
+            next_generation: 0,
             notified: Vec::new(),
             stash: Stash::default(),
             quarantine: None,
@@ -246,8 +258,10 @@ impl Ops {
     fn insert(&mut self, op: Box<dyn OpAble>, state: State) -> usize {
         self.stats.ops_submitted += 1;
         let multi = op.is_multishot().then(VecDeque::new);
+        self.next_generation = self.next_generation.wrapping_add(1);
         self.slab.insert(Slot {
             op,
+            generation: self.next_generation,
             state,
             multi,
             finished: false,
@@ -276,12 +290,18 @@ impl Ops {
         })
     }
 
+    /// The token naming the op at `key` now.
+    fn token(&self, key: usize) -> Token {
+        token(key, self.slab[key].generation)
+    }
+
     /// Hands a result to a handler that takes it with the notification (a
     /// reusable op, which goes back to `Idle`; a stream multishot op);
     /// `done(last)` makes the result. False for any other waiter.
     #[inline]
     fn hand_over(&mut self, key: usize, more: bool, done: impl FnOnce(bool) -> Done) -> bool {
         let slot = &mut self.slab[key];
+        let tok = token(key, slot.generation);
         match &slot.state {
             State::Waiting(Waiter::Reuse(_)) if !more => {
                 let State::Waiting(Waiter::Reuse(h)) =
@@ -289,13 +309,13 @@ impl Ops {
                 else {
                     unreachable!()
                 };
-                self.notified.push((h, key, Some(done(true))));
+                self.notified.push((h, tok, Some(done(true))));
                 true
             }
             State::Waiting(Waiter::Stream(h)) => {
                 let h = h.clone();
                 slot.finished |= !more;
-                self.notified.push((h, key, Some(done(!more))));
+                self.notified.push((h, tok, Some(done(!more))));
                 true
             }
             _ => false,
@@ -323,7 +343,8 @@ impl Ops {
             State::Waiting(waiter) => {
                 let waker = if let Waiter::Handler(h) = waiter {
                     // A handler stays for what follows (multishot).
-                    self.notified.push((h.clone(), key, None));
+                    self.notified
+                        .push((h.clone(), token(key, slot.generation), None));
                     None
                 } else if let Waiter::Task(w) = std::mem::replace(waiter, Waiter::None) {
                     Some(w)
@@ -411,12 +432,12 @@ impl Ops {
                 let done = Done::from_result(&res, true);
                 let key = self.insert(op, State::Waiting(Waiter::None));
                 self.slab[key].finished = true;
-                self.notified.push((h, key, Some(done)));
+                self.notified.push((h, self.token(key), Some(done)));
                 key
             }
             Waiter::Handler(h) => {
                 let key = self.insert(op, State::Done(res));
-                self.notified.push((h, key, None));
+                self.notified.push((h, self.token(key), None));
                 key
             }
             Waiter::Reuse(_) => unreachable!("reusable ops are resubmitted, not inserted"),
@@ -565,7 +586,7 @@ impl Driver {
     }
 
     /// Unhooks every handler (the loop is closing) and returns them, for
-    /// the caller to tell once the driver is no longer borrowed.
+    /// the caller to drop once the driver is no longer borrowed.
     pub(crate) fn take_handlers(&mut self) -> Vec<Rc<dyn Notify>> {
         let ops = self.ops();
         let mut out: Vec<Rc<dyn Notify>> = ops.notified.drain(..).map(|(h, _, _)| h).collect();
@@ -735,17 +756,20 @@ impl<T> Drop for Op<T> {
 /// handler; the handler takes the result with [`HandlerOp::take`].
 /// Dropping it before completion cancels the op, as for [`Op`] (whose
 /// key and drop it uses).
-pub(crate) struct HandlerOp<T>(Op<T>);
+pub(crate) struct HandlerOp<T>(Op<T>, Token);
 
 impl<T: OpAble> HandlerOp<T> {
     pub(crate) fn submit(driver: &DriverRef, op: Box<T>, h: Rc<dyn Notify>) -> HandlerOp<T> {
-        let key = driver.borrow_mut().submit_notify(op, h);
-        HandlerOp(Op::with_key(driver, key))
+        let mut d = driver.borrow_mut();
+        let key = d.submit_notify(op, h);
+        let tok = d.ops().token(key);
+        drop(d);
+        HandlerOp(Op::with_key(driver, key), tok)
     }
 
-    /// Is `key` this op's?
-    pub(crate) fn is(&self, key: usize) -> bool {
-        self.0.key == Some(key)
+    /// Is this notification for this op?
+    pub(crate) fn is(&self, token: Token) -> bool {
+        self.0.key.is_some() && self.1 == token
     }
 
     /// The result and the op back, once it completed.
@@ -767,27 +791,34 @@ impl<T: OpAble> HandlerOp<T> {
 pub(crate) struct ReusableOp<T> {
     driver: DriverRef,
     key: usize,
-    handler: Rc<dyn Notify>,
+    token: Token,
+    /// Weak: the handler (a transport) owns this op, so a strong reference
+    /// would be a cycle that outlives the connection.
+    handler: std::rc::Weak<dyn Notify>,
     in_flight: bool,
     _t: PhantomData<fn() -> T>,
 }
 
 impl<T: OpAble> ReusableOp<T> {
     /// Puts `op` in the driver, idle (not submitted).
-    pub(crate) fn new(driver: &DriverRef, op: Box<T>, handler: Rc<dyn Notify>) -> Self {
-        let key = driver.borrow_mut().ops().insert(op, State::Idle);
+    pub(crate) fn new(driver: &DriverRef, op: Box<T>, handler: &Rc<dyn Notify>) -> Self {
+        let mut d = driver.borrow_mut();
+        let key = d.ops().insert(op, State::Idle);
+        let token = d.ops().token(key);
+        drop(d);
         ReusableOp {
             driver: driver.clone(),
             key,
-            handler,
+            token,
+            handler: Rc::downgrade(handler),
             in_flight: false,
             _t: PhantomData,
         }
     }
 
-    /// Is `key` this op's?
-    pub(crate) fn is(&self, key: usize) -> bool {
-        self.key == key
+    /// Is this notification for this op?
+    pub(crate) fn is(&self, token: Token) -> bool {
+        self.token == token
     }
 
     /// Submitted and its result not delivered yet?
@@ -821,6 +852,10 @@ impl<T: OpAble> ReusableOp<T> {
     /// call into the loop (the driver is borrowed).
     pub(crate) fn submit_with(&mut self, f: impl FnOnce(&mut T)) {
         assert!(!self.in_flight, "ringloop driver: op submitted twice");
+        let handler = self
+            .handler
+            .upgrade()
+            .expect("ringloop driver: a reusable op outlived its handler");
         self.in_flight = true;
         let mut d = self.driver.borrow_mut();
         let uring = matches!(&*d, Driver::Uring(u) if !u.shut);
@@ -832,10 +867,7 @@ impl<T: OpAble> ReusableOp<T> {
         let op = Self::typed(&mut slot.op);
         f(op);
         let entry = uring.then(|| op.uring_entry().user_data(self.key as u64));
-        let idle = std::mem::replace(
-            &mut slot.state,
-            State::Waiting(Waiter::Reuse(self.handler.clone())),
-        );
+        let idle = std::mem::replace(&mut slot.state, State::Waiting(Waiter::Reuse(handler)));
         assert!(matches!(idle, State::Idle), "ringloop driver: op not idle");
         std::mem::forget(idle); // `Idle` owns nothing: no drop call
         match (&mut *d, entry) {
@@ -855,14 +887,23 @@ impl<T> Drop for ReusableOp<T> {
 pub(crate) struct MultiOp {
     driver: DriverRef,
     key: Option<usize>,
+    token: Token,
 }
 
 impl MultiOp {
     pub(crate) fn submit(driver: &DriverRef, op: Box<dyn OpAble>) -> MultiOp {
-        let key = driver.borrow_mut().submit(op);
+        Self::submit_for(driver, op, Waiter::None)
+    }
+
+    fn submit_for(driver: &DriverRef, op: Box<dyn OpAble>, w: Waiter) -> MultiOp {
+        let mut d = driver.borrow_mut();
+        let key = d.submit_for(op, w);
+        let token = d.ops().token(key);
+        drop(d);
         MultiOp {
             driver: driver.clone(),
             key: Some(key),
+            token,
         }
     }
 
@@ -873,16 +914,12 @@ impl MultiOp {
         op: Box<dyn OpAble>,
         h: Rc<dyn Notify>,
     ) -> MultiOp {
-        let key = driver.borrow_mut().submit_for(op, Waiter::Stream(h));
-        MultiOp {
-            driver: driver.clone(),
-            key: Some(key),
-        }
+        Self::submit_for(driver, op, Waiter::Stream(h))
     }
 
-    /// Is `key` this op's?
-    pub(crate) fn is(&self, key: usize) -> bool {
-        self.key == Some(key)
+    /// Is this notification for this op?
+    pub(crate) fn is(&self, token: Token) -> bool {
+        self.key.is_some() && self.token == token
     }
 
     /// True once the kernel posted the op's final completion (results may

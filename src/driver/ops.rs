@@ -70,6 +70,12 @@ pub(crate) trait OpAble: AsAny {
     fn is_multishot(&self) -> bool {
         false
     }
+    /// Selector: how many results a multishot op may produce in one loop
+    /// turn before it waits for the next (then it is tried again without
+    /// waiting for a new edge).
+    fn turn_budget(&self) -> u32 {
+        64
+    }
     /// Selector: a multishot result after which the op is over (EOF).
     fn is_final(&self, _res: &io::Result<u32>) -> bool {
         false

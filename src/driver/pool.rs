@@ -44,6 +44,12 @@ const _: () = assert!(POOL_BUF_SIZE < 1 << 16 && (POOL_BUFS as u32) < 1 << 15);
 const RING_START: u16 = 64;
 /// Receives per window of the ring's peak demand.
 const RING_WINDOW: u32 = 4096;
+/// Selector: receives one connection's multishot receive makes per loop
+/// turn (64 KiB, asyncio's selector reads up to 256 KiB per event). The
+/// protocol sees each turn's data before the next receive, so a pause takes
+/// effect within a turn's worth, and one fast sender cannot hold the pool or
+/// the loop while others wait.
+const RECV_TURN_BUDGET: u32 = 4;
 /// The buffer group id of the ring.
 pub(crate) const BGID: u16 = 0;
 /// Marks a completion value that names a pool buffer: `BIT | bid << 16 | len`.
@@ -94,8 +100,6 @@ pub(crate) struct BufPool {
     mem: NonNull<u8>,
     ring: Option<Ring>,
     free: Vec<u16>,
-    /// Selector only: extra buffers while every pool buffer is out.
-    overflow: slab::Slab<Vec<u8>>,
     /// Buffers handed out and not back yet (stats, tests).
     pub(crate) out: usize,
     /// Proactor: buffers the kernel picked from the ring, ever (wrapping
@@ -113,7 +117,6 @@ impl BufPool {
             mem,
             ring: None,
             free: (0..POOL_BUFS).rev().collect(),
-            overflow: slab::Slab::new(),
             out: 0,
             taken: 0,
         }))
@@ -159,7 +162,6 @@ impl BufPool {
             }),
             // Popped from the end: the low ids first.
             free: (RING_START..POOL_BUFS).rev().collect(),
-            overflow: slab::Slab::new(),
             out: 0,
             taken: 0,
         }));
@@ -201,17 +203,15 @@ impl BufPool {
         }
     }
 
-    /// Takes a free buffer (selector): `(id, ptr, len)`.
-    fn take(&mut self) -> (u16, *mut u8, usize) {
+    /// Takes a free buffer (selector): `(id, ptr, len)`, or `None` when
+    /// every buffer is out. The receive then fails with `ENOBUFS`, as a
+    /// proactor receive does when the kernel's ring is empty, and the
+    /// transport falls back to a plain receive of its own: the pool never
+    /// grows past its 16 MiB, however fast the peers send.
+    fn take(&mut self) -> Option<(u16, *mut u8, usize)> {
+        let bid = self.free.pop()?;
         self.out += 1;
-        match self.free.pop() {
-            Some(bid) => (bid, self.buf_ptr(bid), POOL_BUF_SIZE),
-            None => {
-                let key = self.overflow.insert(vec![0u8; POOL_BUF_SIZE]);
-                let v = &mut self.overflow[key];
-                (POOL_BUFS + key as u16, v.as_mut_ptr(), v.len())
-            }
-        }
+        Some((bid, self.buf_ptr(bid), POOL_BUF_SIZE))
     }
 
     /// Gives buffer `bid` back: to the ring if it holds fewer than its
@@ -219,31 +219,26 @@ impl BufPool {
     #[inline]
     pub(crate) fn give_back(&mut self, bid: u16) {
         self.out -= 1;
-        if bid < POOL_BUFS && self.ring_below_target() {
+        if self.ring_below_target() {
             self.push_ring(bid);
         } else {
             self.give_back_elsewhere(bid);
         }
     }
 
-    /// The free list (the selector's pool, or a ring at its target) or the
-    /// overflow (kept out of line: `give_back` runs inside every send's
-    /// completion).
+    /// The free list (the selector's pool, or a ring at its target); kept
+    /// out of line: `give_back` runs inside every send's completion.
     #[inline(never)]
     fn give_back_elsewhere(&mut self, bid: u16) {
-        if bid >= POOL_BUFS {
-            self.overflow.remove((bid - POOL_BUFS) as usize);
-        } else {
-            self.free.push(bid);
-        }
+        self.free.push(bid);
     }
 
     fn slice_ptr(&self, bid: u16) -> *const u8 {
-        if bid >= POOL_BUFS {
-            self.overflow[(bid - POOL_BUFS) as usize].as_ptr()
-        } else {
-            self.buf_ptr(bid)
-        }
+        assert!(
+            bid < POOL_BUFS,
+            "ringloop: pool buffer id {bid} out of range"
+        );
+        self.buf_ptr(bid)
     }
 
     /// Marks a buffer the kernel picked from the ring as handed out.
@@ -435,7 +430,9 @@ impl OpAble for RecvPooled {
         self.fd.id()
     }
     fn legacy_call(&mut self) -> io::Result<u32> {
-        let (bid, ptr, len) = self.pool.borrow_mut().take();
+        let Some((bid, ptr, len)) = self.pool.borrow_mut().take() else {
+            return Err(io::Error::from_raw_os_error(libc::ENOBUFS));
+        };
         let fd = self.fd.raw();
         let r = loop {
             // SAFETY: ptr/len describe a pool buffer this op took.
@@ -459,6 +456,9 @@ impl OpAble for RecvPooled {
     }
     fn is_multishot(&self) -> bool {
         true
+    }
+    fn turn_budget(&self) -> u32 {
+        RECV_TURN_BUDGET
     }
     fn is_final(&self, res: &io::Result<u32>) -> bool {
         // EOF and errors end the stream.

@@ -142,10 +142,11 @@ impl Uring {
     }
 
     pub(super) fn cancel(&mut self, key: usize) {
-        if self.shut && self.wake_key.is_none() && !self.ops.slab.contains(key) {
+        // (At shutdown a push below may reap, and so free, other ops.)
+        let Some(slot) = self.ops.slab.get(key) else {
             return;
-        }
-        let target = if self.ops.slab[key].polling {
+        };
+        let target = if slot.polling {
             key as u64 | POLL_BIT
         } else {
             key as u64
@@ -324,10 +325,17 @@ impl Uring {
         self.shut = true;
         let keys: Vec<usize> = self.ops.slab.iter().map(|(k, _)| k).collect();
         for key in keys {
-            let slot = &mut self.ops.slab[key];
-            if !slot.state.at_rest() || slot.multi.is_some() {
-                slot.state = State::Ignored;
-                slot.multi = None;
+            // Each cancel may fill the submission queue, whose flush reaps
+            // completions and frees their ops: skip keys gone meanwhile.
+            let Some(slot) = self.ops.slab.get_mut(key) else {
+                continue;
+            };
+            if slot.state.at_rest() && slot.multi.is_none() {
+                continue;
+            }
+            // As if its future were dropped: what it got is salvaged, a
+            // finished one freed, one in flight cancelled.
+            if self.ops.drop_op(key) == super::Dropped::InFlight {
                 self.cancel(key);
             }
         }

@@ -14,7 +14,7 @@ use bytes::Bytes;
 
 use super::cell::{Failure, ProtoCell};
 use super::{ExtraInfo, buffer_limits};
-use crate::base_loop::EventLoop;
+use crate::base_loop::{EventLoop, LoopClosing};
 use crate::driver::Op;
 use crate::driver::ops::{RecvFrom, SendMsg};
 use crate::error::{Error, Result};
@@ -49,6 +49,17 @@ struct Inner {
     reader: RefCell<Option<TaskRef>>,
     writer: RefCell<Option<TaskRef>>,
     write_waker: RefCell<Option<Waker>>,
+    /// The loop's key for this live endpoint ([`LoopClosing`]).
+    registered: std::cell::Cell<Option<usize>>,
+}
+
+impl LoopClosing for Inner {
+    fn loop_closing(self: Rc<Self>) {
+        // The loop closes under a live endpoint: let go of the protocol
+        // (which may hold this transport), the tasks and the socket.
+        self.st.borrow_mut().lost = true;
+        DatagramTransport(self).release_all();
+    }
 }
 
 /// A datagram endpoint. Equivalent to `asyncio.DatagramTransport`.
@@ -79,7 +90,10 @@ impl DatagramTransport {
             reader: RefCell::new(None),
             writer: RefCell::new(None),
             write_waker: RefCell::new(None),
+            registered: std::cell::Cell::new(None),
         }));
+        let weak: std::rc::Weak<dyn LoopClosing> = Rc::downgrade(&t.0) as _;
+        t.0.registered.set(Some(lp.core.register_transport(weak)));
         let t2 = t.clone();
         let r = lp.spawn_internal(async move { t2.read_loop().await });
         *t.0.reader.borrow_mut() = Some(r.as_ref());
@@ -310,21 +324,31 @@ impl DatagramTransport {
         self.0.lp.call_soon_impl(
             move || {
                 t.call_protocol(move |p| p.connection_lost(exc));
-                let inner = &t.0;
-                inner.protocol.release();
-                inner.sock.borrow_mut().take();
-                for task in [
-                    inner.reader.borrow_mut().take(),
-                    inner.writer.borrow_mut().take(),
-                ]
-                .into_iter()
-                .flatten()
-                {
-                    task.cancel(None);
-                }
+                t.release_all();
             },
             &"datagram connection_lost",
         );
+    }
+
+    /// The endpoint is over: releases the protocol and the socket, ends
+    /// the reader and writer tasks, and leaves the loop's list of live
+    /// transports.
+    fn release_all(&self) {
+        let inner = &self.0;
+        inner.protocol.release();
+        inner.sock.borrow_mut().take();
+        for task in [
+            inner.reader.borrow_mut().take(),
+            inner.writer.borrow_mut().take(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            task.cancel(None);
+        }
+        if let Some(key) = inner.registered.take() {
+            inner.lp.core.unregister_transport(key);
+        }
     }
 
     /// True once closing or closed. Equivalent to `is_closing`.

@@ -22,11 +22,11 @@ use bytes::Bytes;
 
 use super::cell::{Failure, ProtoCell};
 use super::{ExtraInfo, buffer_limits};
-use crate::base_loop::EventLoop;
+use crate::base_loop::{EventLoop, LoopClosing};
 use crate::driver::buf::{Chunk, WriteBuf};
 use crate::driver::ops::{Recv, SendMsg};
 use crate::driver::pool::{POOL_BUF_SIZE, PoolRef, RecvBuf, RecvPooled};
-use crate::driver::{Done, HandlerOp, MultiOp, Notify, ReusableOp, TURN_END};
+use crate::driver::{Done, HandlerOp, MultiOp, Notify, ReusableOp, TURN_END, Token};
 use crate::error::{Error, Result};
 use crate::events::ExceptionContext;
 use crate::protocols::Protocol;
@@ -91,6 +91,8 @@ struct Inner {
     /// The loop's receive buffer pool.
     pool: PoolRef,
     on_lost: RefCell<Vec<Box<dyn FnOnce()>>>,
+    /// The loop's key for this live transport ([`LoopClosing`]).
+    registered: Cell<Option<usize>>,
 }
 
 /// The receive in flight, if any.
@@ -115,7 +117,7 @@ struct WriteSide {
 /// Completion callbacks: a receive or a send finished (`key`), or the
 /// turn-end flush (`TURN_END`).
 impl Notify for Inner {
-    fn notify(self: Rc<Self>, key: usize, done: Option<Done>) {
+    fn notify(self: Rc<Self>, key: Token, done: Option<Done>) {
         let t = Transport(self);
         if key == TURN_END {
             t.0.st.borrow_mut().flush_queued = false;
@@ -137,15 +139,16 @@ impl Notify for Inner {
             t.on_stale_receive(done);
         }
     }
+}
 
+impl LoopClosing for Inner {
     fn loop_closing(self: Rc<Self>) {
         // The loop closes under a live connection (asyncio would warn about
-        // an unclosed transport): let go of everything without callbacks.
+        // an unclosed transport): let go of everything without protocol
+        // callbacks; the socket closes, so the peer sees EOF.
         let t = Transport(self);
         t.0.st.borrow_mut().lost = true;
-        t.drop_ops();
-        t.0.protocol.release();
-        t.0.sock.borrow_mut().take();
+        t.release_all();
     }
 }
 
@@ -187,7 +190,10 @@ impl Transport {
             wr: RefCell::new(WriteSide::default()),
             pool: lp.driver().borrow().pool(),
             on_lost: RefCell::new(Vec::new()),
+            registered: Cell::new(None),
         }));
+        let weak: std::rc::Weak<dyn LoopClosing> = Rc::downgrade(&t.0) as _;
+        t.0.registered.set(Some(lp.core.register_transport(weak)));
         // connection_made runs through the loop, then reading starts.
         let t2 = t.clone();
         lp.call_soon_impl(
@@ -497,7 +503,7 @@ impl Transport {
                         return;
                     };
                     let op = Box::new(SendMsg::new(fd, Vec::new(), None));
-                    wr.op = Some(ReusableOp::new(inner.lp.driver(), op, self.handler()));
+                    wr.op = Some(ReusableOp::new(inner.lp.driver(), op, &self.handler()));
                 }
                 let op = wr.op.as_mut().expect("made above");
                 let mut st = inner.st.borrow_mut();
@@ -542,6 +548,12 @@ impl Transport {
             };
             let mut st = inner.st.borrow_mut();
             st.sending = false;
+            if st.lost {
+                // Aborted (or the protocol failed) while this send was in
+                // flight: the buffer was dropped and counted out then.
+                op.completed(|m| m.bufs.clear());
+                return;
+            }
             st.wsize -= n;
             // What the kernel took is dropped; the rest goes back to the
             // front of the queue (the op is idle now, its vector kept).
@@ -748,17 +760,32 @@ impl Transport {
         self.0.lp.call_soon_impl(
             move || {
                 t.call_protocol(move |p| p.connection_lost(exc));
-                let inner = &t.0;
-                inner.protocol.release();
-                t.drop_ops();
-                inner.sock.borrow_mut().take();
-                let hooks = std::mem::take(&mut *inner.on_lost.borrow_mut());
-                for h in hooks {
-                    h();
-                }
+                t.release_all();
             },
             &"connection_lost",
         );
+    }
+
+    /// The connection is over: releases the protocol, the ops in flight
+    /// and the socket, runs the connection-lost hooks, and leaves the
+    /// loop's list of live transports.
+    fn release_all(&self) {
+        let inner = &self.0;
+        inner.protocol.release();
+        self.drop_ops();
+        inner.sock.borrow_mut().take();
+        let hooks = std::mem::take(&mut *inner.on_lost.borrow_mut());
+        for h in hooks {
+            h();
+        }
+        if let Some(key) = inner.registered.take() {
+            inner.lp.core.unregister_transport(key);
+        }
+    }
+
+    /// Identity of the transport (the same for every handle to it).
+    pub(crate) fn id(&self) -> usize {
+        Rc::as_ptr(&self.0) as *const () as usize
     }
 
     /// True once [`close`](Self::close) or [`abort`](Self::abort) was
