@@ -212,11 +212,49 @@ impl Epoll {
     }
 
     pub(super) fn cancel(&mut self, key: usize) {
-        if !self.again.is_empty() {
-            self.again.retain(|&k| k != key);
-        }
         // Nothing is in the kernel: unpark and free at once.
+        self.unpark(key);
+        if self.ops.slab.contains(key) {
+            let slot = self.ops.remove(key);
+            self.ops.release(slot.op);
+        }
+    }
+
+    /// Asks a parked receive back (data for its fd was kept meanwhile): it
+    /// completes now, from the kept data (`Ops::settle_kept`).
+    pub(super) fn recall(&mut self, key: usize) {
+        if self.unpark(key) {
+            self.ops.complete(
+                key,
+                Err(io::Error::from_raw_os_error(libc::ECANCELED)),
+                false,
+            );
+        }
+    }
+
+    /// Ends an op that stays with its handler: it completes with
+    /// `ECANCELED` as its final result (as io_uring's cancel does).
+    pub(super) fn cancel_keep(&mut self, key: usize) {
+        if self.unpark(key) {
+            self.ops.complete(
+                key,
+                Err(io::Error::from_raw_os_error(libc::ECANCELED)),
+                false,
+            );
+        }
+    }
+
+    /// Takes an op off its readiness list (or the retry list); false if it
+    /// was on neither.
+    fn unpark(&mut self, key: usize) -> bool {
+        let mut found = false;
+        if !self.again.is_empty() {
+            let n = self.again.len();
+            self.again.retain(|&k| k != key);
+            found = self.again.len() != n;
+        }
         if let Some((fd, interest)) = self.parked.remove(&key) {
+            found = true;
             if let Some(reg) = self.regs.get_mut(&fd) {
                 let list = match interest {
                     Interest::Read => &mut reg.readers,
@@ -231,9 +269,7 @@ impl Epoll {
                 }
             }
         }
-        if let Some(slot) = self.ops.slab.try_remove(key) {
-            self.ops.release(slot.op);
-        }
+        found
     }
 
     /// Drops the registration of a raw fd the loop does not own.
@@ -376,7 +412,7 @@ impl Epoll {
                 if let State::Waiting(_) = &slot.state {
                     self.ops.complete(key, Err(closed_error()), false);
                 } else if matches!(slot.state, State::Ignored) {
-                    let slot = self.ops.slab.remove(key);
+                    let slot = self.ops.remove(key);
                     self.ops.release(slot.op);
                 }
             }

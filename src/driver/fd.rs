@@ -8,6 +8,8 @@
 //! also has a process-unique id, which the selector's registration table and
 //! the receive stash use to tell a reused fd number from the old one.
 
+use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::fmt;
 use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
@@ -18,6 +20,16 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 struct Inner {
     fd: RawFd,
     id: u64,
+    gate: RefCell<ReadGate>,
+}
+
+/// The receives on one fd whose data may still be kept for the next
+/// receive (see [`SharedFd::gate_enter`]), and the receives issued
+/// meanwhile, by slab key, in order.
+#[derive(Default)]
+struct ReadGate {
+    held: u32,
+    waiting: VecDeque<usize>,
 }
 
 impl Drop for Inner {
@@ -41,7 +53,46 @@ impl SharedFd {
         SharedFd(Rc::new(Inner {
             fd: fd.into_raw_fd(),
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            gate: RefCell::new(ReadGate::default()),
         }))
+    }
+
+    /// A receive (op `key`) wants to start. True: it may. False: an
+    /// earlier receive on this fd was cancelled in flight, or finished and
+    /// was not handed back yet, so its data may still go to the stash;
+    /// this one waits until that is settled, and then takes the kept data
+    /// first: a cancelled receive's data always reaches the receive issued
+    /// after it, before anything newer.
+    pub(crate) fn gate_enter(&self, key: usize) -> bool {
+        let mut g = self.0.gate.borrow_mut();
+        if g.held > 0 {
+            g.waiting.push_back(key);
+            false
+        } else {
+            true
+        }
+    }
+
+    /// A receive on this fd became one whose data may go to the stash.
+    pub(crate) fn gate_hold(&self) {
+        self.0.gate.borrow_mut().held += 1;
+    }
+
+    /// Such a receive is settled; once none is left, the receives that
+    /// waited are returned (to be started, in order).
+    pub(crate) fn gate_release(&self) -> VecDeque<usize> {
+        let mut g = self.0.gate.borrow_mut();
+        g.held -= 1;
+        if g.held == 0 {
+            std::mem::take(&mut g.waiting)
+        } else {
+            VecDeque::new()
+        }
+    }
+
+    /// A waiting receive was dropped before its turn.
+    pub(crate) fn gate_forget(&self, key: usize) {
+        self.0.gate.borrow_mut().waiting.retain(|&k| k != key);
     }
 
     pub(crate) fn raw(&self) -> RawFd {

@@ -208,6 +208,15 @@ struct Slot {
     finished: bool,
     /// Proactor: the op got `EAGAIN` and waits on a `POLL_ADD` before retrying.
     polling: bool,
+    /// A receive waiting for its fd's earlier receives to be settled
+    /// ([`fd::SharedFd::gate_enter`]): not submitted yet.
+    deferred: bool,
+    /// A receive whose data may go to the stash (cancelled in flight, or
+    /// finished and not handed back): its fd's gate counts it.
+    holds: bool,
+    /// A receive in flight asked back because data for its fd was kept
+    /// meanwhile: it is served from that data first.
+    recalled: bool,
 }
 
 /// What the backend must do after a future gave up on its op.
@@ -241,6 +250,11 @@ pub(crate) struct Ops {
     quarantine: Option<Quarantine>,
     stats: DriverStats,
     next_generation: u32,
+    /// Deferred receives whose turn has come, to be started by the driver.
+    to_start: Vec<usize>,
+    /// Fds (by `SharedFd::id`) that got kept data while other receives on
+    /// them may be in flight: the driver recalls those.
+    recall: Vec<u64>,
 }
 
 impl Ops {
@@ -248,6 +262,8 @@ impl Ops {
         Ops {
             slab: Slab::with_capacity(256),
             next_generation: 0,
+            to_start: Vec::new(),
+            recall: Vec::new(),
             notified: Vec::new(),
             stash: Stash::default(),
             quarantine: None,
@@ -266,6 +282,9 @@ impl Ops {
             multi,
             finished: false,
             polling: false,
+            deferred: false,
+            holds: false,
+            recalled: false,
         })
     }
 
@@ -288,6 +307,79 @@ impl Ops {
             res: if res < 0 { Err(-res) } else { Ok(value()) },
             last,
         })
+    }
+
+    /// Takes an op out of the slab. A receive that was its fd's active one
+    /// hands the turn to the next one waiting (started by the driver).
+    fn remove(&mut self, key: usize) -> Slot {
+        let slot = self.slab.remove(key);
+        if let Some(fd) = slot.op.read_gate() {
+            if slot.deferred {
+                fd.gate_forget(key);
+                if !self.to_start.is_empty() {
+                    self.to_start.retain(|&k| k != key);
+                }
+            } else if slot.holds {
+                self.to_start.extend(fd.gate_release());
+            }
+        }
+        slot
+    }
+
+    /// A receive's data may go to the stash from now on (see `holds`).
+    fn hold(&mut self, key: usize) {
+        let slot = &mut self.slab[key];
+        if !slot.holds {
+            if let Some(fd) = slot.op.read_gate() {
+                fd.gate_hold();
+                slot.holds = true;
+            }
+        }
+    }
+
+    /// Op `key` salvaged what it got: if that left data kept for its fd,
+    /// receives in flight on the fd are recalled to take it.
+    fn salvaged(&mut self, key: usize) {
+        if let Some(fd) = self.slab[key].op.read_gate() {
+            if self.stash.has(fd) {
+                self.recall.push(fd.id());
+            }
+        }
+    }
+
+    /// A receive in flight completes while data is kept for its fd (a
+    /// receive cancelled meanwhile): the kept data comes first, what this
+    /// one got goes behind it. `None`: a recalled receive whose cancel
+    /// found the data gone (another took it): it is started again.
+    fn settle_kept(&mut self, key: usize, res: io::Result<u32>) -> Option<io::Result<u32>> {
+        let slot = &mut self.slab[key];
+        let recalled = std::mem::take(&mut slot.recalled);
+        let Some(fd) = slot.op.read_gate() else {
+            return Some(res);
+        };
+        if self.stash.has(fd) {
+            if let Ok(n) = &res {
+                slot.op.salvage(*n as i32, &mut self.stash);
+            }
+            // (EOF or an error is seen again by the next receive.)
+            return slot.op.take_stashed(&mut self.stash).or(Some(res));
+        }
+        if recalled
+            && res
+                .as_ref()
+                .is_err_and(|e| e.raw_os_error() == Some(libc::ECANCELED))
+        {
+            slot.deferred = true;
+            self.to_start.push(key);
+            return None;
+        }
+        Some(res)
+    }
+
+    /// Receives to start or recall (see `Driver::start_deferred`)?
+    #[inline]
+    fn has_pending(&self) -> bool {
+        !self.to_start.is_empty() || !self.recall.is_empty()
     }
 
     /// The token naming the op at `key` now.
@@ -335,11 +427,31 @@ impl Ops {
             State::Ignored => {
                 let raw = res.as_ref().map_or(-1, |&n| n as i32);
                 slot.op.salvage(raw, &mut self.stash);
+                self.salvaged(key);
                 if !more {
-                    let slot = self.slab.remove(key);
+                    let slot = self.remove(key);
                     self.release(slot.op);
                 }
             }
+            State::Waiting(_) if slot.multi.is_none() && slot.op.read_gate().is_some() => {
+                // A receive: kept data first; it holds its fd's gate
+                // until it is handed back.
+                if let Some(res) = self.settle_kept(key, res) {
+                    self.hold(key);
+                    self.finish_waiting(key, res, more);
+                }
+            }
+            State::Waiting(_) => self.finish_waiting(key, res, more),
+            State::Done(_) | State::Idle => {
+                panic!("ringloop driver: completion for op {key}, which is not in flight")
+            }
+        }
+    }
+
+    /// Records a result for whoever waits on op `key`.
+    fn finish_waiting(&mut self, key: usize, res: io::Result<u32>, more: bool) {
+        let slot = &mut self.slab[key];
+        match &mut slot.state {
             State::Waiting(waiter) => {
                 let waker = if let Waiter::Handler(h) = waiter {
                     // A handler stays for what follows (multishot).
@@ -361,9 +473,7 @@ impl Ops {
                     w.wake();
                 }
             }
-            State::Done(_) | State::Idle => {
-                panic!("ringloop driver: completion for op {key}, which is not in flight")
-            }
+            _ => unreachable!("checked by the caller"),
         }
     }
 
@@ -416,7 +526,7 @@ impl Ops {
         if !matches!(self.slab.get(key)?.state, State::Done(_)) {
             return None;
         }
-        let slot = self.slab.remove(key);
+        let slot = self.remove(key);
         let State::Done(res) = slot.state else {
             unreachable!()
         };
@@ -437,11 +547,16 @@ impl Ops {
             }
             Waiter::Handler(h) => {
                 let key = self.insert(op, State::Done(res));
+                self.hold(key);
                 self.notified.push((h, self.token(key), None));
                 key
             }
             Waiter::Reuse(_) => unreachable!("reusable ops are resubmitted, not inserted"),
-            _ => self.insert(op, State::Done(res)),
+            _ => {
+                let key = self.insert(op, State::Done(res));
+                self.hold(key);
+                key
+            }
         }
     }
 
@@ -452,6 +567,12 @@ impl Ops {
     /// The future of `key` is gone.
     fn drop_op(&mut self, key: usize) -> Dropped {
         let slot = &mut self.slab[key];
+        if slot.deferred {
+            // Never submitted: nothing to cancel.
+            let slot = self.remove(key);
+            self.release(slot.op);
+            return Dropped::Freed;
+        }
         // Results nobody will take: keep data, close accepted fds.
         if let Some(q) = slot.multi.take() {
             for r in q {
@@ -459,7 +580,7 @@ impl Ops {
                 slot.op.salvage(raw, &mut self.stash);
             }
             if slot.finished {
-                let slot = self.slab.remove(key);
+                let slot = self.remove(key);
                 self.release(slot.op);
                 return Dropped::Freed;
             }
@@ -469,16 +590,20 @@ impl Ops {
             State::Done(res) => {
                 let raw = res.map_or(-1, |n| n as i32);
                 slot.op.salvage(raw, &mut self.stash);
-                let slot = self.slab.remove(key);
+                self.salvaged(key);
+                let slot = self.remove(key);
                 self.release(slot.op);
                 Dropped::Freed
             }
             State::Idle => {
-                let slot = self.slab.remove(key);
+                let slot = self.remove(key);
                 self.release(slot.op);
                 Dropped::Freed
             }
-            _ => Dropped::InFlight,
+            _ => {
+                self.hold(key);
+                Dropped::InFlight
+            }
         }
     }
 
@@ -573,11 +698,75 @@ impl Driver {
 
     fn submit_for(&mut self, mut op: Box<dyn OpAble>, w: Waiter) -> usize {
         let ops = self.ops();
+        if op.read_gate().is_some() {
+            // Receives on one fd take their turns: one waits in the slab
+            // while an earlier one is not over.
+            let key = ops.slab.vacant_key();
+            if !op.read_gate().is_some_and(|fd| fd.gate_enter(key)) {
+                let k = ops.insert(op, State::Waiting(w));
+                debug_assert_eq!(k, key);
+                ops.slab[k].deferred = true;
+                return k;
+            }
+        }
         if let Some(res) = op.take_stashed(&mut ops.stash) {
             ops.stats.stash_hits += 1;
             return ops.insert_done(op, res, w);
         }
         each!(self, d => d.submit(op, w))
+    }
+
+    /// Starts the receives whose turn came (their fd's earlier receives
+    /// are settled): from the data those kept, if any, else in the kernel;
+    /// and recalls receives in flight on fds that got kept data.
+    fn start_deferred(&mut self) {
+        while !self.ops().recall.is_empty() {
+            let fds = std::mem::take(&mut self.ops().recall);
+            let keys: Vec<usize> = self
+                .ops()
+                .slab
+                .iter()
+                .filter(|(_, s)| {
+                    matches!(s.state, State::Waiting(_))
+                        && !s.deferred
+                        && !s.recalled
+                        && s.multi.is_none()
+                        && s.op.read_gate().is_some_and(|fd| fds.contains(&fd.id()))
+                })
+                .map(|(k, _)| k)
+                .collect();
+            for key in keys {
+                self.ops().slab[key].recalled = true;
+                each!(self, d => d.recall(key));
+            }
+        }
+        while !self.ops().to_start.is_empty() {
+            let keys = std::mem::take(&mut self.ops().to_start);
+            for key in keys {
+                let ops = self.ops();
+                let slot = &mut ops.slab[key];
+                slot.deferred = false;
+                if let Some(res) = slot.op.take_stashed(&mut ops.stash) {
+                    ops.stats.stash_hits += 1;
+                    ops.complete(key, res, false);
+                    continue;
+                }
+                each!(self, d => d.resubmit(key));
+            }
+        }
+    }
+
+    /// Polls op `key` for its future.
+    fn poll_op(
+        &mut self,
+        key: usize,
+        cx: &mut Context<'_>,
+    ) -> Poll<(io::Result<u32>, Box<dyn OpAble>)> {
+        let r = self.ops().poll(key, cx);
+        if r.is_ready() && self.ops().has_pending() {
+            self.start_deferred();
+        }
+        r
     }
 
     /// Moves the handlers of completed ops into `out` (for the loop).
@@ -614,13 +803,22 @@ impl Driver {
         if self.ops().drop_op(key) == Dropped::InFlight {
             each!(self, d => d.cancel(key))
         }
+        if self.ops().has_pending() {
+            self.start_deferred();
+        }
     }
 
     /// Waits for I/O at most `timeout` (`None`: until something happens) and
     /// records completions, waking their futures.
     pub(crate) fn turn(&mut self, timeout: Option<Duration>) -> io::Result<()> {
         self.ops().stats.turns += 1;
-        each!(self, d => d.turn(timeout))
+        let r = each!(self, d => d.turn(timeout));
+        // Receives cancelled in flight ended in this turn: the ones
+        // issued after them start now.
+        if self.ops().has_pending() {
+            self.start_deferred();
+        }
+        r
     }
 
     pub(crate) fn notifier(&self) -> Arc<Notifier> {
@@ -736,7 +934,7 @@ impl<T: OpAble> std::future::Future for Op<T> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let key = self.key.expect("ringloop: Op polled after completion");
-        let r = self.driver.borrow_mut().ops().poll(key, cx);
+        let r = self.driver.borrow_mut().poll_op(key, cx);
         r.map(|(res, op)| {
             self.key = None;
             (res, *downcast_op::<T>(op))
@@ -775,7 +973,12 @@ impl<T: OpAble> HandlerOp<T> {
     /// The result and the op back, once it completed.
     pub(crate) fn take(&mut self) -> Option<(io::Result<u32>, Box<T>)> {
         let key = self.0.key?;
-        let (res, op) = self.0.driver.borrow_mut().ops().take_done(key)?;
+        let mut d = self.0.driver.borrow_mut();
+        let (res, op) = d.ops().take_done(key)?;
+        if d.ops().has_pending() {
+            d.start_deferred();
+        }
+        drop(d);
         self.0.key = None;
         Some((res, downcast_op(op)))
     }
@@ -920,6 +1123,19 @@ impl MultiOp {
     /// Is this notification for this op?
     pub(crate) fn is(&self, token: Token) -> bool {
         self.key.is_some() && self.token == token
+    }
+
+    /// Ends the op but keeps its handler: results already on their way
+    /// still arrive, then a final one (`ECANCELED` if the cancel ended it).
+    /// Nothing newer can arrive after that, so a reader that waits for it
+    /// before it receives again keeps every byte in order.
+    pub(crate) fn cancel(&self) {
+        let Some(key) = self.key else { return };
+        let mut d = self.driver.borrow_mut();
+        if d.ops().is_finished(key) || d.is_shut() {
+            return;
+        }
+        each!(&mut *d, b => b.cancel_keep(key));
     }
 
     /// True once the kernel posted the op's final completion (results may

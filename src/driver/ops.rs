@@ -66,6 +66,11 @@ pub(crate) trait OpAble: AsAny {
     fn into_buffer(self: Box<Self>) -> Option<Released> {
         None
     }
+    /// A receive whose cancelled data is kept for the next receive on its
+    /// fd: such receives take turns per fd ([`SharedFd::gate_enter`]).
+    fn read_gate(&self) -> Option<&SharedFd> {
+        None
+    }
     /// Multishot ops post many completions; the last lacks `F_MORE`.
     fn is_multishot(&self) -> bool {
         false
@@ -133,6 +138,15 @@ impl Stash {
 
     fn push_front(&mut self, fd: RawFd, item: Stashed) {
         self.map.entry(fd).or_default().push_front(item);
+    }
+
+    /// Is anything kept for `fd`?
+    pub(crate) fn has(&self, fd: &SharedFd) -> bool {
+        !self.map.is_empty()
+            && self
+                .map
+                .get(&fd.raw())
+                .is_some_and(|q| q.iter().any(|s| s.id == fd.id()))
     }
 
     /// Bytes held for `fd` (tests and stats).
@@ -348,6 +362,9 @@ impl<B: IoBufMut, K: Kind> OpAble for Inbound<B, K> {
     fn take_stashed(&mut self, stash: &mut Stash) -> Option<io::Result<u32>> {
         stash_into(&self.fd, &mut self.buf, stash)
     }
+    fn read_gate(&self) -> Option<&SharedFd> {
+        Some(&self.fd)
+    }
     fn salvage(&mut self, res: i32, stash: &mut Stash) {
         if res > 0 {
             let data = stash_received(&mut self.buf, res as usize);
@@ -547,6 +564,9 @@ impl<B: IoBufMut> OpAble for RecvFrom<B> {
         let fd = self.fd.raw();
         // SAFETY: the header points at a buffer and storage this op owns.
         syscall(|| unsafe { libc::recvmsg(fd, msg, 0) })
+    }
+    fn read_gate(&self) -> Option<&SharedFd> {
+        Some(&self.fd)
     }
     fn take_stashed(&mut self, stash: &mut Stash) -> Option<io::Result<u32>> {
         let mut item = stash.pop(&self.fd)?;

@@ -158,6 +158,19 @@ impl Uring {
         );
     }
 
+    /// Asks a receive back from the kernel (data for its fd was kept
+    /// meanwhile): its completion, `ECANCELED` or data, is then served from
+    /// the kept data first (`Ops::settle_kept`).
+    pub(super) fn recall(&mut self, key: usize) {
+        self.cancel(key);
+    }
+
+    /// Asks the kernel to end an op that stays with its handler: its
+    /// final completion (`ECANCELED`, or whatever came first) follows.
+    pub(super) fn cancel_keep(&mut self, key: usize) {
+        self.cancel(key);
+    }
+
     /// One `io_uring_enter`: submits what is queued, posts completions, and
     /// waits for one if `min_complete` is 1 (bounded by `timeout`).
     fn enter(&mut self, min_complete: u32, timeout: Option<Duration>) {
@@ -249,7 +262,7 @@ impl Uring {
             let key = (ud & !POLL_BIT) as usize;
             let slot = &mut self.ops.slab[key];
             slot.polling = false;
-            if matches!(slot.state, State::Ignored) {
+            if matches!(slot.state, State::Ignored) || slot.recalled {
                 self.ops.complete(
                     key,
                     Err(io::Error::from_raw_os_error(libc::ECANCELED)),

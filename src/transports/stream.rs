@@ -105,6 +105,10 @@ struct ReadSide {
     /// buffer keeps the connection moving.
     plain: Option<HandlerOp<Recv<Vec<u8>>>>,
     dry: bool,
+    /// `multi` was asked to end (reading paused): its last results and
+    /// its final completion are still to come, and no new receive starts
+    /// before that, so what it got is kept in order.
+    cancelling: bool,
 }
 
 /// The send op, made at the first send and reused for every send after it
@@ -249,18 +253,29 @@ impl Transport {
         drop((rd, wr));
     }
 
-    /// Brings the read side in line with the state: no receive while
-    /// paused or closed; otherwise data the driver kept first, then one
-    /// receive in flight.
+    /// Brings the read side in line with the state: no receive once
+    /// closed; while paused, the multishot receive is asked to end (what it
+    /// still gets is kept for later); otherwise data kept first, then one
+    /// receive in flight, started only once the previous one is over.
     fn pump_reader(&self) {
         let inner = &self.0;
         loop {
             {
                 let st = inner.st.borrow();
-                if st.closing || st.lost || st.read_eof || !st.reading {
+                if st.closing || st.lost || st.read_eof {
                     drop(st);
                     let rd = std::mem::take(&mut *inner.rd.borrow_mut());
                     drop(rd);
+                    return;
+                }
+                if !st.reading {
+                    drop(st);
+                    let rd = &mut *inner.rd.borrow_mut();
+                    if let (Some(m), false) = (&rd.multi, rd.cancelling) {
+                        rd.cancelling = true;
+                        m.cancel();
+                    }
+                    // (A plain receive stays: what it gets is kept.)
                     return;
                 }
             }
@@ -310,6 +325,12 @@ impl Transport {
             return;
         };
         let (r, b) = recv.finish(res);
+        if !self.0.st.borrow().reading {
+            // Paused meanwhile: keep the data for when reading resumes (an
+            // EOF or error is seen again by the next receive).
+            self.keep(&b, r);
+            return;
+        }
         match r {
             Ok(0) => self.eof(),
             Ok(_) => {
@@ -321,13 +342,44 @@ impl Transport {
         }
     }
 
+    /// Keeps what a receive got while reading was paused, for the next
+    /// receive (`pump_reader` serves it first).
+    fn keep(&self, data: &[u8], r: io::Result<usize>) {
+        if matches!(r, Ok(n) if n > 0) {
+            let fd = self.0.sock.borrow().as_ref().map(|s| s.shared().clone());
+            if let Some(fd) = fd {
+                self.0
+                    .lp
+                    .driver()
+                    .borrow_mut()
+                    .stash_data(&fd, data.to_vec());
+            }
+        }
+    }
+
     /// One result of the multishot receive, in order.
     fn on_received(&self, done: Done) {
         let inner = &self.0;
         // Anything but data ends the receive (as does the kernel's last
         // completion); it is armed again below while reading is on.
         if done.last || !matches!(done.res, Ok(v) if v != 0) {
-            inner.rd.borrow_mut().multi = None;
+            let mut rd = inner.rd.borrow_mut();
+            rd.multi = None;
+            rd.cancelling = false;
+        }
+        if !inner.st.borrow().reading {
+            // Paused: data is kept in order for the resume; the EOF or
+            // error that ended the receive is seen again by the next one.
+            if let Ok(v) = done.res {
+                if let Some(b) = RecvBuf::from_completion(&inner.pool, v) {
+                    self.keep(&b, Ok(b.len()));
+                }
+            }
+            if done.res == Err(libc::ENOBUFS) {
+                inner.pool.borrow_mut().ran_dry();
+                inner.rd.borrow_mut().dry = true;
+            }
+            return;
         }
         match done.res {
             Ok(0) => self.eof(),
@@ -357,16 +409,18 @@ impl Transport {
                 inner.rd.borrow_mut().dry = true;
                 self.pump_reader();
             }
+            // Our own cancel (reading was paused, and is on again).
+            Err(libc::ECANCELED) => self.pump_reader(),
             Err(e) => self.force_close(Some(io::Error::from_raw_os_error(e).into())),
         }
     }
 
-    /// A result of a multishot receive this transport gave up in this turn
-    /// (paused or closed before the loop got to it). Data is not lost: it
-    /// is delivered now if reading is on again (nothing newer can precede
-    /// it), kept for the next receive if reading is paused, and dropped
-    /// only once the transport is closing. EOF and errors are seen again by
-    /// the next receive.
+    /// A result of a multishot receive this transport gave up (closing,
+    /// or it ended on EOF or an error while results were still queued).
+    /// Data is not lost: it is delivered now if reading is on (nothing
+    /// newer can precede it), kept for the next receive if reading is
+    /// paused, and dropped only once the transport is closing. EOF and
+    /// errors are seen again by the next receive.
     fn on_stale_receive(&self, done: Done) {
         let inner = &self.0;
         let Ok(v) = done.res else { return };
