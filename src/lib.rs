@@ -75,7 +75,7 @@ mod timeouts;
 pub mod transports;
 
 pub use base_loop::{
-    EventLoop, LoopHandle, ProactorEventLoop, SelectorEventLoop, default_backend,
+    EventLoop, LoopHandle, ProactorEventLoop, SelectorEventLoop, UnhandledPanic, default_backend,
     proactor_available,
 };
 pub use connect::{ConnectOptions, DatagramOptions};

@@ -502,3 +502,55 @@ both_backends! {
         assert_eq!(lp.ops_in_flight(), 0);
     }
 }
+
+both_backends! {
+    fn a_panicking_callback_is_reported_and_the_loop_goes_on_by_default(lp) {
+        // asyncio's behaviour: the panic is reported, later callbacks run.
+        let seen = capture_handler(lp);
+        let log: Log = Rc::new(RefCell::new(Vec::new()));
+        assert_eq!(lp.unhandled_panic(), ringloop::UnhandledPanic::Ignore);
+        lp.call_soon(|| panic!("boom"));
+        lp.call_soon(push(&log, "after"));
+        let l2 = lp.clone();
+        lp.call_soon(move || l2.stop());
+        lp.run_forever().unwrap();
+        assert_eq!(*log.borrow(), ["after"]);
+        assert_eq!(seen.borrow().len(), 1);
+        assert!(matches!(&seen.borrow()[0].exception, Some(Error::Panic(m)) if m == "boom"));
+    }
+}
+
+both_backends! {
+    fn stop_loop_policy_returns_the_first_panic_from_run_forever(lp) {
+        // The callback that would have stopped the loop never runs: the
+        // panic stops it instead (`timeout 5 hello | head -1` no longer hangs).
+        let seen = capture_handler(lp);
+        lp.set_unhandled_panic(ringloop::UnhandledPanic::StopLoop);
+        let log: Log = Rc::new(RefCell::new(Vec::new()));
+        lp.call_soon(push(&log, "first"));
+        lp.call_soon(|| panic!("boom"));
+        lp.call_later(Duration::from_secs(3600), || unreachable!("the loop stopped"));
+        let err = lp.run_forever().unwrap_err();
+        assert!(matches!(&err, Error::Panic(m) if m == "boom"), "{err:?}");
+        assert_eq!(*log.borrow(), ["first"]);
+        assert_eq!(seen.borrow().len(), 1, "still reported");
+        // The panic is returned once; the loop runs again afterwards.
+        let r = lp.run_until_complete(async { 7 });
+        assert_eq!(r.unwrap(), 7);
+    }
+}
+
+both_backends! {
+    fn stop_loop_policy_stops_on_a_task_panic_even_with_its_handle_kept(lp) {
+        lp.set_unhandled_panic(ringloop::UnhandledPanic::StopLoop);
+        lp.set_exception_handler(Some(Rc::new(|_, _| {})));
+        let r = lp.run_until_complete(async {
+            let lp = get_running_loop().unwrap();
+            let t = lp.create_task(async { panic!("task boom") });
+            // Would wait forever: the task's panic stops the loop first.
+            sleep(Duration::from_secs(3600)).await.unwrap();
+            drop(t);
+        });
+        assert!(matches!(&r, Err(Error::Panic(m)) if m == "task boom"), "{r:?}");
+    }
+}

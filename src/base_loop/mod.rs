@@ -43,6 +43,24 @@ pub(crate) enum TurnEnd {
     Call(Rc<dyn crate::driver::Notify>),
 }
 
+/// What a loop does when a callback, a protocol callback or a task panics.
+///
+/// asyncio logs an exception that escapes a callback and goes on; so does
+/// ringloop by default ([`Ignore`](Self::Ignore)), reporting the panic
+/// through the exception handler. A program whose callback was to call
+/// `stop()` then runs on; [`StopLoop`](Self::StopLoop) (tokio's
+/// `unhandled_panic = "shutdown_runtime"`) stops the loop at the first
+/// panic and returns it from `run_forever` / `run_until_complete` as
+/// [`Error::Panic`]. A panic in a task counts even if its handle is kept.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum UnhandledPanic {
+    /// Report the panic through the exception handler and go on (asyncio's way).
+    #[default]
+    Ignore,
+    /// Report it, stop the loop, and return it from the call that runs the loop.
+    StopLoop,
+}
+
 /// A transport, told when its loop closes under it: it lets go of its
 /// protocol, its ops and its socket without callbacks (the peer sees EOF),
 /// which also breaks the protocol ⇄ transport cycle of a connection nobody
@@ -99,6 +117,9 @@ pub(crate) struct Core {
     pub(crate) watchers: RefCell<HashMap<(RawFd, bool), Watcher>>,
     /// Live transports, told at close ([`LoopClosing`]).
     transports: RefCell<Slab<Weak<dyn LoopClosing>>>,
+    unhandled_panic: Cell<UnhandledPanic>,
+    /// The first panic that stops the loop ([`UnhandledPanic::StopLoop`]).
+    panicked: RefCell<Option<String>>,
     me: Weak<Core>,
 }
 
@@ -232,6 +253,18 @@ impl Core {
                 .push_back(Ready::Task(idx, generation));
         }
         Task::from_cell(cell)
+    }
+
+    /// A panic was caught (callback, protocol, task): with
+    /// [`UnhandledPanic::StopLoop`] the loop stops and returns the first one.
+    pub(crate) fn note_panic(&self, msg: &str) {
+        if self.unhandled_panic.get() == UnhandledPanic::StopLoop {
+            let mut p = self.panicked.borrow_mut();
+            if p.is_none() {
+                *p = Some(msg.to_owned());
+            }
+            self.stopping.set(true);
+        }
     }
 
     /// Registers a live transport, to be told if the loop closes under it;
@@ -470,6 +503,8 @@ impl EventLoop {
             current: RefCell::new(None),
             watchers: RefCell::new(HashMap::new()),
             transports: RefCell::new(Slab::new()),
+            unhandled_panic: Cell::new(UnhandledPanic::Ignore),
+            panicked: RefCell::new(None),
             me: me.clone(),
         });
         Ok(EventLoop { core })
@@ -477,6 +512,29 @@ impl EventLoop {
 
     pub(crate) fn from_core(core: Rc<Core>) -> EventLoop {
         EventLoop { core }
+    }
+
+    /// What the loop does when a callback, a protocol callback or a task
+    /// panics (default [`UnhandledPanic::Ignore`], asyncio's behaviour).
+    ///
+    /// ```
+    /// use ringloop::prelude::*;
+    /// use ringloop::UnhandledPanic;
+    /// let lp = EventLoop::new().unwrap();
+    /// lp.set_unhandled_panic(UnhandledPanic::StopLoop);
+    /// lp.set_exception_handler(Some(std::rc::Rc::new(|_, _| {}))); // quiet
+    /// lp.call_soon(|| panic!("boom"));
+    /// let err = lp.run_forever().unwrap_err();
+    /// assert!(matches!(err, Error::Panic(m) if m == "boom"));
+    /// lp.close().unwrap();
+    /// ```
+    pub fn set_unhandled_panic(&self, policy: UnhandledPanic) {
+        self.core.unhandled_panic.set(policy);
+    }
+
+    /// See [`set_unhandled_panic`](Self::set_unhandled_panic).
+    pub fn unhandled_panic(&self) -> UnhandledPanic {
+        self.core.unhandled_panic.get()
     }
 
     /// The minimum duration of a callback that debug mode reports as slow
@@ -640,8 +698,12 @@ impl EventLoop {
         loop {
             self.run_once()?;
             if self.core.stopping.get() {
-                return Ok(());
+                break;
             }
+        }
+        match self.core.panicked.borrow_mut().take() {
+            Some(msg) => Err(Error::Panic(msg)),
+            None => Ok(()),
         }
     }
 
@@ -817,6 +879,14 @@ impl EventLoop {
     }
 
     pub(crate) fn call_exception_handler_impl(&self, ctx: ExceptionContext) {
+        if let Some(Error::Panic(msg)) = &ctx.exception {
+            self.core.note_panic(msg);
+        }
+        self.report_exception(ctx);
+    }
+
+    /// Calls the exception handler (a panic in `ctx` was noted already).
+    pub(crate) fn report_exception(&self, ctx: ExceptionContext) {
         let handler = self.core.handler.borrow().clone();
         match handler {
             None => default_handler(&ctx),

@@ -256,7 +256,11 @@ where
             }
             Err(p) => {
                 drop_quietly(&self.future);
-                self.finish(Err(Error::Panic(panic_message(&*p))));
+                let msg = panic_message(&*p);
+                if let Some(core) = self.header.core.upgrade() {
+                    core.note_panic(&msg);
+                }
+                self.finish(Err(Error::Panic(msg)));
                 true
             }
         }
@@ -358,7 +362,8 @@ impl<F: Future> Drop for TaskCell<F> {
         };
         match self.header.core.upgrade() {
             Some(core) if !core.is_closed_flag() => {
-                EventLoop::from_core(core).call_exception_handler_impl(ctx)
+                // (A panic stopped the loop when it happened, if asked to.)
+                EventLoop::from_core(core).report_exception(ctx)
             }
             _ => log::error!("{}: {:?}", ctx.message, ctx.exception),
         }
