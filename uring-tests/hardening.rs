@@ -22,6 +22,7 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use ringloop::prelude::*;
@@ -156,7 +157,7 @@ both_backends! {
 // overtaken by newer data.
 
 type ReadFut = Pin<Box<dyn Future<Output = Vec<u8>>>>;
-type Issue = Rc<dyn Fn() -> ReadFut>;
+type Issue = Rc<dyn Fn(&EventLoop) -> ReadFut>;
 type PeerSend = Box<dyn Fn(&[u8])>;
 type TaskSlot = Rc<RefCell<Option<Task<Vec<u8>>>>>;
 
@@ -168,14 +169,44 @@ struct ReadCase {
     fd: RawFd,
 }
 
+/// Both shapes, on the same fd: see [`dropped_in_flight`] and
+/// [`cancelled_after_completion`].
+fn cancelled_read_then_new_read(lp: &EventLoop, case: ReadCase) {
+    let t2 = dropped_in_flight(lp, &case);
+    check_reads(lp, &case, t2, "dropped in flight");
+    let t2 = cancelled_after_completion(lp, &case);
+    check_reads(lp, &case, t2, "cancelled after its completion was reaped");
+}
+
+/// A read is in flight in the kernel; "AAAA" arrives; between two turns
+/// its future is dropped and a new read is issued on the same fd, before
+/// any turn has completed the cancellation. Returns the new read's task.
+fn dropped_in_flight(lp: &EventLoop, case: &ReadCase) -> Task<Vec<u8>> {
+    let what = case.what;
+    let mut first = (case.read)(lp);
+    let mut cx = Context::from_waker(Waker::noop());
+    assert!(first.as_mut().poll(&mut cx).is_pending());
+    turns(lp, 2);
+    assert_eq!(lp.ops_in_flight(), 1, "{what}: the first read is in flight");
+    (case.send)(b"AAAA");
+    // (Let the kernel's wake-up reach the ring or the epoll instance.)
+    std::thread::sleep(Duration::from_millis(2));
+    drop(first);
+    // Issued now: it may even be served at once.
+    let mut second = (case.read)(lp);
+    match second.as_mut().poll(&mut cx) {
+        Poll::Ready(v) => lp.create_task(async move { v }),
+        Poll::Pending => lp.create_task(second),
+    }
+}
+
 /// A read is in flight; "AAAA" arrives; in the turn its completion is
 /// reaped, a callback ahead of the reading task cancels that task and
 /// issues a new read on the same fd at once (an eager task), before the
-/// cancelled read's future is dropped. Then "BBBB" is sent. The reads must
-/// see AAAA (without waiting for more data) and then BBBB.
-fn cancelled_read_then_new_read(lp: &EventLoop, case: ReadCase) {
+/// cancelled read's future is dropped. Returns the new read's task.
+fn cancelled_after_completion(lp: &EventLoop, case: &ReadCase) -> Task<Vec<u8>> {
     let what = case.what;
-    let t1 = lp.create_task((case.read)());
+    let t1 = lp.create_task((case.read)(lp));
     turns(lp, 2);
     assert_eq!(lp.ops_in_flight(), 1, "{what}: the first read is in flight");
     (case.send)(b"AAAA");
@@ -185,7 +216,7 @@ fn cancelled_read_then_new_read(lp: &EventLoop, case: ReadCase) {
     lp.call_soon(move || {
         assert!(t1c.cancel(None), "the first read is still pending");
         let lp = get_running_loop().unwrap();
-        *s2.borrow_mut() = Some(lp.create_task(rd()));
+        *s2.borrow_mut() = Some(lp.create_task(rd(&lp)));
     })
     .unwrap();
     turns(lp, 1);
@@ -196,8 +227,14 @@ fn cancelled_read_then_new_read(lp: &EventLoop, case: ReadCase) {
         "{what}: the cancelled task never ended"
     );
     assert!(t1.cancelled(), "{what}: the first task was cancelled");
-    // Nothing more is sent yet: the new read must be served what the
-    // cancelled one got.
+    t2
+}
+
+/// With "AAAA" sent and a new read `t2` issued: the new read must be served
+/// AAAA without more data; then "BBBB" is sent, and the reads must see AAAA
+/// then BBBB.
+fn check_reads(lp: &EventLoop, case: &ReadCase, t2: Task<Vec<u8>>, shape: &str) {
+    let what = case.what;
     let got_first = run_until(lp, Duration::from_secs(3), || t2.done());
     let stashed = lp.stashed_bytes(case.fd);
     (case.send)(b"BBBB");
@@ -208,32 +245,36 @@ fn cancelled_read_then_new_read(lp: &EventLoop, case: ReadCase) {
         t2.cancel(None);
     }
     while reads.concat().len() < 8 && reads.len() < 4 {
-        let t = lp.create_task((case.read)());
+        let t = lp.create_task((case.read)(lp));
         if !run_until(lp, Duration::from_secs(3), || t.done()) {
             t.cancel(None);
             break;
         }
         reads.push(t.result().unwrap());
     }
+    turns(lp, 2);
     let shown: Vec<String> = reads
         .iter()
         .map(|r| String::from_utf8_lossy(r).into_owned())
         .collect();
     assert!(
         got_first,
-        "issue 11 item 2 ({what}): the new read got nothing while the cancelled read's \
-         {stashed} bytes sat in the stash; after BBBB was sent the reads saw {shown:?}"
+        "issue 11 item 2 ({what}, first read {shape}): the new read got nothing while the \
+         cancelled read's {stashed} bytes sat in the stash; after BBBB was sent the reads saw \
+         {shown:?}"
     );
     assert_eq!(
         reads.concat(),
         b"AAAABBBB",
-        "issue 11 item 2 ({what}): the reads must see AAAA then BBBB, saw {shown:?}"
+        "issue 11 item 2 ({what}, first read {shape}): the reads must see AAAA then BBBB, saw \
+         {shown:?}"
     );
     assert_eq!(
         lp.stashed_bytes(case.fd),
         0,
         "{what}: nothing left in the stash"
     );
+    assert_eq!(lp.ops_in_flight(), 0, "{what}: no read left in flight");
 }
 
 both_backends! {
@@ -244,9 +285,9 @@ both_backends! {
         let s = sock.clone();
         cancelled_read_then_new_read(lp, ReadCase {
             what: "sock_recv on TCP",
-            read: Rc::new(move || {
-                let s = s.clone();
-                Box::pin(async move { get_running_loop().unwrap().sock_recv(&s, 4096).await.unwrap() })
+            read: Rc::new(move |lp| {
+                let (lp, s) = (lp.clone(), s.clone());
+                Box::pin(async move { lp.sock_recv(&s, 4096).await.unwrap() })
             }),
             send: Box::new(move |d| (&peer).write_all(d).unwrap()),
             fd,
@@ -264,11 +305,9 @@ both_backends! {
         let s = sock.clone();
         cancelled_read_then_new_read(lp, ReadCase {
             what: "sock_recvfrom on UDP",
-            read: Rc::new(move || {
-                let s = s.clone();
-                Box::pin(async move {
-                    get_running_loop().unwrap().sock_recvfrom(&s, 4096).await.unwrap().0
-                })
+            read: Rc::new(move |lp| {
+                let (lp, s) = (lp.clone(), s.clone());
+                Box::pin(async move { lp.sock_recvfrom(&s, 4096).await.unwrap().0 })
             }),
             send: Box::new(move |d| {
                 peer.send_to(d, addr).unwrap();
@@ -286,10 +325,9 @@ both_backends! {
         let r2 = r.clone();
         cancelled_read_then_new_read(lp, ReadCase {
             what: "pipe_read_into",
-            read: Rc::new(move || {
-                let r = r2.clone();
+            read: Rc::new(move |lp| {
+                let (lp, r) = (lp.clone(), r2.clone());
                 Box::pin(async move {
-                    let lp = get_running_loop().unwrap();
                     let (n, buf) = lp.pipe_read_into(&r, Vec::with_capacity(4096)).await;
                     n.unwrap();
                     buf
