@@ -42,8 +42,8 @@ struct ReaderState {
 
 /// Reads from a connection. Equivalent to `asyncio.StreamReader`.
 ///
-/// Clones share the buffer. Reads wait for data; at most `limit` bytes are
-/// searched for a separator (more than twice the limit buffered pauses the
+/// Clones share the buffer. Reads wait for data; at most `limit` bytes may
+/// come before a separator (more than twice the limit buffered pauses the
 /// transport until the reader catches up).
 #[derive(Clone)]
 pub struct StreamReader {
@@ -168,6 +168,11 @@ impl StreamReader {
     ///
     /// The connection's error.
     pub async fn read(&self, n: isize) -> Result<Bytes> {
+        // asyncio raises the connection's error before it looks at `n` or
+        // at EOF.
+        if let Some(e) = &self.st.borrow().exc {
+            return Err(e.clone());
+        }
         if n == 0 {
             return Ok(Bytes::new());
         }
@@ -235,16 +240,18 @@ impl StreamReader {
     ///
     /// # Errors
     ///
-    /// [`Error::LimitOverrun`] when the separator is not within the limit
-    /// (the data stays buffered, as in asyncio); [`Error::IncompleteRead`]
+    /// [`Error::LimitOverrun`] when more than `limit` bytes come before the
+    /// separator (asyncio's limit does not count the separator; the data
+    /// stays buffered, as in asyncio); [`Error::IncompleteRead`]
     /// at EOF without the separator (the bytes are consumed);
     /// [`Error::InvalidArgument`] for an empty separator.
     pub async fn readuntil(&self, separator: &[u8]) -> Result<Bytes> {
         self.readuntil_any(&[separator]).await
     }
 
-    /// Reads up to and including whichever of `separators` comes first
-    /// (the shortest match at the earliest position).
+    /// Reads up to and including whichever of `separators` ends first: the
+    /// shortest result that ends with any of them. On a tie the shorter
+    /// separator is the one that matched, also for the limit.
     ///
     /// Equivalent to `StreamReader.readuntil` with a tuple of separators.
     ///
@@ -257,7 +264,7 @@ impl StreamReader {
                 "separator should be at least one byte".into(),
             ));
         }
-        let min_len = separators.iter().map(|s| s.len()).min().unwrap_or(1);
+        let max_len = separators.iter().map(|s| s.len()).max().unwrap_or(1);
         let mut offset = 0;
         loop {
             {
@@ -265,28 +272,28 @@ impl StreamReader {
                 if let Some(e) = &st.exc {
                     return Err(e.clone());
                 }
+                // The earliest end wins, then the shorter separator.
                 let found = separators
                     .iter()
                     .filter_map(|sep| {
                         find(&st.buf[offset.min(st.buf.len())..], sep)
-                            .map(|i| (i + offset, sep.len()))
+                            .map(|i| (i + offset + sep.len(), sep.len()))
                     })
-                    .min_by_key(|&(i, l)| (i, l));
-                if let Some((i, l)) = found {
-                    if i + l > self.limit {
-                        return Err(Error::LimitOverrun { consumed: i });
+                    .min();
+                if let Some((end, l)) = found {
+                    // The limit counts the data, not the separator (asyncio).
+                    if end - l > self.limit {
+                        return Err(Error::LimitOverrun { consumed: end - l });
                     }
                     drop(st);
-                    return Ok(self.take(i + l));
+                    return Ok(self.take(end));
                 }
-                // Next time start where a separator could still begin.
-                offset = (st.buf.len() + 1).saturating_sub(
-                    min_len.max(separators.iter().map(|s| s.len()).max().unwrap_or(1)),
-                );
-                if st.buf.len() > self.limit {
-                    return Err(Error::LimitOverrun {
-                        consumed: st.buf.len(),
-                    });
+                // No separator starts before `offset` (one starting there
+                // may still be arriving): search from there next time, and
+                // fail once even that is past the limit.
+                offset = (st.buf.len() + 1).saturating_sub(max_len);
+                if offset > self.limit {
+                    return Err(Error::LimitOverrun { consumed: offset });
                 }
                 if st.eof {
                     drop(st);
@@ -309,9 +316,9 @@ impl StreamReader {
     ///
     /// # Errors
     ///
-    /// [`Error::LimitOverrun`] for a line longer than the limit (the
-    /// over-long data is discarded, as asyncio's ValueError path does);
-    /// the connection's error.
+    /// [`Error::LimitOverrun`] for a line longer than the limit, its `\n`
+    /// not counted (the over-long data is discarded, as asyncio's
+    /// ValueError path does); the connection's error.
     pub async fn readline(&self) -> Result<Bytes> {
         match self.readuntil(b"\n").await {
             Ok(l) => Ok(l),
