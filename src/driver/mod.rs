@@ -589,7 +589,16 @@ impl Ops {
         match std::mem::replace(&mut slot.state, State::Ignored) {
             State::Done(res) => {
                 let raw = res.map_or(-1, |n| n as i32);
+                // A finished receive's data is older than anything kept for
+                // its fd (what was kept when it completed came first, see
+                // `settle_kept`; what came later is newer): it goes first.
+                let before = slot.op.read_gate().map(|fd| self.stash.items(fd));
                 slot.op.salvage(raw, &mut self.stash);
+                if let (Some(n), Some(fd)) = (before, slot.op.read_gate()) {
+                    if self.stash.items(fd) > n {
+                        self.stash.last_to_front(fd);
+                    }
+                }
                 self.salvaged(key);
                 let slot = self.remove(key);
                 self.release(slot.op);
@@ -747,8 +756,11 @@ impl Driver {
                 let slot = &mut ops.slab[key];
                 slot.deferred = false;
                 if let Some(res) = slot.op.take_stashed(&mut ops.stash) {
+                    // (Served from the kept data: not `complete`, which
+                    // would put it behind what is left of that data.)
                     ops.stats.stash_hits += 1;
-                    ops.complete(key, res, false);
+                    ops.hold(key);
+                    ops.finish_waiting(key, res, false);
                     continue;
                 }
                 each!(self, d => d.resubmit(key));

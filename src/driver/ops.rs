@@ -140,6 +140,23 @@ impl Stash {
         self.map.entry(fd).or_default().push_front(item);
     }
 
+    /// Items kept for `fd`.
+    pub(crate) fn items(&self, fd: &SharedFd) -> usize {
+        self.map
+            .get(&fd.raw())
+            .map_or(0, |q| q.iter().filter(|s| s.id == fd.id()).count())
+    }
+
+    /// Moves the item pushed last for `fd` to the front: data of a receive
+    /// that had finished before anything now kept arrived (it is older).
+    pub(crate) fn last_to_front(&mut self, fd: &SharedFd) {
+        if let Some(q) = self.map.get_mut(&fd.raw()) {
+            if let Some(item) = q.pop_back() {
+                q.push_front(item);
+            }
+        }
+    }
+
     /// Is anything kept for `fd`?
     pub(crate) fn has(&self, fd: &SharedFd) -> bool {
         !self.map.is_empty()
