@@ -670,8 +670,16 @@ both_backends! {
             trip_result.is_ok() && n == ROUND_TRIPS,
             "issue 11 item 10: {n} of {ROUND_TRIPS} round trips completed during the flood: {trip_result:?}"
         );
+        // Under AddressSanitizer (.ci/asan sets ASAN_OPTIONS) freed memory
+        // sits in ASan's quarantine and shadow memory adds to RSS: the bound
+        // is wider there (the unbounded selector grew by 75-537 MiB).
+        let bound = if std::env::var_os("ASAN_OPTIONS").is_some() {
+            160 * MIB
+        } else {
+            64 * MIB
+        };
         assert!(
-            grown < 64 * MIB,
+            grown < bound,
             "issue 11 item 10: the server's peak RSS grew by {} MiB under a flood of {FLOODERS} \
              x {} MiB at paused protocols (by the end of the round trips the flooders had sent \
              {} MiB)",
