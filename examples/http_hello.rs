@@ -270,10 +270,13 @@ fn parse_length(v: &[u8]) -> Option<u64> {
 /// fires with no request since, closes the connection (at once if the
 /// client does not even read what is buffered for it).
 fn arm(t: Transport, idle: Rc<Idle>, timeout: Duration) {
-    let when = idle.last.get() + timeout;
+    // (A timeout past the clock's range: never.)
+    let Some(when) = idle.last.get().checked_add(timeout) else {
+        return;
+    };
     let (t2, idle2) = (t.clone(), idle.clone());
     let timer = t.get_loop().call_at(when, move || {
-        if Instant::now() < idle2.last.get() + timeout {
+        if idle2.last.get() > when - timeout {
             return arm(t2, idle2, timeout);
         }
         debug!("no request for {timeout:?}: closing");
@@ -457,13 +460,15 @@ fn main() -> ExitCode {
         Ok(a) => a,
         Err(code) => return code,
     };
-    let timeout = match args.get::<f64>(USAGE, "--timeout") {
+    let timeout = match args.get::<String>(USAGE, "--timeout") {
         Ok(None) => Duration::from_secs(10),
-        Ok(Some(s)) if s.is_finite() && s >= 0.0 => Duration::from_secs_f64(s),
-        Ok(Some(s)) => {
-            eprintln!("error: --timeout {s} is not a number of seconds\n\n{USAGE}");
-            return ExitCode::from(2);
-        }
+        Ok(Some(v)) => match v.parse().map(Duration::try_from_secs_f64) {
+            Ok(Ok(d)) => d,
+            _ => {
+                eprintln!("error: --timeout {v:?} is not a number of seconds\n\n{USAGE}");
+                return ExitCode::from(2);
+            }
+        },
         Err(code) => return code,
     };
     common::exit(ringloop::run(async move {
