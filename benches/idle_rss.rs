@@ -19,6 +19,12 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 fn main() {
+    // RUST_LOG drives the logger (info by default): RUST_LOG=ringloop=debug
+    // shows the loop's own messages.
+    let _ = env_logger::Builder::new()
+        .filter_level(log::LevelFilter::Info)
+        .parse_env(env_logger::Env::default())
+        .try_init();
     echo_server::serve_if_asked();
     let args: Vec<String> = std::env::args().collect();
     let n = if args.iter().any(|a| a == "--quick") {

@@ -71,6 +71,12 @@ fn run(zc: bool, size: usize, n: usize) -> f64 {
 }
 
 fn main() {
+    // RUST_LOG drives the logger (info by default): RUST_LOG=ringloop=debug
+    // shows the loop's own messages.
+    let _ = env_logger::Builder::new()
+        .filter_level(log::LevelFilter::Info)
+        .parse_env(env_logger::Env::default())
+        .try_init();
     let quick = std::env::args().any(|a| a == "--quick");
     let (total, rounds) = if quick { (8 << 20, 1) } else { (256 << 20, 5) };
     for size in [16 * 1024, 100 * 1024, 1 << 20] {

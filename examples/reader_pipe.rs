@@ -4,15 +4,19 @@
 //!
 //! `cargo run --example reader_pipe`
 
+mod common;
+
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
+use log::info;
 use nix::fcntl::OFlag;
 use ringloop::prelude::*;
 
 fn main() -> ringloop::Result<()> {
+    common::init_logging();
     let lp = EventLoop::new()?;
-    println!("backend: {}", lp.backend());
+    info!("backend: {}", lp.backend());
     let (r, w) =
         nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC).map_err(std::io::Error::from)?;
     let fd = r.as_raw_fd();
@@ -27,7 +31,7 @@ fn main() -> ringloop::Result<()> {
                 l2.stop();
             }
             Ok(n) => {
-                println!(
+                info!(
                     "reader callback got {:?}",
                     String::from_utf8_lossy(&buf[..n])
                 );
@@ -49,7 +53,8 @@ fn main() -> ringloop::Result<()> {
     writer.join().expect("writer thread");
     assert_eq!(&*got.borrow(), b"hello from another thread");
     println!(
-        "read {:?}; driver: {:?}",
+        "reader_pipe ({}): read {:?}; driver: {:?}",
+        lp.backend(),
         String::from_utf8_lossy(&got.borrow()),
         lp.driver_stats()
     );

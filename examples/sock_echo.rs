@@ -1,12 +1,25 @@
 //! A TCP echo server on the low-level socket API only (`sock_accept`,
 //! `sock_recv_into`, `sock_sendall`) and multishot accept (`Acceptor`).
+//! Each connection reads only after its previous echo is sent, so a client
+//! that does not read is not read from either.
 //!
-//! `cargo run --example sock_echo -- --serve 127.0.0.1:9000` serves; with
-//! no arguments it starts on a free port, runs clients against itself,
-//! checks the echoes, prints the driver's counters, and exits.
+//! `cargo run --example sock_echo -- --serve 127.0.0.1:9000` serves until
+//! Ctrl-C; with no arguments it starts on a free port, runs clients against
+//! itself, checks the echoes, prints the driver's counters, and exits.
 
+mod common;
+
+use std::process::ExitCode;
+
+use log::{info, warn};
 use ringloop::Acceptor;
 use ringloop::prelude::*;
+
+const USAGE: &str = "usage: sock_echo [--serve ADDR]
+
+  --serve ADDR   serve on ADDR (127.0.0.1:P, [::1]:P or localhost:P) until Ctrl-C;
+                 without it, check the server against itself and exit
+  RUST_LOG=ringloop=debug shows the loop's own messages";
 
 /// Echoes one connection until EOF, reusing one owned buffer.
 async fn echo(lp: EventLoop, conn: Socket) {
@@ -33,36 +46,37 @@ async fn serve(lp: EventLoop, listener: Socket) {
                 lp.create_task(echo(lp.clone(), conn));
             }
             Err(e) => {
-                eprintln!("accept failed: {e}");
+                warn!("accept failed: {e}");
                 let _ = ringloop::sleep(std::time::Duration::from_millis(100)).await;
             }
         }
     }
 }
 
-fn main() -> ringloop::Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    ringloop::run(async move {
+fn main() -> ExitCode {
+    common::init_logging();
+    let args = match common::Args::parse(USAGE, &[]) {
+        Ok(a) => a,
+        Err(code) => return code,
+    };
+    common::exit(ringloop::run(async move {
         let lp = get_running_loop()?;
-        let addr = args
-            .iter()
-            .position(|a| a == "--serve")
-            .and_then(|i| args.get(i + 1))
-            .map(|a| a.parse().expect("--serve HOST:PORT"));
-        let listener = Socket::tcp_listener(&addr.unwrap_or("127.0.0.1:0".parse().unwrap()), 128)?;
-        let local = listener.local_addr()?;
-        println!(
-            "sock_* echo server ({}) on {:?}",
-            lp.backend(),
-            local.as_socket()
+        let serving = args.serve.is_some();
+        let addr = args.serve.map_or_else(
+            || "127.0.0.1:0".parse().expect("literal"),
+            |a| a.socket_addr(),
         );
+        let listener = Socket::tcp_listener(&addr, 128)?;
+        let local = listener.local_addr()?;
+        let inet = local.as_socket().expect("inet");
+        info!("sock_* echo server ({}) on {inet}", lp.backend());
         let server = lp.create_task(serve(lp.clone(), listener));
-        if addr.is_some() {
+        if serving {
             server.await?;
             return Ok(());
         }
         for i in 0..10u8 {
-            let client = Socket::tcp_for(&local.as_socket().expect("inet"))?;
+            let client = Socket::tcp_for(&inet)?;
             lp.sock_connect(&client, &local).await?;
             let msg = vec![b'a' + i; 4096 * (i as usize + 1)];
             lp.sock_sendall(&client, msg.clone()).await?;
@@ -73,10 +87,11 @@ fn main() -> ringloop::Result<()> {
             assert_eq!(got, msg, "echo mismatch");
         }
         println!(
-            "10 clients echoed correctly; driver: {:?}",
+            "sock_echo ({}): 10 clients echoed correctly; driver: {:?}",
+            lp.backend(),
             lp.driver_stats()
         );
         server.cancel(None);
         Ok(())
-    })?
+    }))
 }

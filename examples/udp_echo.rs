@@ -1,14 +1,25 @@
 //! A UDP echo endpoint (asyncio's `create_datagram_endpoint`).
 //!
 //! `cargo run --release --example udp_echo -- --serve 127.0.0.1:9999`
-//! serves; with no arguments it echoes a few datagrams to itself and exits.
+//! serves until Ctrl-C; with no arguments it echoes a few datagrams to
+//! itself and exits.
+
+mod common;
 
 use std::cell::RefCell;
+use std::process::ExitCode;
 use std::rc::Rc;
 use std::time::Duration;
 
+use log::info;
 use ringloop::prelude::*;
 use ringloop::{DatagramOptions, DatagramProtocol, DatagramTransport};
+
+const USAGE: &str = "usage: udp_echo [--serve ADDR]
+
+  --serve ADDR   serve on ADDR (127.0.0.1:P, [::1]:P or localhost:P) until Ctrl-C;
+                 without it, echo a few datagrams to itself and exit
+  RUST_LOG=ringloop=debug shows the loop's own messages";
 
 struct Echo {
     transport: Option<DatagramTransport>,
@@ -34,20 +45,19 @@ impl DatagramProtocol for Collect {
     }
 }
 
-fn main() -> ringloop::Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    ringloop::run(async move {
+fn main() -> ExitCode {
+    common::init_logging();
+    let args = match common::Args::parse(USAGE, &[]) {
+        Ok(a) => a,
+        Err(code) => return code,
+    };
+    common::exit(ringloop::run(async move {
         let lp = get_running_loop()?;
-        let serve = args
-            .iter()
-            .position(|a| a == "--serve")
-            .and_then(|i| args.get(i + 1))
-            .cloned();
-        let local = serve
-            .clone()
-            .unwrap_or_else(|| "127.0.0.1:0".into())
-            .parse()
-            .expect("HOST:PORT");
+        let serving = args.serve.is_some();
+        let local = args.serve.map_or_else(
+            || "127.0.0.1:0".parse().expect("literal"),
+            |a| a.socket_addr(),
+        );
         let server = lp
             .create_datagram_endpoint(
                 || Echo { transport: None },
@@ -61,8 +71,8 @@ fn main() -> ringloop::Result<()> {
             .sockname()
             .and_then(|a| a.as_socket())
             .expect("bound");
-        println!("udp echo ({}) on {addr}", lp.backend());
-        if serve.is_some() {
+        info!("udp echo ({}) on {addr}", lp.backend());
+        if serving {
             return std::future::pending::<ringloop::Result<()>>().await;
         }
         let got = Rc::new(RefCell::new(Collect::default()));
@@ -84,15 +94,20 @@ fn main() -> ringloop::Result<()> {
         ringloop::wait_for(
             async {
                 while got.borrow().0.len() < 5 {
-                    ringloop::sleep(Duration::from_millis(1)).await.unwrap();
+                    ringloop::sleep(Duration::from_millis(1)).await?;
                 }
+                Ok::<_, ringloop::Error>(())
             },
             Duration::from_secs(5),
         )
-        .await?;
-        println!("udp echo: {} datagrams came back", got.borrow().0.len());
+        .await??;
+        println!(
+            "udp_echo ({}): {} datagrams came back",
+            lp.backend(),
+            got.borrow().0.len()
+        );
         client.close();
         server.close();
         Ok(())
-    })?
+    }))
 }

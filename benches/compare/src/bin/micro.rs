@@ -3,7 +3,7 @@
 //! process. Rounds are interleaved (P S T, P S T, …) and the median of each
 //! is reported with the tokio/ringloop ratio.
 //!
-//! `cargo run --release -p ringloop-compare [-- --quick] [--only NAME]`
+//! `cargo run --release -p ringloop-compare --bin micro [-- --quick] [--only NAME]`
 
 use std::cell::Cell;
 use std::hint::black_box;
@@ -11,6 +11,16 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use ringloop::prelude::*;
+
+#[path = "../cli.rs"]
+mod cli;
+
+const USAGE: &str = "usage: micro [--quick] [--only TEXT]
+
+  (no arguments)  every micro benchmark, 5 rounds, on the proactor, the selector and tokio
+  --quick         the few-second CI form (n / 100, one round)
+  --only TEXT     only the benches whose name contains TEXT (profiling)
+  RUST_LOG=ringloop=debug shows the loop's own messages";
 
 #[derive(Clone, Copy)]
 enum Rt {
@@ -439,7 +449,20 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 fn main() {
-    let quick = std::env::args().any(|a| a == "--quick");
+    cli::init_logging();
+    let (mut quick, mut only) = (false, None::<String>);
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--help" | "-h" => return println!("{USAGE}"),
+            "--quick" => quick = true,
+            "--only" => match args.next() {
+                Some(t) => only = Some(t),
+                None => cli::usage_error("--only needs a value", USAGE),
+            },
+            _ => cli::usage_error(&format!("unknown argument {a:?}"), USAGE),
+        }
+    }
     let scale = if quick { 100 } else { 1 };
     let rounds = if quick { 1 } else { 5 };
     let benches: &[(&str, Work, usize)] = &[
@@ -475,12 +498,6 @@ fn main() {
         "| bench | ringloop proactor ns/op | ringloop selector ns/op | tokio ns/op | tokio / proactor |"
     );
     println!("|---|---:|---:|---:|---:|");
-    // `--only TEXT`: just the benches whose name contains TEXT (profiling).
-    let args: Vec<String> = std::env::args().collect();
-    let only = args
-        .iter()
-        .position(|a| a == "--only")
-        .and_then(|i| args.get(i + 1).cloned());
     for (name, work, n) in benches {
         if only.as_ref().is_some_and(|o| !name.contains(o.as_str())) {
             continue;

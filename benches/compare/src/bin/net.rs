@@ -24,6 +24,8 @@ use std::time::{Duration, Instant};
 use ringloop::prelude::*;
 use ringloop::{Protocol, RecvBuf, Transport};
 
+#[path = "../cli.rs"]
+mod cli;
 #[path = "../../../common/load.rs"]
 mod client;
 #[path = "../floor.rs"]
@@ -655,33 +657,86 @@ fn svg(rows: &[(usize, usize, Vec<f64>)], conns: usize) -> String {
     s + "</svg>\n"
 }
 
+/// The usage, with every server kind `--server` takes.
+fn usage() -> String {
+    let kinds: Vec<&str> = SERVERS.iter().chain(HTTP_SERVERS.iter()).copied().collect();
+    format!(
+        "usage: net [--quick | --counters-only]
+       net --server KIND [--quit-after N]
+       net --client PORT SIZE CONNS SECS [REQUESTS]
+
+  (no arguments)    the whole benchmark: TCP echo, HTTP hello (wrk), counters
+  --quick           the few-second CI form
+  --counters-only   only syscalls and instructions per request
+  --server KIND     run one server and print `PORT p` (for profiling); with
+                    --quit-after N, exit once N connections have closed.
+                    KIND is one of:
+                    {}
+  --client ...      one load run of SIZE-byte echoes over CONNS connections
+                    for SECS seconds (or REQUESTS requests) against PORT
+  RUST_LOG=ringloop=debug shows the loop's own messages",
+        kinds.join("\n                    ")
+    )
+}
+
+/// The value after `flag`, parsed, or a usage error.
+fn value<T: std::str::FromStr>(
+    args: &mut impl Iterator<Item = String>,
+    flag: &str,
+    what: &str,
+) -> T {
+    match args.next() {
+        Some(v) => v.parse().unwrap_or_else(|_| {
+            cli::usage_error(&format!("{flag}: {what} {v:?} does not parse"), &usage())
+        }),
+        None => cli::usage_error(&format!("{flag} needs {what}"), &usage()),
+    }
+}
+
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    if let Some(i) = args.iter().position(|a| a == "--server") {
-        let quit = args
-            .iter()
-            .position(|a| a == "--quit-after")
-            .and_then(|j| args.get(j + 1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        serve(&args[i + 1], quit);
+    cli::init_logging();
+    let (mut quick, mut counters_only, mut quit) = (false, false, 0usize);
+    let (mut server, mut client) = (None::<String>, None);
+    let mut args = std::env::args().skip(1).peekable();
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--help" | "-h" => return println!("{}", usage()),
+            "--quick" => quick = true,
+            "--counters-only" => counters_only = true,
+            "--quit-after" => quit = value(&mut args, "--quit-after", "a number"),
+            "--server" => match args.next() {
+                Some(k) if SERVERS.contains(&k.as_str()) || HTTP_SERVERS.contains(&k.as_str()) => {
+                    server = Some(k)
+                }
+                Some(k) => cli::usage_error(&format!("unknown server kind {k:?}"), &usage()),
+                None => cli::usage_error("--server needs a KIND", &usage()),
+            },
+            "--client" => {
+                let port: u16 = value(&mut args, "--client", "a PORT");
+                let size: usize = value(&mut args, "--client", "a SIZE");
+                let conns: usize = value(&mut args, "--client", "a number of CONNS");
+                let secs: f64 = value(&mut args, "--client", "SECS");
+                let reqs = match args.peek() {
+                    Some(r) if !r.starts_with("--") => {
+                        Some(value::<usize>(&mut args, "--client", "REQUESTS"))
+                    }
+                    _ => None,
+                };
+                client = Some((port, size, conns, secs, reqs));
+            }
+            _ => cli::usage_error(&format!("unknown argument {a:?}"), &usage()),
+        }
+    }
+    if let Some(kind) = server {
+        serve(&kind, quit);
         return;
     }
-    if let Some(i) = args.iter().position(|a| a == "--client") {
-        // `--client PORT SIZE CONNS SECS [REQUESTS]`: one load run against
-        // a server started by hand (for profiling).
-        let v = |k: usize| {
-            args[i + k]
-                .parse::<f64>()
-                .expect("--client PORT SIZE CONNS SECS [REQUESTS]")
-        };
-        let reqs = args.get(i + 5).map(|_| v(5) as usize);
-        let r = load(v(1) as u16, v(2) as usize, v(3) as usize, v(4), reqs);
+    if let Some((port, size, conns, secs, reqs)) = client {
+        // One load run against a server started by hand (for profiling).
+        let r = load(port, size, conns, secs, reqs);
         println!("{r:.0} req/s");
         return;
     }
-    let quick = args.iter().any(|a| a == "--quick");
-    let counters_only = args.iter().any(|a| a == "--counters-only");
     let (sizes, conc, rounds, secs): (&[usize], &[usize], usize, f64) = if counters_only {
         (&[], &[], 0, 0.0)
     } else if quick {
