@@ -18,7 +18,9 @@ use ringloop::{Protocol, Transport};
 use support::{LIMIT, Watchdog, run_until, turns};
 
 // ---------------------------------------------------------------------------
-// Item 6: add_reader on a just-reused fd number must fire.
+// Item 6: add_reader on a just-reused fd number must fire. Every test in
+// this file is `serial`: the item 6 tests put a new file on a number they
+// just closed (dup3), which a test running in parallel could have taken.
 
 fn nonblocking_pipe() -> (OwnedFd, OwnedFd) {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_NONBLOCK | nix::fcntl::OFlag::O_CLOEXEC).unwrap()
@@ -67,7 +69,7 @@ fn assert_new_reader_fires(
 }
 
 both_backends! {
-    fn add_reader_on_a_reused_fd_number_fires_when_swapped_in_its_own_callback(lp) {
+    serial fn add_reader_on_a_reused_fd_number_fires_when_swapped_in_its_own_callback(lp) {
         // The old fd's reader fires; in that callback it removes itself,
         // closes the fd, opens a new file on the same number and adds a
         // reader for it, all before the next turn.
@@ -110,7 +112,7 @@ both_backends! {
 }
 
 both_backends! {
-    fn add_reader_on_a_reused_fd_number_fires_when_swapped_in_another_callback(lp) {
+    serial fn add_reader_on_a_reused_fd_number_fires_when_swapped_in_another_callback(lp) {
         // The old reader has fired once and is armed again; one plain
         // callback removes it, closes the fd, reopens the number and adds
         // a reader, all before the next turn.
@@ -241,7 +243,7 @@ fn connected_and_stopped(
 }
 
 both_backends! {
-    fn a_write_made_while_the_loop_is_stopped_goes_out_at_once(lp) {
+    serial fn a_write_made_while_the_loop_is_stopped_goes_out_at_once(lp) {
         let (server, ts, server_side) = connected_and_stopped(lp, 1);
         let t = &ts[0];
         server_side.borrow_mut().stop_at = Some(b"early late".len());
@@ -261,7 +263,7 @@ both_backends! {
 }
 
 both_backends! {
-    fn a_close_made_while_the_loop_is_stopped_goes_out_at_once(lp) {
+    serial fn a_close_made_while_the_loop_is_stopped_goes_out_at_once(lp) {
         // Two connections: one reading (its receive is in flight) and one
         // paused (nothing in flight: no completion can end the wait).
         let (server, ts, server_side) = connected_and_stopped(lp, 2);
@@ -291,7 +293,7 @@ both_backends! {
 // default must stay this.
 
 both_backends! {
-    fn a_panicking_callback_is_reported_and_the_loop_goes_on(lp) {
+    serial fn a_panicking_callback_is_reported_and_the_loop_goes_on(lp) {
         let reported = Rc::new(RefCell::new(Vec::new()));
         let r2 = reported.clone();
         lp.set_exception_handler(Some(Rc::new(move |_lp: &EventLoop, ctx: &ringloop::ExceptionContext| {
