@@ -755,8 +755,8 @@ impl EventLoop {
             self.run_ready(ntodo);
         } else {
             self.run_ready(before);
-            for (h, key, res) in notified.drain(..) {
-                h.notify(key, res);
+            for (h, ev) in notified.drain(..) {
+                h.notify(ev);
             }
             *core.notified.borrow_mut() = notified;
             self.run_ready(ntodo - before);
@@ -791,7 +791,7 @@ impl EventLoop {
                         }
                         core.run_task(idx, generation);
                     }
-                    TurnEnd::Call(h) => h.notify(crate::driver::TURN_END, None),
+                    TurnEnd::Call(h) => h.notify(crate::driver::Event::TurnEnd),
                 }
             }
         }

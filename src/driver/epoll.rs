@@ -12,8 +12,11 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::ops::{Interest, OpAble};
-use super::{Notifier, Ops, State, Waiter};
+use super::lifecycle::Lifecycle;
+use super::notify::Notifier;
+use super::ops::Interest;
+use super::pool::PoolRef;
+use super::table::Ops;
 
 const WAKE_TOKEN: u64 = u64::MAX;
 
@@ -27,9 +30,6 @@ struct Reg {
 
 pub(crate) struct Epoll {
     epfd: OwnedFd,
-    pub(super) ops: Ops,
-    pub(super) notifier: Arc<Notifier>,
-    pub(super) pool: super::pool::PoolRef,
     regs: HashMap<RawFd, Reg>,
     /// Which fd and list each parked op sits on, to unpark it on drop.
     parked: HashMap<usize, (RawFd, Interest)>,
@@ -38,7 +38,6 @@ pub(crate) struct Epoll {
     /// Multishot ops that used their turn's budget with more to come:
     /// tried again next turn (which then does not block).
     again: Vec<usize>,
-    pub(super) shut: bool,
 }
 
 fn cvt(r: i32) -> io::Result<i32> {
@@ -50,12 +49,11 @@ fn cvt(r: i32) -> io::Result<i32> {
 }
 
 impl Epoll {
-    pub(crate) fn new() -> io::Result<Epoll> {
+    pub(crate) fn new(notifier: &Arc<Notifier>) -> io::Result<Epoll> {
         // SAFETY: plain syscall, result checked.
         let fd = cvt(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
         // SAFETY: a fresh descriptor we now own.
         let epfd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let notifier = Notifier::new()?;
         let mut ev = libc::epoll_event {
             events: libc::EPOLLIN as u32,
             u64: WAKE_TOKEN,
@@ -71,48 +69,35 @@ impl Epoll {
         })?;
         Ok(Epoll {
             epfd,
-            ops: Ops::new(),
-            notifier,
-            pool: super::pool::BufPool::new_free_list(),
             regs: HashMap::new(),
             parked: HashMap::new(),
             next_generation: 1,
             events: Vec::with_capacity(1024),
             again: Vec::new(),
-            shut: false,
         })
     }
 
-    pub(super) fn submit(&mut self, mut op: Box<dyn OpAble>, w: Waiter) -> usize {
-        if self.shut {
-            return self.ops.insert_done(op, Err(closed_error()), w);
+    /// Submits op `key`, just inserted in the table: tried at once,
+    /// parked on `EAGAIN`.
+    pub(super) fn submit(&mut self, ops: &mut Ops, _pool: &PoolRef, key: usize) {
+        if ops.op(key).is_multishot() {
+            self.run_multishot(ops, key);
+        } else {
+            self.try_now(ops, key);
         }
-        if op.is_multishot() {
-            let key = self.ops.insert(op, State::Waiting(w));
-            self.run_multishot(key);
-            return key;
-        }
-        self.ops.stats.syscalls_tried += 1;
-        let first = op.legacy_call();
-        let key = self.ops.insert(op, State::Waiting(w));
-        match first {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.park(key),
-            r => self.ops.complete(key, r, false),
-        }
-        key
     }
 
-    /// Submits an idle reusable op again (its state is set by the caller):
-    /// tried at once, parked on `EAGAIN`.
-    pub(super) fn resubmit(&mut self, key: usize) {
-        if self.shut {
-            self.ops.complete(key, Err(closed_error()), false);
-            return;
-        }
-        self.ops.stats.syscalls_tried += 1;
-        match self.ops.slab[key].op.legacy_call() {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.park(key),
-            r => self.ops.complete(key, r, false),
+    /// Submits op `key` again (a reusable op loaded anew, a deferred
+    /// receive whose turn came): tried at once, parked on `EAGAIN`.
+    pub(super) fn resubmit(&mut self, ops: &mut Ops, _pool: &PoolRef, key: usize) {
+        self.try_now(ops, key);
+    }
+
+    fn try_now(&mut self, ops: &mut Ops, key: usize) {
+        ops.stats.syscalls_tried += 1;
+        match ops.op(key).legacy_call() {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.park(ops, key),
+            r => ops.complete(key, r, false),
         }
     }
 
@@ -121,24 +106,24 @@ impl Epoll {
     /// ([`OpAble::turn_budget`]): then it goes on next turn without waiting
     /// for an edge, after the handlers saw this turn's results (a paused
     /// reader has dropped it by then).
-    fn run_multishot(&mut self, key: usize) {
-        let budget = self.ops.slab[key].op.turn_budget();
+    fn run_multishot(&mut self, ops: &mut Ops, key: usize) {
+        let budget = ops.op(key).turn_budget();
         for _ in 0..budget {
-            self.ops.stats.syscalls_tried += 1;
-            match self.ops.slab[key].op.legacy_call() {
+            ops.stats.syscalls_tried += 1;
+            match ops.op(key).legacy_call() {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.park(key);
+                    self.park(ops, key);
                     return;
                 }
                 r @ Ok(_) => {
-                    let last = self.ops.slab[key].op.is_final(&r);
-                    self.ops.complete(key, r, !last);
+                    let last = ops.op(key).is_final(&r);
+                    ops.complete(key, r, !last);
                     if last {
                         return;
                     }
                 }
                 Err(e) => {
-                    self.ops.complete(key, Err(e), false);
+                    ops.complete(key, Err(e), false);
                     return;
                 }
             }
@@ -146,9 +131,9 @@ impl Epoll {
         self.again.push(key);
     }
 
-    fn park(&mut self, key: usize) {
-        let (fd, interest) = self.ops.slab[key].op.interest();
-        let owner = self.ops.slab[key].op.fd_id();
+    fn park(&mut self, ops: &mut Ops, key: usize) {
+        let (fd, interest) = ops.op(key).interest();
+        let owner = ops.op(key).fd_id();
         let ep = self.epfd.as_raw_fd();
         match self.regs.get(&fd) {
             // The same SharedFd: registered already.
@@ -167,7 +152,7 @@ impl Epoll {
                 }
                 if rc < 0 {
                     let e = io::Error::last_os_error();
-                    self.ops.complete(key, Err(e), false);
+                    ops.complete(key, Err(e), false);
                     return;
                 }
             }
@@ -189,7 +174,7 @@ impl Epoll {
                 }
                 if r < 0 {
                     let e = io::Error::last_os_error();
-                    self.ops.complete(key, Err(e), false);
+                    ops.complete(key, Err(e), false);
                     return;
                 }
                 self.regs.insert(
@@ -211,20 +196,21 @@ impl Epoll {
         self.parked.insert(key, (fd, interest));
     }
 
-    pub(super) fn cancel(&mut self, key: usize) {
-        // Nothing is in the kernel: unpark and free at once.
+    /// Op `key`'s handle is gone (it is `Cancelled`): nothing is in the
+    /// kernel, so it is unparked and freed at once.
+    pub(super) fn cancel(&mut self, ops: &mut Ops, _pool: &PoolRef, key: usize, _poll: bool) {
         self.unpark(key);
-        if self.ops.slab.contains(key) {
-            let slot = self.ops.remove(key);
-            self.ops.release(slot.op);
+        if ops.slab.contains(key) {
+            let slot = ops.remove(key);
+            ops.release(slot.op);
         }
     }
 
     /// Asks a parked receive back (data for its fd was kept meanwhile): it
     /// completes now, from the kept data (`Ops::settle_kept`).
-    pub(super) fn recall(&mut self, key: usize) {
+    pub(super) fn recall(&mut self, ops: &mut Ops, _pool: &PoolRef, key: usize) {
         if self.unpark(key) {
-            self.ops.complete(
+            ops.complete(
                 key,
                 Err(io::Error::from_raw_os_error(libc::ECANCELED)),
                 false,
@@ -234,9 +220,9 @@ impl Epoll {
 
     /// Ends an op that stays with its handler: it completes with
     /// `ECANCELED` as its final result (as io_uring's cancel does).
-    pub(super) fn cancel_keep(&mut self, key: usize) {
+    pub(super) fn cancel_keep(&mut self, ops: &mut Ops, _pool: &PoolRef, key: usize, _poll: bool) {
         if self.unpark(key) {
-            self.ops.complete(
+            ops.complete(
                 key,
                 Err(io::Error::from_raw_os_error(libc::ECANCELED)),
                 false,
@@ -290,7 +276,13 @@ impl Epoll {
         }
     }
 
-    pub(super) fn turn(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+    pub(super) fn turn(
+        &mut self,
+        ops: &mut Ops,
+        _pool: &PoolRef,
+        notifier: &Notifier,
+        timeout: Option<Duration>,
+    ) -> io::Result<()> {
         let ms = match timeout {
             _ if !self.again.is_empty() => 0,
             None => -1,
@@ -300,7 +292,7 @@ impl Epoll {
         let again = std::mem::take(&mut self.again);
         for key in again {
             // (Still there: a dropped op leaves this list in `cancel`.)
-            self.run_multishot(key);
+            self.run_multishot(ops, key);
         }
         if ms == 0 && self.parked.is_empty() {
             // Must not wait and no op waits for readiness: nothing to learn
@@ -309,7 +301,7 @@ impl Epoll {
             return Ok(());
         }
         self.events.clear();
-        self.ops.stats.epoll_waits += 1;
+        ops.stats.epoll_waits += 1;
         // SAFETY: the buffer has room for `capacity` events.
         let n = unsafe {
             libc::epoll_wait(
@@ -334,16 +326,16 @@ impl Epoll {
             if token == WAKE_TOKEN {
                 let mut v: u64 = 0;
                 // SAFETY: reads 8 bytes into a valid u64 from our eventfd.
-                unsafe { libc::read(self.notifier.fd.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
+                unsafe { libc::read(notifier.fd.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
                 continue;
             }
-            self.dispatch(token, flags);
+            self.dispatch(ops, token, flags);
         }
         self.events = events;
         Ok(())
     }
 
-    fn dispatch(&mut self, token: u64, flags: u32) {
+    fn dispatch(&mut self, ops: &mut Ops, token: u64, flags: u32) {
         let fd = token as u32 as RawFd;
         let generation = (token >> 32) as u32;
         let Some(reg) = self.regs.get(&fd) else {
@@ -354,15 +346,15 @@ impl Epoll {
         }
         let err = flags & (libc::EPOLLERR | libc::EPOLLHUP) as u32 != 0;
         if err || flags & (libc::EPOLLIN | libc::EPOLLRDHUP) as u32 != 0 {
-            self.retry(fd, Interest::Read);
+            self.retry(ops, fd, Interest::Read);
         }
         if err || flags & libc::EPOLLOUT as u32 != 0 {
-            self.retry(fd, Interest::Write);
+            self.retry(ops, fd, Interest::Write);
         }
     }
 
     /// Tries again every op parked on `fd` for `interest`, in order.
-    fn retry(&mut self, fd: RawFd, interest: Interest) {
+    fn retry(&mut self, ops: &mut Ops, fd: RawFd, interest: Interest) {
         let Some(reg) = self.regs.get_mut(&fd) else {
             return;
         };
@@ -372,18 +364,18 @@ impl Epoll {
         };
         let mut still = VecDeque::new();
         for key in list {
-            if self.ops.slab[key].op.is_multishot() {
+            if ops.op(key).is_multishot() {
                 // (Parks itself again on EAGAIN: after `still`, below.)
                 self.parked.remove(&key);
-                self.run_multishot(key);
+                self.run_multishot(ops, key);
                 continue;
             }
-            self.ops.stats.syscalls_tried += 1;
-            match self.ops.slab[key].op.legacy_call() {
+            ops.stats.syscalls_tried += 1;
+            match ops.op(key).legacy_call() {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => still.push_back(key),
                 r => {
                     self.parked.remove(&key);
-                    self.ops.complete(key, r, false);
+                    ops.complete(key, r, false);
                 }
             }
         }
@@ -398,24 +390,33 @@ impl Epoll {
         }
     }
 
-    pub(super) fn shutdown(&mut self, _bound: Duration) {
-        if self.shut {
-            return;
-        }
-        self.shut = true;
-        // Nothing is in the kernel on this backend; parked ops just end.
+    /// Ends every parked op (`ops.shut` is already set): nothing is in the
+    /// kernel on this backend.
+    pub(super) fn shutdown(&mut self, ops: &mut Ops, _pool: &PoolRef, _bound: Duration) {
         let mut keys: Vec<usize> = self.parked.keys().copied().collect();
         keys.append(&mut self.again);
         for key in keys {
             self.parked.remove(&key);
-            if let Some(slot) = self.ops.slab.get_mut(key) {
-                if let State::Waiting(_) = &slot.state {
-                    self.ops.complete(key, Err(closed_error()), false);
-                } else if matches!(slot.state, State::Ignored) {
-                    let slot = self.ops.remove(key);
-                    self.ops.release(slot.op);
-                }
+            let Some(slot) = ops.slab.get(key) else {
+                continue;
+            };
+            if slot.life.is_cancelled() {
+                let slot = ops.remove(key);
+                ops.release(slot.op);
+            } else if slot.life.in_kernel() {
+                ops.complete(key, Err(super::closed_error()), false);
             }
+        }
+        // Deferred receives never reached the kernel: they end too.
+        let deferred: Vec<usize> = ops
+            .slab
+            .iter()
+            .filter(|(_, s)| matches!(s.life, Lifecycle::Deferred(_)))
+            .map(|(k, _)| k)
+            .collect();
+        for key in deferred {
+            ops.life_mut(key).start();
+            ops.complete(key, Err(super::closed_error()), false);
         }
         self.regs.clear();
     }
@@ -426,15 +427,5 @@ fn epoll_event_for(fd: RawFd, generation: u32) -> libc::epoll_event {
     libc::epoll_event {
         events: (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32,
         u64: (u64::from(generation) << 32) | fd as u32 as u64,
-    }
-}
-
-pub(crate) fn closed_error() -> io::Error {
-    io::Error::new(io::ErrorKind::NotConnected, "the event loop is closed")
-}
-
-impl Drop for Epoll {
-    fn drop(&mut self) {
-        self.shutdown(Duration::ZERO);
     }
 }

@@ -43,7 +43,27 @@ impl<T: Any> AsAny for T {
 }
 
 /// One operation, as both backends see it.
-pub(crate) trait OpAble: AsAny {
+///
+/// # Safety
+///
+/// The driver hands the kernel the pointers in [`uring_entry`]'s SQE (and
+/// lets [`legacy_call`] pass them to a syscall), so an implementation
+/// promises:
+///
+/// - every pointer in the SQE points into memory the op itself owns (its
+///   buffers, address storage, msghdr/iovec), valid for the length given
+///   and, for writes, writable; none points into a temporary;
+/// - that memory stays where it is and valid while the op is alive and
+///   not changed by the op between `uring_entry` and the op's final
+///   completion (the driver keeps the boxed op in its slab until then,
+///   also after its future is dropped);
+/// - the fd it names is one the op keeps open (a `SharedFd` it holds) or
+///   a raw fd the caller vouches for ([`PollAdd`]);
+/// - `salvage` and `take_stashed` write only into that same owned memory.
+///
+/// [`uring_entry`]: OpAble::uring_entry
+/// [`legacy_call`]: OpAble::legacy_call
+pub(crate) unsafe trait OpAble: AsAny {
     /// The SQE for this op. Called when the op is at its final heap address.
     fn uring_entry(&mut self) -> squeue::Entry;
     /// The fd the op works on, and what readiness it waits for on the selector
@@ -359,7 +379,9 @@ impl<B: IoBufMut, K: Kind> Inbound<B, K> {
     }
 }
 
-impl<B: IoBufMut, K: Kind> OpAble for Inbound<B, K> {
+// SAFETY: the SQE points at the spare capacity of `buf`, which the op owns
+// (an `IoBufMut`: stable while not moved by its owner) and keeps, with `fd`.
+unsafe impl<B: IoBufMut, K: Kind> OpAble for Inbound<B, K> {
     fn uring_entry(&mut self) -> squeue::Entry {
         let (ptr, len) = spare_region(&mut self.buf);
         K::read_entry(self.fd.raw(), ptr, len as u32)
@@ -426,7 +448,8 @@ impl<B: IoBuf, K: Kind> Outbound<B, K> {
     }
 }
 
-impl<B: IoBuf, K: Kind> OpAble for Outbound<B, K> {
+// SAFETY: the SQE points at the unsent bytes of `buf`, owned by the op.
+unsafe impl<B: IoBuf, K: Kind> OpAble for Outbound<B, K> {
     fn uring_entry(&mut self) -> squeue::Entry {
         let (ptr, len) = self.rest();
         K::write_entry(self.fd.raw(), ptr, len as u32)
@@ -484,7 +507,9 @@ impl<B: IoBuf> SendMsg<B> {
     }
 }
 
-impl<B: IoBuf> OpAble for SendMsg<B> {
+// SAFETY: the SQE points at the op's own msghdr, iovec vector, buffers and
+// address, which stay in place while the op sits boxed in the slab.
+unsafe impl<B: IoBuf> OpAble for SendMsg<B> {
     fn uring_entry(&mut self) -> squeue::Entry {
         if let ([b], None) = (self.bufs.as_slice(), &self.addr) {
             // One buffer, no address: plain SEND skips the kernel's msghdr
@@ -565,7 +590,9 @@ impl<B: IoBufMut> RecvFrom<B> {
     }
 }
 
-impl<B: IoBufMut> OpAble for RecvFrom<B> {
+// SAFETY: the SQE points at the op's own msghdr, iovec, boxed address
+// storage and the spare capacity of its buffer.
+unsafe impl<B: IoBufMut> OpAble for RecvFrom<B> {
     fn uring_entry(&mut self) -> squeue::Entry {
         let msg = self.prepare();
         opcode::RecvMsg::new(types::Fd(self.fd.raw()), msg).build()
@@ -643,7 +670,8 @@ impl Accept {
     }
 }
 
-impl OpAble for Accept {
+// SAFETY: the SQE points at the op's boxed address storage and its length field.
+unsafe impl OpAble for Accept {
     fn uring_entry(&mut self) -> squeue::Entry {
         self.len = self.storage.size_of();
         let addr = self.storage_ptr();
@@ -678,7 +706,8 @@ pub(crate) struct AcceptMulti {
     pub(crate) fd: SharedFd,
 }
 
-impl OpAble for AcceptMulti {
+// SAFETY: no pointers: multishot accept takes no address buffer.
+unsafe impl OpAble for AcceptMulti {
     fn uring_entry(&mut self) -> squeue::Entry {
         opcode::AcceptMulti::new(types::Fd(self.fd.raw()))
             .flags(ACCEPT_FLAGS)
@@ -724,7 +753,8 @@ impl Connect {
     }
 }
 
-impl OpAble for Connect {
+// SAFETY: the SQE points at the op's own `SockAddr`.
+unsafe impl OpAble for Connect {
     fn uring_entry(&mut self) -> squeue::Entry {
         opcode::Connect::new(
             types::Fd(self.fd.raw()),
@@ -800,7 +830,9 @@ impl PollAdd {
     }
 }
 
-impl OpAble for PollAdd {
+// SAFETY: no pointers; the raw fd is the caller's (add_reader: the user
+// keeps it open while it is watched, asyncio's contract).
+unsafe impl OpAble for PollAdd {
     fn uring_entry(&mut self) -> squeue::Entry {
         opcode::PollAdd::new(types::Fd(self.fd), self.events()).build()
     }

@@ -419,7 +419,9 @@ pub(crate) struct RecvPooled {
     pub(crate) pool: PoolRef,
 }
 
-impl OpAble for RecvPooled {
+// SAFETY: no pointers: the kernel picks a buffer from the registered ring,
+// which the pool keeps mapped while any op can use it.
+unsafe impl OpAble for RecvPooled {
     fn uring_entry(&mut self) -> squeue::Entry {
         opcode::RecvMulti::new(types::Fd(self.fd.raw()), BGID).build()
     }

@@ -6,6 +6,8 @@
 //! `DEFER_TASKRUN` needs to post them), blocking with an `EXT_ARG` timeout
 //! only when the loop has nothing ready. The ring is made on the loop's
 //! thread with `SINGLE_ISSUER | DEFER_TASKRUN` where the kernel has them.
+//! This holds only the kernel's side; the op table and the pool are the
+//! driver's, lent to each call.
 
 use std::io;
 use std::mem::ManuallyDrop;
@@ -16,8 +18,11 @@ use std::time::{Duration, Instant};
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
 
 use super::fd::SharedFd;
-use super::ops::{Interest, OpAble, Read};
-use super::{Notifier, Ops, State, Waiter};
+use super::lifecycle::Lifecycle;
+use super::notify::{Notifier, Waiter};
+use super::ops::{Interest, Read};
+use super::pool::PoolRef;
+use super::table::Ops;
 
 /// User data of SQEs whose completions nobody waits for.
 const TAG_CANCEL: u64 = u64::MAX - 1;
@@ -31,14 +36,10 @@ const RING_ENTRIES: u32 = 1024;
 
 pub(crate) struct Uring {
     ring: ManuallyDrop<IoUring>,
-    pub(super) ops: Ops,
-    pub(super) notifier: Arc<Notifier>,
-    pub(super) pool: super::pool::PoolRef,
     /// The slab key of the read that waits on the notifier's eventfd.
     pub(super) wake_key: Option<usize>,
     /// Keeps the eventfd open for the wake read's SharedFd.
     wake_fd: Option<SharedFd>,
-    pub(super) shut: bool,
     /// Completions copied out of the ring, reused each reap.
     cqes: Vec<(u64, i32, u32)>,
 }
@@ -63,118 +64,108 @@ pub(crate) fn build_ring() -> io::Result<IoUring> {
 }
 
 impl Uring {
-    pub(crate) fn new() -> io::Result<Uring> {
+    /// A ring, and the receive pool registered on it.
+    pub(crate) fn new(notifier: &Arc<Notifier>) -> io::Result<(Uring, PoolRef)> {
         let ring = build_ring()?;
-        let notifier = Notifier::new()?;
         let pool = super::pool::BufPool::new_ring(&ring.submitter())?;
-        let mut u = Uring {
-            pool,
-            ring: ManuallyDrop::new(ring),
-            ops: Ops::new(),
-            notifier,
-            wake_fd: None,
-            wake_key: None,
-            shut: false,
-            cqes: Vec::with_capacity(256),
-        };
         // The wake read holds a dup of the eventfd in a SharedFd of its own,
         // so the notifier's descriptor outlives any in-flight read.
         // SAFETY: dup of a valid fd; checked below.
-        let dup = unsafe { libc::fcntl(u.notifier.fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
+        let dup = unsafe { libc::fcntl(notifier.fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
         if dup < 0 {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: `dup` is a fresh descriptor we own.
         let owned = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(dup) };
-        u.wake_fd = Some(SharedFd::new(owned));
-        u.arm_wake();
-        Ok(u)
+        let u = Uring {
+            ring: ManuallyDrop::new(ring),
+            wake_fd: Some(SharedFd::new(owned)),
+            wake_key: None,
+            cqes: Vec::with_capacity(256),
+        };
+        Ok((u, pool))
     }
 
-    fn arm_wake(&mut self) {
+    /// Submits the read that wakes the ring when another thread notifies.
+    pub(super) fn arm_wake(&mut self, ops: &mut Ops, pool: &PoolRef) {
         let fd = self.wake_fd.clone().expect("wake fd");
         let op = Box::new(Read::new(fd, Vec::<u8>::with_capacity(8)));
-        let key = self.ops.insert(op, State::Waiting(Waiter::None));
-        self.ops.stats.ops_submitted -= 1; // internal, not a user op
+        let key = ops.insert(op, Lifecycle::in_flight(Waiter::None));
+        ops.stats.ops_submitted -= 1; // internal, not a user op
         self.wake_key = Some(key);
-        self.push_key(key);
+        self.push_key(ops, pool, key);
     }
 
-    fn push_key(&mut self, key: usize) {
-        let entry = self.ops.slab[key].op.uring_entry().user_data(key as u64);
-        self.push(entry);
+    fn push_key(&mut self, ops: &mut Ops, pool: &PoolRef, key: usize) {
+        let entry = ops.op(key).uring_entry().user_data(key as u64);
+        self.push(ops, pool, entry);
     }
 
     /// Queues an SQE. When the submission queue is full, submits it (an
     /// extra `io_uring_enter`, counted) and reaps what completed, which also
     /// clears an `EBUSY` from a full completion queue, then retries.
-    pub(super) fn push(&mut self, entry: squeue::Entry) {
+    fn push(&mut self, ops: &mut Ops, pool: &PoolRef, entry: squeue::Entry) {
         loop {
             // SAFETY: every pointer in the entry refers to op data boxed in
-            // the slab, which stays put until the op's final completion.
+            // the slab, which stays put until the op's final completion
+            // (`OpAble`'s contract).
             if unsafe { self.ring.submission().push(&entry) }.is_ok() {
                 return;
             }
-            self.enter(0, None);
-            self.reap();
+            self.enter(ops, 0, None);
+            self.reap(ops, pool);
         }
     }
 
-    pub(super) fn submit(&mut self, op: Box<dyn OpAble>, w: Waiter) -> usize {
-        if self.shut {
-            return self
-                .ops
-                .insert_done(op, Err(super::epoll::closed_error()), w);
-        }
-        let key = self.ops.insert(op, State::Waiting(w));
-        self.push_key(key);
-        key
+    /// Submits op `key`, just inserted in the table.
+    pub(super) fn submit(&mut self, ops: &mut Ops, pool: &PoolRef, key: usize) {
+        self.push_key(ops, pool, key);
     }
 
-    /// Submits an idle reusable op again (its state is set by the caller).
-    pub(super) fn resubmit(&mut self, key: usize) {
-        if self.shut {
-            self.ops
-                .complete(key, Err(super::epoll::closed_error()), false);
-        } else {
-            self.push_key(key);
-        }
+    /// Submits op `key` again (a reusable op loaded anew, a deferred
+    /// receive whose turn came): its state is set by the caller.
+    pub(super) fn resubmit(&mut self, ops: &mut Ops, pool: &PoolRef, key: usize) {
+        self.push_key(ops, pool, key);
     }
 
-    pub(super) fn cancel(&mut self, key: usize) {
-        // (At shutdown a push below may reap, and so free, other ops.)
-        let Some(slot) = self.ops.slab.get(key) else {
+    /// Asks the kernel to end op `key` (its poll, if it waits on one).
+    pub(super) fn cancel(&mut self, ops: &mut Ops, pool: &PoolRef, key: usize, poll: bool) {
+        // (At shutdown a push may reap, and so free, other ops.)
+        if !ops.slab.contains(key) {
             return;
-        };
-        let target = if slot.polling {
+        }
+        let target = if poll {
             key as u64 | POLL_BIT
         } else {
             key as u64
         };
         self.push(
+            ops,
+            pool,
             opcode::AsyncCancel::new(target)
                 .build()
                 .user_data(TAG_CANCEL),
         );
     }
 
+    /// Asks the kernel to end an op that stays with its handler: its
+    /// final completion (`ECANCELED`, or whatever came first) follows.
+    pub(super) fn cancel_keep(&mut self, ops: &mut Ops, pool: &PoolRef, key: usize, poll: bool) {
+        self.cancel(ops, pool, key, poll);
+    }
+
     /// Asks a receive back from the kernel (data for its fd was kept
     /// meanwhile): its completion, `ECANCELED` or data, is then served from
     /// the kept data first (`Ops::settle_kept`).
-    pub(super) fn recall(&mut self, key: usize) {
-        self.cancel(key);
-    }
-
-    /// Asks the kernel to end an op that stays with its handler: its
-    /// final completion (`ECANCELED`, or whatever came first) follows.
-    pub(super) fn cancel_keep(&mut self, key: usize) {
-        self.cancel(key);
+    pub(super) fn recall(&mut self, ops: &mut Ops, pool: &PoolRef, key: usize) {
+        let poll = ops.life(key).polling();
+        self.cancel(ops, pool, key, poll);
     }
 
     /// One `io_uring_enter`: submits what is queued, posts completions, and
     /// waits for one if `min_complete` is 1 (bounded by `timeout`).
-    fn enter(&mut self, min_complete: u32, timeout: Option<Duration>) {
-        self.ops.stats.uring_enters += 1;
+    fn enter(&mut self, ops: &mut Ops, min_complete: u32, timeout: Option<Duration>) {
+        ops.stats.uring_enters += 1;
         let to_submit = self.ring.submission().len() as u32;
         let ts;
         let args;
@@ -215,9 +206,15 @@ impl Uring {
         }
     }
 
-    pub(super) fn turn(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+    pub(super) fn turn(
+        &mut self,
+        ops: &mut Ops,
+        pool: &PoolRef,
+        _notifier: &Notifier,
+        timeout: Option<Duration>,
+    ) -> io::Result<()> {
         let wait = timeout != Some(Duration::ZERO);
-        if !wait && self.idle() {
+        if !wait && self.idle(ops) {
             // Nothing queued, nothing in flight but the loop's own eventfd
             // read, nothing posted: an enter would do nothing, so this turn
             // makes none (tasks and callbacks that only compute run without
@@ -225,16 +222,16 @@ impl Uring {
             // loop checks its remote queue every turn.
             return Ok(());
         }
-        self.pool.borrow_mut().turn();
+        pool.borrow_mut().turn();
         // Completions may already be posted (a previous turn's overflow): then
         // do not block.
         let ready = !self.ring.completion().is_empty();
-        self.enter(u32::from(wait && !ready), timeout);
-        self.reap();
+        self.enter(ops, u32::from(wait && !ready), timeout);
+        self.reap(ops, pool);
         Ok(())
     }
 
-    fn reap(&mut self) {
+    fn reap(&mut self, ops: &mut Ops, pool: &PoolRef) {
         let mut cqes = std::mem::take(&mut self.cqes);
         loop {
             cqes.clear();
@@ -246,33 +243,32 @@ impl Uring {
             if cqes.is_empty() {
                 break;
             }
-            self.ops.stats.uring_cqes += cqes.len() as u64;
+            ops.stats.uring_cqes += cqes.len() as u64;
             for &(ud, res, flags) in &cqes {
-                self.dispatch(ud, res, flags);
+                self.dispatch(ops, pool, ud, res, flags);
             }
         }
         self.cqes = cqes;
     }
 
-    fn dispatch(&mut self, ud: u64, res: i32, flags: u32) {
+    fn dispatch(&mut self, ops: &mut Ops, pool: &PoolRef, ud: u64, res: i32, flags: u32) {
         if ud == TAG_CANCEL {
             return;
         }
         if ud & POLL_BIT != 0 {
             let key = (ud & !POLL_BIT) as usize;
-            let slot = &mut self.ops.slab[key];
-            slot.polling = false;
-            if matches!(slot.state, State::Ignored) || slot.recalled {
-                self.ops.complete(
+            let life = ops.life_mut(key);
+            life.set_poll(false);
+            if life.is_cancelled() || life.is_recalled() {
+                ops.complete(
                     key,
                     Err(io::Error::from_raw_os_error(libc::ECANCELED)),
                     false,
                 );
             } else if res < 0 && res != -libc::ECANCELED {
-                self.ops
-                    .complete(key, Err(io::Error::from_raw_os_error(-res)), false);
+                ops.complete(key, Err(io::Error::from_raw_os_error(-res)), false);
             } else {
-                self.push_key(key);
+                self.push_key(ops, pool, key);
             }
             return;
         }
@@ -280,20 +276,18 @@ impl Uring {
         let more = cqueue::more(flags);
 
         if Some(key) == self.wake_key {
-            if self.shut {
-                let slot = self.ops.slab.remove(key);
-                drop(slot);
+            if ops.shut {
+                drop(ops.slab.remove(key));
                 self.wake_key = None;
             } else {
                 // Rearm the same read; the counter value itself is not needed.
-                self.push_key(key);
+                self.push_key(ops, pool, key);
             }
             return;
         }
         // The common case first: a handler that takes its result with the
         // notification (EAGAIN and EINTR are retried below instead).
         if res != -libc::EAGAIN && res != -libc::EINTR {
-            let pool = &self.pool;
             let value = || match cqueue::buffer_select(flags) {
                 // A provided buffer was used: name it in the result.
                 Some(bid) => {
@@ -302,79 +296,83 @@ impl Uring {
                 }
                 None => res as u32,
             };
-            if self.ops.complete_direct(key, res, more, value) {
+            if ops.complete_direct(key, res, more, value) {
                 return;
             }
         }
-        let slot = &mut self.ops.slab[key];
-        let ignored = matches!(slot.state, State::Ignored);
-        if res == -libc::EAGAIN && !ignored && !slot.op.is_multishot() {
+        let cancelled = ops.life(key).is_cancelled();
+        if res == -libc::EAGAIN && !cancelled && !ops.op(key).is_multishot() {
             // A non-blocking file answered EAGAIN: wait for readiness, retry.
-            let (fd, interest) = slot.op.interest();
-            slot.polling = true;
-            self.push(poll_entry(fd, interest).user_data(key as u64 | POLL_BIT));
+            let (fd, interest) = ops.op(key).interest();
+            ops.life_mut(key).set_poll(true);
+            self.push(
+                ops,
+                pool,
+                poll_entry(fd, interest).user_data(key as u64 | POLL_BIT),
+            );
             return;
         }
-        if res == -libc::EINTR && !ignored {
-            self.push_key(key);
+        if res == -libc::EINTR && !cancelled {
+            self.push_key(ops, pool, key);
             return;
         }
         let r = if res < 0 {
             Err(io::Error::from_raw_os_error(-res))
         } else if let Some(bid) = cqueue::buffer_select(flags) {
             // A provided buffer was used: name it in the result.
-            self.pool.borrow_mut().note_out();
+            pool.borrow_mut().note_out();
             Ok(super::pool::encode(bid, res as usize))
         } else {
             Ok(res as u32)
         };
-        self.ops.complete(key, r, more);
+        ops.complete(key, r, more);
     }
 
-    pub(super) fn shutdown(&mut self, bound: Duration) {
-        if self.shut {
-            return;
-        }
-        self.shut = true;
-        let keys: Vec<usize> = self.ops.slab.iter().map(|(k, _)| k).collect();
+    /// Cancels everything in flight, drains for at most `bound`, and leaks
+    /// what the kernel still holds (`ops.shut` is already set).
+    pub(super) fn shutdown(&mut self, ops: &mut Ops, pool: &PoolRef, bound: Duration) {
+        let keys: Vec<usize> = ops.slab.iter().map(|(k, _)| k).collect();
         for key in keys {
             // Each cancel may fill the submission queue, whose flush reaps
             // completions and frees their ops: skip keys gone meanwhile.
-            let Some(slot) = self.ops.slab.get_mut(key) else {
+            let Some(slot) = ops.slab.get(key) else {
                 continue;
             };
-            if slot.state.at_rest() && slot.multi.is_none() {
+            if slot.life.at_rest() && !slot.op.is_multishot() {
                 continue;
             }
-            // As if its future were dropped: what it got is salvaged, a
+            // As if its handle were dropped: what it got is salvaged, a
             // finished one freed, one in flight cancelled.
-            if self.ops.drop_op(key) == super::Dropped::InFlight {
-                self.cancel(key);
+            if let super::table::Cancel::InFlight { poll } = ops.drop_op(key) {
+                self.cancel(ops, pool, key, poll);
             }
         }
         let deadline = Instant::now() + bound;
-        while self.has_in_flight() {
+        while ops.any_in_kernel() {
             let now = Instant::now();
             if now >= deadline {
                 break;
             }
-            self.enter(1, Some((deadline - now).min(Duration::from_millis(50))));
-            self.reap();
+            self.enter(
+                ops,
+                1,
+                Some((deadline - now).min(Duration::from_millis(50))),
+            );
+            self.reap(ops, pool);
         }
         // Anything still held by the kernel is leaked, never freed: the kernel
         // may write into it after we return (DESIGN.md invariant 2).
-        let leaked: Vec<usize> = self
-            .ops
+        let leaked: Vec<usize> = ops
             .slab
             .iter()
-            .filter(|(_, s)| !s.state.at_rest())
+            .filter(|(_, s)| s.life.in_kernel())
             .map(|(k, _)| k)
             .collect();
         for key in &leaked {
-            let slot = self.ops.slab.remove(*key);
+            let slot = ops.slab.remove(*key);
             std::mem::forget(slot);
         }
-        self.ops.stats.leaked_at_close = leaked.len() as u64;
+        ops.stats.leaked_at_close = leaked.len() as u64;
         if leaked.is_empty() {
             let _ = self.ring.submitter().unregister_buf_ring(super::pool::BGID);
             // SAFETY: nothing is in flight any more, so no kernel access to
@@ -382,7 +380,7 @@ impl Uring {
             unsafe { ManuallyDrop::drop(&mut self.ring) };
         } else {
             // The kernel may still pick pool buffers: keep the pool forever.
-            std::mem::forget(self.pool.clone());
+            std::mem::forget(pool.clone());
             log::warn!(
                 "ringloop: {} io_uring ops still in flight at close; their buffers and the ring are leaked",
                 leaked.len()
@@ -391,19 +389,15 @@ impl Uring {
     }
 
     /// No user op in the slab, nothing queued, nothing posted.
-    fn idle(&mut self) -> bool {
+    fn idle(&mut self, ops: &Ops) -> bool {
         let internal = usize::from(self.wake_key.is_some());
-        if self.ops.slab.len() > internal {
+        if ops.slab.len() > internal {
             return false;
         }
         let sq = self.ring.submission();
         let quiet = sq.is_empty() && !sq.cq_overflow();
         drop(sq);
         quiet && self.ring.completion().is_empty()
-    }
-
-    fn has_in_flight(&self) -> bool {
-        self.ops.slab.iter().any(|(_, s)| !s.state.at_rest())
     }
 }
 
@@ -413,10 +407,4 @@ fn poll_entry(fd: RawFd, interest: Interest) -> squeue::Entry {
         Interest::Write => libc::POLLOUT,
     };
     opcode::PollAdd::new(types::Fd(fd), events as u32).build()
-}
-
-impl Drop for Uring {
-    fn drop(&mut self) {
-        self.shutdown(Duration::from_secs(1));
-    }
 }

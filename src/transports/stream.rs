@@ -26,7 +26,7 @@ use crate::base_loop::{EventLoop, LoopClosing};
 use crate::driver::buf::{Chunk, WriteBuf};
 use crate::driver::ops::{Recv, SendMsg};
 use crate::driver::pool::{POOL_BUF_SIZE, PoolRef, RecvBuf, RecvPooled};
-use crate::driver::{Done, HandlerOp, MultiOp, Notify, ReusableOp, TURN_END, Token};
+use crate::driver::{Done, Event, HandlerOp, MultiOp, Notify, ReusableOp};
 use crate::error::{Error, Result};
 use crate::events::ExceptionContext;
 use crate::protocols::Protocol;
@@ -121,26 +121,28 @@ struct WriteSide {
 /// Completion callbacks: a receive or a send finished (`key`), or the
 /// turn-end flush (`TURN_END`).
 impl Notify for Inner {
-    fn notify(self: Rc<Self>, key: Token, done: Option<Done>) {
+    fn notify(self: Rc<Self>, ev: Event) {
         let t = Transport(self);
-        if key == TURN_END {
-            t.0.st.borrow_mut().flush_queued = false;
-            t.pump_writer();
-            return;
-        }
-        let Some(done) = done else {
-            // The plain receive's completion waits in the driver.
-            if t.0.rd.borrow().plain.as_ref().is_some_and(|p| p.is(key)) {
-                t.on_plain_read();
+        match ev {
+            Event::TurnEnd => {
+                t.0.st.borrow_mut().flush_queued = false;
+                t.pump_writer();
             }
-            return;
-        };
-        if t.0.rd.borrow().multi.as_ref().is_some_and(|m| m.is(key)) {
-            t.on_received(done);
-        } else if t.0.wr.borrow().op.as_ref().is_some_and(|o| o.is(key)) {
-            t.on_sent(done);
-        } else {
-            t.on_stale_receive(done);
+            // The plain receive's completion waits in the driver.
+            Event::Ready(tok) => {
+                if t.0.rd.borrow().plain.as_ref().is_some_and(|p| p.is(tok)) {
+                    t.on_plain_read();
+                }
+            }
+            Event::Completed(tok, done) => {
+                if t.0.rd.borrow().multi.as_ref().is_some_and(|m| m.is(tok)) {
+                    t.on_received(done);
+                } else if t.0.wr.borrow().op.as_ref().is_some_and(|o| o.is(tok)) {
+                    t.on_sent(done);
+                } else {
+                    t.on_stale_receive(done);
+                }
+            }
         }
     }
 }
