@@ -283,6 +283,57 @@ pub type ExceptionHandler = Rc<dyn Fn(&EventLoop, &ExceptionContext)>;
 /// Equivalent to `asyncio.AbstractEventLoop`. [`EventLoop`] implements it on
 /// either backend; generic code takes `L: AbstractEventLoop`. The `async`
 /// methods make the trait unusable as `dyn`, by design (DESIGN.md, invariant 7).
+///
+/// Every asyncio loop method ringloop has is here, and only here: bring the
+/// trait into scope (`use ringloop::prelude::*`) to call them on an
+/// [`EventLoop`]. Methods with asyncio's keyword arguments have a `_with`
+/// variant taking an options struct; each takes the protocol factory first
+/// and the options last (`create_connection_with(factory, opts)`).
+///
+/// # Examples
+///
+/// A server and a client written once for any loop:
+///
+/// ```
+/// use ringloop::prelude::*;
+/// use ringloop::{Protocol, Server, Transport};
+///
+/// struct Echo(Option<Transport>);
+/// impl Protocol for Echo {
+///     fn connection_made(&mut self, t: Transport) {
+///         self.0 = Some(t);
+///     }
+///     fn data_received(&mut self, data: &[u8]) {
+///         self.0.as_ref().unwrap().write(data.to_vec()).unwrap();
+///     }
+/// }
+///
+/// async fn serve<L: AbstractEventLoop>(lp: &L) -> ringloop::Result<(Server, u16)> {
+///     let server = lp.create_server(|| Echo(None), "127.0.0.1", 0).await?;
+///     let port = server.sockets()[0].as_socket().unwrap().port();
+///     Ok((server, port))
+/// }
+///
+/// async fn ask<L: AbstractEventLoop>(lp: &L, port: u16) -> ringloop::Result<Vec<u8>> {
+///     let addr = lp.getaddrinfo("127.0.0.1", port).await?[0];
+///     let sock = Socket::tcp_for(&addr)?;
+///     lp.sock_connect(&sock, &addr.into()).await?;
+///     lp.sock_sendall(&sock, b"ping".to_vec()).await?;
+///     lp.sock_recv(&sock, 4).await
+/// }
+///
+/// let lp = EventLoop::new()?;
+/// let l2 = lp.clone();
+/// let got = lp.run_until_complete(async move {
+///     let (server, port) = serve(&l2).await?;
+///     let got = ask(&l2, port).await?;
+///     server.close();
+///     Ok::<_, Error>(got)
+/// })??;
+/// assert_eq!(got, b"ping");
+/// lp.close()?;
+/// # Ok::<(), ringloop::Error>(())
+/// ```
 pub trait AbstractEventLoop: Clone + fmt::Debug {
     // ---- running and stopping
     /// Runs until `fut` completes and returns its output, or the error that
@@ -375,7 +426,8 @@ pub trait AbstractEventLoop: Clone + fmt::Debug {
     //
     // Every `_with` variant (here and in `streams`) takes the protocol
     // factory (or the streams' client callback) first, then the plain
-    // method's other non-option arguments, then its options struct last.
+    // method's other non-option arguments, then its options struct last
+    // (docs/design.md).
     /// Connects to `host:port` and runs a protocol made by `factory` on the
     /// connection. The resolved addresses are tried one at a time, as
     /// asyncio does without `happy_eyeballs_delay`; the first that connects
