@@ -12,11 +12,14 @@ use std::time::Duration;
 
 use crate::base_loop::EventLoop;
 use crate::error::{Error, Result};
+#[cfg(doc)]
+use crate::events::AbstractEventLoop;
 use crate::protocols::{DatagramProtocol, Protocol};
 use crate::sock::{Domain, SockAddr, Socket, Type};
 use crate::transports::{DatagramTransport, Transport};
 
-/// Options of [`EventLoop::create_connection_with`].
+/// Options of [`AbstractEventLoop::create_connection_with`] (and
+/// [`open_connection_with`](crate::open_connection_with)).
 ///
 /// Equivalent to `loop.create_connection`'s keyword arguments.
 #[derive(Debug, Default)]
@@ -47,7 +50,9 @@ pub struct ConnectOptions {
     pub family: Option<Domain>,
 }
 
-/// Options of [`EventLoop::create_datagram_endpoint`].
+/// Options of [`AbstractEventLoop::create_datagram_endpoint`].
+///
+/// Equivalent to `loop.create_datagram_endpoint`'s keyword arguments.
 #[derive(Debug, Default)]
 pub struct DatagramOptions {
     /// Address to bind.
@@ -106,23 +111,14 @@ impl EventLoop {
         Ok(sock)
     }
 
-    /// Connects to `host:port` and runs a protocol on the connection.
-    ///
-    /// Equivalent to `loop.create_connection(factory, host, port)`; see
-    /// [`create_connection_with`](Self::create_connection_with) for the
-    /// options. The protocol is owned by the returned transport (pass an
-    /// `Rc<RefCell<P>>` to keep a handle to it).
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Io`] if resolution or every connection attempt fails.
-    pub async fn create_connection<P: Protocol>(
+    /// [`AbstractEventLoop::create_connection`].
+    pub(crate) async fn create_connection_impl<P: Protocol>(
         &self,
         factory: impl FnOnce() -> P,
         host: &str,
         port: u16,
     ) -> Result<Transport> {
-        self.create_connection_with(
+        self.create_connection_with_impl(
             factory,
             ConnectOptions {
                 host: Some(host.to_owned()),
@@ -133,16 +129,8 @@ impl EventLoop {
         .await
     }
 
-    /// [`create_connection`](Self::create_connection) with all of asyncio's
-    /// options: `sock`, `local_addr`, `happy_eyeballs_delay`, `interleave`,
-    /// `all_errors`. Name resolution runs off the loop thread.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::InvalidArgument`] for conflicting options; [`Error::Io`] if
-    /// no address connects (one combined error, or [`Error::Group`] with
-    /// `all_errors`).
-    pub async fn create_connection_with<P: Protocol>(
+    /// [`AbstractEventLoop::create_connection_with`].
+    pub(crate) async fn create_connection_with_impl<P: Protocol>(
         &self,
         factory: impl FnOnce() -> P,
         opts: ConnectOptions,
@@ -160,7 +148,7 @@ impl EventLoop {
             (Some(s), _) => s,
             (None, host) => {
                 let mut addrs = match host {
-                    Some(host) => self.getaddrinfo(host, opts.port).await?,
+                    Some(host) => self.getaddrinfo_impl(host, opts.port).await?,
                     None => opts.addrs,
                 };
                 let host = host.as_deref().unwrap_or("<addrs>");
@@ -278,14 +266,8 @@ impl EventLoop {
         ))))
     }
 
-    /// Connects to a Unix stream socket at `path`.
-    ///
-    /// Equivalent to `loop.create_unix_connection`.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Io`] if the connection fails.
-    pub async fn create_unix_connection<P: Protocol>(
+    /// [`AbstractEventLoop::create_unix_connection`].
+    pub(crate) async fn create_unix_connection_impl<P: Protocol>(
         &self,
         factory: impl FnOnce() -> P,
         path: impl AsRef<Path>,
@@ -297,13 +279,8 @@ impl EventLoop {
         Ok(Transport::start(self, sock, Box::new(factory())))
     }
 
-    /// Wraps an already connected socket (e.g. accepted elsewhere) in a
-    /// transport. Equivalent to `loop.connect_accepted_socket`.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::InvalidArgument`] for a socket that is not connected.
-    pub fn connect_accepted_socket<P: Protocol>(
+    /// [`AbstractEventLoop::connect_accepted_socket`].
+    pub(crate) fn connect_accepted_socket_impl<P: Protocol>(
         &self,
         factory: impl FnOnce() -> P,
         sock: Socket,
@@ -317,13 +294,8 @@ impl EventLoop {
         Ok(Transport::start(self, sock, Box::new(factory())))
     }
 
-    /// Opens a datagram endpoint. Equivalent to `loop.create_datagram_endpoint`.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::InvalidArgument`] without any address or socket, or with a
-    /// socket and addresses both; [`Error::Io`] from bind/connect.
-    pub async fn create_datagram_endpoint<P: DatagramProtocol>(
+    /// [`AbstractEventLoop::create_datagram_endpoint`].
+    pub(crate) async fn create_datagram_endpoint_impl<P: DatagramProtocol>(
         &self,
         factory: impl FnOnce() -> P,
         opts: DatagramOptions,

@@ -5,16 +5,24 @@
 use std::cell::Cell;
 use std::fmt;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::os::fd::RawFd;
+use std::path::Path;
 use std::rc::{Rc, Weak};
 use std::time::{Duration, Instant};
 
 use crate::base_loop::{Core, EventLoop, LoopHandle};
+use crate::connect::{ConnectOptions, DatagramOptions};
 use crate::driver::buf::IoBufMut;
 use crate::error::{Error, Result};
+use crate::executor::ThreadPool;
 use crate::futures::LoopFuture;
+use crate::pipes::Pipe;
+use crate::protocols::{DatagramProtocol, Protocol};
+use crate::server::{Server, ServerOptions};
 use crate::sock::{SockAddr, Socket};
 use crate::tasks::Task;
+use crate::transports::{DatagramTransport, Transport};
 use crate::{Backend, DriverStats};
 
 /// The loop clock as a `u64` count of nanoseconds from a process-wide
@@ -275,6 +283,57 @@ pub type ExceptionHandler = Rc<dyn Fn(&EventLoop, &ExceptionContext)>;
 /// Equivalent to `asyncio.AbstractEventLoop`. [`EventLoop`] implements it on
 /// either backend; generic code takes `L: AbstractEventLoop`. The `async`
 /// methods make the trait unusable as `dyn`, by design (DESIGN.md, invariant 7).
+///
+/// Every asyncio loop method ringloop has is here, and only here: bring the
+/// trait into scope (`use ringloop::prelude::*`) to call them on an
+/// [`EventLoop`]. Methods with asyncio's keyword arguments have a `_with`
+/// variant taking an options struct; each takes the protocol factory first
+/// and the options last (`create_connection_with(factory, opts)`).
+///
+/// # Examples
+///
+/// A server and a client written once for any loop:
+///
+/// ```
+/// use ringloop::prelude::*;
+/// use ringloop::{Protocol, Server, Transport};
+///
+/// struct Echo(Option<Transport>);
+/// impl Protocol for Echo {
+///     fn connection_made(&mut self, t: Transport) {
+///         self.0 = Some(t);
+///     }
+///     fn data_received(&mut self, data: &[u8]) {
+///         self.0.as_ref().unwrap().write(data.to_vec()).unwrap();
+///     }
+/// }
+///
+/// async fn serve<L: AbstractEventLoop>(lp: &L) -> ringloop::Result<(Server, u16)> {
+///     let server = lp.create_server(|| Echo(None), "127.0.0.1", 0).await?;
+///     let port = server.sockets()[0].as_socket().unwrap().port();
+///     Ok((server, port))
+/// }
+///
+/// async fn ask<L: AbstractEventLoop>(lp: &L, port: u16) -> ringloop::Result<Vec<u8>> {
+///     let addr = lp.getaddrinfo("127.0.0.1", port).await?[0];
+///     let sock = Socket::tcp_for(&addr)?;
+///     lp.sock_connect(&sock, &addr.into()).await?;
+///     lp.sock_sendall(&sock, b"ping".to_vec()).await?;
+///     lp.sock_recv(&sock, 4).await
+/// }
+///
+/// let lp = EventLoop::new()?;
+/// let l2 = lp.clone();
+/// let got = lp.run_until_complete(async move {
+///     let (server, port) = serve(&l2).await?;
+///     let got = ask(&l2, port).await?;
+///     server.close();
+///     Ok::<_, Error>(got)
+/// })??;
+/// assert_eq!(got, b"ping");
+/// lp.close()?;
+/// # Ok::<(), ringloop::Error>(())
+/// ```
 pub trait AbstractEventLoop: Clone + fmt::Debug {
     // ---- running and stopping
     /// Runs until `fut` completes and returns its output, or the error that
@@ -363,6 +422,185 @@ pub trait AbstractEventLoop: Clone + fmt::Debug {
     /// The driver's counters.
     fn driver_stats(&self) -> DriverStats;
 
+    // ---- opening network connections
+    //
+    // Every `_with` variant (here and in `streams`) takes the protocol
+    // factory (or the streams' client callback) first, then the plain
+    // method's other non-option arguments, then its options struct last
+    // (docs/design.md).
+    /// Connects to `host:port` and runs a protocol made by `factory` on the
+    /// connection. The resolved addresses are tried one at a time, as
+    /// asyncio does without `happy_eyeballs_delay`; the first that connects
+    /// wins.
+    ///
+    /// Equivalent to `loop.create_connection(protocol_factory, host, port)`;
+    /// see [`create_connection_with`](Self::create_connection_with) for the
+    /// options. Returns the transport alone: the protocol is owned by it
+    /// (pass an `Rc<RefCell<P>>` to keep a handle to it). TCP_NODELAY is
+    /// set, as asyncio does. Name resolution runs off the loop thread
+    /// ([`getaddrinfo`](Self::getaddrinfo)).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] once the loop is closed; [`Error::Io`] if
+    /// resolution or every connection attempt fails.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ringloop::prelude::*;
+    /// use ringloop::Protocol;
+    ///
+    /// struct Quiet;
+    /// impl Protocol for Quiet {}
+    ///
+    /// ringloop::run(async {
+    ///     let lp = get_running_loop()?;
+    ///     let server = lp.create_server(|| Quiet, "127.0.0.1", 0).await?;
+    ///     let port = server.sockets()[0].as_socket().unwrap().port();
+    ///     let t = lp.create_connection(|| Quiet, "127.0.0.1", port).await?;
+    ///     assert!(t.get_extra_info("peername").is_some());
+    ///     t.close();
+    ///     server.close();
+    ///     Ok::<(), Error>(())
+    /// })??;
+    /// # Ok::<(), ringloop::Error>(())
+    /// ```
+    fn create_connection<P: Protocol>(
+        &self,
+        factory: impl FnOnce() -> P,
+        host: &str,
+        port: u16,
+    ) -> impl Future<Output = Result<Transport>>;
+    /// [`create_connection`](Self::create_connection) with asyncio's
+    /// keyword arguments in a [`ConnectOptions`]: `host`/`port`, resolved
+    /// `addrs` or a connected `sock`; `local_addr`, `happy_eyeballs_delay`
+    /// (RFC 8305), `interleave`, `family`, `all_errors`.
+    ///
+    /// Equivalent to `loop.create_connection(protocol_factory, **opts)`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] once the loop is closed; [`Error::InvalidArgument`]
+    /// unless exactly one of `host`, `addrs` or `sock` is given;
+    /// [`Error::Io`] if no address connects (one combined error, or
+    /// [`Error::Group`] with every attempt's error under `all_errors`).
+    fn create_connection_with<P: Protocol>(
+        &self,
+        factory: impl FnOnce() -> P,
+        opts: ConnectOptions,
+    ) -> impl Future<Output = Result<Transport>>;
+    /// Connects to the Unix stream socket at `path` and runs a protocol made
+    /// by `factory` on the connection.
+    ///
+    /// Equivalent to `loop.create_unix_connection(protocol_factory, path)`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] once the loop is closed; [`Error::Io`] if the path
+    /// is too long or the connection fails.
+    fn create_unix_connection<P: Protocol>(
+        &self,
+        factory: impl FnOnce() -> P,
+        path: impl AsRef<Path>,
+    ) -> impl Future<Output = Result<Transport>>;
+    /// Wraps an already connected stream socket (accepted elsewhere, or
+    /// connected with [`sock_connect`](Self::sock_connect)) in a transport
+    /// running a protocol made by `factory`.
+    ///
+    /// Equivalent to `loop.connect_accepted_socket(protocol_factory, sock)`;
+    /// synchronous here, since there is nothing to wait for.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] once the loop is closed; [`Error::InvalidArgument`]
+    /// for a socket that is not connected.
+    fn connect_accepted_socket<P: Protocol>(
+        &self,
+        factory: impl FnOnce() -> P,
+        sock: Socket,
+    ) -> Result<Transport>;
+    /// Opens a datagram (UDP) endpoint running a protocol made by `factory`:
+    /// bound to `local_addr`, connected to `remote_addr` (then `sendto` needs
+    /// no address), or on an existing socket, as [`DatagramOptions`] says.
+    ///
+    /// Equivalent to `loop.create_datagram_endpoint(protocol_factory, **opts)`.
+    /// There is no variant without options: asyncio's has only keyword
+    /// arguments.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] once the loop is closed; [`Error::InvalidArgument`]
+    /// without any address or socket, or with a socket and addresses both;
+    /// [`Error::Io`] from bind or connect.
+    fn create_datagram_endpoint<P: DatagramProtocol>(
+        &self,
+        factory: impl FnOnce() -> P,
+        opts: DatagramOptions,
+    ) -> impl Future<Output = Result<DatagramTransport>>;
+
+    // ---- creating network servers
+    /// Listens on `host:port` (an empty host: every interface, IPv4 and
+    /// IPv6; port 0: a free port, the same on every address) and runs a
+    /// protocol made by `factory` on each accepted connection. The server
+    /// accepts at once.
+    ///
+    /// Equivalent to `loop.create_server(protocol_factory, host, port)`;
+    /// see [`create_server_with`](Self::create_server_with) for the options.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] once the loop is closed; [`Error::Io`] if resolving
+    /// or binding fails (sockets bound so far are closed).
+    fn create_server<P, F>(
+        &self,
+        factory: F,
+        host: &str,
+        port: u16,
+    ) -> impl Future<Output = Result<Server>>
+    where
+        P: Protocol,
+        F: Fn() -> P + 'static;
+    /// [`create_server`](Self::create_server) with asyncio's keyword
+    /// arguments in a [`ServerOptions`]: several `hosts` or listening
+    /// `socks`, `backlog`, `reuse_address`, `reuse_port` (one loop per core
+    /// on one port), `keep_alive`, `start_serving`.
+    ///
+    /// Equivalent to `loop.create_server(protocol_factory, **opts)`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] once the loop is closed; [`Error::InvalidArgument`]
+    /// for `hosts` together with `socks`; [`Error::Io`] if resolving or
+    /// binding fails (sockets bound so far are closed).
+    fn create_server_with<P, F>(
+        &self,
+        factory: F,
+        opts: ServerOptions,
+    ) -> impl Future<Output = Result<Server>>
+    where
+        P: Protocol,
+        F: Fn() -> P + 'static;
+    /// Listens on the Unix socket `path` and runs a protocol made by
+    /// `factory` on each accepted connection. A stale socket file left at
+    /// `path` is replaced, and the file is removed when the server closes.
+    ///
+    /// Equivalent to `loop.create_unix_server(protocol_factory, path)` (with
+    /// `cleanup_socket=True`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] once the loop is closed; [`Error::Io`] if binding
+    /// fails, or `path` exists and is not a socket.
+    fn create_unix_server<P, F>(
+        &self,
+        factory: F,
+        path: impl AsRef<Path>,
+    ) -> impl Future<Output = Result<Server>>
+    where
+        P: Protocol,
+        F: Fn() -> P + 'static;
+
     // ---- low-level socket operations
     /// Receives up to `nbytes`. Equivalent to `loop.sock_recv`.
     fn sock_recv(&self, sock: &Socket, nbytes: usize) -> impl Future<Output = Result<Vec<u8>>>;
@@ -420,6 +658,130 @@ pub trait AbstractEventLoop: Clone + fmt::Debug {
     /// Stops watching `fd` for writing; true if it was watched.
     /// Equivalent to `loop.remove_writer`.
     fn remove_writer(&self, fd: RawFd) -> bool;
+
+    // ---- DNS
+    /// Resolves `host:port` off the loop thread, on the default executor.
+    ///
+    /// Equivalent to `loop.getaddrinfo(host, port)`, giving the addresses
+    /// only. A numeric host (`"127.0.0.1"`, `"::1"`) is answered at once
+    /// without a worker thread, like asyncio's `_ipaddr_info` fast path.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] if the name does not resolve; [`Error::InvalidState`]
+    /// after [`shutdown_default_executor`](Self::shutdown_default_executor).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ringloop::prelude::*;
+    /// ringloop::run(async {
+    ///     let lp = get_running_loop().unwrap();
+    ///     let addrs = lp.getaddrinfo("localhost", 80).await.unwrap();
+    ///     assert!(addrs.iter().any(|a| a.ip().is_loopback()));
+    /// }).unwrap();
+    /// ```
+    fn getaddrinfo(&self, host: &str, port: u16) -> impl Future<Output = Result<Vec<SocketAddr>>>;
+    /// The host and service names of `addr`, off the loop thread.
+    ///
+    /// Equivalent to `loop.getnameinfo(sockaddr, flags)`; `flags` are
+    /// `libc::NI_*` bits.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] if the lookup fails; [`Error::InvalidState`] after
+    /// [`shutdown_default_executor`](Self::shutdown_default_executor).
+    fn getnameinfo(
+        &self,
+        addr: SocketAddr,
+        flags: i32,
+    ) -> impl Future<Output = Result<(String, String)>>;
+
+    // ---- pipes
+    /// Reads from `pipe` into the spare capacity of `buf`; `Ok(0)` at end of
+    /// file. The buffer comes back also on error.
+    ///
+    /// No asyncio loop method is this one: it is the pipe counterpart of
+    /// [`sock_recv_into`](Self::sock_recv_into), the building block of
+    /// `connect_read_pipe`'s transport (to come).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] once the loop is closed; [`Error::Io`] from `read(2)`.
+    fn pipe_read_into<B: IoBufMut>(
+        &self,
+        pipe: &Pipe,
+        buf: B,
+    ) -> impl Future<Output = (Result<usize>, B)>;
+    /// Writes all of `data` to `pipe`.
+    ///
+    /// No asyncio loop method is this one: it is the pipe counterpart of
+    /// [`sock_sendall`](Self::sock_sendall), the building block of
+    /// `connect_write_pipe`'s transport (to come).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] once the loop is closed; [`Error::Io`], e.g.
+    /// `EPIPE` once the read end is closed.
+    fn pipe_write_all<B: crate::IoBuf>(
+        &self,
+        pipe: &Pipe,
+        data: B,
+    ) -> impl Future<Output = Result<()>>;
+
+    // ---- executing code in thread pools
+    /// Runs `f` on the default executor (a [`ThreadPool`] made on first use)
+    /// and returns its result.
+    ///
+    /// Equivalent to `loop.run_in_executor(None, f)`. Dropping the future
+    /// does not stop `f` (a thread cannot be cancelled); its result is
+    /// discarded.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Panic`] if `f` panicked; [`Error::InvalidState`] after
+    /// [`shutdown_default_executor`](Self::shutdown_default_executor).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ringloop::prelude::*;
+    /// ringloop::run(async {
+    ///     let lp = get_running_loop().unwrap();
+    ///     let v = lp.run_in_executor(|| (1..=10).sum::<u32>()).await.unwrap();
+    ///     assert_eq!(v, 55);
+    /// }).unwrap();
+    /// ```
+    fn run_in_executor<F, T>(&self, f: F) -> impl Future<Output = Result<T>>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static;
+    /// Runs `f` on `pool`. Equivalent to `loop.run_in_executor(pool, f)`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Panic`] if `f` panicked; [`Error::InvalidState`] if `pool`
+    /// is shut down.
+    fn run_in_executor_on<F, T>(&self, pool: &ThreadPool, f: F) -> impl Future<Output = Result<T>>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static;
+    /// Replaces the default executor. Equivalent to `loop.set_default_executor`.
+    fn set_default_executor(&self, pool: ThreadPool);
+    /// Stops the default executor and waits (at most `timeout`) for its
+    /// threads to finish; afterwards [`run_in_executor`](Self::run_in_executor)
+    /// fails.
+    ///
+    /// Equivalent to `loop.shutdown_default_executor(timeout)`: past the
+    /// timeout a warning is logged and the threads are not waited for.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] if the joining thread cannot be started.
+    fn shutdown_default_executor(
+        &self,
+        timeout: Option<Duration>,
+    ) -> impl Future<Output = Result<()>>;
 }
 
 /// The loop running on this thread.

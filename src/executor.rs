@@ -221,29 +221,8 @@ impl EventLoop {
         Ok(ex.clone().expect("set above"))
     }
 
-    /// Runs `f` on the default executor (a [`ThreadPool`] made on first use)
-    /// and returns its result.
-    ///
-    /// Equivalent to `loop.run_in_executor(None, f)`. Dropping the future
-    /// does not stop `f` (a thread cannot be cancelled); its result is
-    /// discarded.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Panic`] if `f` panicked; [`Error::InvalidState`] after
-    /// [`shutdown_default_executor`](Self::shutdown_default_executor).
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use ringloop::prelude::*;
-    /// ringloop::run(async {
-    ///     let lp = get_running_loop().unwrap();
-    ///     let v = lp.run_in_executor(|| (1..=10).sum::<u32>()).await.unwrap();
-    ///     assert_eq!(v, 55);
-    /// }).unwrap();
-    /// ```
-    pub async fn run_in_executor<F, T>(&self, f: F) -> Result<T>
+    /// [`AbstractEventLoop::run_in_executor`].
+    pub(crate) async fn run_in_executor_impl<F, T>(&self, f: F) -> Result<T>
     where
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
@@ -252,13 +231,8 @@ impl EventLoop {
         run_on_pool(&pool, f)?.await
     }
 
-    /// Runs `f` on `pool`. Equivalent to `loop.run_in_executor(pool, f)`.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Panic`] if `f` panicked; [`Error::InvalidState`] if `pool`
-    /// is shut down.
-    pub async fn run_in_executor_on<F, T>(&self, pool: &ThreadPool, f: F) -> Result<T>
+    /// [`AbstractEventLoop::run_in_executor_on`].
+    pub(crate) async fn run_in_executor_on_impl<F, T>(&self, pool: &ThreadPool, f: F) -> Result<T>
     where
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
@@ -266,21 +240,16 @@ impl EventLoop {
         run_on_pool(pool, f)?.await
     }
 
-    /// Replaces the default executor. Equivalent to `loop.set_default_executor`.
-    pub fn set_default_executor(&self, pool: ThreadPool) {
+    /// [`AbstractEventLoop::set_default_executor`].
+    pub(crate) fn set_default_executor_impl(&self, pool: ThreadPool) {
         *self.core.executor.borrow_mut() = Some(pool);
     }
 
-    /// Stops the default executor and waits (at most `timeout`) for its
-    /// threads to finish; afterwards `run_in_executor` fails.
-    ///
-    /// Equivalent to `loop.shutdown_default_executor(timeout)`: past the
-    /// timeout a warning is logged and the threads are not waited for.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Io`] if the joining thread cannot be started.
-    pub async fn shutdown_default_executor(&self, timeout: Option<Duration>) -> Result<()> {
+    /// [`AbstractEventLoop::shutdown_default_executor`].
+    pub(crate) async fn shutdown_default_executor_impl(
+        &self,
+        timeout: Option<Duration>,
+    ) -> Result<()> {
         self.core.executor_shut.set(true);
         let Some(pool) = self.core.executor.borrow_mut().take() else {
             return Ok(());
@@ -308,49 +277,29 @@ impl EventLoop {
         }
     }
 
-    /// Resolves `host:port` off the loop thread.
-    ///
-    /// Equivalent to `loop.getaddrinfo` (addresses only). A numeric host
-    /// (`"127.0.0.1"`, `"::1"`) is answered at once without a worker
-    /// thread, like asyncio's `_ipaddr_info` fast path.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Io`] if the name does not resolve.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use ringloop::prelude::*;
-    /// ringloop::run(async {
-    ///     let lp = get_running_loop().unwrap();
-    ///     let addrs = lp.getaddrinfo("localhost", 80).await.unwrap();
-    ///     assert!(addrs.iter().any(|a| a.ip().is_loopback()));
-    /// }).unwrap();
-    /// ```
-    pub async fn getaddrinfo(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>> {
+    /// [`AbstractEventLoop::getaddrinfo`].
+    pub(crate) async fn getaddrinfo_impl(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>> {
         if let Ok(ip) = host.parse::<std::net::IpAddr>() {
             return Ok(vec![SocketAddr::new(ip, port)]);
         }
         let host = host.to_owned();
         let addrs = self
-            .run_in_executor(move || (host.as_str(), port).to_socket_addrs().map(Vec::from_iter))
+            .run_in_executor_impl(move || {
+                (host.as_str(), port).to_socket_addrs().map(Vec::from_iter)
+            })
             .await??;
         Ok(addrs)
     }
 
-    /// The host and service names of `addr`, off the loop thread.
-    ///
-    /// Equivalent to `loop.getnameinfo(sockaddr, flags)`; `flags` are
-    /// `libc::NI_*` bits.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Io`] if the lookup fails.
-    pub async fn getnameinfo(&self, addr: SocketAddr, flags: i32) -> Result<(String, String)> {
+    /// [`AbstractEventLoop::getnameinfo`].
+    pub(crate) async fn getnameinfo_impl(
+        &self,
+        addr: SocketAddr,
+        flags: i32,
+    ) -> Result<(String, String)> {
         let sa = socket2::SockAddr::from(addr);
         Ok(self
-            .run_in_executor(move || crate::driver::sys::getnameinfo(&sa, flags))
+            .run_in_executor_impl(move || crate::driver::sys::getnameinfo(&sa, flags))
             .await??)
     }
 
@@ -367,7 +316,7 @@ impl EventLoop {
 ///
 /// # Errors
 ///
-/// As [`EventLoop::run_in_executor`]; [`Error::InvalidState`] without a
+/// As [`AbstractEventLoop::run_in_executor`]; [`Error::InvalidState`] without a
 /// running loop.
 ///
 /// # Examples

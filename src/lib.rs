@@ -30,6 +30,11 @@
 //!   Docker's default seccomp profile; `RINGLOOP_BACKEND=proactor|selector`
 //!   forces one.
 //! * A loop belongs to one thread (`!Send`); other threads use [`LoopHandle`].
+//! * Every loop method (callbacks, tasks, `sock_*`, connections, servers,
+//!   datagram endpoints, DNS, executors, fd watchers, pipes) is a method of
+//!   [`AbstractEventLoop`], which [`EventLoop`] implements on both backends
+//!   and the [`prelude`] brings into scope; code generic over
+//!   `L: AbstractEventLoop` can do everything a loop does.
 //!
 //! ## Example
 //!

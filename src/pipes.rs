@@ -70,9 +70,12 @@ impl fmt::Debug for Pipe {
 }
 
 impl EventLoop {
-    /// Reads into the spare capacity of `buf`; `Ok(0)` at end of file.
-    /// The buffer comes back also on error.
-    pub async fn pipe_read_into<B: IoBufMut>(&self, pipe: &Pipe, buf: B) -> (Result<usize>, B) {
+    /// [`AbstractEventLoop::pipe_read_into`](crate::AbstractEventLoop::pipe_read_into).
+    pub(crate) async fn pipe_read_into_impl<B: IoBufMut>(
+        &self,
+        pipe: &Pipe,
+        buf: B,
+    ) -> (Result<usize>, B) {
         if let Err(e) = self.check_open() {
             return (Err(e), buf);
         }
@@ -82,12 +85,8 @@ impl EventLoop {
         (r.map_err(Into::into), buf)
     }
 
-    /// Writes all of `data`.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Io`](crate::Error::Io), e.g. `EPIPE` once the read end is closed.
-    pub async fn pipe_write_all<B: IoBuf>(&self, pipe: &Pipe, data: B) -> Result<()> {
+    /// [`AbstractEventLoop::pipe_write_all`](crate::AbstractEventLoop::pipe_write_all).
+    pub(crate) async fn pipe_write_all_impl<B: IoBuf>(&self, pipe: &Pipe, data: B) -> Result<()> {
         self.check_open()?;
         let total = data.bytes_init();
         let mut op = Write::new(pipe.fd.clone(), data);

@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use crate::base_loop::EventLoop;
 use crate::error::{Error, Result};
+#[cfg(doc)]
+use crate::events::AbstractEventLoop;
 use crate::events::ExceptionContext;
 use crate::protocols::Protocol;
 use crate::sock::{Acceptor, Domain, SockAddr, Socket, Type};
@@ -21,7 +23,8 @@ use crate::transports::Transport;
 /// (asyncio's `ACCEPT_RETRY_DELAY`).
 const ACCEPT_RETRY_DELAY: Duration = Duration::from_secs(1);
 
-/// Options of [`EventLoop::create_server_with`].
+/// Options of [`AbstractEventLoop::create_server_with`] (and
+/// [`start_server_with`](crate::start_server_with)).
 ///
 /// Equivalent to `loop.create_server`'s keyword arguments.
 #[derive(Debug)]
@@ -107,15 +110,13 @@ fn bind_listener(addr: SocketAddr, opts: &ServerOptions) -> Result<Socket> {
 }
 
 impl EventLoop {
-    /// Listens on `host:port` (an empty host: every interface) and runs a
-    /// protocol made by `factory` on each accepted connection.
-    ///
-    /// Equivalent to `loop.create_server(factory, host, port)`.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Io`] if resolving or binding fails.
-    pub async fn create_server<P, F>(&self, factory: F, host: &str, port: u16) -> Result<Server>
+    /// [`AbstractEventLoop::create_server`].
+    pub(crate) async fn create_server_impl<P, F>(
+        &self,
+        factory: F,
+        host: &str,
+        port: u16,
+    ) -> Result<Server>
     where
         P: Protocol,
         F: Fn() -> P + 'static,
@@ -125,7 +126,7 @@ impl EventLoop {
         } else {
             vec![host.to_owned()]
         };
-        self.create_server_with(
+        self.create_server_with_impl(
             factory,
             ServerOptions {
                 hosts,
@@ -136,13 +137,12 @@ impl EventLoop {
         .await
     }
 
-    /// [`create_server`](Self::create_server) with asyncio's options.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Io`] if resolving or binding fails (sockets bound so far
-    /// are closed); [`Error::InvalidArgument`] for hosts together with socks.
-    pub async fn create_server_with<P, F>(&self, factory: F, opts: ServerOptions) -> Result<Server>
+    /// [`AbstractEventLoop::create_server_with`].
+    pub(crate) async fn create_server_with_impl<P, F>(
+        &self,
+        factory: F,
+        opts: ServerOptions,
+    ) -> Result<Server>
     where
         P: Protocol,
         F: Fn() -> P + 'static,
@@ -169,7 +169,7 @@ impl EventLoop {
                 ));
             } else {
                 for h in &opts.hosts {
-                    for a in self.getaddrinfo(h, opts.port).await? {
+                    for a in self.getaddrinfo_impl(h, opts.port).await? {
                         if !addrs.contains(&a) {
                             addrs.push(a);
                         }
@@ -208,15 +208,8 @@ impl EventLoop {
         Ok(server)
     }
 
-    /// Listens on the Unix socket `path`; a stale socket file left there is
-    /// replaced, and the file is removed when the server closes.
-    ///
-    /// Equivalent to `loop.create_unix_server` (with `cleanup_socket=True`).
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Io`] if binding fails, or `path` exists and is not a socket.
-    pub async fn create_unix_server<P, F>(
+    /// [`AbstractEventLoop::create_unix_server`].
+    pub(crate) async fn create_unix_server_impl<P, F>(
         &self,
         factory: F,
         path: impl AsRef<Path>,

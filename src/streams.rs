@@ -22,7 +22,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use crate::base_loop::EventLoop;
 use crate::driver::buf::WriteBuf;
 use crate::error::{Error, Result};
-use crate::events::get_running_loop;
+use crate::events::{AbstractEventLoop, get_running_loop};
 use crate::protocols::Protocol;
 use crate::server::{Server, ServerOptions};
 use crate::sock::SockAddr;
@@ -694,7 +694,7 @@ where
 ///
 /// # Errors
 ///
-/// As [`EventLoop::create_connection`].
+/// As [`AbstractEventLoop::create_connection`].
 ///
 /// # Examples
 ///
@@ -724,13 +724,15 @@ pub async fn open_connection(host: &str, port: u16) -> Result<(StreamReader, Str
 /// [`open_connection`] with a buffer limit and every connection option
 /// (`sock`, `local_addr`, `happy_eyeballs_delay`, `interleave`, `family`, …).
 ///
+/// The options come last, as in every `_with` variant.
+///
 /// # Errors
 ///
-/// As [`EventLoop::create_connection_with`]; [`Error::InvalidArgument`]
+/// As [`AbstractEventLoop::create_connection_with`]; [`Error::InvalidArgument`]
 /// for a zero limit.
 pub async fn open_connection_with(
-    opts: crate::connect::ConnectOptions,
     limit: usize,
+    opts: crate::connect::ConnectOptions,
 ) -> Result<(StreamReader, StreamWriter)> {
     open_streams(limit, |lp, proto| async move {
         lp.create_connection_with(move || proto, opts).await
@@ -743,7 +745,7 @@ pub async fn open_connection_with(
 ///
 /// # Errors
 ///
-/// As [`EventLoop::create_unix_connection`].
+/// As [`AbstractEventLoop::create_unix_connection`].
 pub async fn open_unix_connection(path: impl AsRef<Path>) -> Result<(StreamReader, StreamWriter)> {
     open_streams(DEFAULT_LIMIT, |lp, proto| async move {
         lp.create_unix_connection(move || proto, path).await
@@ -788,7 +790,7 @@ where
 ///
 /// # Errors
 ///
-/// As [`EventLoop::create_server`].
+/// As [`AbstractEventLoop::create_server`].
 pub async fn start_server<F, Fut>(cb: F, host: &str, port: u16) -> Result<Server>
 where
     F: Fn(StreamReader, StreamWriter) -> Fut + 'static,
@@ -815,7 +817,7 @@ where
 ///
 /// # Errors
 ///
-/// As [`EventLoop::create_server_with`]; [`Error::InvalidArgument`] for a
+/// As [`AbstractEventLoop::create_server_with`]; [`Error::InvalidArgument`] for a
 /// zero limit.
 pub async fn start_server_with<F, Fut>(cb: F, limit: usize, opts: ServerOptions) -> Result<Server>
 where
@@ -832,7 +834,7 @@ where
 ///
 /// # Errors
 ///
-/// As [`EventLoop::create_unix_server`].
+/// As [`AbstractEventLoop::create_unix_server`].
 pub async fn start_unix_server<F, Fut>(cb: F, path: impl AsRef<Path>) -> Result<Server>
 where
     F: Fn(StreamReader, StreamWriter) -> Fut + 'static,

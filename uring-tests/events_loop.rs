@@ -509,10 +509,10 @@ both_backends! {
         let seen = capture_handler(lp);
         let log: Log = Rc::new(RefCell::new(Vec::new()));
         assert_eq!(lp.unhandled_panic(), ringloop::UnhandledPanic::Ignore);
-        lp.call_soon(|| panic!("boom"));
-        lp.call_soon(push(&log, "after"));
+        lp.call_soon(|| panic!("boom")).unwrap();
+        lp.call_soon(push(&log, "after")).unwrap();
         let l2 = lp.clone();
-        lp.call_soon(move || l2.stop());
+        lp.call_soon(move || l2.stop()).unwrap();
         lp.run_forever().unwrap();
         assert_eq!(*log.borrow(), ["after"]);
         assert_eq!(seen.borrow().len(), 1);
@@ -527,9 +527,9 @@ both_backends! {
         let seen = capture_handler(lp);
         lp.set_unhandled_panic(ringloop::UnhandledPanic::StopLoop);
         let log: Log = Rc::new(RefCell::new(Vec::new()));
-        lp.call_soon(push(&log, "first"));
-        lp.call_soon(|| panic!("boom"));
-        lp.call_later(Duration::from_secs(3600), || unreachable!("the loop stopped"));
+        lp.call_soon(push(&log, "first")).unwrap();
+        lp.call_soon(|| panic!("boom")).unwrap();
+        lp.call_later(Duration::from_secs(3600), || unreachable!("the loop stopped")).unwrap();
         let err = lp.run_forever().unwrap_err();
         assert!(matches!(&err, Error::Panic(m) if m == "boom"), "{err:?}");
         assert_eq!(*log.borrow(), ["first"]);

@@ -704,7 +704,7 @@ async fn read_plan(seed: u64, port: u16, data: Vec<u8>, limit: usize) -> Result<
         port,
         ..Default::default()
     };
-    let (r, w) = ringloop::open_connection_with(opts, limit)
+    let (r, w) = ringloop::open_connection_with(limit, opts)
         .await
         .map_err(|e| format!("open_connection: {e}"))?;
     let mut model = Model::new(limit);

@@ -456,12 +456,12 @@ both_backends! {
                 w.write(l).unwrap();
             }, "127.0.0.1", 0).await.unwrap();
             let p2 = srv.sockets()[0].as_socket().unwrap().port();
-            let (r, w) = ringloop::open_connection_with(ringloop::ConnectOptions {
+            let (r, w) = ringloop::open_connection_with(1024, ringloop::ConnectOptions {
                 host: Some("127.0.0.1".into()),
                 port: p2,
                 local_addr: Some("127.0.0.1:0".parse().unwrap()),
                 ..Default::default()
-            }, 1024).await.unwrap();
+            }).await.unwrap();
             assert_eq!(r.limit(), 1024);
             w.write(&b"via options\n"[..]).unwrap();
             assert_eq!(&r.readline().await.unwrap()[..], b"via options\n");

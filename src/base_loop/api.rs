@@ -1,19 +1,29 @@
 //! `AbstractEventLoop` for `EventLoop`: the public face, delegating to the
-//! implementations in `base_loop`, `sock` and `readers`.
+//! implementations in `base_loop`, `connect`, `server`, `sock`, `readers`,
+//! `pipes` and `executor` (each a `pub(crate) …_impl` method, so the trait
+//! is the one public way to call them).
 #![forbid(unsafe_code)]
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::os::fd::RawFd;
+use std::path::Path;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use super::{EventLoop, LoopHandle, default_handler};
+use crate::connect::{ConnectOptions, DatagramOptions};
 use crate::driver::buf::{IoBuf, IoBufMut};
 use crate::error::{Error, Result};
 use crate::events::{AbstractEventLoop, ExceptionContext, ExceptionHandler, Handle, TimerHandle};
+use crate::executor::ThreadPool;
 use crate::futures::LoopFuture;
+use crate::pipes::Pipe;
+use crate::protocols::{DatagramProtocol, Protocol};
+use crate::server::{Server, ServerOptions};
 use crate::sock::{SockAddr, Socket};
 use crate::tasks::Task;
+use crate::transports::{DatagramTransport, Transport};
 use crate::{Backend, DriverStats};
 
 impl AbstractEventLoop for EventLoop {
@@ -147,6 +157,84 @@ impl AbstractEventLoop for EventLoop {
         self.driver_stats_impl()
     }
 
+    fn create_connection<P: Protocol>(
+        &self,
+        factory: impl FnOnce() -> P,
+        host: &str,
+        port: u16,
+    ) -> impl Future<Output = Result<Transport>> {
+        self.create_connection_impl(factory, host, port)
+    }
+
+    fn create_connection_with<P: Protocol>(
+        &self,
+        factory: impl FnOnce() -> P,
+        opts: ConnectOptions,
+    ) -> impl Future<Output = Result<Transport>> {
+        self.create_connection_with_impl(factory, opts)
+    }
+
+    fn create_unix_connection<P: Protocol>(
+        &self,
+        factory: impl FnOnce() -> P,
+        path: impl AsRef<Path>,
+    ) -> impl Future<Output = Result<Transport>> {
+        self.create_unix_connection_impl(factory, path)
+    }
+
+    fn connect_accepted_socket<P: Protocol>(
+        &self,
+        factory: impl FnOnce() -> P,
+        sock: Socket,
+    ) -> Result<Transport> {
+        self.connect_accepted_socket_impl(factory, sock)
+    }
+
+    fn create_datagram_endpoint<P: DatagramProtocol>(
+        &self,
+        factory: impl FnOnce() -> P,
+        opts: DatagramOptions,
+    ) -> impl Future<Output = Result<DatagramTransport>> {
+        self.create_datagram_endpoint_impl(factory, opts)
+    }
+
+    fn create_server<P, F>(
+        &self,
+        factory: F,
+        host: &str,
+        port: u16,
+    ) -> impl Future<Output = Result<Server>>
+    where
+        P: Protocol,
+        F: Fn() -> P + 'static,
+    {
+        self.create_server_impl(factory, host, port)
+    }
+
+    fn create_server_with<P, F>(
+        &self,
+        factory: F,
+        opts: ServerOptions,
+    ) -> impl Future<Output = Result<Server>>
+    where
+        P: Protocol,
+        F: Fn() -> P + 'static,
+    {
+        self.create_server_with_impl(factory, opts)
+    }
+
+    fn create_unix_server<P, F>(
+        &self,
+        factory: F,
+        path: impl AsRef<Path>,
+    ) -> impl Future<Output = Result<Server>>
+    where
+        P: Protocol,
+        F: Fn() -> P + 'static,
+    {
+        self.create_unix_server_impl(factory, path)
+    }
+
     fn sock_recv(&self, sock: &Socket, nbytes: usize) -> impl Future<Output = Result<Vec<u8>>> {
         self.sock_recv_impl(sock, nbytes)
     }
@@ -210,5 +298,56 @@ impl AbstractEventLoop for EventLoop {
 
     fn remove_writer(&self, fd: RawFd) -> bool {
         self.remove_watcher(fd, true)
+    }
+
+    fn getaddrinfo(&self, host: &str, port: u16) -> impl Future<Output = Result<Vec<SocketAddr>>> {
+        self.getaddrinfo_impl(host, port)
+    }
+
+    fn getnameinfo(
+        &self,
+        addr: SocketAddr,
+        flags: i32,
+    ) -> impl Future<Output = Result<(String, String)>> {
+        self.getnameinfo_impl(addr, flags)
+    }
+
+    fn pipe_read_into<B: IoBufMut>(
+        &self,
+        pipe: &Pipe,
+        buf: B,
+    ) -> impl Future<Output = (Result<usize>, B)> {
+        self.pipe_read_into_impl(pipe, buf)
+    }
+
+    fn pipe_write_all<B: IoBuf>(&self, pipe: &Pipe, data: B) -> impl Future<Output = Result<()>> {
+        self.pipe_write_all_impl(pipe, data)
+    }
+
+    fn run_in_executor<F, T>(&self, f: F) -> impl Future<Output = Result<T>>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        self.run_in_executor_impl(f)
+    }
+
+    fn run_in_executor_on<F, T>(&self, pool: &ThreadPool, f: F) -> impl Future<Output = Result<T>>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        self.run_in_executor_on_impl(pool, f)
+    }
+
+    fn set_default_executor(&self, pool: ThreadPool) {
+        self.set_default_executor_impl(pool)
+    }
+
+    fn shutdown_default_executor(
+        &self,
+        timeout: Option<Duration>,
+    ) -> impl Future<Output = Result<()>> {
+        self.shutdown_default_executor_impl(timeout)
     }
 }
