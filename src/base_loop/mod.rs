@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod api;
+pub(crate) mod io;
 mod remote;
 mod timers;
 

@@ -1,50 +1,62 @@
-//! The socket stream transport (TCP and Unix), on the driver's owned-buffer
-//! ops, driven by completion callbacks: no task and no future on the data
-//! path. The driver reports each completion through the loop's ready queue
-//! ([`Notify`]), like asyncio's proactor, whose transports are driven by
-//! future callbacks.
+//! The socket stream transport (TCP and Unix), on the loop's I/O API and
+//! the transport base, driven by completion events: no task and no future
+//! on the data path. Each completion reaches it through the loop's ready
+//! queue, like asyncio's proactor, whose transports are driven by future
+//! callbacks.
 //!
 //! Writes made in the protocol's `data_received` for this transport leave
 //! in one send (`sendmsg`/writev for several buffers) when it returns; writes
 //! made anywhere else during a loop turn are flushed at the end of that turn.
-//! Either way they go to the kernel with the next driver wait. The reader keeps one receive in flight while
-//! reading is on; `pause_reading` cancels it (data it already got is kept by
-//! the driver for the next receive).
+//! Either way they go to the kernel with the next driver wait. The reader
+//! keeps one receive in flight while reading is on; `pause_reading` asks it
+//! to end (what it still gets is kept, in order, for the resume).
 #![forbid(unsafe_code)]
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::fmt;
-use std::io;
 use std::rc::Rc;
 
 use bytes::Bytes;
 
-use super::cell::{Failure, ProtoCell};
-use super::{ExtraInfo, buffer_limits};
+use super::ExtraInfo;
+use super::base::{Base, Phase, deliver_lost};
+use super::cell::Failure;
+use crate::base_loop::io::{IoEvent, IoHandler, Received, StreamRecv, StreamSend};
 use crate::base_loop::{EventLoop, LoopClosing};
 use crate::driver::buf::{Chunk, WriteBuf};
-use crate::driver::ops::{Recv, SendMsg};
-use crate::driver::pool::{POOL_BUF_SIZE, PoolRef, RecvBuf, RecvPooled};
-use crate::driver::{Done, Event, HandlerOp, MultiOp, Notify, ReusableOp};
+use crate::driver::pool::{POOL_BUF_SIZE, RecvBuf};
 use crate::error::{Error, Result};
-use crate::events::ExceptionContext;
 use crate::protocols::Protocol;
 use crate::sock::{SockAddr, Socket};
 
-/// Receive size per read (asyncio's selector reads up to 256 KiB; 64 KiB
-/// keeps memory per active connection modest).
+/// Receive size of a plain receive: a read this long likely has more
+/// behind it (see `deliver`).
 const READ_SIZE: usize = 64 * 1024;
 /// At most this many buffers go into one `sendmsg`.
 const MAX_IOV: usize = 1024;
 
-#[derive(Default)]
-struct State {
+/// The read side's state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Reading {
+    On,
+    Paused,
+    /// The peer closed its side (EOF delivered).
+    Eof,
+}
+
+/// `write_eof`'s progress.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum WriteEof {
+    No,
+    /// Asked: the write side closes once the buffer is sent.
+    Asked,
+    Sent,
+}
+
+/// The writer's state beyond the base's.
+struct Writer {
     wbuf: VecDeque<WriteBuf>,
-    wsize: usize,
-    high: usize,
-    low: usize,
-    protocol_paused: bool,
     /// A send is in flight (its completion pumps the writer again).
     sending: bool,
     /// A flush is queued for the end of this loop turn.
@@ -54,96 +66,45 @@ struct State {
     /// returns (`flush_on_return`).
     in_data_cb: bool,
     flush_on_return: bool,
-    closing: bool,
-    eof_requested: bool,
-    eof_sent: bool,
-    reading: bool,
-    read_eof: bool,
-    lost: bool,
+    eof: WriteEof,
 }
 
-impl State {
+impl Writer {
     /// A turn-end flush is needed (no send or flush on its way); it counts
     /// as queued from now on.
     fn queue_flush(&mut self) -> bool {
         !self.sending && !std::mem::replace(&mut self.flush_queued, true)
     }
-
-    /// Over the high-water mark and not paused yet: paused from now on
-    /// (the caller tells the protocol, once, until `resume_writing`).
-    fn pause_due(&mut self) -> bool {
-        let over = !self.protocol_paused && self.wsize > self.high;
-        self.protocol_paused |= over;
-        over
-    }
 }
 
 struct Inner {
-    lp: EventLoop,
+    base: Base<dyn Protocol>,
     sock: RefCell<Option<Socket>>,
-    fd: RawFdCell,
+    fd: std::os::fd::RawFd,
     peer: Option<SockAddr>,
     local: Option<SockAddr>,
-    protocol: ProtoCell<dyn Protocol>,
-    st: RefCell<State>,
-    rd: RefCell<ReadSide>,
-    wr: RefCell<WriteSide>,
-    /// The loop's receive buffer pool.
-    pool: PoolRef,
-    on_lost: RefCell<Vec<Box<dyn FnOnce()>>>,
-    /// The loop's key for this live transport ([`LoopClosing`]).
-    registered: Cell<Option<usize>>,
+    reading: Cell<Reading>,
+    wr: RefCell<Writer>,
+    recv: RefCell<Option<StreamRecv>>,
+    send: RefCell<Option<StreamSend>>,
 }
 
-/// The receive in flight, if any.
-#[derive(Default)]
-struct ReadSide {
-    /// Multishot receive into the loop's pool: no buffer is held while the
-    /// connection is idle.
-    multi: Option<MultiOp>,
-    /// After the pool ran dry (ENOBUFS), one plain receive with its own
-    /// buffer keeps the connection moving.
-    plain: Option<HandlerOp<Recv<Vec<u8>>>>,
-    dry: bool,
-    /// `multi` was asked to end (reading paused): its last results and
-    /// its final completion are still to come, and no new receive starts
-    /// before that, so what it got is kept in order.
-    cancelling: bool,
-}
-
-/// The send op, made at the first send and reused for every send after it
-/// (it stays in the driver: no allocation per send).
-#[derive(Default)]
-struct WriteSide {
-    op: Option<ReusableOp<SendMsg<WriteBuf>>>,
-}
-
-/// Completion callbacks: a receive or a send finished (`key`), or the
-/// turn-end flush (`TURN_END`).
-impl Notify for Inner {
-    fn notify(self: Rc<Self>, ev: Event) {
+impl IoHandler for Inner {
+    fn on_io(self: Rc<Self>, ev: IoEvent) {
         let t = Transport(self);
-        match ev {
-            Event::TurnEnd => {
-                t.0.st.borrow_mut().flush_queued = false;
-                t.pump_writer();
-            }
-            // The plain receive's completion waits in the driver.
-            Event::Ready(tok) => {
-                if t.0.rd.borrow().plain.as_ref().is_some_and(|p| p.is(tok)) {
-                    t.on_plain_read();
-                }
-            }
-            Event::Completed(tok, done) => {
-                if t.0.rd.borrow().multi.as_ref().is_some_and(|m| m.is(tok)) {
-                    t.on_received(done);
-                } else if t.0.wr.borrow().op.as_ref().is_some_and(|o| o.is(tok)) {
-                    t.on_sent(done);
-                } else {
-                    t.on_stale_receive(done);
-                }
-            }
+        if ev.is_turn_end() {
+            t.0.wr.borrow_mut().flush_queued = false;
+            t.pump_writer();
+            return;
         }
+        let got = t.0.recv.borrow_mut().as_mut().and_then(|r| r.take(&ev));
+        if let Some(got) = got {
+            return t.on_received(got);
+        }
+        if t.on_sent(&ev) {
+            return;
+        }
+        t.on_stale_receive(&ev);
     }
 }
 
@@ -153,13 +114,23 @@ impl LoopClosing for Inner {
         // an unclosed transport): let go of everything without protocol
         // callbacks; the socket closes, so the peer sees EOF.
         let t = Transport(self);
-        t.0.st.borrow_mut().lost = true;
-        t.release_all();
+        t.0.base.begin_lost();
+        t.0.release_io();
+        t.0.base.release();
     }
 }
 
-#[derive(Clone, Copy)]
-struct RawFdCell(std::os::fd::RawFd);
+impl Inner {
+    /// Cancels the receive and the send in flight (the driver keeps their
+    /// buffers until the kernel lets go, and what a receive got), and
+    /// closes the socket once nothing holds it.
+    fn release_io(&self) {
+        let recv = self.recv.borrow_mut().take();
+        let send = self.send.borrow_mut().take();
+        drop((recv, send));
+        self.sock.borrow_mut().take();
+    }
+}
 
 /// A connected stream transport (TCP or Unix socket).
 ///
@@ -177,29 +148,28 @@ impl Transport {
     pub(crate) fn start(lp: &EventLoop, sock: Socket, protocol: Box<dyn Protocol>) -> Transport {
         let peer = sock.peer_addr().ok();
         let local = sock.local_addr().ok();
-        let fd = RawFdCell(std::os::fd::AsRawFd::as_raw_fd(&sock));
-        let (high, low) = buffer_limits(None, None).expect("default limits are valid");
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&sock);
+        let recv = StreamRecv::new(lp, sock.shared().clone());
         let t = Transport(Rc::new(Inner {
-            lp: lp.clone(),
+            base: Base::new(lp, protocol, "Protocol"),
             sock: RefCell::new(Some(sock)),
             fd,
             peer,
             local,
-            protocol: ProtoCell::new(protocol),
-            st: RefCell::new(State {
-                high,
-                low,
-                reading: true,
-                ..Default::default()
+            reading: Cell::new(Reading::On),
+            wr: RefCell::new(Writer {
+                wbuf: VecDeque::new(),
+                sending: false,
+                flush_queued: false,
+                in_data_cb: false,
+                flush_on_return: false,
+                eof: WriteEof::No,
             }),
-            rd: RefCell::new(ReadSide::default()),
-            wr: RefCell::new(WriteSide::default()),
-            pool: lp.driver().borrow().pool(),
-            on_lost: RefCell::new(Vec::new()),
-            registered: Cell::new(None),
+            recv: RefCell::new(Some(recv)),
+            send: RefCell::new(None),
         }));
         let weak: std::rc::Weak<dyn LoopClosing> = Rc::downgrade(&t.0) as _;
-        t.0.registered.set(Some(lp.core.register_transport(weak)));
+        t.0.base.register(weak);
         // connection_made runs through the loop, then reading starts.
         let t2 = t.clone();
         lp.call_soon_impl(
@@ -217,229 +187,125 @@ impl Transport {
 
     /// Runs `f` when the connection is lost (servers count connections).
     pub(crate) fn on_lost(&self, f: impl FnOnce() + 'static) {
-        if self.0.st.borrow().lost {
-            f();
-        } else {
-            self.0.on_lost.borrow_mut().push(Box::new(f));
-        }
+        self.0.base.on_lost(f);
     }
 
     /// Calls the protocol (deferred while it is inside another callback);
     /// a panic is reported and costs this connection only.
     fn call_protocol(&self, f: impl FnOnce(&mut dyn Protocol) + 'static) {
-        if let Err(msg) = self.0.protocol.call(f) {
+        if let Err(msg) = self.0.base.call(f) {
             self.protocol_panicked(msg);
         }
     }
 
     fn protocol_panicked(&self, msg: String) {
-        self.0.lp.call_exception_handler_impl(ExceptionContext {
-            message: "Fatal error: a protocol callback panicked".into(),
-            exception: Some(Error::Panic(msg.clone())),
-            protocol: Some("Protocol".into()),
-            transport: Some(format!("{self:?}")),
-            ..Default::default()
-        });
+        self.0.base.report_panic(&msg, format!("{self:?}"));
         self.force_close(Some(Error::Panic(msg)));
     }
 
-    fn handler(&self) -> Rc<dyn Notify> {
+    fn handler(&self) -> Rc<dyn crate::driver::Notify> {
         self.0.clone()
     }
 
-    /// Cancels the receive and the send in flight (the driver keeps their
-    /// buffers until the kernel lets go, and what a receive got).
-    fn drop_ops(&self) {
-        let rd = std::mem::take(&mut *self.0.rd.borrow_mut());
-        let wr = std::mem::take(&mut *self.0.wr.borrow_mut());
-        drop((rd, wr));
-    }
-
     /// Brings the read side in line with the state: no receive once
-    /// closed; while paused, the multishot receive is asked to end (what it
-    /// still gets is kept for later); otherwise data kept first, then one
+    /// closed; while paused, the receive is asked to end (what it still
+    /// gets is kept for later); otherwise data kept first, then one
     /// receive in flight, started only once the previous one is over.
     fn pump_reader(&self) {
         let inner = &self.0;
         loop {
-            {
-                let st = inner.st.borrow();
-                if st.closing || st.lost || st.read_eof {
-                    drop(st);
-                    let rd = std::mem::take(&mut *inner.rd.borrow_mut());
-                    drop(rd);
-                    return;
-                }
-                if !st.reading {
-                    drop(st);
-                    let rd = &mut *inner.rd.borrow_mut();
-                    if let (Some(m), false) = (&rd.multi, rd.cancelling) {
-                        rd.cancelling = true;
-                        m.cancel();
-                    }
-                    // (A plain receive stays: what it gets is kept.)
-                    return;
-                }
-            }
-            let Some(fd) = inner.sock.borrow().as_ref().map(|s| s.shared().clone()) else {
-                return;
-            };
-            {
-                let rd = inner.rd.borrow();
-                if rd.multi.is_some() || rd.plain.is_some() {
-                    return;
-                }
-            }
-            let kept = inner.lp.driver().borrow_mut().take_stashed(&fd);
-            if !kept.is_empty() {
-                if kept.iter().all(|c| self.deliver_slice(c)) {
-                    continue; // the protocol may have paused or closed
+            if inner.base.is_closing() || inner.reading.get() == Reading::Eof {
+                if let Some(r) = inner.recv.borrow_mut().as_mut() {
+                    r.stop();
                 }
                 return;
             }
-            let driver = inner.lp.driver();
-            let mut rd = inner.rd.borrow_mut();
-            if std::mem::take(&mut rd.dry) {
-                let op = Box::new(Recv::new(fd, Vec::with_capacity(READ_SIZE)));
-                rd.plain = Some(HandlerOp::submit(driver, op, self.handler()));
-            } else {
-                let op = Box::new(RecvPooled {
-                    fd,
-                    pool: inner.pool.clone(),
-                });
-                rd.multi = Some(MultiOp::submit_stream(driver, op, self.handler()));
+            let mut recv = inner.recv.borrow_mut();
+            let Some(r) = recv.as_mut() else { return };
+            if inner.reading.get() == Reading::Paused {
+                r.pause();
+                return;
             }
-            return;
+            if r.active() {
+                return;
+            }
+            let kept = r.take_kept();
+            if kept.is_empty() {
+                r.start(self.handler());
+                return;
+            }
+            drop(recv);
+            if !kept.iter().all(|c| self.deliver_slice(c)) {
+                return;
+            }
+            // The protocol may have paused or closed: look again.
         }
     }
 
-    /// The plain receive (after the pool ran dry) completed.
-    fn on_plain_read(&self) {
-        let taken = {
-            let mut rd = self.0.rd.borrow_mut();
-            let taken = rd.plain.as_mut().and_then(|p| p.take());
-            if taken.is_some() {
-                rd.plain = None;
-            }
-            taken
-        };
-        let Some((res, recv)) = taken else {
-            return;
-        };
-        let (r, b) = recv.finish(res);
-        if !self.0.st.borrow().reading {
-            // Paused meanwhile: keep the data for when reading resumes (an
-            // EOF or error is seen again by the next receive).
-            self.keep(&b, r);
-            return;
-        }
-        match r {
-            Ok(0) => self.eof(),
-            Ok(_) => {
-                if self.deliver_slice(&b) {
-                    self.pump_reader();
-                }
-            }
-            Err(e) => self.force_close(Some(e.into())),
-        }
-    }
-
-    /// Keeps what a receive got while reading was paused, for the next
-    /// receive (`pump_reader` serves it first).
-    fn keep(&self, data: &[u8], r: io::Result<usize>) {
-        if matches!(r, Ok(n) if n > 0) {
-            let fd = self.0.sock.borrow().as_ref().map(|s| s.shared().clone());
-            if let Some(fd) = fd {
-                self.0
-                    .lp
-                    .driver()
-                    .borrow_mut()
-                    .stash_data(&fd, data.to_vec());
-            }
-        }
-    }
-
-    /// One result of the multishot receive, in order.
-    fn on_received(&self, done: Done) {
+    /// What the receive got, in order.
+    fn on_received(&self, got: Received) {
         let inner = &self.0;
-        // Anything but data ends the receive (as does the kernel's last
-        // completion); it is armed again below while reading is on.
-        if done.last || !matches!(done.res, Ok(v) if v != 0) {
-            let mut rd = inner.rd.borrow_mut();
-            rd.multi = None;
-            rd.cancelling = false;
-        }
-        if !inner.st.borrow().reading {
+        if inner.reading.get() == Reading::Paused {
             // Paused: data is kept in order for the resume; the EOF or
             // error that ended the receive is seen again by the next one.
-            if let Ok(v) = done.res {
-                if let Some(b) = RecvBuf::from_completion(&inner.pool, v) {
-                    self.keep(&b, Ok(b.len()));
-                }
-            }
-            if done.res == Err(libc::ENOBUFS) {
-                inner.pool.borrow_mut().ran_dry();
-                inner.rd.borrow_mut().dry = true;
+            let data = match got {
+                Received::Data(b) => Some(b.to_vec()),
+                Received::Bytes(v) if !v.is_empty() => Some(v),
+                _ => None,
+            };
+            if let (Some(d), Some(r)) = (data, inner.recv.borrow().as_ref()) {
+                r.keep(d);
             }
             return;
         }
-        match done.res {
-            Ok(0) => self.eof(),
-            Ok(v) => {
-                let Some(b) = RecvBuf::from_completion(&inner.pool, v) else {
-                    let e = io::Error::other("receive completed without a pool buffer");
-                    return self.force_close(Some(e.into()));
-                };
-                if !self.deliver(b) {
-                    return;
-                }
-                // The protocol may have paused reading or closed; the
-                // receive may have ended.
-                let rearm = done.last || {
-                    let st = inner.st.borrow();
-                    st.closing || st.lost || st.read_eof || !st.reading
-                };
-                if rearm {
+        match got {
+            Received::Data(b) => {
+                if self.deliver(b) {
+                    // The protocol may have paused or closed, or the
+                    // receive ended with this result.
                     self.pump_reader();
                 }
             }
-            Err(libc::ENOBUFS) => {
-                // The proactor's buffer ring ran dry: it holds more from
-                // now on (the pool's policy; here because this is the one
-                // receiver of pool buffers, and the hot path stays clean).
-                inner.pool.borrow_mut().ran_dry();
-                inner.rd.borrow_mut().dry = true;
-                self.pump_reader();
+            Received::Bytes(v) => {
+                if self.deliver_slice(&v) {
+                    self.pump_reader();
+                }
             }
-            // Our own cancel (reading was paused, and is on again).
-            Err(libc::ECANCELED) => self.pump_reader(),
-            Err(e) => self.force_close(Some(io::Error::from_raw_os_error(e).into())),
+            Received::Eof => self.eof(),
+            Received::Ended => self.pump_reader(),
+            Received::Error(e) => self.force_close(Some(e.into())),
         }
     }
 
-    /// A result of a multishot receive this transport gave up (closing,
-    /// or it ended on EOF or an error while results were still queued).
-    /// Data is not lost: it is delivered now if reading is on (nothing
-    /// newer can precede it), kept for the next receive if reading is
-    /// paused, and dropped only once the transport is closing. EOF and
-    /// errors are seen again by the next receive.
-    fn on_stale_receive(&self, done: Done) {
+    /// A result of a receive this transport gave up (closing, or it ended
+    /// on EOF or an error while results were still queued). Data is not
+    /// lost: it is delivered now if reading is on (nothing newer can
+    /// precede it), kept for the next receive if reading is paused, and
+    /// dropped only once the transport is closing. EOF and errors are seen
+    /// again by the next receive.
+    fn on_stale_receive(&self, ev: &IoEvent) {
         let inner = &self.0;
-        let Ok(v) = done.res else { return };
-        let Some(b) = RecvBuf::from_completion(&inner.pool, v) else {
-            return;
+        let b = {
+            let recv = inner.recv.borrow();
+            let Some(r) = recv.as_ref() else { return };
+            match ev.stale_data(r.pool()) {
+                Some(b) => b,
+                None => return,
+            }
         };
-        let (drop_it, deliver) = {
-            let st = inner.st.borrow();
-            (st.closing || st.lost, st.reading && !st.read_eof)
-        };
-        if drop_it {
+        if inner.base.is_closing() {
             return;
         }
-        if deliver {
-            self.deliver(b);
-        } else if let Some(fd) = inner.sock.borrow().as_ref().map(|s| s.shared().clone()) {
-            inner.lp.driver().borrow_mut().stash_data(&fd, b.to_vec());
+        match inner.reading.get() {
+            Reading::On => {
+                self.deliver(b);
+            }
+            Reading::Paused => {
+                if let Some(r) = inner.recv.borrow().as_ref() {
+                    r.keep(b.to_vec());
+                }
+            }
+            Reading::Eof => {}
         }
     }
 
@@ -450,9 +316,9 @@ impl Transport {
         // turn: let the replies coalesce until the turn ends (one send for
         // a bulk transfer's chunks). A short one ends the peer's message:
         // the reply leaves when the callback returns.
-        self.0.st.borrow_mut().in_data_cb = data.len() < POOL_BUF_SIZE;
+        self.0.wr.borrow_mut().in_data_cb = data.len() < POOL_BUF_SIZE;
         let mut data = Some(data);
-        let r = self.0.protocol.invoke(|p| {
+        let r = self.0.base.protocol.invoke(|p| {
             if let Some(d) = data.take() {
                 p.data_received_owned(d)
             }
@@ -464,11 +330,11 @@ impl Transport {
         })
     }
 
-    /// Hands received bytes (a kept or a plain receive) to the protocol.
+    /// Hands received bytes (kept, or from a plain receive) to the protocol.
     fn deliver_slice(&self, data: &[u8]) -> bool {
         // (As in `deliver`: a full read coalesces until the turn ends.)
-        self.0.st.borrow_mut().in_data_cb = data.len() < READ_SIZE;
-        let r = self.0.protocol.invoke(|p| p.data_received(data));
+        self.0.wr.borrow_mut().in_data_cb = data.len() < READ_SIZE;
+        let r = self.0.base.protocol.invoke(|p| p.data_received(data));
         self.data_cb_returned();
         self.delivered(r, || {
             let copy = data.to_vec();
@@ -481,9 +347,9 @@ impl Transport {
     /// with the same driver wait either way, for no turn-end call.
     fn data_cb_returned(&self) {
         let flush = {
-            let mut st = self.0.st.borrow_mut();
-            st.in_data_cb = false;
-            std::mem::take(&mut st.flush_on_return) && !st.flush_queued
+            let mut w = self.0.wr.borrow_mut();
+            w.in_data_cb = false;
+            std::mem::take(&mut w.flush_on_return) && !w.flush_queued
         };
         if flush {
             self.pump_writer();
@@ -513,14 +379,14 @@ impl Transport {
     }
 
     fn eof(&self) {
-        self.0.st.borrow_mut().read_eof = true;
+        self.0.reading.set(Reading::Eof);
+        self.pump_reader();
         let keep = Rc::new(Cell::new(false));
         let k = keep.clone();
         self.call_protocol(move |p| k.set(p.eof_received()));
-        if !keep.get() {
-            self.close();
-        } else if self.0.st.borrow().eof_sent {
-            // Both directions are done.
+        // Closed unless the protocol keeps its write side, and once both
+        // directions are done.
+        if !keep.get() || self.0.wr.borrow().eof == WriteEof::Sent {
             self.close();
         }
     }
@@ -535,15 +401,15 @@ impl Transport {
         }
         let inner = &self.0;
         let step = {
-            let st = inner.st.borrow();
-            if st.lost || st.sending {
+            let w = inner.wr.borrow();
+            if inner.base.is_lost() || w.sending {
                 return;
             }
-            if !st.wbuf.is_empty() {
+            if !w.wbuf.is_empty() {
                 Step::Send
-            } else if st.eof_requested && !st.eof_sent {
+            } else if w.eof == WriteEof::Asked {
                 Step::Eof
-            } else if st.closing {
+            } else if inner.base.phase() == Phase::Closing {
                 Step::Finish
             } else {
                 return;
@@ -553,23 +419,22 @@ impl Transport {
             Step::Send => {
                 // The buffers move into the op (no clone); what the kernel
                 // does not take goes back to the front of the queue.
-                let mut wr = inner.wr.borrow_mut();
-                if wr.op.is_none() {
+                let mut send = inner.send.borrow_mut();
+                if send.is_none() {
                     let Some(fd) = inner.sock.borrow().as_ref().map(|s| s.shared().clone()) else {
                         return;
                     };
-                    let op = Box::new(SendMsg::new(fd, Vec::new(), None));
-                    wr.op = Some(ReusableOp::new(inner.lp.driver(), op, &self.handler()));
+                    *send = Some(StreamSend::new(&inner.base.lp, fd, &self.handler()));
                 }
-                let op = wr.op.as_mut().expect("made above");
-                let mut st = inner.st.borrow_mut();
-                st.sending = true;
-                op.submit_with(|m| {
-                    if st.wbuf.len() == 1 {
-                        m.bufs.extend(st.wbuf.pop_front());
+                let op = send.as_mut().expect("made above");
+                let mut w = inner.wr.borrow_mut();
+                w.sending = true;
+                op.send(|bufs| {
+                    if w.wbuf.len() == 1 {
+                        bufs.extend(w.wbuf.pop_front());
                     } else {
-                        let k = st.wbuf.len().min(MAX_IOV);
-                        m.bufs.extend(st.wbuf.drain(..k));
+                        let k = w.wbuf.len().min(MAX_IOV);
+                        bufs.extend(w.wbuf.drain(..k));
                     }
                 });
             }
@@ -579,11 +444,11 @@ impl Transport {
                     .borrow()
                     .as_ref()
                     .map(|s| s.shutdown(std::net::Shutdown::Write));
-                inner.st.borrow_mut().eof_sent = true;
+                inner.wr.borrow_mut().eof = WriteEof::Sent;
                 if let Some(Err(e)) = r {
                     return self.force_close(Some(e));
                 }
-                if inner.st.borrow().read_eof {
+                if inner.reading.get() == Reading::Eof {
                     self.close();
                 }
                 self.pump_writer();
@@ -592,30 +457,25 @@ impl Transport {
         }
     }
 
-    /// A send completed: bytes sent, or an errno.
-    fn on_sent(&self, done: Done) {
+    /// A send completed (true if `ev` was this transport's send).
+    fn on_sent(&self, ev: &IoEvent) -> bool {
         let inner = &self.0;
-        // An error sent nothing (EINTR: the queue is simply sent again).
-        let n = done.res.map_or(0, |n| n as usize);
-        let (resume, idle) = {
-            let mut wr = inner.wr.borrow_mut();
-            let Some(op) = wr.op.as_mut().filter(|o| o.in_flight()) else {
-                return;
+        let taken = {
+            let mut send = inner.send.borrow_mut();
+            let Some(op) = send.as_mut() else {
+                return false;
             };
-            let mut st = inner.st.borrow_mut();
-            st.sending = false;
-            if st.lost {
-                // Aborted (or the protocol failed) while this send was in
-                // flight: the buffer was dropped and counted out then.
-                op.completed(|m| m.bufs.clear());
-                return;
+            if !op.owns(ev) {
+                return false;
             }
-            st.wsize -= n;
+            let mut w = inner.wr.borrow_mut();
             // What the kernel took is dropped; the rest goes back to the
             // front of the queue (the op is idle now, its vector kept).
-            op.completed(|m| {
-                let bufs = &mut m.bufs;
-                if bufs.len() == 1 && bufs[0].len() == n {
+            // After an abort (or a protocol failure) the buffer was
+            // dropped and counted out then: nothing goes back.
+            let lost = inner.base.is_lost();
+            op.take(ev, |bufs, n| {
+                if lost || (bufs.len() == 1 && bufs[0].len() == n) {
                     bufs.clear(); // the usual case: one buffer, all sent
                     return;
                 }
@@ -628,28 +488,41 @@ impl Transport {
                 if i < bufs.len() {
                     bufs[i].advance(n);
                     for b in bufs.drain(i..).rev() {
-                        st.wbuf.push_front(b);
+                        w.wbuf.push_front(b);
                     }
                 }
                 bufs.clear();
-            });
-            let resume = st.protocol_paused && st.wsize <= st.low;
-            st.protocol_paused &= !resume;
-            // Nothing more to send, no EOF or close to finish.
-            let idle = st.wbuf.is_empty() && !st.eof_requested && !st.closing;
-            (resume, idle)
+            })
+            .map(|s| (s, lost))
         };
-        if let Err(e) = done.res {
-            if e != libc::EINTR {
-                return self.force_close(Some(io::Error::from_raw_os_error(e).into()));
+        let Some((sent, lost)) = taken else {
+            return true; // (a completion for an op already idle)
+        };
+        inner.wr.borrow_mut().sending = false;
+        if lost {
+            return true;
+        }
+        // An error sent nothing (EINTR: the queue is simply sent again).
+        let n = *sent.res.as_ref().unwrap_or(&0);
+        let resume = inner.base.flow.borrow_mut().sent(n);
+        if let Err(e) = sent.res {
+            if e.raw_os_error() != Some(libc::EINTR) {
+                self.force_close(Some(e.into()));
+                return true;
             }
         }
+        let idle = {
+            let w = inner.wr.borrow();
+            w.wbuf.is_empty() && w.eof != WriteEof::Asked && !inner.base.is_closing()
+        };
         if resume {
             self.call_protocol(|p| p.resume_writing());
         } else if idle {
-            return;
+            // Nothing more to send, no EOF or close to finish.
+            return true;
         }
         self.pump_writer();
+        true
     }
 
     /// Queues `data` for sending; it leaves with the next driver wait,
@@ -675,46 +548,36 @@ impl Transport {
                 data = WriteBuf(Chunk::Bytes(Bytes::copy_from_slice(b)));
             }
         }
+        let inner = &self.0;
+        inner.base.check_writable()?;
         let (flush, pause) = {
-            let mut st = self.0.st.borrow_mut();
-            if st.closing || st.lost {
-                return Err(Error::closed("transport is closing"));
-            }
-            if st.eof_requested {
+            let mut w = inner.wr.borrow_mut();
+            if w.eof != WriteEof::No {
                 return Err(Error::state("cannot write after write_eof()"));
             }
             if data.is_empty() {
                 return Ok(());
             }
-            st.wsize += data.len();
-            st.wbuf.push_back(data);
+            let pause = inner.base.flow.borrow_mut().add(data.len());
+            w.wbuf.push_back(data);
             // A flush when the protocol's data_received returns, if this
             // is it; else at the end of this turn, unless a send or a flush
             // is already on its way. Pause the protocol past the high mark.
-            let flush = if st.in_data_cb {
-                st.flush_on_return = true;
+            let flush = if w.in_data_cb {
+                w.flush_on_return = true;
                 false
             } else {
-                st.queue_flush()
+                w.queue_flush()
             };
-            (flush, st.pause_due())
+            (flush, pause)
         };
         if flush {
-            self.0.lp.core.call_at_turn_end(self.handler());
+            inner.base.lp.call_at_turn_end(self.handler());
         }
         if pause {
             self.call_protocol(|p| p.pause_writing());
         }
         Ok(())
-    }
-
-    /// Over the high-water mark and not paused yet: pause the protocol
-    /// (once, until `resume_writing`).
-    fn maybe_pause(&self) {
-        let pause = self.0.st.borrow_mut().pause_due();
-        if pause {
-            self.call_protocol(|p| p.pause_writing());
-        }
     }
 
     /// Writes each buffer in turn. Equivalent to `WriteTransport.writelines`.
@@ -740,15 +603,14 @@ impl Transport {
     ///
     /// [`Error::Closed`] once the transport is closing.
     pub fn write_eof(&self) -> Result<()> {
-        let mut st = self.0.st.borrow_mut();
-        if st.closing || st.lost {
-            return Err(Error::closed("transport is closing"));
+        self.0.base.check_writable()?;
+        {
+            let mut w = self.0.wr.borrow_mut();
+            if w.eof != WriteEof::No {
+                return Ok(());
+            }
+            w.eof = WriteEof::Asked;
         }
-        if st.eof_requested {
-            return Ok(());
-        }
-        st.eof_requested = true;
-        drop(st);
         self.kick_writer();
         Ok(())
     }
@@ -760,9 +622,9 @@ impl Transport {
 
     /// Flushes at the end of this loop turn (once per turn).
     fn kick_writer(&self) {
-        let queue = self.0.st.borrow_mut().queue_flush();
+        let queue = self.0.wr.borrow_mut().queue_flush();
         if queue {
-            self.0.lp.core.call_at_turn_end(self.handler());
+            self.0.base.lp.call_at_turn_end(self.handler());
         }
     }
 
@@ -771,12 +633,8 @@ impl Transport {
     ///
     /// Equivalent to `BaseTransport.close`. Idempotent.
     pub fn close(&self) {
-        {
-            let mut st = self.0.st.borrow_mut();
-            if st.closing || st.lost {
-                return;
-            }
-            st.closing = true;
+        if !self.0.base.begin_close() {
+            return;
         }
         self.pump_reader();
         self.kick_writer();
@@ -789,54 +647,28 @@ impl Transport {
     }
 
     fn force_close(&self, exc: Option<Error>) {
-        {
-            let mut st = self.0.st.borrow_mut();
-            if st.lost {
-                return;
-            }
-            st.closing = true;
-            st.wbuf.clear();
-            st.wsize = 0;
+        if self.0.base.is_lost() {
+            return;
         }
+        self.0.wr.borrow_mut().wbuf.clear();
+        self.0.base.flow.borrow_mut().clear();
         self.connection_lost(exc);
     }
 
     /// Delivers `connection_lost` (exactly once, through the loop), then
     /// releases the protocol, the ops in flight and the socket.
     fn connection_lost(&self, exc: Option<Error>) {
-        {
-            let mut st = self.0.st.borrow_mut();
-            if st.lost {
-                return;
-            }
-            st.lost = true;
+        if !self.0.base.begin_lost() {
+            return;
         }
         self.pump_reader();
-        let t = self.clone();
-        self.0.lp.call_soon_impl(
-            move || {
-                t.call_protocol(move |p| p.connection_lost(exc));
-                t.release_all();
-            },
-            &"connection_lost",
+        deliver_lost(
+            self.0.clone(),
+            |i| &i.base,
+            exc,
+            |p, exc| p.connection_lost(exc),
+            Inner::release_io,
         );
-    }
-
-    /// The connection is over: releases the protocol, the ops in flight
-    /// and the socket, runs the connection-lost hooks, and leaves the
-    /// loop's list of live transports.
-    fn release_all(&self) {
-        let inner = &self.0;
-        inner.protocol.release();
-        self.drop_ops();
-        inner.sock.borrow_mut().take();
-        let hooks = std::mem::take(&mut *inner.on_lost.borrow_mut());
-        for h in hooks {
-            h();
-        }
-        if let Some(key) = inner.registered.take() {
-            inner.lp.core.unregister_transport(key);
-        }
     }
 
     /// Identity of the transport (the same for every handle to it).
@@ -847,33 +679,35 @@ impl Transport {
     /// True once [`close`](Self::close) or [`abort`](Self::abort) was
     /// called or the connection was lost. Equivalent to `is_closing`.
     pub fn is_closing(&self) -> bool {
-        let st = self.0.st.borrow();
-        st.closing || st.lost
+        self.0.base.is_closing()
     }
 
     /// Stops receiving until [`resume_reading`](Self::resume_reading).
     /// Equivalent to `ReadTransport.pause_reading`; idempotent.
     pub fn pause_reading(&self) {
-        self.0.st.borrow_mut().reading = false;
+        if self.0.reading.get() == Reading::On {
+            self.0.reading.set(Reading::Paused);
+        }
         self.pump_reader();
     }
 
     /// Receives again. Equivalent to `ReadTransport.resume_reading`.
     pub fn resume_reading(&self) {
-        if std::mem::replace(&mut self.0.st.borrow_mut().reading, true) {
+        if self.0.reading.get() != Reading::Paused {
             return;
         }
+        self.0.reading.set(Reading::On);
         // Data (kept or new) arrives through the loop, never inside this call.
         let t = self.clone();
         self.0
+            .base
             .lp
             .call_soon_impl(move || t.pump_reader(), &"resume_reading");
     }
 
     /// True while receiving. Equivalent to `ReadTransport.is_reading`.
     pub fn is_reading(&self) -> bool {
-        let st = self.0.st.borrow();
-        st.reading && !st.closing && !st.lost && !st.read_eof
+        self.0.reading.get() == Reading::On && !self.0.base.is_closing()
     }
 
     /// True while the write buffer is over its high-water mark (between
@@ -884,18 +718,17 @@ impl Transport {
     /// there the call comes right after that callback returns. A callback
     /// that writes in a loop checks this instead.
     pub fn is_writing_paused(&self) -> bool {
-        self.0.st.borrow().protocol_paused
+        self.0.base.flow.borrow().paused()
     }
 
     /// Bytes buffered for sending. Equivalent to `get_write_buffer_size`.
     pub fn get_write_buffer_size(&self) -> usize {
-        self.0.st.borrow().wsize
+        self.0.base.flow.borrow().size()
     }
 
     /// `(low, high)` water marks. Equivalent to `get_write_buffer_limits`.
     pub fn get_write_buffer_limits(&self) -> (usize, usize) {
-        let st = self.0.st.borrow();
-        (st.low, st.high)
+        self.0.base.flow.borrow().limits()
     }
 
     /// Sets the water marks (`high` defaults to 64 KiB, `low` to `high / 4`).
@@ -905,13 +738,10 @@ impl Transport {
     ///
     /// [`Error::InvalidArgument`] if `low > high`.
     pub fn set_write_buffer_limits(&self, high: Option<usize>, low: Option<usize>) -> Result<()> {
-        let (high, low) = buffer_limits(high, low)?;
-        {
-            let mut st = self.0.st.borrow_mut();
-            st.high = high;
-            st.low = low;
+        let pause = self.0.base.flow.borrow_mut().set_limits(high, low)?;
+        if pause {
+            self.call_protocol(|p| p.pause_writing());
         }
-        self.maybe_pause();
         Ok(())
     }
 
@@ -921,7 +751,7 @@ impl Transport {
         match name {
             "peername" => self.0.peer.clone().map(ExtraInfo::Address),
             "sockname" => self.0.local.clone().map(ExtraInfo::Address),
-            "socket" => Some(ExtraInfo::Fd(self.0.fd.0)),
+            "socket" => Some(ExtraInfo::Fd(self.0.fd)),
             _ => None,
         }
     }
@@ -939,12 +769,12 @@ impl Transport {
     /// Replaces the protocol; returns the old one. Equivalent to
     /// `set_protocol` (and, through the return value, `get_protocol`).
     pub fn set_protocol(&self, protocol: Box<dyn Protocol>) -> Option<Box<dyn Protocol>> {
-        self.0.protocol.replace(protocol)
+        self.0.base.protocol.replace(protocol)
     }
 
     /// The loop the transport runs on.
     pub fn get_loop(&self) -> EventLoop {
-        self.0.lp.clone()
+        self.0.base.lp.clone()
     }
 
     /// True if both handles are the same transport.
@@ -955,15 +785,13 @@ impl Transport {
 
 impl fmt::Debug for Transport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let st = self.0.st.borrow();
         write!(
             f,
-            "<Transport fd={} peer={:?} closing={} lost={} buffered={}>",
-            self.0.fd.0,
+            "<Transport fd={} peer={:?} phase={:?} buffered={}>",
+            self.0.fd,
             self.0.peer.as_ref().and_then(|a| a.as_socket()),
-            st.closing,
-            st.lost,
-            st.wsize
+            self.0.base.phase(),
+            self.0.base.flow.borrow().size()
         )
     }
 }

@@ -1,0 +1,280 @@
+//! The loop's I/O API for transports: a stream receive, a reusable send
+//! and an end-of-turn call, whose completions reach the transport as
+//! [`IoEvent`]s through its [`IoHandler`]. Transports see data, EOF, an
+//! error or bytes sent; the driver's ops, tokens and the receive pool's
+//! policy (its ring running dry, the plain-receive fallback, its growth)
+//! stay below this line.
+
+use std::io;
+use std::rc::Rc;
+
+use super::EventLoop;
+use crate::driver::buf::WriteBuf;
+use crate::driver::fd::SharedFd;
+use crate::driver::ops::{Recv, SendMsg};
+use crate::driver::pool::{PoolRef, RecvBuf, RecvPooled};
+use crate::driver::{Done, Event, HandlerOp, MultiOp, Notify, ReusableOp};
+
+/// Receive size of the plain receive used while the pool is dry.
+const PLAIN_READ_SIZE: usize = 64 * 1024;
+
+/// What a transport implements to hear of its I/O: the loop calls it from
+/// its ready queue (never inside the driver). An event may belong to none
+/// of the transport's live operations (one it gave up in the same turn):
+/// each handle's `take` says whether it is its own.
+pub(crate) trait IoHandler: 'static {
+    fn on_io(self: Rc<Self>, ev: IoEvent);
+}
+
+/// One I/O event, opaque to the transport: ask the handles what it is.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct IoEvent(Event);
+
+impl IoEvent {
+    /// The end-of-turn call asked for with [`EventLoop::call_at_turn_end`].
+    pub(crate) fn is_turn_end(&self) -> bool {
+        matches!(self.0, Event::TurnEnd)
+    }
+
+    /// A receive result that belongs to no live receive: one the transport
+    /// gave up while results were still queued (it closed, or the receive
+    /// ended on EOF or an error with data queued behind it). Data only.
+    pub(crate) fn stale_data(&self, pool: &PoolRef) -> Option<RecvBuf> {
+        match self.0 {
+            Event::Completed(_, Done { res: Ok(v), .. }) => RecvBuf::from_completion(pool, v),
+            _ => None,
+        }
+    }
+}
+
+impl<T: IoHandler> Notify for T {
+    fn notify(self: Rc<Self>, ev: Event) {
+        self.on_io(IoEvent(ev));
+    }
+}
+
+impl EventLoop {
+    /// Calls `h` with a turn-end event at the end of this loop turn (the
+    /// caller keeps its own flag so it asks once per turn).
+    pub(crate) fn call_at_turn_end(&self, h: Rc<dyn Notify>) {
+        self.core.call_at_turn_end(h);
+    }
+
+    /// Registers a live transport, to be told if the loop closes under it.
+    pub(crate) fn register_transport(&self, t: std::rc::Weak<dyn super::LoopClosing>) -> usize {
+        self.core.register_transport(t)
+    }
+
+    /// The transport is gone: the loop need not tell it.
+    pub(crate) fn unregister_transport(&self, key: usize) {
+        self.core.unregister_transport(key);
+    }
+}
+
+/// What a stream receive got ([`StreamRecv::take`]).
+pub(crate) enum Received {
+    /// Bytes in a receive-pool buffer, in order.
+    Data(RecvBuf),
+    /// Bytes of a plain receive (while the pool is dry), in order.
+    Bytes(Vec<u8>),
+    /// The peer closed its side.
+    Eof,
+    /// The receive failed: the connection is broken.
+    Error(io::Error),
+    /// The receive ended without data (paused, or the pool ran dry):
+    /// [`StreamRecv::start`] again while reading.
+    Ended,
+}
+
+/// The receive side of a stream socket: at most one receive in flight, a
+/// multishot receive into the loop's pool (no buffer held while the
+/// connection is idle), or one plain receive after the pool ran dry.
+/// Pausing asks the multishot receive to end but keeps hearing it: its
+/// last results still come, and nothing newer before its end, so a
+/// transport that keeps them for the resume loses nothing.
+pub(crate) struct StreamRecv {
+    lp: EventLoop,
+    fd: SharedFd,
+    pool: PoolRef,
+    multi: Option<MultiOp>,
+    plain: Option<HandlerOp<Recv<Vec<u8>>>>,
+    /// The pool ran dry: the next receive is a plain one.
+    dry: bool,
+    /// `multi` was asked to end; its final completion is still to come.
+    cancelling: bool,
+}
+
+impl StreamRecv {
+    pub(crate) fn new(lp: &EventLoop, fd: SharedFd) -> StreamRecv {
+        StreamRecv {
+            pool: lp.core.driver.borrow().pool(),
+            lp: lp.clone(),
+            fd,
+            multi: None,
+            plain: None,
+            dry: false,
+            cancelling: false,
+        }
+    }
+
+    /// The loop's receive pool (for [`IoEvent::stale_data`]).
+    pub(crate) fn pool(&self) -> &PoolRef {
+        &self.pool
+    }
+
+    /// A receive is in flight (or ending).
+    pub(crate) fn active(&self) -> bool {
+        self.multi.is_some() || self.plain.is_some()
+    }
+
+    /// Starts a receive whose results go to `h`, unless one is in flight.
+    pub(crate) fn start(&mut self, h: Rc<dyn Notify>) {
+        if self.active() {
+            return;
+        }
+        let driver = self.lp.driver();
+        if std::mem::take(&mut self.dry) {
+            let op = Box::new(Recv::new(
+                self.fd.clone(),
+                Vec::with_capacity(PLAIN_READ_SIZE),
+            ));
+            self.plain = Some(HandlerOp::submit(driver, op, h));
+        } else {
+            let op = Box::new(RecvPooled {
+                fd: self.fd.clone(),
+                pool: self.pool.clone(),
+            });
+            self.multi = Some(MultiOp::submit_stream(driver, op, h));
+        }
+    }
+
+    /// Reading paused: the multishot receive is asked to end (its last
+    /// results still come to [`take`](Self::take)); a plain receive stays.
+    pub(crate) fn pause(&mut self) {
+        if let (Some(m), false) = (&self.multi, self.cancelling) {
+            self.cancelling = true;
+            m.cancel();
+        }
+    }
+
+    /// Drops the receive (the transport is closing): what is still in
+    /// flight is cancelled, and what it gets kept by the driver.
+    pub(crate) fn stop(&mut self) {
+        self.multi = None;
+        self.plain = None;
+        self.cancelling = false;
+    }
+
+    /// What `ev` brought this receive, if it is its own.
+    pub(crate) fn take(&mut self, ev: &IoEvent) -> Option<Received> {
+        match ev.0 {
+            Event::Completed(tok, done) if self.multi.as_ref().is_some_and(|m| m.is(tok)) => {
+                Some(self.on_multi(done))
+            }
+            Event::Ready(tok) if self.plain.as_ref().is_some_and(|p| p.is(tok)) => {
+                let (res, recv) = self.plain.as_mut()?.take()?;
+                self.plain = None;
+                let (r, buf) = recv.finish(res);
+                Some(match r {
+                    Ok(0) => Received::Eof,
+                    Ok(_) => Received::Bytes(buf),
+                    Err(e) => Received::Error(e),
+                })
+            }
+            _ => None,
+        }
+    }
+
+    fn on_multi(&mut self, done: Done) -> Received {
+        // Anything but data ends the receive, as does the kernel's last
+        // completion.
+        if done.last || !matches!(done.res, Ok(v) if v != 0) {
+            self.multi = None;
+            self.cancelling = false;
+        }
+        match done.res {
+            Ok(0) => Received::Eof,
+            Ok(v) => match RecvBuf::from_completion(&self.pool, v) {
+                Some(b) => Received::Data(b),
+                None => {
+                    Received::Error(io::Error::other("receive completed without a pool buffer"))
+                }
+            },
+            Err(libc::ENOBUFS) => {
+                // The proactor's buffer ring ran dry: it holds more from
+                // now on, and one plain receive keeps this connection going.
+                self.pool.borrow_mut().ran_dry();
+                self.dry = true;
+                Received::Ended
+            }
+            Err(libc::ECANCELED) => Received::Ended,
+            Err(e) => Received::Error(io::Error::from_raw_os_error(e)),
+        }
+    }
+
+    /// Data cancelled receives kept for this socket, in order.
+    pub(crate) fn take_kept(&self) -> Vec<Vec<u8>> {
+        self.lp.driver().borrow_mut().take_stashed(&self.fd)
+    }
+
+    /// Keeps `data` for the next receive (it arrived while paused).
+    pub(crate) fn keep(&self, data: Vec<u8>) {
+        self.lp.driver().borrow_mut().stash_data(&self.fd, data);
+    }
+}
+
+/// What a send brought back ([`StreamSend::take`]).
+pub(crate) struct Sent {
+    /// Bytes the kernel took, or the send's error.
+    pub(crate) res: Result<usize, io::Error>,
+}
+
+/// The send side of a stream socket: one send op that stays in the driver
+/// between uses (no allocation per send); one buffer goes out as `SEND`,
+/// several as `SENDMSG`.
+pub(crate) struct StreamSend {
+    op: ReusableOp<SendMsg<WriteBuf>>,
+}
+
+impl StreamSend {
+    pub(crate) fn new(lp: &EventLoop, fd: SharedFd, h: &Rc<dyn Notify>) -> StreamSend {
+        let op = Box::new(SendMsg::new(fd, Vec::new(), None));
+        StreamSend {
+            op: ReusableOp::new(lp.driver(), op, h),
+        }
+    }
+
+    /// Sends what `load` puts in the (empty) buffer list.
+    pub(crate) fn send(&mut self, load: impl FnOnce(&mut Vec<WriteBuf>)) {
+        self.op.submit_with(|m| load(&mut m.bufs));
+    }
+
+    /// The send's result, if `ev` is its completion; `back` then gets the
+    /// buffer list (what was not sent is still in it, for the caller to
+    /// queue again in front).
+    pub(crate) fn take(
+        &mut self,
+        ev: &IoEvent,
+        back: impl FnOnce(&mut Vec<WriteBuf>, usize),
+    ) -> Option<Sent> {
+        let Event::Completed(tok, done) = ev.0 else {
+            return None;
+        };
+        if !self.op.is(tok) || !self.op.in_flight() {
+            return None;
+        }
+        let n = done.res.map_or(0, |n| n as usize);
+        self.op.completed(|m| back(&mut m.bufs, n));
+        Some(Sent {
+            res: match done.res {
+                Ok(n) => Ok(n as usize),
+                Err(e) => Err(io::Error::from_raw_os_error(e)),
+            },
+        })
+    }
+
+    /// True if `ev` is this send's (so it is not a stale receive).
+    pub(crate) fn owns(&self, ev: &IoEvent) -> bool {
+        matches!(ev.0, Event::Completed(tok, _) if self.op.is(tok))
+    }
+}
