@@ -11,9 +11,10 @@ use std::rc::Rc;
 use super::EventLoop;
 use crate::driver::buf::WriteBuf;
 use crate::driver::fd::SharedFd;
-use crate::driver::ops::{Recv, SendMsg};
+use crate::driver::ops::{Recv, RecvFrom, SendMsg};
 use crate::driver::pool::{PoolRef, RecvBuf, RecvPooled};
 use crate::driver::{Done, Event, HandlerOp, MultiOp, Notify, ReusableOp};
+use crate::sock::SockAddr;
 
 /// Receive size of the plain receive used while the pool is dry.
 const PLAIN_READ_SIZE: usize = 64 * 1024;
@@ -276,5 +277,113 @@ impl StreamSend {
     /// True if `ev` is this send's (so it is not a stale receive).
     pub(crate) fn owns(&self, ev: &IoEvent) -> bool {
         matches!(ev.0, Event::Completed(tok, _) if self.op.is(tok))
+    }
+}
+
+/// Largest datagram received in one piece (UDP's maximum payload).
+const MAX_DATAGRAM: usize = 65_536;
+
+/// The receive side of a datagram socket: one `recvmsg` in flight while
+/// reading, its buffer reused from one datagram to the next.
+pub(crate) struct DatagramRecv {
+    lp: EventLoop,
+    fd: SharedFd,
+    op: Option<HandlerOp<RecvFrom<Vec<u8>>>>,
+    spare: Option<Vec<u8>>,
+}
+
+impl DatagramRecv {
+    pub(crate) fn new(lp: &EventLoop, fd: SharedFd) -> DatagramRecv {
+        DatagramRecv {
+            lp: lp.clone(),
+            fd,
+            op: None,
+            spare: Some(Vec::with_capacity(MAX_DATAGRAM)),
+        }
+    }
+
+    /// Starts a receive whose completion goes to `h`, unless one is in flight.
+    pub(crate) fn start(&mut self, h: Rc<dyn Notify>) {
+        if self.op.is_some() {
+            return;
+        }
+        let mut buf = self.spare.take().unwrap_or_default();
+        buf.clear();
+        buf.reserve(MAX_DATAGRAM);
+        let op = Box::new(RecvFrom::new(self.fd.clone(), buf));
+        self.op = Some(HandlerOp::submit(self.lp.driver(), op, h));
+    }
+
+    /// Drops the receive in flight (closing); what it gets is kept.
+    pub(crate) fn stop(&mut self) {
+        self.op = None;
+    }
+
+    /// If `ev` is this receive's completion: the datagram's length and
+    /// sender (or the error), and the buffer, to hand back with
+    /// [`recycle`](Self::recycle) once delivered.
+    pub(crate) fn take(
+        &mut self,
+        ev: &IoEvent,
+    ) -> Option<(io::Result<(usize, SockAddr)>, Vec<u8>)> {
+        let Event::Ready(tok) = ev.0 else {
+            return None;
+        };
+        if !self.op.as_ref().is_some_and(|o| o.is(tok)) {
+            return None;
+        }
+        let (res, op) = self.op.as_mut()?.take()?;
+        self.op = None;
+        Some(op.finish(res))
+    }
+
+    /// The buffer back, for the next receive.
+    pub(crate) fn recycle(&mut self, buf: Vec<u8>) {
+        self.spare = Some(buf);
+    }
+}
+
+/// The send side of a datagram socket: one `sendmsg` op that stays in the
+/// driver between datagrams.
+pub(crate) struct DatagramSend {
+    op: ReusableOp<SendMsg<bytes::Bytes>>,
+}
+
+impl DatagramSend {
+    pub(crate) fn new(lp: &EventLoop, fd: SharedFd, h: &Rc<dyn Notify>) -> DatagramSend {
+        let op = Box::new(SendMsg::new(fd, Vec::new(), None));
+        DatagramSend {
+            op: ReusableOp::new(lp.driver(), op, h),
+        }
+    }
+
+    pub(crate) fn in_flight(&self) -> bool {
+        self.op.in_flight()
+    }
+
+    /// Sends one datagram (to `addr`, or the connected peer).
+    pub(crate) fn send(&mut self, data: bytes::Bytes, addr: Option<SockAddr>) {
+        self.op.submit_with(|m| {
+            m.bufs.push(data);
+            m.addr = addr;
+        });
+    }
+
+    /// The send's result, if `ev` is its completion.
+    pub(crate) fn take(&mut self, ev: &IoEvent) -> Option<io::Result<usize>> {
+        let Event::Completed(tok, done) = ev.0 else {
+            return None;
+        };
+        if !self.op.is(tok) || !self.op.in_flight() {
+            return None;
+        }
+        self.op.completed(|m| {
+            m.bufs.clear();
+            m.addr = None;
+        });
+        Some(match done.res {
+            Ok(n) => Ok(n as usize),
+            Err(e) => Err(io::Error::from_raw_os_error(e)),
+        })
     }
 }

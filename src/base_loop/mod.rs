@@ -38,12 +38,6 @@ pub(crate) enum Ready {
     Task(u32, u32),
 }
 
-/// Work queued for the end of the loop turn (writers flush there).
-pub(crate) enum TurnEnd {
-    Task(u32, u32),
-    Call(Rc<dyn crate::driver::Notify>),
-}
-
 /// What a loop does when a callback, a protocol callback or a task panics.
 ///
 /// asyncio logs an exception that escapes a callback and goes on; so does
@@ -80,8 +74,6 @@ pub(crate) struct TaskSlot {
     task: Rc<dyn RawTask>,
     generation: u32,
     scheduled: bool,
-    /// Queued in `turn_end` (so a task is queued there at most once).
-    at_turn_end: bool,
 }
 
 /// The loop's state, shared by its handles (`EventLoop` is an `Rc` of it).
@@ -92,9 +84,9 @@ pub(crate) struct Core {
     ready: RefCell<VecDeque<Ready>>,
     /// Tasks to step once more at the end of this turn (transport writers:
     /// what a turn wrote is queued for the very next driver wait).
-    turn_end: RefCell<Vec<TurnEnd>>,
+    turn_end: RefCell<Vec<Rc<dyn crate::driver::Notify>>>,
     /// `turn_end`'s other buffer (swapped in each turn, so no allocation).
-    turn_end_spare: RefCell<Vec<TurnEnd>>,
+    turn_end_spare: RefCell<Vec<Rc<dyn crate::driver::Notify>>>,
     /// Buffer for the driver's completed handlers (reused each turn).
     notified: RefCell<Vec<crate::driver::Notified>>,
     timers: RefCell<TimerHeap>,
@@ -227,14 +219,7 @@ impl Core {
             entry.0.generation.store(generation, Ordering::Release);
             entry.1.clone()
         };
-        let header = TaskHeader::new(
-            id,
-            name,
-            waker,
-            self.me.clone(),
-            internal,
-            (idx, generation),
-        );
+        let header = TaskHeader::new(id, name, waker, self.me.clone(), internal);
         let cell = TaskCell::new(header, fut);
         // Eager start (asyncio's eager_task_factory): the first step runs
         // now, inside create_task, when this loop is the one running.
@@ -243,7 +228,6 @@ impl Core {
             task: cell.clone(),
             generation,
             scheduled: !eager,
-            at_turn_end: false,
         });
         drop(tasks);
         if eager {
@@ -279,24 +263,11 @@ impl Core {
         self.transports.borrow_mut().try_remove(key);
     }
 
-    /// Calls `h.notify(TURN_END)` at the end of this loop turn (the caller
-    /// keeps its own flag so it queues itself once).
+    /// Tells `h` [`Event::TurnEnd`](crate::driver::Event) at the end of this
+    /// loop turn (the caller keeps its own flag so it asks once per turn):
+    /// the one turn-end mechanism, which writers flush through.
     pub(crate) fn call_at_turn_end(&self, h: Rc<dyn crate::driver::Notify>) {
-        self.turn_end.borrow_mut().push(TurnEnd::Call(h));
-    }
-
-    /// Steps `task` at the end of the current turn (once, however often asked).
-    pub(crate) fn step_at_turn_end(&self, task: &TaskRef) {
-        let (idx, generation) = task.0.header().slot;
-        let mut tasks = self.tasks.borrow_mut();
-        if let Some(s) = tasks.get_mut(idx as usize) {
-            if s.generation == generation && !s.at_turn_end {
-                s.at_turn_end = true;
-                self.turn_end
-                    .borrow_mut()
-                    .push(TurnEnd::Task(idx, generation));
-            }
-        }
+        self.turn_end.borrow_mut().push(h);
     }
 
     fn run_task(&self, idx: u32, generation: u32) {
@@ -782,18 +753,8 @@ impl EventLoop {
             if list.is_empty() {
                 break;
             }
-            for item in list.drain(..) {
-                match item {
-                    TurnEnd::Task(idx, generation) => {
-                        if let Some(s) = core.tasks.borrow_mut().get_mut(idx as usize) {
-                            if s.generation == generation {
-                                s.at_turn_end = false;
-                            }
-                        }
-                        core.run_task(idx, generation);
-                    }
-                    TurnEnd::Call(h) => h.notify(crate::driver::Event::TurnEnd),
-                }
+            for h in list.drain(..) {
+                h.notify(crate::driver::Event::TurnEnd);
             }
         }
         *core.turn_end_spare.borrow_mut() = list;

@@ -499,9 +499,16 @@ impl<B: IoBuf> SendMsg<B> {
         }));
         self.msg.msg_iov = self.iov.as_mut_ptr();
         self.msg.msg_iovlen = self.iov.len() as _;
-        if let Some(a) = &self.addr {
-            self.msg.msg_name = a.as_ptr() as *mut _;
-            self.msg.msg_namelen = a.len();
+        match &self.addr {
+            Some(a) => {
+                self.msg.msg_name = a.as_ptr() as *mut _;
+                self.msg.msg_namelen = a.len();
+            }
+            // (A reused op may have had an address before.)
+            None => {
+                self.msg.msg_name = std::ptr::null_mut();
+                self.msg.msg_namelen = 0;
+            }
         }
         &self.msg
     }

@@ -50,8 +50,6 @@ pub(crate) struct TaskHeader {
     core: Weak<Core>,
     /// Loop-internal tasks (fd watchers) are hidden from `all_tasks`.
     pub(crate) internal: bool,
-    /// The task's slab slot and generation in its loop.
-    pub(crate) slot: (u32, u32),
     retrieved: Cell<bool>,
 }
 
@@ -62,10 +60,8 @@ impl TaskHeader {
         waker: Waker,
         core: Weak<Core>,
         internal: bool,
-        slot: (u32, u32),
     ) -> Self {
         TaskHeader {
-            slot,
             id,
             rare: RefCell::new(name.map(|n| {
                 Box::new(Rare {

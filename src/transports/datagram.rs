@@ -1,6 +1,8 @@
-//! The datagram transport (UDP and Unix datagram sockets), on the driver's
-//! `recvmsg` / `sendmsg` ops: datagram boundaries are kept, a send or
-//! receive error goes to `error_received` and the endpoint stays open.
+//! The datagram transport (UDP and Unix datagram sockets), on the loop's
+//! I/O API and the transport base, driven by completion events like the
+//! stream transport (no task on the data path): datagram boundaries are
+//! kept, a send or receive error goes to `error_received` and the endpoint
+//! stays open.
 #![forbid(unsafe_code)]
 
 use std::cell::RefCell;
@@ -8,57 +10,67 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::io;
 use std::rc::Rc;
-use std::task::{Poll, Waker};
 
 use bytes::Bytes;
 
-use super::cell::{Failure, ProtoCell};
-use super::{ExtraInfo, buffer_limits};
+use super::ExtraInfo;
+use super::base::{Base, deliver_lost};
+use super::cell::Failure;
+use crate::base_loop::io::{DatagramRecv, DatagramSend, IoEvent, IoHandler};
 use crate::base_loop::{EventLoop, LoopClosing};
-use crate::driver::Op;
-use crate::driver::ops::{RecvFrom, SendMsg};
 use crate::error::{Error, Result};
-use crate::events::ExceptionContext;
 use crate::protocols::DatagramProtocol;
 use crate::sock::{SockAddr, Socket};
-use crate::tasks::TaskRef;
 
-/// Largest datagram received in one piece (UDP's maximum payload).
-const MAX_DATAGRAM: usize = 65_536;
-
-#[derive(Default)]
-struct State {
+struct Writer {
     queue: VecDeque<(Bytes, Option<SockAddr>)>,
-    size: usize,
-    high: usize,
-    low: usize,
-    paused: bool,
-    writer_idle: bool,
-    closing: bool,
-    lost: bool,
+    /// A flush is queued for the end of this loop turn.
+    flush_queued: bool,
 }
 
 struct Inner {
-    lp: EventLoop,
+    base: Base<dyn DatagramProtocol>,
     sock: RefCell<Option<Socket>>,
     fd: std::os::fd::RawFd,
     local: Option<SockAddr>,
     remote: Option<SockAddr>,
-    protocol: ProtoCell<dyn DatagramProtocol>,
-    st: RefCell<State>,
-    reader: RefCell<Option<TaskRef>>,
-    writer: RefCell<Option<TaskRef>>,
-    write_waker: RefCell<Option<Waker>>,
-    /// The loop's key for this live endpoint ([`LoopClosing`]).
-    registered: std::cell::Cell<Option<usize>>,
+    wr: RefCell<Writer>,
+    recv: RefCell<DatagramRecv>,
+    send: RefCell<Option<DatagramSend>>,
+}
+
+impl IoHandler for Inner {
+    fn on_io(self: Rc<Self>, ev: IoEvent) {
+        let t = DatagramTransport(self);
+        if ev.is_turn_end() {
+            t.0.wr.borrow_mut().flush_queued = false;
+            t.pump_writer();
+            return;
+        }
+        let sent = t.0.send.borrow_mut().as_mut().and_then(|s| s.take(&ev));
+        if let Some(r) = sent {
+            return t.on_sent(r);
+        }
+        t.on_received(&ev);
+    }
 }
 
 impl LoopClosing for Inner {
     fn loop_closing(self: Rc<Self>) {
         // The loop closes under a live endpoint: let go of the protocol
-        // (which may hold this transport), the tasks and the socket.
-        self.st.borrow_mut().lost = true;
-        DatagramTransport(self).release_all();
+        // (which may hold this transport), the ops and the socket.
+        self.base.begin_lost();
+        self.release_io();
+        self.base.release();
+    }
+}
+
+impl Inner {
+    fn release_io(&self) {
+        self.recv.borrow_mut().stop();
+        let send = self.send.borrow_mut().take();
+        drop(send);
+        self.sock.borrow_mut().take();
     }
 }
 
@@ -73,152 +85,143 @@ impl DatagramTransport {
         remote: Option<SockAddr>,
         protocol: Box<dyn DatagramProtocol>,
     ) -> DatagramTransport {
-        let (high, low) = buffer_limits(None, None).expect("default limits are valid");
+        let recv = DatagramRecv::new(lp, sock.shared().clone());
         let t = DatagramTransport(Rc::new(Inner {
-            lp: lp.clone(),
+            base: Base::new(lp, protocol, "DatagramProtocol"),
             fd: std::os::fd::AsRawFd::as_raw_fd(&sock),
             local: sock.local_addr().ok(),
             sock: RefCell::new(Some(sock)),
             remote,
-            protocol: ProtoCell::new(protocol),
-            st: RefCell::new(State {
-                high,
-                low,
-                writer_idle: true,
-                ..Default::default()
+            wr: RefCell::new(Writer {
+                queue: VecDeque::new(),
+                flush_queued: false,
             }),
-            reader: RefCell::new(None),
-            writer: RefCell::new(None),
-            write_waker: RefCell::new(None),
-            registered: std::cell::Cell::new(None),
+            recv: RefCell::new(recv),
+            send: RefCell::new(None),
         }));
         let weak: std::rc::Weak<dyn LoopClosing> = Rc::downgrade(&t.0) as _;
-        t.0.registered.set(Some(lp.core.register_transport(weak)));
+        t.0.base.register(weak);
+        // connection_made runs through the loop, then reading starts.
         let t2 = t.clone();
-        let r = lp.spawn_internal(async move { t2.read_loop().await });
-        *t.0.reader.borrow_mut() = Some(r.as_ref());
-        let t3 = t.clone();
-        let w = lp.spawn_internal(async move { t3.write_loop().await });
-        *t.0.writer.borrow_mut() = Some(w.as_ref());
+        lp.call_soon_impl(
+            move || {
+                t2.call_protocol({
+                    let t = t2.clone();
+                    move |p| p.connection_made(t)
+                });
+                t2.pump_reader();
+            },
+            &"datagram connection_made",
+        );
         t
     }
 
     fn call_protocol(&self, f: impl FnOnce(&mut dyn DatagramProtocol) + 'static) {
-        if let Err(msg) = self.0.protocol.call(f) {
+        if let Err(msg) = self.0.base.call(f) {
             self.panicked(msg);
         }
     }
 
     fn panicked(&self, msg: String) {
-        self.0.lp.call_exception_handler_impl(ExceptionContext {
-            message: "Fatal error: a datagram protocol callback panicked".into(),
-            exception: Some(Error::Panic(msg.clone())),
-            transport: Some(format!("{self:?}")),
-            ..Default::default()
-        });
+        self.0.base.report_panic(&msg, format!("{self:?}"));
         self.force_close(Some(Error::Panic(msg)));
     }
 
-    fn fd(&self) -> Option<crate::driver::fd::SharedFd> {
-        self.0.sock.borrow().as_ref().map(|s| s.shared().clone())
+    fn handler(&self) -> Rc<dyn crate::driver::Notify> {
+        self.0.clone()
     }
 
-    async fn read_loop(self) {
-        self.call_protocol({
-            let t = self.clone();
-            move |p| p.connection_made(t)
-        });
-        let mut buf = Vec::with_capacity(MAX_DATAGRAM);
-        loop {
-            if self.is_closing() {
-                return;
-            }
-            let Some(fd) = self.fd() else { return };
-            let (res, op) = Op::submit(self.0.lp.driver(), RecvFrom::new(fd, buf)).await;
-            let (r, mut b) = op.finish(res);
-            match r {
-                Ok((_, addr)) => {
-                    match self
-                        .0
-                        .protocol
-                        .invoke(|p| p.datagram_received(&b, addr.clone()))
-                    {
-                        Ok(_) => {}
-                        Err(Failure::Panic(m)) => {
-                            self.panicked(m);
-                            return;
-                        }
-                        Err(Failure::Busy) => {
-                            let data = b.clone();
-                            self.call_protocol(move |p| p.datagram_received(&data, addr));
-                        }
+    /// One receive in flight while the endpoint is open.
+    fn pump_reader(&self) {
+        let mut recv = self.0.recv.borrow_mut();
+        if self.0.base.is_closing() {
+            recv.stop();
+        } else {
+            recv.start(self.handler());
+        }
+    }
+
+    /// A datagram (or a receive error) arrived.
+    fn on_received(&self, ev: &IoEvent) {
+        let inner = &self.0;
+        let Some((r, buf)) = inner.recv.borrow_mut().take(ev) else {
+            return;
+        };
+        match r {
+            Ok((n, addr)) => {
+                let data = &buf[..n];
+                match inner
+                    .base
+                    .protocol
+                    .invoke(|p| p.datagram_received(data, addr.clone()))
+                {
+                    Ok(_) => {}
+                    Err(Failure::Panic(m)) => return self.panicked(m),
+                    Err(Failure::Busy) => {
+                        let copy = data.to_vec();
+                        self.call_protocol(move |p| p.datagram_received(&copy, addr));
                     }
                 }
-                Err(e) if is_fatal(&e) => {
-                    self.force_close(Some(e.into()));
-                    return;
-                }
-                // ICMP errors (connection refused) and the like: report, go on.
-                Err(e) => self.call_protocol(move |p| p.error_received(e.into())),
             }
-            b.clear();
-            buf = b;
+            Err(e) if is_fatal(&e) => return self.force_close(Some(e.into())),
+            // ICMP errors (connection refused) and the like: report, go on.
+            Err(e) => self.call_protocol(move |p| p.error_received(e.into())),
         }
+        inner.recv.borrow_mut().recycle(buf);
+        self.pump_reader();
     }
 
-    async fn write_loop(self) {
+    /// Sends the next queued datagram, or finishes the close once none is.
+    fn pump_writer(&self) {
         let inner = &self.0;
-        loop {
-            let next = std::future::poll_fn(|cx| {
-                let mut st = inner.st.borrow_mut();
-                if st.lost {
-                    return Poll::Ready(None);
-                }
-                if let Some(d) = st.queue.pop_front() {
-                    st.writer_idle = false;
-                    return Poll::Ready(Some(Some(d)));
-                }
-                if st.closing {
-                    return Poll::Ready(Some(None));
-                }
-                st.writer_idle = true;
-                *inner.write_waker.borrow_mut() = Some(cx.waker().clone());
-                Poll::Pending
-            })
-            .await;
-            let (data, addr) = match next {
-                None => return,
-                Some(None) => {
-                    self.connection_lost(None);
-                    return;
-                }
-                Some(Some(d)) => d,
-            };
-            let len = data.len();
-            let Some(fd) = self.fd() else { return };
-            let (res, _) = Op::submit(inner.lp.driver(), SendMsg::new(fd, vec![data], addr)).await;
-            let resume = {
-                let mut st = inner.st.borrow_mut();
-                st.size -= len;
-                if st.paused && st.size <= st.low {
-                    st.paused = false;
-                    true
-                } else {
-                    false
-                }
-            };
-            if resume {
-                self.call_protocol(|p| p.resume_writing());
-            }
-            match res {
-                Ok(_) => {}
-                Err(e) if is_fatal(&e) => {
-                    self.force_close(Some(e.into()));
-                    return;
-                }
-                Err(e) => self.call_protocol(move |p| p.error_received(e.into())),
-            }
+        if inner.base.is_lost() {
+            return;
         }
+        let mut send = inner.send.borrow_mut();
+        if send.as_ref().is_some_and(|s| s.in_flight()) {
+            return;
+        }
+        // The datagram stays at the queue's front (counted) until its send
+        // completes.
+        let next = inner.wr.borrow().queue.front().cloned();
+        let Some((data, addr)) = next else {
+            drop(send);
+            if inner.base.is_closing() {
+                self.connection_lost(None);
+            }
+            return;
+        };
+        if send.is_none() {
+            let Some(fd) = inner.sock.borrow().as_ref().map(|s| s.shared().clone()) else {
+                return;
+            };
+            *send = Some(DatagramSend::new(&inner.base.lp, fd, &self.handler()));
+        }
+        send.as_mut().expect("made above").send(data, addr);
+    }
+
+    /// A datagram's send completed.
+    fn on_sent(&self, r: io::Result<usize>) {
+        let inner = &self.0;
+        let len = inner
+            .wr
+            .borrow_mut()
+            .queue
+            .pop_front()
+            .map_or(0, |(d, _)| d.len());
+        if inner.base.is_lost() {
+            return;
+        }
+        let resume = inner.base.flow.borrow_mut().sent(len);
+        if resume {
+            self.call_protocol(|p| p.resume_writing());
+        }
+        match r {
+            Ok(_) => {}
+            Err(e) if is_fatal(&e) => return self.force_close(Some(e.into())),
+            Err(e) => self.call_protocol(move |p| p.error_received(e.into())),
+        }
+        self.pump_writer();
     }
 
     /// Sends `data` to `addr` (or to the remote address the endpoint was
@@ -248,26 +251,20 @@ impl DatagramTransport {
                 ));
             }
         };
-        let pause = {
-            let mut st = self.0.st.borrow_mut();
-            if st.closing || st.lost {
-                return Err(Error::closed("datagram transport is closing"));
-            }
-            st.size += data.len();
-            st.queue.push_back((data, dest));
-            if st.writer_idle {
-                st.writer_idle = false;
-                if let Some(w) = self.0.writer.borrow().as_ref() {
-                    self.0.lp.core.step_at_turn_end(w);
-                }
-            }
-            if !st.paused && st.size > st.high {
-                st.paused = true;
-                true
-            } else {
-                false
-            }
+        let inner = &self.0;
+        if inner.base.is_closing() {
+            return Err(Error::closed("datagram transport is closing"));
+        }
+        let pause = inner.base.flow.borrow_mut().add(data.len());
+        let flush = {
+            let mut w = inner.wr.borrow_mut();
+            w.queue.push_back((data, dest));
+            !std::mem::replace(&mut w.flush_queued, true)
         };
+        // What a turn queued leaves at its end, with the next driver wait.
+        if flush {
+            inner.base.lp.call_at_turn_end(self.handler());
+        }
         if pause {
             self.call_protocol(|p| p.pause_writing());
         }
@@ -276,18 +273,13 @@ impl DatagramTransport {
 
     /// Closes once queued datagrams are sent. Equivalent to `close`.
     pub fn close(&self) {
-        {
-            let mut st = self.0.st.borrow_mut();
-            if st.closing || st.lost {
-                return;
-            }
-            st.closing = true;
+        if !self.0.base.begin_close() {
+            return;
         }
-        if let Some(r) = self.0.reader.borrow().as_ref() {
-            r.cancel(None);
-        }
-        if let Some(w) = self.0.writer.borrow().as_ref() {
-            self.0.lp.core.step_at_turn_end(w);
+        self.pump_reader();
+        let flush = !std::mem::replace(&mut self.0.wr.borrow_mut().flush_queued, true);
+        if flush {
+            self.0.base.lp.call_at_turn_end(self.handler());
         }
     }
 
@@ -297,69 +289,55 @@ impl DatagramTransport {
     }
 
     fn force_close(&self, exc: Option<Error>) {
-        {
-            let mut st = self.0.st.borrow_mut();
-            if st.lost {
-                return;
-            }
-            st.closing = true;
-            st.queue.clear();
-            st.size = 0;
+        if self.0.base.is_lost() {
+            return;
         }
+        self.0.wr.borrow_mut().queue.clear();
+        self.0.base.flow.borrow_mut().clear();
         self.connection_lost(exc);
     }
 
     fn connection_lost(&self, exc: Option<Error>) {
-        {
-            let mut st = self.0.st.borrow_mut();
-            if st.lost {
-                return;
-            }
-            st.lost = true;
+        if !self.0.base.begin_lost() {
+            return;
         }
-        if let Some(w) = self.0.write_waker.borrow_mut().take() {
-            w.wake();
-        }
-        let t = self.clone();
-        self.0.lp.call_soon_impl(
-            move || {
-                t.call_protocol(move |p| p.connection_lost(exc));
-                t.release_all();
-            },
-            &"datagram connection_lost",
+        self.0.recv.borrow_mut().stop();
+        deliver_lost(
+            self.0.clone(),
+            |i| &i.base,
+            exc,
+            |p, exc| p.connection_lost(exc),
+            Inner::release_io,
         );
-    }
-
-    /// The endpoint is over: releases the protocol and the socket, ends
-    /// the reader and writer tasks, and leaves the loop's list of live
-    /// transports.
-    fn release_all(&self) {
-        let inner = &self.0;
-        inner.protocol.release();
-        inner.sock.borrow_mut().take();
-        for task in [
-            inner.reader.borrow_mut().take(),
-            inner.writer.borrow_mut().take(),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            task.cancel(None);
-        }
-        if let Some(key) = inner.registered.take() {
-            inner.lp.core.unregister_transport(key);
-        }
     }
 
     /// True once closing or closed. Equivalent to `is_closing`.
     pub fn is_closing(&self) -> bool {
-        let st = self.0.st.borrow();
-        st.closing || st.lost
+        self.0.base.is_closing()
     }
 
     /// Bytes queued for sending. Equivalent to `get_write_buffer_size`.
     pub fn get_write_buffer_size(&self) -> usize {
-        self.0.st.borrow().size
+        self.0.base.flow.borrow().size()
+    }
+
+    /// `(low, high)` water marks. Equivalent to `get_write_buffer_limits`.
+    pub fn get_write_buffer_limits(&self) -> (usize, usize) {
+        self.0.base.flow.borrow().limits()
+    }
+
+    /// Sets the water marks (`high` defaults to 64 KiB, `low` to `high / 4`).
+    /// Equivalent to `set_write_buffer_limits`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] if `low > high`.
+    pub fn set_write_buffer_limits(&self, high: Option<usize>, low: Option<usize>) -> Result<()> {
+        let pause = self.0.base.flow.borrow_mut().set_limits(high, low)?;
+        if pause {
+            self.call_protocol(|p| p.pause_writing());
+        }
+        Ok(())
     }
 
     /// Transport information: `"sockname"`, `"peername"` (connected
@@ -380,7 +358,7 @@ impl DatagramTransport {
 
     /// The loop the transport runs on.
     pub fn get_loop(&self) -> EventLoop {
-        self.0.lp.clone()
+        self.0.base.lp.clone()
     }
 }
 
@@ -396,10 +374,10 @@ impl fmt::Debug for DatagramTransport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "<DatagramTransport fd={} local={:?} closing={}>",
+            "<DatagramTransport fd={} local={:?} phase={:?}>",
             self.0.fd,
             self.0.local.as_ref().and_then(|a| a.as_socket()),
-            self.is_closing()
+            self.0.base.phase()
         )
     }
 }
