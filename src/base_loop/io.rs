@@ -280,6 +280,10 @@ impl StreamSend {
     }
 }
 
+/// A received datagram's length and sender (or the receive's error), and
+/// the buffer holding it.
+pub(crate) type Datagram = (io::Result<(usize, SockAddr)>, Vec<u8>);
+
 /// Largest datagram received in one piece (UDP's maximum payload).
 const MAX_DATAGRAM: usize = 65_536;
 
@@ -322,10 +326,7 @@ impl DatagramRecv {
     /// If `ev` is this receive's completion: the datagram's length and
     /// sender (or the error), and the buffer, to hand back with
     /// [`recycle`](Self::recycle) once delivered.
-    pub(crate) fn take(
-        &mut self,
-        ev: &IoEvent,
-    ) -> Option<(io::Result<(usize, SockAddr)>, Vec<u8>)> {
+    pub(crate) fn take(&mut self, ev: &IoEvent) -> Option<Datagram> {
         let Event::Ready(tok) = ev.0 else {
             return None;
         };
