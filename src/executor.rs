@@ -209,12 +209,12 @@ where
 
 impl EventLoop {
     fn default_executor(&self) -> Result<ThreadPool> {
-        if self.core.executor_shut.get() {
+        if self.executor_shut_flag().get() {
             return Err(Error::state(
                 "the default executor was shut down (shutdown_default_executor)",
             ));
         }
-        let mut ex = self.core.executor.borrow_mut();
+        let mut ex = self.executor_cell().borrow_mut();
         if ex.is_none() {
             *ex = Some(ThreadPool::new(ThreadPool::default_size())?);
         }
@@ -242,7 +242,7 @@ impl EventLoop {
 
     /// [`AbstractEventLoop::set_default_executor`].
     pub(crate) fn set_default_executor_impl(&self, pool: ThreadPool) {
-        *self.core.executor.borrow_mut() = Some(pool);
+        *self.executor_cell().borrow_mut() = Some(pool);
     }
 
     /// [`AbstractEventLoop::shutdown_default_executor`].
@@ -250,8 +250,8 @@ impl EventLoop {
         &self,
         timeout: Option<Duration>,
     ) -> Result<()> {
-        self.core.executor_shut.set(true);
-        let Some(pool) = self.core.executor.borrow_mut().take() else {
+        self.executor_shut_flag().set(true);
+        let Some(pool) = self.executor_cell().borrow_mut().take() else {
             return Ok(());
         };
         let shot = Oneshot::new();
@@ -304,7 +304,7 @@ impl EventLoop {
     }
 
     pub(crate) fn shutdown_executor_nowait(&self) {
-        if let Some(pool) = self.core.executor.borrow_mut().take() {
+        if let Some(pool) = self.executor_cell().borrow_mut().take() {
             pool.shutdown(false);
         }
     }

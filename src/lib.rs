@@ -66,13 +66,12 @@ mod events;
 mod executor;
 mod futures;
 pub mod locks;
-mod pipes;
 pub mod protocols;
 pub mod queues;
-mod readers;
 mod runners;
+// The loop's socket, pipe and fd-watcher API lives with the loop.
+pub(crate) use base_loop::{pipes, sock};
 mod server;
-mod sock;
 mod streams;
 mod taskgroups;
 mod tasks;

@@ -239,7 +239,7 @@ impl fmt::Debug for Runner {
 /// (asyncio's `_cancel_all_tasks`); their errors go to the exception handler
 /// when their handles are dropped unretrieved.
 pub(crate) fn cancel_all_tasks(lp: &EventLoop) {
-    let tasks = lp.core.all_tasks();
+    let tasks = lp.pending_tasks();
     if tasks.is_empty() {
         return;
     }

@@ -4,7 +4,10 @@
 
 mod api;
 pub(crate) mod io;
+pub(crate) mod pipes;
+mod readers;
 mod remote;
+pub(crate) mod sock;
 mod timers;
 
 use std::cell::{Cell, RefCell};
@@ -101,8 +104,8 @@ pub(crate) struct Core {
     closed: Cell<bool>,
     debug: Cell<bool>,
     eager: Cell<bool>,
-    pub(crate) executor: RefCell<Option<crate::executor::ThreadPool>>,
-    pub(crate) executor_shut: Cell<bool>,
+    executor: RefCell<Option<crate::executor::ThreadPool>>,
+    executor_shut: Cell<bool>,
     slow_callback: Cell<Duration>,
     handler: RefCell<Option<ExceptionHandler>>,
     current: RefCell<Option<TaskRef>>,
@@ -349,7 +352,7 @@ impl Core {
 /// (or use [`run`](crate::run), which does).
 #[derive(Clone)]
 pub struct EventLoop {
-    pub(crate) core: Rc<Core>,
+    core: Rc<Core>,
 }
 
 /// Whether io_uring can run the proactor here, probed once per process.
@@ -601,6 +604,21 @@ impl EventLoop {
     /// Bytes that cancelled receives took off `fd` and keep for the next receive.
     pub fn stashed_bytes(&self, fd: RawFd) -> usize {
         self.core.driver.borrow().stashed(fd)
+    }
+
+    /// The default executor (`executor.rs` keeps its policy).
+    pub(crate) fn executor_cell(&self) -> &RefCell<Option<crate::executor::ThreadPool>> {
+        &self.core.executor
+    }
+
+    /// Set once `shutdown_default_executor` ran.
+    pub(crate) fn executor_shut_flag(&self) -> &Cell<bool> {
+        &self.core.executor_shut
+    }
+
+    /// The loop's tasks not done yet.
+    pub(crate) fn pending_tasks(&self) -> Vec<TaskRef> {
+        self.core.all_tasks()
     }
 
     pub(crate) fn driver(&self) -> &DriverRef {
