@@ -8,23 +8,15 @@ use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::{YieldOnce, capture_handler};
+use ringloop::ExceptionContext;
 use ringloop::prelude::*;
-use ringloop::{ExceptionContext, ExceptionHandler};
 
 type Log = Rc<RefCell<Vec<&'static str>>>;
 
 fn push(log: &Log, s: &'static str) -> impl FnOnce() + 'static {
     let log = log.clone();
     move || log.borrow_mut().push(s)
-}
-
-/// Collects what the exception handler is told.
-fn capture_handler(lp: &EventLoop) -> Rc<RefCell<Vec<ExceptionContext>>> {
-    let seen = Rc::new(RefCell::new(Vec::new()));
-    let s2 = seen.clone();
-    let h: ExceptionHandler = Rc::new(move |_lp, ctx| s2.borrow_mut().push(ctx.clone()));
-    lp.set_exception_handler(Some(h));
-    seen
 }
 
 both_backends! {
@@ -243,23 +235,6 @@ both_backends! {
         });
         for t in threads {
             t.join().unwrap();
-        }
-    }
-}
-
-struct YieldOnce(bool);
-impl std::future::Future for YieldOnce {
-    type Output = ();
-    fn poll(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<()> {
-        if self.0 {
-            std::task::Poll::Ready(())
-        } else {
-            self.0 = true;
-            cx.waker().wake_by_ref();
-            std::task::Poll::Pending
         }
     }
 }
@@ -509,10 +484,10 @@ both_backends! {
         let seen = capture_handler(lp);
         let log: Log = Rc::new(RefCell::new(Vec::new()));
         assert_eq!(lp.unhandled_panic(), ringloop::UnhandledPanic::Ignore);
-        lp.call_soon(|| panic!("boom"));
-        lp.call_soon(push(&log, "after"));
+        lp.call_soon(|| panic!("boom")).unwrap();
+        lp.call_soon(push(&log, "after")).unwrap();
         let l2 = lp.clone();
-        lp.call_soon(move || l2.stop());
+        lp.call_soon(move || l2.stop()).unwrap();
         lp.run_forever().unwrap();
         assert_eq!(*log.borrow(), ["after"]);
         assert_eq!(seen.borrow().len(), 1);
@@ -527,9 +502,9 @@ both_backends! {
         let seen = capture_handler(lp);
         lp.set_unhandled_panic(ringloop::UnhandledPanic::StopLoop);
         let log: Log = Rc::new(RefCell::new(Vec::new()));
-        lp.call_soon(push(&log, "first"));
-        lp.call_soon(|| panic!("boom"));
-        lp.call_later(Duration::from_secs(3600), || unreachable!("the loop stopped"));
+        lp.call_soon(push(&log, "first")).unwrap();
+        lp.call_soon(|| panic!("boom")).unwrap();
+        lp.call_later(Duration::from_secs(3600), || unreachable!("the loop stopped")).unwrap();
         let err = lp.run_forever().unwrap_err();
         assert!(matches!(&err, Error::Panic(m) if m == "boom"), "{err:?}");
         assert_eq!(*log.borrow(), ["first"]);

@@ -11,46 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use common::{DropFlag, YieldOnce, capture_handler, turns};
 use ringloop::prelude::*;
-use ringloop::{ExceptionContext, ExceptionHandler};
-
-fn capture_handler(lp: &EventLoop) -> Rc<RefCell<Vec<ExceptionContext>>> {
-    let seen = Rc::new(RefCell::new(Vec::new()));
-    let s2 = seen.clone();
-    let h: ExceptionHandler = Rc::new(move |_lp, ctx| s2.borrow_mut().push(ctx.clone()));
-    lp.set_exception_handler(Some(h));
-    seen
-}
-
-/// Sets a flag when dropped: shows a cancelled task's cleanup ran.
-struct DropFlag(Rc<Cell<bool>>);
-impl Drop for DropFlag {
-    fn drop(&mut self) {
-        self.0.set(true);
-    }
-}
-
-/// Yields to the loop once.
-struct YieldOnce(bool);
-impl Future for YieldOnce {
-    type Output = ();
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.0 {
-            Poll::Ready(())
-        } else {
-            self.0 = true;
-            cx.waker().wake_by_ref();
-            Poll::Pending
-        }
-    }
-}
-
-fn turns(lp: &EventLoop, n: usize) {
-    for _ in 0..n {
-        lp.stop();
-        lp.run_forever().unwrap();
-    }
-}
 
 both_backends! {
     fn future_state_rules(lp) {

@@ -7,18 +7,12 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::Duration;
 
+use common::turns;
 use ringloop::locks::{Barrier, BoundedSemaphore, Condition, Event, Lock, Semaphore};
 use ringloop::prelude::*;
 use ringloop::queues::{LifoQueue, PriorityQueue, Queue};
 
 const LIMIT: Duration = Duration::from_secs(10);
-
-fn turns(lp: &EventLoop, n: usize) {
-    for _ in 0..n {
-        lp.stop();
-        lp.run_forever().unwrap();
-    }
-}
 
 both_backends! {
     fn lock_is_fifo_fair_and_release_unlocked_fails(lp) {

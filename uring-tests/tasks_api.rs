@@ -8,28 +8,14 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use common::{DropFlag, turns};
 use ringloop::prelude::*;
 use ringloop::{ReturnWhen, as_completed, gather_all, shield, timeout_at, wait, wait_for_task};
 
 const LIMIT: Duration = Duration::from_secs(10);
 
-/// Sets a flag when dropped: shows a cancelled body's cleanup ran.
-struct DropFlag(Rc<Cell<bool>>);
-impl Drop for DropFlag {
-    fn drop(&mut self) {
-        self.0.set(true);
-    }
-}
-
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
-}
-
-fn turns(lp: &EventLoop, n: usize) {
-    for _ in 0..n {
-        lp.stop();
-        lp.run_forever().unwrap();
-    }
 }
 
 both_backends! {

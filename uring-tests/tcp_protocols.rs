@@ -8,6 +8,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use common::Rng;
+use common::fds::raise_nofile;
 use ringloop::prelude::*;
 use ringloop::{Protocol, Transport};
 
@@ -192,20 +193,6 @@ impl Protocol for EchoCheck {
     }
     fn connection_lost(&mut self, _: Option<Error>) {
         self.done.borrow_mut()[self.idx] = self.got == self.expect;
-    }
-}
-
-fn raise_nofile(to: u64) {
-    let mut r = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: valid out-pointer.
-    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) };
-    if r.rlim_cur < to {
-        r.rlim_cur = to.min(r.rlim_max);
-        // SAFETY: valid rlimit.
-        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &r) };
     }
 }
 

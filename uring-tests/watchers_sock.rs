@@ -9,16 +9,10 @@ use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::Duration;
 
+use common::turns;
 use ringloop::prelude::*;
 
 const LIMIT: Duration = Duration::from_secs(10);
-
-fn turns(lp: &EventLoop, n: usize) {
-    for _ in 0..n {
-        lp.stop();
-        lp.run_forever().unwrap();
-    }
-}
 
 both_backends! {
     fn reader_is_level_triggered_until_removed(lp) {
