@@ -359,38 +359,27 @@ both_backends! {
     }
 }
 
+const DEBUG_ENV: common::child::ChildTest =
+    common::child::ChildTest::new("ringloop_debug_env_enables_debug_mode");
+
 /// RINGLOOP_DEBUG=1 turns debug mode on for new loops (checked in a child
-/// process, since the environment is process-wide).
+/// process, since the environment is process-wide; the child makes one
+/// loop of each backend, so this is not generated for both).
 #[test]
 fn ringloop_debug_env_enables_debug_mode() {
-    if std::env::var("RINGLOOP_TEST_CHILD").as_deref() == Ok("debug") {
+    if DEBUG_ENV.child_side(|_| {
         for lp in [
             EventLoop::proactor().unwrap(),
             EventLoop::selector().unwrap(),
         ] {
-            assert!(lp.get_debug());
+            assert!(lp.get_debug(), "{} loop not in debug mode", lp.backend());
             lp.close().unwrap();
         }
-        println!("CHILD-OK debug");
+    }) {
         return;
     }
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "ringloop_debug_env_enables_debug_mode",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("RINGLOOP_TEST_CHILD", "debug")
-        .env("RINGLOOP_DEBUG", "1")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("CHILD-OK debug"),
-        "child: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    DEBUG_ENV.run("debug", &[("RINGLOOP_DEBUG", "1")]);
+    // This process's own loops follow its own environment.
     let lp = EventLoop::selector().unwrap();
     assert_eq!(
         lp.get_debug(),

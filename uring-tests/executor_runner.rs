@@ -5,13 +5,13 @@
 mod common;
 
 use std::cell::Cell;
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::io::{BufRead, BufReader, Read};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use common::child::{ChildTest, wait_bounded};
 use ringloop::prelude::*;
 use ringloop::{Runner, SigintHandling, ThreadPool, to_thread};
 
@@ -203,23 +203,28 @@ fn runner_refuses_to_nest() {
     ));
 }
 
-/// The child side of the Ctrl-C tests (re-executed test binary).
-fn sigint_child(mode: &str, backend: Backend) {
+/// The child side of the Ctrl-C tests: a Runner on `backend` (the case
+/// names it) whose main task sleeps a minute; with `hang`, the task's
+/// cleanup hangs for 20 s (`CLEANUP-DONE` only if it was let finish).
+fn sigint_child(backend: &str, hang: bool) {
+    let backend = match backend {
+        "proactor" => Backend::Proactor,
+        "selector" => Backend::Selector,
+        other => panic!("unknown backend {other}"),
+    };
     let mut r = Runner::with_backend(backend).sigint(SigintHandling::Always);
-    let hang = mode == "hang";
     let out = r.run(async move {
-        println!("READY");
-        use std::io::Write;
-        std::io::stdout().flush().unwrap();
+        // The SIGINT handler is installed (and its eventfd watched) before
+        // the main task first runs: the parent may signal from here on.
+        say("READY");
         struct SlowDrop(bool);
         impl Drop for SlowDrop {
             fn drop(&mut self) {
                 if self.0 {
                     // A cleanup that hangs: only a second Ctrl-C gets out.
-                    println!("CLEANUP-HANGS");
-                    use std::io::Write;
-                    std::io::stdout().flush().unwrap();
+                    say("CLEANUP-HANGS");
                     std::thread::sleep(Duration::from_secs(20));
+                    say("CLEANUP-DONE");
                 }
             }
         }
@@ -227,45 +232,27 @@ fn sigint_child(mode: &str, backend: Backend) {
         ringloop::sleep(Duration::from_secs(60)).await
     });
     match out {
-        Err(Error::Interrupted) => println!("CHILD-INTERRUPTED"),
-        other => println!("CHILD-UNEXPECTED {other:?}"),
+        Err(Error::Interrupted) => say("CHILD-INTERRUPTED"),
+        other => say(&format!("CHILD-UNEXPECTED {other:?}")),
     }
     r.close().unwrap();
 }
 
-fn spawn_child(mode: &str, backend: Backend) -> std::process::Child {
-    let name = match backend {
+/// A line on stdout, flushed (the parent reads it as it comes).
+fn say(line: &str) {
+    use std::io::Write;
+    println!("{line}");
+    std::io::stdout().flush().unwrap();
+}
+
+fn backend_name(backend: Backend) -> &'static str {
+    match backend {
         Backend::Proactor => "proactor",
         Backend::Selector => "selector",
-    };
-    Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "ctrl_c_child_entry",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("RINGLOOP_TEST_CHILD", format!("{mode}:{name}"))
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap()
+    }
 }
 
-/// Entry point the Ctrl-C tests re-execute; does nothing in a normal run.
-#[test]
-fn ctrl_c_child_entry() {
-    let Ok(spec) = std::env::var("RINGLOOP_TEST_CHILD") else {
-        return;
-    };
-    let (mode, b) = spec.split_once(':').unwrap();
-    let backend = if b == "proactor" {
-        Backend::Proactor
-    } else {
-        Backend::Selector
-    };
-    sigint_child(mode, backend);
-}
-
+/// Reads the child's lines until one contains `want`; all lines seen.
 fn wait_line(r: &mut BufReader<std::process::ChildStdout>, want: &str) -> Vec<String> {
     let mut seen = Vec::new();
     let mut line = String::new();
@@ -279,55 +266,68 @@ fn wait_line(r: &mut BufReader<std::process::ChildStdout>, want: &str) -> Vec<St
     panic!("child never printed {want}: {seen:?}");
 }
 
-fn kill_after(child: &mut std::process::Child, limit: Duration) -> std::process::ExitStatus {
-    let t0 = Instant::now();
-    loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            return st;
-        }
-        if t0.elapsed() > limit {
-            child.kill().unwrap();
-            panic!("child did not exit within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+/// The rest of the child's output, to its end.
+fn rest(r: &mut BufReader<std::process::ChildStdout>) -> String {
+    let mut s = String::new();
+    let _ = r.read_to_string(&mut s);
+    s
 }
+
+fn sigint(child: &std::process::Child) {
+    // SAFETY: signals our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+}
+
+const FIRST_CTRL_C: ChildTest = ChildTest::new("first_ctrl_c_cancels_the_main_task");
 
 #[test]
 fn first_ctrl_c_cancels_the_main_task() {
+    if FIRST_CTRL_C.child_side(|backend| sigint_child(backend, false)) {
+        return;
+    }
     for backend in backends() {
-        let mut child = spawn_child("plain", backend);
+        let mut child = FIRST_CTRL_C.spawn(backend_name(backend), &[]);
         let mut out = BufReader::new(child.stdout.take().unwrap());
         wait_line(&mut out, "READY");
-        std::thread::sleep(Duration::from_millis(50));
-        // SAFETY: signals our own child process.
-        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        sigint(&child);
         let seen = wait_line(&mut out, "CHILD-");
-        let st = kill_after(&mut child, LIMIT);
+        let st = wait_bounded(&mut child, LIMIT);
         assert!(
             seen.iter().any(|l| l == "CHILD-INTERRUPTED"),
             "{backend}: {seen:?}"
         );
         assert!(st.success(), "{backend}: {st:?}");
+        let tail = rest(&mut out);
+        assert!(
+            tail.contains("CHILD-OK"),
+            "{backend}: the child did not finish: {tail}"
+        );
     }
 }
+
+const SECOND_CTRL_C: ChildTest = ChildTest::new("second_ctrl_c_interrupts_at_once");
 
 #[test]
 fn second_ctrl_c_interrupts_at_once() {
     use std::os::unix::process::ExitStatusExt;
+    if SECOND_CTRL_C.child_side(|backend| sigint_child(backend, true)) {
+        return;
+    }
     for backend in backends() {
-        let mut child = spawn_child("hang", backend);
+        let mut child = SECOND_CTRL_C.spawn(backend_name(backend), &[]);
         let mut out = BufReader::new(child.stdout.take().unwrap());
         wait_line(&mut out, "READY");
-        std::thread::sleep(Duration::from_millis(50));
-        // SAFETY: signals our own child process.
-        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        sigint(&child);
+        // The first Ctrl-C cancelled the main task: its cleanup runs, and
+        // hangs. The second one ends the process there, by SIGINT.
         wait_line(&mut out, "CLEANUP-HANGS");
-        let t0 = Instant::now();
-        // SAFETY: as above.
-        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-        let st = kill_after(&mut child, LIMIT);
+        sigint(&child);
+        let st = wait_bounded(&mut child, LIMIT);
         assert_eq!(st.signal(), Some(libc::SIGINT), "{backend}: {st:?}");
-        assert!(t0.elapsed() < Duration::from_secs(5));
+        let tail = rest(&mut out);
+        assert!(
+            !tail.contains("CLEANUP-DONE") && !tail.contains("CHILD-"),
+            "{backend}: the hung cleanup was waited for: {tail}"
+        );
     }
 }
