@@ -8,8 +8,8 @@ use std::cell::Cell;
 use std::io::{BufRead, BufReader, Read};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use common::child::{ChildTest, wait_bounded};
 use ringloop::prelude::*;
@@ -38,18 +38,29 @@ both_backends! {
         let pool = ThreadPool::new(2).unwrap();
         assert!(ThreadPool::new(0).is_err());
         lp.set_default_executor(pool.clone());
-        let t0 = Instant::now();
-        common::run_bounded(lp, LIMIT, async {
+        // Each job counts itself in while it runs and records the most
+        // that ran at once (a count, not a duration).
+        let running = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let (r, m) = (running.clone(), most.clone());
+        common::run_bounded(lp, LIMIT, async move {
             let lp = get_running_loop().unwrap();
             let futs = (0..6).map(|_| {
-                let lp = lp.clone();
+                let (lp, r, m) = (lp.clone(), r.clone(), m.clone());
                 async move {
-                    lp.run_in_executor(|| std::thread::sleep(Duration::from_millis(30))).await
+                    lp.run_in_executor(move || {
+                        let now = r.fetch_add(1, Ordering::SeqCst) + 1;
+                        m.fetch_max(now, Ordering::SeqCst);
+                        std::thread::sleep(Duration::from_millis(30));
+                        r.fetch_sub(1, Ordering::SeqCst);
+                    })
+                    .await
                 }
             });
             ringloop::gather(futs).await.unwrap();
         });
-        assert!(t0.elapsed() >= Duration::from_millis(90), "6 jobs of 30 ms on 2 threads");
+        assert!(most.load(Ordering::SeqCst) <= 2, "{} jobs ran at once on 2 threads", most.load(Ordering::SeqCst));
+        assert_eq!(running.load(Ordering::SeqCst), 0);
         assert_eq!(pool.threads(), 2);
     }
 }
@@ -68,16 +79,34 @@ both_backends! {
 
 both_backends! {
     fn shutdown_default_executor_timeout_does_not_wait_forever(lp) {
-        let t0 = Instant::now();
-        common::run_bounded(lp, LIMIT, async {
+        // A job that outlives the shutdown timeout: it runs until the test
+        // lets it go, which is only after the shutdown returned. Had the
+        // shutdown waited for it, it would never return (the bound fails
+        // the test).
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let finished = Arc::new(AtomicBool::new(false));
+        let f = finished.clone();
+        let started = common::run_bounded(lp, LIMIT, async move {
             let lp = get_running_loop().unwrap();
             let l2 = lp.clone();
-            // A job that outlives the shutdown timeout.
-            lp.create_task(async move { l2.run_in_executor(|| std::thread::sleep(Duration::from_millis(400))).await });
-            ringloop::sleep(Duration::from_millis(20)).await.unwrap();
+            let (tx, rx) = std::sync::mpsc::channel::<()>();
+            let job = lp.create_task(async move {
+                l2.run_in_executor(move || {
+                    tx.send(()).unwrap();
+                    let _ = held.recv_timeout(Duration::from_secs(30));
+                    f.store(true, Ordering::SeqCst);
+                })
+                .await
+            });
+            while rx.try_recv().is_err() {
+                ringloop::sleep(Duration::from_millis(1)).await.unwrap();
+            }
             lp.shutdown_default_executor(Some(Duration::from_millis(30))).await.unwrap();
+            job
         });
-        assert!(t0.elapsed() < Duration::from_millis(350), "waited past the timeout: {:?}", t0.elapsed());
+        assert!(!finished.load(Ordering::SeqCst), "the shutdown waited for the job");
+        release.send(()).unwrap();
+        drop(started);
     }
 }
 
@@ -193,14 +222,28 @@ fn runner_runs_several_futures_and_cleans_up() {
     }
 }
 
+/// A Runner (and `run`) inside a running loop is refused, with the outer
+/// loop on each backend. The inner ones take the default backend: they
+/// are refused before they make a loop, so which one does not matter.
 #[test]
 fn runner_refuses_to_nest() {
-    let out = ringloop::run(async { Runner::new().run(async { 1 }).err() }).unwrap();
-    assert!(matches!(out, Some(Error::InvalidState(_))));
-    assert!(matches!(
-        ringloop::run(async { ringloop::run(async {}).err() }).unwrap(),
-        Some(Error::InvalidState(_))
-    ));
+    for backend in backends() {
+        let mut outer = Runner::with_backend(backend);
+        let out = outer
+            .run(async { Runner::new().run(async { 1 }).err() })
+            .unwrap();
+        assert!(
+            matches!(out, Some(Error::InvalidState(_))),
+            "{backend}: {out:?}"
+        );
+        let out = outer.run(async { ringloop::run(async {}).err() }).unwrap();
+        assert!(
+            matches!(out, Some(Error::InvalidState(_))),
+            "{backend}: {out:?}"
+        );
+        assert_eq!(outer.get_loop().unwrap().backend(), backend);
+        outer.close().unwrap();
+    }
 }
 
 /// The child side of the Ctrl-C tests: a Runner on `backend` (the case
