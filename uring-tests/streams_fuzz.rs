@@ -606,6 +606,8 @@ fn direct_session(seed: u64) -> Result<(), String> {
     Ok(())
 }
 
+/// No loop, so no backend: the reader is fed and polled by hand (the TCP
+/// form below runs on both backends).
 #[test]
 fn fed_directly() {
     for seed in session_seeds(5000) {
@@ -807,6 +809,9 @@ fn now<F: Future>(fut: F) -> F::Output {
         Poll::Pending => panic!("the read waits"),
     }
 }
+
+// The spec cases below need no loop (and so no backend): a reader fed by
+// hand, each read polled once with `now`.
 
 #[test]
 fn readline_takes_a_line_of_limit_bytes_and_its_newline() {
