@@ -79,7 +79,13 @@ both_backends! {
             let local = client.sockname().unwrap().as_socket();
             client.close();
             server.close();
-            ringloop::sleep(Duration::from_millis(5)).await.unwrap();
+            // connection_lost follows close() in a later turn (bounded wait).
+            for _ in 0..1000 {
+                if rec.borrow().lost {
+                    break;
+                }
+                ringloop::sleep(Duration::from_millis(1)).await.unwrap();
+            }
             assert!(rec.borrow().lost);
             assert!(matches!(client.sendto(&b"late"[..], None), Err(Error::Closed(_))));
             let g = rec.borrow().got.clone();
@@ -212,7 +218,14 @@ both_backends! {
             }, "127.0.0.1", 0).await.unwrap();
             let port = server.sockets()[0].as_socket().unwrap().port();
             let (r, w) = ringloop::open_connection("127.0.0.1", port).await.unwrap();
-            ringloop::sleep(Duration::from_millis(100)).await.unwrap();
+            // Once over twice the limit has arrived (waited for, bounded;
+            // not 100 ms that a loaded machine may need more than).
+            for _ in 0..10_000 {
+                if !w.transport().is_reading() {
+                    break;
+                }
+                ringloop::sleep(Duration::from_millis(1)).await.unwrap();
+            }
             assert!(!w.transport().is_reading(), "over twice the limit: reading paused");
             let all = r.read(-1).await.unwrap();
             assert_eq!(all.len(), 64 * 64 * 1024);

@@ -235,9 +235,9 @@ both_backends! {
                 ringloop::sleep(Duration::from_millis(2)).await.unwrap();
             }
             assert!(matches!(err, Some(Error::Io(_))), "{err:?}");
-            // The buffer comes back on error too.
-            let (r, buf) = lp.sock_recv_into(&client, Vec::with_capacity(7)).await;
-            assert!(r.is_ok() || r.is_err());
+            // The buffer comes back on error too. (The result itself is EOF
+            // or a reset, depending on timing: only the buffer is checked.)
+            let (_r, buf) = lp.sock_recv_into(&client, Vec::with_capacity(7)).await;
             assert!(buf.capacity() >= 7);
         });
     }
