@@ -12,7 +12,7 @@ mod common;
 
 use std::cell::RefCell;
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::Duration;
@@ -20,6 +20,7 @@ use std::time::Duration;
 use common::fds::{BlackHole, tcp_pair};
 use common::{fd_is_open, turns};
 use ringloop::prelude::*;
+use ringloop::{SockAddr, Task};
 
 /// The bound of a test's waits (only turns a hang into a failure).
 const LIMIT: Duration = Duration::from_secs(5);
@@ -151,16 +152,29 @@ both_backends! {
     }
 }
 
+/// A listener on 127.0.0.1 and a task whose accept on it is in flight.
+fn accept_in_flight(lp: &EventLoop) -> (Rc<Socket>, SocketAddr, Task<Result<(Socket, SockAddr)>>) {
+    let listener = Rc::new(Socket::tcp_listener(&"127.0.0.1:0".parse().unwrap(), 16).unwrap());
+    let addr = listener.local_addr().unwrap().as_socket().unwrap();
+    let l2 = listener.clone();
+    let t = lp.create_task(async move { get_running_loop().unwrap().sock_accept(&l2).await });
+    turns(lp, 2);
+    assert_eq!(lp.ops_in_flight(), 1, "the accept is in flight");
+    (listener, addr, t)
+}
+
+/// The next connection `listener` accepts (bounded).
+fn accept_next(lp: &EventLoop, listener: &Rc<Socket>) -> (Socket, SockAddr) {
+    let l = listener.clone();
+    common::run_bounded(lp, LIMIT, async move {
+        get_running_loop().unwrap().sock_accept(&l).await.unwrap()
+    })
+}
+
 both_backends! {
     serial fn accept_cancelled_after_a_connection_arrived_closes_it(lp) {
         let base = common::open_fds();
-        let listener = Rc::new(Socket::tcp_listener(&"127.0.0.1:0".parse().unwrap(), 16).unwrap());
-        let addr = listener.local_addr().unwrap().as_socket().unwrap();
-        let l2 = listener.clone();
-        let t = lp.create_task(async move {
-            get_running_loop().unwrap().sock_accept(&l2).await
-        });
-        turns(lp, 2);
+        let (listener, addr, t) = accept_in_flight(lp);
         // The connection lands in the kernel's queue; the accept is dropped
         // before the loop hands the accepted fd to anyone.
         let mut client = TcpStream::connect(addr).unwrap();
@@ -180,10 +194,7 @@ both_backends! {
             Err(e)
                 if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted) =>
             {
-                let l3 = listener.clone();
-                let (conn, peer) = common::run_bounded(lp, Duration::from_secs(5), async move {
-                    get_running_loop().unwrap().sock_accept(&l3).await.unwrap()
-                });
+                let (conn, peer) = accept_next(lp, &listener);
                 assert_eq!(peer.as_socket(), Some(client.local_addr().unwrap()));
                 drop(conn);
             }
@@ -198,20 +209,11 @@ both_backends! {
 both_backends! {
     serial fn accept_cancelled_before_a_connection_leaves_it_queued(lp) {
         let base = common::open_fds();
-        let listener = Rc::new(Socket::tcp_listener(&"127.0.0.1:0".parse().unwrap(), 16).unwrap());
-        let addr = listener.local_addr().unwrap().as_socket().unwrap();
-        let l2 = listener.clone();
-        let t = lp.create_task(async move {
-            get_running_loop().unwrap().sock_accept(&l2).await
-        });
-        turns(lp, 2);
+        let (listener, addr, t) = accept_in_flight(lp);
         t.cancel(None);
         common::drain(lp, LIMIT);
         let client = TcpStream::connect(addr).unwrap();
-        let l3 = listener.clone();
-        let (conn, peer) = common::run_bounded(lp, Duration::from_secs(5), async move {
-            get_running_loop().unwrap().sock_accept(&l3).await.unwrap()
-        });
+        let (conn, peer) = accept_next(lp, &listener);
         assert_eq!(peer.as_socket(), Some(client.local_addr().unwrap()));
         drop((conn, client, listener));
         assert_eq!(common::open_fds(), base);
