@@ -152,8 +152,11 @@ both_backends! {
     }
 }
 
+/// A task running one `sock_accept`.
+type AcceptTask = Task<Result<(Socket, SockAddr)>>;
+
 /// A listener on 127.0.0.1 and a task whose accept on it is in flight.
-fn accept_in_flight(lp: &EventLoop) -> (Rc<Socket>, SocketAddr, Task<Result<(Socket, SockAddr)>>) {
+fn accept_in_flight(lp: &EventLoop) -> (Rc<Socket>, SocketAddr, AcceptTask) {
     let listener = Rc::new(Socket::tcp_listener(&"127.0.0.1:0".parse().unwrap(), 16).unwrap());
     let addr = listener.local_addr().unwrap().as_socket().unwrap();
     let l2 = listener.clone();

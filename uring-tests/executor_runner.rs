@@ -86,7 +86,7 @@ both_backends! {
         let (release, held) = std::sync::mpsc::channel::<()>();
         let finished = Arc::new(AtomicBool::new(false));
         let f = finished.clone();
-        let started = common::run_bounded(lp, LIMIT, async move {
+        common::run_bounded(lp, LIMIT, async move {
             let lp = get_running_loop().unwrap();
             let l2 = lp.clone();
             let (tx, rx) = std::sync::mpsc::channel::<()>();
@@ -102,11 +102,10 @@ both_backends! {
                 ringloop::sleep(Duration::from_millis(1)).await.unwrap();
             }
             lp.shutdown_default_executor(Some(Duration::from_millis(30))).await.unwrap();
-            job
+            drop(job); // detached: it ends after the release below
         });
         assert!(!finished.load(Ordering::SeqCst), "the shutdown waited for the job");
         release.send(()).unwrap();
-        drop(started);
     }
 }
 
