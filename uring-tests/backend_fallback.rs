@@ -7,10 +7,15 @@
 //! Docker's default seccomp profile makes `io_uring_setup` fail with EPERM;
 //! the `seccomp` child installs the same kind of filter before touching
 //! ringloop and proves the default loop falls back to epoll and serves.
+//!
+//! Each test re-runs itself as its child (`common::child`): run normally it
+//! is the parent and fails unless its child finished its case.
 
-use std::process::Command;
+mod common;
+
 use std::time::Duration;
 
+use common::child::ChildTest;
 use ringloop::prelude::*;
 
 /// Makes `io_uring_setup`, `io_uring_enter` and `io_uring_register` fail
@@ -114,76 +119,69 @@ fn exercise(lp: &EventLoop) {
     assert_eq!(&out.1[..], b"line\n");
 }
 
-/// Runs the child `case` with extra environment; returns its stdout.
-fn child(case: &str, env: &[(&str, &str)]) -> String {
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args(["--exact", "child_entry", "--nocapture", "--test-threads=1"])
-        .env("RINGLOOP_TEST_CASE", case)
-        .env_remove("RINGLOOP_BACKEND");
-    for (k, v) in env {
-        cmd.env(k, v);
+const SECCOMP: ChildTest = ChildTest::new("docker_style_seccomp_falls_back_to_the_selector");
+
+#[test]
+fn docker_style_seccomp_falls_back_to_the_selector() {
+    if SECCOMP.child_side(|_| {
+        deny_io_uring();
+        let e = raw_io_uring_setup().expect_err("the filter must block io_uring_setup");
+        assert_eq!(e.raw_os_error(), Some(libc::EPERM));
+        let why = ringloop::proactor_available().expect_err("probe must fail");
+        assert!(why.contains("EPERM"), "{why}");
+        let lp = EventLoop::new().expect("the default loop falls back");
+        assert_eq!(lp.backend(), Backend::Selector);
+        exercise(&lp);
+        assert!(lp.driver_stats().epoll_waits > 0);
+        assert_eq!(lp.driver_stats().uring_enters, 0);
+        lp.close().unwrap();
+        assert!(matches!(ringloop::run(async { 7 }), Ok(7)));
+        match EventLoop::proactor() {
+            Err(Error::Unsupported(m)) => assert!(m.contains("EPERM"), "{m}"),
+            other => panic!("explicit proactor must fail clearly: {other:?}"),
+        }
+        assert!(matches!(
+            ringloop::ProactorEventLoop::new(),
+            Err(Error::Unsupported(_))
+        ));
+    }) {
+        return;
     }
-    let out = cmd.output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "child {case} failed: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        stdout.contains(&format!("CASE-OK {case}")),
-        "child {case} did not finish: {stdout}"
-    );
-    stdout
+    SECCOMP.run("seccomp", &[]);
 }
 
-/// The children's entry point; does nothing in a normal run.
+const FORCED: ChildTest = ChildTest::new("forcing_the_proactor_under_seccomp_is_an_error");
+
 #[test]
-fn child_entry() {
-    let Ok(case) = std::env::var("RINGLOOP_TEST_CASE") else {
+fn forcing_the_proactor_under_seccomp_is_an_error() {
+    if FORCED.child_side(|_| {
+        deny_io_uring();
+        match EventLoop::new() {
+            Err(Error::Unsupported(m)) => {
+                assert!(m.contains("RINGLOOP_BACKEND=proactor"), "{m}");
+                assert!(m.contains("EPERM"), "{m}");
+            }
+            other => panic!("forcing the proactor must be an error: {other:?}"),
+        }
+        assert!(ringloop::run(async {}).is_err());
+    }) {
         return;
-    };
-    match case.as_str() {
-        "seccomp" => {
-            deny_io_uring();
-            let e = raw_io_uring_setup().expect_err("the filter must block io_uring_setup");
-            assert_eq!(e.raw_os_error(), Some(libc::EPERM));
-            let why = ringloop::proactor_available().expect_err("probe must fail");
-            assert!(why.contains("EPERM"), "{why}");
-            let lp = EventLoop::new().expect("the default loop falls back");
-            assert_eq!(lp.backend(), Backend::Selector);
-            exercise(&lp);
-            assert!(lp.driver_stats().epoll_waits > 0);
-            assert_eq!(lp.driver_stats().uring_enters, 0);
-            lp.close().unwrap();
-            assert!(matches!(ringloop::run(async { 7 }), Ok(7)));
-            match EventLoop::proactor() {
-                Err(Error::Unsupported(m)) => assert!(m.contains("EPERM"), "{m}"),
-                other => panic!("explicit proactor must fail clearly: {other:?}"),
-            }
-            assert!(matches!(
-                ringloop::ProactorEventLoop::new(),
-                Err(Error::Unsupported(_))
-            ));
-        }
-        "seccomp-forced" => {
-            deny_io_uring();
-            match EventLoop::new() {
-                Err(Error::Unsupported(m)) => {
-                    assert!(m.contains("RINGLOOP_BACKEND=proactor"), "{m}");
-                    assert!(m.contains("EPERM"), "{m}");
-                }
-                other => panic!("forcing the proactor must be an error: {other:?}"),
-            }
-            assert!(ringloop::run(async {}).is_err());
-        }
-        "env-selector" => {
+    }
+    FORCED.run("seccomp-forced", &[("RINGLOOP_BACKEND", "proactor")]);
+}
+
+const ENV_VAR: ChildTest = ChildTest::new("ringloop_backend_env_var");
+
+#[test]
+fn ringloop_backend_env_var() {
+    if ENV_VAR.child_side(|case| match case {
+        "selector" => {
             let lp = EventLoop::new().unwrap();
             assert_eq!(lp.backend(), Backend::Selector);
             exercise(&lp);
             lp.close().unwrap();
         }
-        "env-proactor" | "env-unset" => {
+        "proactor" | "unset" => {
             let lp = EventLoop::new().unwrap();
             assert_eq!(
                 lp.backend(),
@@ -194,7 +192,7 @@ fn child_entry() {
             assert!(lp.driver_stats().uring_enters > 0);
             lp.close().unwrap();
         }
-        "env-bogus" => {
+        "bogus" => {
             assert!(
                 matches!(EventLoop::new(), Err(Error::InvalidArgument(m)) if m.contains("bogus"))
             );
@@ -204,26 +202,13 @@ fn child_entry() {
             ));
         }
         other => panic!("unknown case {other}"),
+    }) {
+        return;
     }
-    println!("CASE-OK {case}");
-}
-
-#[test]
-fn docker_style_seccomp_falls_back_to_the_selector() {
-    child("seccomp", &[]);
-}
-
-#[test]
-fn forcing_the_proactor_under_seccomp_is_an_error() {
-    child("seccomp-forced", &[("RINGLOOP_BACKEND", "proactor")]);
-}
-
-#[test]
-fn ringloop_backend_env_var() {
-    child("env-selector", &[("RINGLOOP_BACKEND", "selector")]);
-    child("env-proactor", &[("RINGLOOP_BACKEND", "proactor")]);
-    child("env-unset", &[]);
-    child("env-bogus", &[("RINGLOOP_BACKEND", "bogus")]);
+    ENV_VAR.run("selector", &[("RINGLOOP_BACKEND", "selector")]);
+    ENV_VAR.run("proactor", &[("RINGLOOP_BACKEND", "proactor")]);
+    ENV_VAR.run("unset", &[]);
+    ENV_VAR.run("bogus", &[("RINGLOOP_BACKEND", "bogus")]);
 }
 
 #[test]

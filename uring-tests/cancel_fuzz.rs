@@ -60,7 +60,8 @@ use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use common::Rng;
+use common::seeds::{env_flag, env_u64, splitmix};
+use common::{Rng, panic_text, turns};
 use ringloop::prelude::*;
 use ringloop::{Acceptor, Pipe};
 
@@ -79,20 +80,9 @@ struct Config {
     replay: Option<u64>,
 }
 
-fn env_u64(name: &str) -> Option<u64> {
-    let v = std::env::var(name).ok()?;
-    let v = v.trim();
-    let parsed = match v.strip_prefix("0x").or_else(|| v.strip_prefix("0X")) {
-        Some(hex) => u64::from_str_radix(hex, 16),
-        None => v.parse(),
-    };
-    Some(parsed.unwrap_or_else(|_| panic!("{name}={v:?} is not a number")))
-}
-
 impl Config {
     fn from_env(short: usize, long: usize) -> Config {
-        let long_form =
-            std::env::var("RINGLOOP_FUZZ_LONG").is_ok_and(|v| !v.is_empty() && v != "0");
+        let long_form = env_flag("RINGLOOP_FUZZ_LONG");
         let ops = env_u64("RINGLOOP_FUZZ_OPS")
             .map(|n| n as usize)
             .unwrap_or(if long_form { long } else { short });
@@ -104,41 +94,11 @@ impl Config {
     }
 }
 
-fn splitmix(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
 fn round_seed(base: u64, name: &str, round: u64) -> u64 {
     let h = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
         (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
     });
     splitmix(base ^ h ^ splitmix(round))
-}
-
-/// Dice on the shared xorshift generator.
-trait Dice {
-    fn below(&mut self, n: u64) -> u64;
-    fn chance(&mut self, pct: u64) -> bool;
-    fn between(&mut self, lo: u64, hi: u64) -> u64;
-    fn fork(&mut self) -> Rng;
-}
-
-impl Dice for Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        if n == 0 { 0 } else { self.next() % n }
-    }
-    fn chance(&mut self, pct: u64) -> bool {
-        self.below(100) < pct
-    }
-    fn between(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.below(hi - lo + 1)
-    }
-    fn fork(&mut self) -> Rng {
-        Rng(splitmix(self.next()) | 1)
-    }
 }
 
 // ---------------------------------------------------------------- op counting, rounds
@@ -214,16 +174,6 @@ impl Drop for Watchdog {
     }
 }
 
-fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = p.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = p.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "(non-string panic)".into()
-    }
-}
-
 type Round = fn(&EventLoop, &mut Rng, u64);
 
 /// Runs the family's rounds (or the one `RINGLOOP_FUZZ_SEED` names), then
@@ -287,7 +237,7 @@ fn run_round(name: &str, backend: Backend, seed: u64, round: Round) {
     let log0 = common::log_lines().len();
     FIRST.with(|f| f.borrow_mut().take());
     let r = catch_unwind(AssertUnwindSafe(|| {
-        let mut rng = Rng(splitmix(seed) | 1);
+        let mut rng = Rng::seeded(seed);
         round(&lp, &mut rng, seed);
         finish_loop(&lp, &exceptions);
         let bad: Vec<String> = common::log_lines()[log0..]
@@ -321,31 +271,10 @@ fn run_round(name: &str, backend: Backend, seed: u64, round: Round) {
     }
 }
 
-fn turns(lp: &EventLoop, n: usize) {
-    for _ in 0..n {
-        lp.stop();
-        lp.run_forever().unwrap();
-    }
-}
-
-/// Turns until nothing is in flight, bounded.
-fn drain(lp: &EventLoop) {
-    let t0 = Instant::now();
-    while lp.ops_in_flight() > 0 {
-        assert!(
-            t0.elapsed() < STALL,
-            "{} ops still in flight {STALL:?} after the round ended",
-            lp.ops_in_flight()
-        );
-        turns(lp, 1);
-        std::thread::sleep(Duration::from_micros(200));
-    }
-}
-
 /// The checks every round ends with; closes the loop.
 fn finish_loop(lp: &EventLoop, exceptions: &RefCell<Vec<String>>) {
     if !lp.is_closed() {
-        drain(lp);
+        common::drain(lp, STALL);
     }
     let ex = exceptions.borrow().clone();
     assert!(ex.is_empty(), "exception handler was called: {ex:#?}");
@@ -820,9 +749,7 @@ impl Flow {
 /// to run the fuzz's other checks on a build that still has it.
 async fn settle() {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    if *ON.get_or_init(|| {
-        std::env::var("RINGLOOP_FUZZ_SETTLE").is_ok_and(|v| !v.is_empty() && v != "0")
-    }) {
+    if *ON.get_or_init(|| env_flag("RINGLOOP_FUZZ_SETTLE")) {
         sleep(Duration::from_millis(2)).await.unwrap();
     }
 }
@@ -1494,7 +1421,7 @@ both_backends! {
                     join(t, STALL, || "an accept/connect task did not end".into()).await;
                 }
             });
-            drain(lp);
+            common::drain(lp, STALL);
             // What is still in the backlog goes to a last accept.
             let l3 = l.clone();
             let late = block(lp, async move {
@@ -1506,7 +1433,7 @@ both_backends! {
                 }
                 v
             });
-            drain(lp);
+            common::drain(lp, STALL);
             let mut c = conns.borrow_mut();
             c.accepted.extend(late);
             let accepted = std::mem::take(&mut c.accepted);
@@ -1543,7 +1470,7 @@ both_backends! {
                 });
             }
             drop(l);
-            drain(lp);
+            common::drain(lp, STALL);
         });
     }
 }

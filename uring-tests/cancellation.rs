@@ -3,58 +3,32 @@
 //! memory (buffers the driver releases are poisoned and checked later), never
 //! leak an fd a late completion returns, and never lose data a cancelled
 //! receive still got. Fds stay open until their in-flight ops are over.
+//!
+//! Every test is `serial`: it counts the process's fds (`/proc/self/fd`)
+//! against its own earlier counts, and `both_backends!` checks that none is
+//! left once the loop is closed and dropped.
 
 mod common;
 
 use std::cell::RefCell;
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::Duration;
 
+use common::fds::{BlackHole, tcp_pair};
+use common::{fd_is_open, turns};
 use ringloop::prelude::*;
+use ringloop::{SockAddr, Task};
 
-fn turns(lp: &EventLoop, n: usize) {
-    for _ in 0..n {
-        lp.stop();
-        lp.run_forever().unwrap();
-    }
-}
-
-/// Runs loop turns until no op is in flight (bounded).
-fn drain(lp: &EventLoop) {
-    for _ in 0..200 {
-        if lp.ops_in_flight() == 0 {
-            return;
-        }
-        turns(lp, 1);
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    panic!(
-        "{} ops still in flight after cancellation",
-        lp.ops_in_flight()
-    );
-}
-
-/// A connected pair: a blocking std peer and a ringloop socket.
-fn pair() -> (TcpStream, Socket) {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let peer = TcpStream::connect(l.local_addr().unwrap()).unwrap();
-    let (ours, _) = l.accept().unwrap();
-    peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    (peer, Socket::from(ours))
-}
-
-fn fd_is_open(fd: i32) -> bool {
-    // SAFETY: F_GETFD only inspects the descriptor table.
-    unsafe { libc::fcntl(fd, libc::F_GETFD) != -1 }
-}
+/// The bound of a test's waits (only turns a hang into a failure).
+const LIMIT: Duration = Duration::from_secs(5);
 
 both_backends! {
     serial fn cancelled_recv_that_got_data_loses_nothing(lp) {
         lp.enable_poison_check();
-        let (mut peer, sock) = pair();
+        let (mut peer, sock) = tcp_pair();
         let sock = Rc::new(sock);
         let s2 = sock.clone();
         let t = lp.create_task(async move {
@@ -71,7 +45,7 @@ both_backends! {
             assert!(t2.cancel(None));
         })
         .unwrap();
-        drain(lp);
+        common::drain(lp, LIMIT);
         assert!(t.cancelled());
         let s3 = sock.clone();
         let got = common::run_bounded(lp, Duration::from_secs(5), async move {
@@ -89,7 +63,7 @@ both_backends! {
 both_backends! {
     serial fn cancelled_idle_recv_is_released_then_socket_still_works(lp) {
         lp.enable_poison_check();
-        let (mut peer, sock) = pair();
+        let (mut peer, sock) = tcp_pair();
         let sock = Rc::new(sock);
         for _ in 0..3 {
             let s2 = sock.clone();
@@ -98,7 +72,7 @@ both_backends! {
             });
             turns(lp, 2);
             t.cancel(None);
-            drain(lp);
+            common::drain(lp, LIMIT);
             assert!(t.cancelled());
         }
         // Data sent only now reaches a new receive; nothing wrote into the
@@ -109,17 +83,17 @@ both_backends! {
             get_running_loop().unwrap().sock_recv(&s3, 64).await.unwrap()
         });
         assert_eq!(got, b"after");
+        // Each cancelled receive's buffer was released to the quarantine
+        // (on the selector at once, on the proactor after the final CQE).
         let checked = lp.check_poison().unwrap();
-        if lp.backend() == Backend::Proactor {
-            assert!(checked >= 3, "released recv buffers were poisoned and checked ({checked})");
-        }
+        assert!(checked >= 3, "released recv buffers were poisoned and checked ({checked})");
     }
 }
 
 both_backends! {
     serial fn random_cancellations_conserve_every_byte(lp) {
         lp.enable_poison_check();
-        let (mut peer, sock) = pair();
+        let (mut peer, sock) = tcp_pair();
         let sock = Rc::new(sock);
         let received = Rc::new(RefCell::new(Vec::<u8>::new()));
         let mut sent = Vec::new();
@@ -159,7 +133,7 @@ both_backends! {
             if !t.done() {
                 t.cancel(None);
             }
-            drain(lp);
+            common::drain(lp, LIMIT);
         }
         // Whatever cancelled receives took is served to the next receives.
         let total = sent.len();
@@ -178,44 +152,56 @@ both_backends! {
     }
 }
 
+/// A task running one `sock_accept`.
+type AcceptTask = Task<Result<(Socket, SockAddr)>>;
+
+/// A listener on 127.0.0.1 and a task whose accept on it is in flight.
+fn accept_in_flight(lp: &EventLoop) -> (Rc<Socket>, SocketAddr, AcceptTask) {
+    let listener = Rc::new(Socket::tcp_listener(&"127.0.0.1:0".parse().unwrap(), 16).unwrap());
+    let addr = listener.local_addr().unwrap().as_socket().unwrap();
+    let l2 = listener.clone();
+    let t = lp.create_task(async move { get_running_loop().unwrap().sock_accept(&l2).await });
+    turns(lp, 2);
+    assert_eq!(lp.ops_in_flight(), 1, "the accept is in flight");
+    (listener, addr, t)
+}
+
+/// The next connection `listener` accepts (bounded).
+fn accept_next(lp: &EventLoop, listener: &Rc<Socket>) -> (Socket, SockAddr) {
+    let l = listener.clone();
+    common::run_bounded(lp, LIMIT, async move {
+        get_running_loop().unwrap().sock_accept(&l).await.unwrap()
+    })
+}
+
 both_backends! {
     serial fn accept_cancelled_after_a_connection_arrived_closes_it(lp) {
         let base = common::open_fds();
-        let listener = Rc::new(Socket::tcp_listener(&"127.0.0.1:0".parse().unwrap(), 16).unwrap());
-        let addr = listener.local_addr().unwrap().as_socket().unwrap();
-        let l2 = listener.clone();
-        let t = lp.create_task(async move {
-            get_running_loop().unwrap().sock_accept(&l2).await
-        });
-        turns(lp, 2);
+        let (listener, addr, t) = accept_in_flight(lp);
         // The connection lands in the kernel's queue; the accept is dropped
         // before the loop hands the accepted fd to anyone.
         let mut client = TcpStream::connect(addr).unwrap();
         client.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
         t.cancel(None);
-        drain(lp);
+        common::drain(lp, LIMIT);
         assert_eq!(common::open_fds(), base + 2, "accepted fd leaked (listener + client expected)");
-        if t.cancelled() {
-            // Either the kernel accepted the connection for the dropped op
-            // (then it was closed, not leaked: the client sees EOF or reset),
-            // or the cancel came first (then it waits in the backlog for the
-            // next accept). Never both lost and open.
-            let mut buf = [0u8; 8];
-            match client.read(&mut buf) {
-                Ok(0) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
-                Err(e)
-                    if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted) =>
-                {
-                    let l3 = listener.clone();
-                    let (conn, peer) = common::run_bounded(lp, Duration::from_secs(5), async move {
-                        get_running_loop().unwrap().sock_accept(&l3).await.unwrap()
-                    });
-                    assert_eq!(peer.as_socket(), Some(client.local_addr().unwrap()));
-                    drop(conn);
-                }
-                other => panic!("unexpected client read after the cancelled accept: {other:?}"),
+        assert!(t.cancelled(), "the accept ended otherwise: {t:?}");
+        // Either the kernel accepted the connection for the dropped op
+        // (then it was closed, not leaked: the client sees EOF or reset),
+        // or the cancel came first (then it waits in the backlog for the
+        // next accept). Never both lost and open.
+        let mut buf = [0u8; 8];
+        match client.read(&mut buf) {
+            Ok(0) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            Err(e)
+                if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted) =>
+            {
+                let (conn, peer) = accept_next(lp, &listener);
+                assert_eq!(peer.as_socket(), Some(client.local_addr().unwrap()));
+                drop(conn);
             }
+            other => panic!("unexpected client read after the cancelled accept: {other:?}"),
         }
         drop(client);
         drop(listener);
@@ -226,20 +212,11 @@ both_backends! {
 both_backends! {
     serial fn accept_cancelled_before_a_connection_leaves_it_queued(lp) {
         let base = common::open_fds();
-        let listener = Rc::new(Socket::tcp_listener(&"127.0.0.1:0".parse().unwrap(), 16).unwrap());
-        let addr = listener.local_addr().unwrap().as_socket().unwrap();
-        let l2 = listener.clone();
-        let t = lp.create_task(async move {
-            get_running_loop().unwrap().sock_accept(&l2).await
-        });
-        turns(lp, 2);
+        let (listener, addr, t) = accept_in_flight(lp);
         t.cancel(None);
-        drain(lp);
+        common::drain(lp, LIMIT);
         let client = TcpStream::connect(addr).unwrap();
-        let l3 = listener.clone();
-        let (conn, peer) = common::run_bounded(lp, Duration::from_secs(5), async move {
-            get_running_loop().unwrap().sock_accept(&l3).await.unwrap()
-        });
+        let (conn, peer) = accept_next(lp, &listener);
         assert_eq!(peer.as_socket(), Some(client.local_addr().unwrap()));
         drop((conn, client, listener));
         assert_eq!(common::open_fds(), base);
@@ -268,7 +245,7 @@ both_backends! {
         }
         turns(lp, 1);
         drop(acceptor);
-        drain(lp);
+        common::drain(lp, LIMIT);
         drop(first);
         // Only the listener and the six clients remain open.
         assert_eq!(common::open_fds(), base + 1 + 6);
@@ -281,29 +258,25 @@ both_backends! {
 both_backends! {
     serial fn cancelled_connect_in_flight(lp) {
         // A listener whose accept queue is full drops SYNs, so a connect to
-        // it stays in flight until cancelled.
+        // it stays in flight (SYN retries, for minutes) until cancelled.
         let base = common::open_fds();
-        let l = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-        l.bind(&"127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap().into()).unwrap();
-        l.listen(0).unwrap();
-        let addr = l.local_addr().unwrap().as_socket().unwrap();
-        let mut fillers = Vec::new();
-        for _ in 0..8 {
-            match TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
-                Ok(s) => fillers.push(s),
-                Err(_) => break,
-            }
-        }
+        let hole = BlackHole::new();
+        let addr = hole.addr;
         let sock = Rc::new(Socket::tcp_for(&addr).unwrap());
         let s2 = sock.clone();
         let t = lp.create_task(async move {
             get_running_loop().unwrap().sock_connect(&s2, &addr.into()).await
         });
         turns(lp, 3);
+        // Proof it is in flight: the proactor's connect is in the kernel,
+        // the selector's is parked on writability after EINPROGRESS.
+        assert!(!t.done(), "the connect ended: {:?}", t.result());
+        assert_eq!(lp.ops_in_flight(), 1, "the connect is in flight");
         t.cancel(None);
-        drain(lp);
-        assert!(t.done());
-        drop((sock, fillers, l));
+        common::drain(lp, LIMIT);
+        assert!(t.cancelled(), "the connect ended otherwise: {:?}", t.result());
+        assert!(sock.peer_addr().is_err(), "a cancelled connect left the socket connected");
+        drop((sock, hole));
         assert_eq!(common::open_fds(), base);
     }
 }
@@ -311,7 +284,7 @@ both_backends! {
 both_backends! {
     serial fn cancelled_send_in_flight(lp) {
         lp.enable_poison_check();
-        let (peer, sock) = pair();
+        let (peer, sock) = tcp_pair();
         let sock = Rc::new(sock);
         let s2 = sock.clone();
         // The peer never reads: a 32 MiB sendall blocks in flight.
@@ -320,8 +293,9 @@ both_backends! {
         });
         turns(lp, 5);
         assert!(!t.done());
+        assert_eq!(lp.ops_in_flight(), 1, "a send is in flight");
         t.cancel(None);
-        drain(lp);
+        common::drain(lp, LIMIT);
         assert!(t.cancelled());
         lp.check_poison().unwrap();
         drop(peer);
@@ -341,7 +315,7 @@ both_backends! {
         turns(lp, 2);
         nix::unistd::write(&w, b"pipe data").unwrap();
         t.cancel(None);
-        drain(lp);
+        common::drain(lp, LIMIT);
         let r3 = r.clone();
         let got = common::run_bounded(lp, Duration::from_secs(5), async move {
             let lp = get_running_loop().unwrap();
@@ -351,7 +325,7 @@ both_backends! {
         });
         assert_eq!(got, b"pipe data");
         // A write that blocks on a full pipe, cancelled.
-        let w = Rc::new(w_into_pipe(w));
+        let w = Rc::new(w);
         let w2 = w.clone();
         let t = lp.create_task(async move {
             get_running_loop().unwrap().pipe_write_all(&w2, vec![1u8; 4 << 20]).await
@@ -359,55 +333,70 @@ both_backends! {
         turns(lp, 3);
         assert!(!t.done());
         t.cancel(None);
-        drain(lp);
+        common::drain(lp, LIMIT);
         assert!(t.cancelled());
         lp.check_poison().unwrap();
     }
 }
 
-fn w_into_pipe(w: ringloop::Pipe) -> ringloop::Pipe {
-    w
-}
-
 both_backends! {
     serial fn fd_outlives_its_in_flight_op(lp) {
-        let (_peer, sock) = pair();
+        let base = common::open_fds();
+        let (_peer, sock) = tcp_pair();
         let fd = sock.as_raw_fd();
         let t = lp.create_task(async move {
             // The task owns the socket: cancelling drops it with the recv.
             get_running_loop().unwrap().sock_recv(&sock, 128).await
         });
         turns(lp, 2);
+        assert_eq!(lp.ops_in_flight(), 1, "the recv is in flight");
         t.cancel(None);
         turns(lp, 1); // the task's future, and the Socket, are dropped now
         assert!(t.cancelled());
-        if lp.ops_in_flight() > 0 {
-            // The kernel still has the recv: the fd must not be closed (and
-            // so cannot be reused) before its final completion.
-            assert!(fd_is_open(fd), "fd closed while an op on it was in flight");
-        }
-        drain(lp);
-        assert!(!fd_is_open(fd) || common::open_fds() > 0);
-        let mut closed = false;
-        for _ in 0..10 {
-            if !fd_is_open(fd) {
-                closed = true;
-                break;
+        match lp.backend() {
+            // The kernel still has the recv (its cancel is submitted with
+            // the next turn's io_uring_enter): the fd must not be closed,
+            // and so its number cannot be reused, before the recv's final
+            // completion. Then it closes.
+            Backend::Proactor => {
+                assert_eq!(lp.ops_in_flight(), 1, "the dropped recv is still in the kernel");
+                assert!(fd_is_open(fd), "fd closed while an op on it was in flight");
+                assert_eq!(common::open_fds(), base + 2, "peer and socket are open");
+                common::drain(lp, LIMIT);
             }
-            turns(lp, 1);
+            // The selector's form differs: nothing is in the kernel. The
+            // recv was only parked on readiness; dropping it unparked and
+            // freed it at once, so no op holds the fd and it closes with
+            // its last owner (the Socket), in the same turn. Its equivalent
+            // promise: nothing of the old op is left to touch the number.
+            Backend::Selector => {
+                assert_eq!(lp.ops_in_flight(), 0, "a dropped parked recv ends at once");
+            }
         }
-        assert!(closed, "fd {fd} still open after its last op ended");
+        assert!(!fd_is_open(fd), "fd {fd} still open after its last op ended");
+        assert_eq!(common::open_fds(), base + 1, "only the peer is open");
+        // Both: the number, reused at once, belongs to the new socket only.
+        // Data for it reaches a receive on it; nothing the old op left
+        // (a late completion, a stale registration, stashed data) does.
+        let (mut peer2, sock2) = common::fds::tcp_pair_at(fd);
+        assert_eq!(lp.stashed_bytes(fd), 0);
+        peer2.write_all(b"new socket").unwrap();
+        let got = common::run_bounded(lp, LIMIT, async move {
+            get_running_loop().unwrap().sock_recv(&sock2, 128).await.unwrap()
+        });
+        assert_eq!(got, b"new socket");
+        drop(peer2);
+        assert_eq!(common::open_fds(), base + 1, "the new socket closed with its task");
     }
 }
 
 both_backends! {
     serial fn close_with_ops_in_flight_drains_and_leaks_nothing(lp) {
         lp.enable_poison_check();
-        let base = common::open_fds();
         let mut peers = Vec::new();
         let mut fds = Vec::new();
         for _ in 0..8 {
-            let (peer, sock) = pair();
+            let (peer, sock) = tcp_pair();
             peers.push(peer);
             fds.push(sock.as_raw_fd());
             lp.create_task(async move {
@@ -424,43 +413,22 @@ both_backends! {
             assert!(!fd_is_open(fd), "socket fd {fd} of a cancelled op was not closed");
         }
         drop(peers);
-        // The closed loop also gave back its own descriptors (the ring).
-        assert!(common::open_fds() <= base, "fds leaked: {} > {base}", common::open_fds());
-    }
-}
-
-/// Keeps its transport (a protocol and its transport hold each other).
-struct Holder(Option<ringloop::Transport>);
-
-impl ringloop::Protocol for Holder {
-    fn connection_made(&mut self, t: ringloop::Transport) {
-        t.write(&b"hi"[..]).unwrap();
-        self.0 = Some(t);
+        // The closed loop also gave back the proactor's ring.
+        common::assert_only_the_loops_own_fds_left("after closing a loop with 8 recvs in flight");
     }
 }
 
 both_backends! {
     serial fn closing_the_loop_under_a_live_connection_releases_its_socket(lp) {
-        let base = common::open_fds();
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        common::run_bounded(lp, Duration::from_secs(5), async move {
-            let lp = get_running_loop().unwrap();
-            lp.create_connection(|| Holder(None), "127.0.0.1", port).await.unwrap();
-            // Turns for connection_made and its write to leave.
-            ringloop::sleep(Duration::from_millis(20)).await.unwrap();
-        });
-        let (mut peer, _) = listener.accept().unwrap();
-        peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let mut buf = [0u8; 2];
-        peer.read_exact(&mut buf).unwrap();
-        assert_eq!(&buf, b"hi");
+        let (t, mut peer) = common::connection_that_has_sent(lp);
         // The connection is alive, reading, with its protocol holding it.
+        drop(t);
+        assert!(lp.ops_in_flight() > 0, "the connection's receive is in flight");
         lp.close().unwrap();
-        // The loop let go of the transport: the peer sees EOF, no fd leaks.
-        assert_eq!(peer.read(&mut buf).unwrap(), 0);
-        drop((peer, listener));
-        // (The proactor's close also releases the ring's own fd.)
-        assert!(common::open_fds() <= base, "an fd leaked at loop close");
+        // The loop let go of the transport: the peer sees EOF, and (with
+        // the peer gone) every fd the test and the loop opened is closed.
+        assert_eq!(peer.read(&mut [0u8; 2]).unwrap(), 0);
+        drop(peer);
+        common::assert_only_the_loops_own_fds_left("after closing the loop under a live connection");
     }
 }

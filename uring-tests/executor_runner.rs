@@ -5,13 +5,13 @@
 mod common;
 
 use std::cell::Cell;
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::io::{BufRead, BufReader, Read};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
 
+use common::child::{ChildTest, wait_bounded};
 use ringloop::prelude::*;
 use ringloop::{Runner, SigintHandling, ThreadPool, to_thread};
 
@@ -38,18 +38,29 @@ both_backends! {
         let pool = ThreadPool::new(2).unwrap();
         assert!(ThreadPool::new(0).is_err());
         lp.set_default_executor(pool.clone());
-        let t0 = Instant::now();
-        common::run_bounded(lp, LIMIT, async {
+        // Each job counts itself in while it runs and records the most
+        // that ran at once (a count, not a duration).
+        let running = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let (r, m) = (running.clone(), most.clone());
+        common::run_bounded(lp, LIMIT, async move {
             let lp = get_running_loop().unwrap();
             let futs = (0..6).map(|_| {
-                let lp = lp.clone();
+                let (lp, r, m) = (lp.clone(), r.clone(), m.clone());
                 async move {
-                    lp.run_in_executor(|| std::thread::sleep(Duration::from_millis(30))).await
+                    lp.run_in_executor(move || {
+                        let now = r.fetch_add(1, Ordering::SeqCst) + 1;
+                        m.fetch_max(now, Ordering::SeqCst);
+                        std::thread::sleep(Duration::from_millis(30));
+                        r.fetch_sub(1, Ordering::SeqCst);
+                    })
+                    .await
                 }
             });
             ringloop::gather(futs).await.unwrap();
         });
-        assert!(t0.elapsed() >= Duration::from_millis(90), "6 jobs of 30 ms on 2 threads");
+        assert!(most.load(Ordering::SeqCst) <= 2, "{} jobs ran at once on 2 threads", most.load(Ordering::SeqCst));
+        assert_eq!(running.load(Ordering::SeqCst), 0);
         assert_eq!(pool.threads(), 2);
     }
 }
@@ -68,16 +79,33 @@ both_backends! {
 
 both_backends! {
     fn shutdown_default_executor_timeout_does_not_wait_forever(lp) {
-        let t0 = Instant::now();
-        common::run_bounded(lp, LIMIT, async {
+        // A job that outlives the shutdown timeout: it runs until the test
+        // lets it go, which is only after the shutdown returned. Had the
+        // shutdown waited for it, it would never return (the bound fails
+        // the test).
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let finished = Arc::new(AtomicBool::new(false));
+        let f = finished.clone();
+        common::run_bounded(lp, LIMIT, async move {
             let lp = get_running_loop().unwrap();
             let l2 = lp.clone();
-            // A job that outlives the shutdown timeout.
-            lp.create_task(async move { l2.run_in_executor(|| std::thread::sleep(Duration::from_millis(400))).await });
-            ringloop::sleep(Duration::from_millis(20)).await.unwrap();
+            let (tx, rx) = std::sync::mpsc::channel::<()>();
+            let job = lp.create_task(async move {
+                l2.run_in_executor(move || {
+                    tx.send(()).unwrap();
+                    let _ = held.recv_timeout(Duration::from_secs(30));
+                    f.store(true, Ordering::SeqCst);
+                })
+                .await
+            });
+            while rx.try_recv().is_err() {
+                ringloop::sleep(Duration::from_millis(1)).await.unwrap();
+            }
             lp.shutdown_default_executor(Some(Duration::from_millis(30))).await.unwrap();
+            drop(job); // detached: it ends after the release below
         });
-        assert!(t0.elapsed() < Duration::from_millis(350), "waited past the timeout: {:?}", t0.elapsed());
+        assert!(!finished.load(Ordering::SeqCst), "the shutdown waited for the job");
+        release.send(()).unwrap();
     }
 }
 
@@ -193,33 +221,52 @@ fn runner_runs_several_futures_and_cleans_up() {
     }
 }
 
+/// A Runner (and `run`) inside a running loop is refused, with the outer
+/// loop on each backend. The inner ones take the default backend: they
+/// are refused before they make a loop, so which one does not matter.
 #[test]
 fn runner_refuses_to_nest() {
-    let out = ringloop::run(async { Runner::new().run(async { 1 }).err() }).unwrap();
-    assert!(matches!(out, Some(Error::InvalidState(_))));
-    assert!(matches!(
-        ringloop::run(async { ringloop::run(async {}).err() }).unwrap(),
-        Some(Error::InvalidState(_))
-    ));
+    for backend in backends() {
+        let mut outer = Runner::with_backend(backend);
+        let out = outer
+            .run(async { Runner::new().run(async { 1 }).err() })
+            .unwrap();
+        assert!(
+            matches!(out, Some(Error::InvalidState(_))),
+            "{backend}: {out:?}"
+        );
+        let out = outer.run(async { ringloop::run(async {}).err() }).unwrap();
+        assert!(
+            matches!(out, Some(Error::InvalidState(_))),
+            "{backend}: {out:?}"
+        );
+        assert_eq!(outer.get_loop().unwrap().backend(), backend);
+        outer.close().unwrap();
+    }
 }
 
-/// The child side of the Ctrl-C tests (re-executed test binary).
-fn sigint_child(mode: &str, backend: Backend) {
+/// The child side of the Ctrl-C tests: a Runner on `backend` (the case
+/// names it) whose main task sleeps a minute; with `hang`, the task's
+/// cleanup hangs for 20 s (`CLEANUP-DONE` only if it was let finish).
+fn sigint_child(backend: &str, hang: bool) {
+    let backend = match backend {
+        "proactor" => Backend::Proactor,
+        "selector" => Backend::Selector,
+        other => panic!("unknown backend {other}"),
+    };
     let mut r = Runner::with_backend(backend).sigint(SigintHandling::Always);
-    let hang = mode == "hang";
     let out = r.run(async move {
-        println!("READY");
-        use std::io::Write;
-        std::io::stdout().flush().unwrap();
+        // The SIGINT handler is installed (and its eventfd watched) before
+        // the main task first runs: the parent may signal from here on.
+        say("READY");
         struct SlowDrop(bool);
         impl Drop for SlowDrop {
             fn drop(&mut self) {
                 if self.0 {
                     // A cleanup that hangs: only a second Ctrl-C gets out.
-                    println!("CLEANUP-HANGS");
-                    use std::io::Write;
-                    std::io::stdout().flush().unwrap();
+                    say("CLEANUP-HANGS");
                     std::thread::sleep(Duration::from_secs(20));
+                    say("CLEANUP-DONE");
                 }
             }
         }
@@ -227,45 +274,27 @@ fn sigint_child(mode: &str, backend: Backend) {
         ringloop::sleep(Duration::from_secs(60)).await
     });
     match out {
-        Err(Error::Interrupted) => println!("CHILD-INTERRUPTED"),
-        other => println!("CHILD-UNEXPECTED {other:?}"),
+        Err(Error::Interrupted) => say("CHILD-INTERRUPTED"),
+        other => say(&format!("CHILD-UNEXPECTED {other:?}")),
     }
     r.close().unwrap();
 }
 
-fn spawn_child(mode: &str, backend: Backend) -> std::process::Child {
-    let name = match backend {
+/// A line on stdout, flushed (the parent reads it as it comes).
+fn say(line: &str) {
+    use std::io::Write;
+    println!("{line}");
+    std::io::stdout().flush().unwrap();
+}
+
+fn backend_name(backend: Backend) -> &'static str {
+    match backend {
         Backend::Proactor => "proactor",
         Backend::Selector => "selector",
-    };
-    Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "ctrl_c_child_entry",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("RINGLOOP_TEST_CHILD", format!("{mode}:{name}"))
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap()
+    }
 }
 
-/// Entry point the Ctrl-C tests re-execute; does nothing in a normal run.
-#[test]
-fn ctrl_c_child_entry() {
-    let Ok(spec) = std::env::var("RINGLOOP_TEST_CHILD") else {
-        return;
-    };
-    let (mode, b) = spec.split_once(':').unwrap();
-    let backend = if b == "proactor" {
-        Backend::Proactor
-    } else {
-        Backend::Selector
-    };
-    sigint_child(mode, backend);
-}
-
+/// Reads the child's lines until one contains `want`; all lines seen.
 fn wait_line(r: &mut BufReader<std::process::ChildStdout>, want: &str) -> Vec<String> {
     let mut seen = Vec::new();
     let mut line = String::new();
@@ -279,55 +308,68 @@ fn wait_line(r: &mut BufReader<std::process::ChildStdout>, want: &str) -> Vec<St
     panic!("child never printed {want}: {seen:?}");
 }
 
-fn kill_after(child: &mut std::process::Child, limit: Duration) -> std::process::ExitStatus {
-    let t0 = Instant::now();
-    loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            return st;
-        }
-        if t0.elapsed() > limit {
-            child.kill().unwrap();
-            panic!("child did not exit within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+/// The rest of the child's output, to its end.
+fn rest(r: &mut BufReader<std::process::ChildStdout>) -> String {
+    let mut s = String::new();
+    let _ = r.read_to_string(&mut s);
+    s
 }
+
+fn sigint(child: &std::process::Child) {
+    // SAFETY: signals our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+}
+
+const FIRST_CTRL_C: ChildTest = ChildTest::new("first_ctrl_c_cancels_the_main_task");
 
 #[test]
 fn first_ctrl_c_cancels_the_main_task() {
+    if FIRST_CTRL_C.child_side(|backend| sigint_child(backend, false)) {
+        return;
+    }
     for backend in backends() {
-        let mut child = spawn_child("plain", backend);
+        let mut child = FIRST_CTRL_C.spawn(backend_name(backend), &[]);
         let mut out = BufReader::new(child.stdout.take().unwrap());
         wait_line(&mut out, "READY");
-        std::thread::sleep(Duration::from_millis(50));
-        // SAFETY: signals our own child process.
-        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        sigint(&child);
         let seen = wait_line(&mut out, "CHILD-");
-        let st = kill_after(&mut child, LIMIT);
+        let st = wait_bounded(&mut child, LIMIT);
         assert!(
             seen.iter().any(|l| l == "CHILD-INTERRUPTED"),
             "{backend}: {seen:?}"
         );
         assert!(st.success(), "{backend}: {st:?}");
+        let tail = rest(&mut out);
+        assert!(
+            tail.contains("CHILD-OK"),
+            "{backend}: the child did not finish: {tail}"
+        );
     }
 }
+
+const SECOND_CTRL_C: ChildTest = ChildTest::new("second_ctrl_c_interrupts_at_once");
 
 #[test]
 fn second_ctrl_c_interrupts_at_once() {
     use std::os::unix::process::ExitStatusExt;
+    if SECOND_CTRL_C.child_side(|backend| sigint_child(backend, true)) {
+        return;
+    }
     for backend in backends() {
-        let mut child = spawn_child("hang", backend);
+        let mut child = SECOND_CTRL_C.spawn(backend_name(backend), &[]);
         let mut out = BufReader::new(child.stdout.take().unwrap());
         wait_line(&mut out, "READY");
-        std::thread::sleep(Duration::from_millis(50));
-        // SAFETY: signals our own child process.
-        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        sigint(&child);
+        // The first Ctrl-C cancelled the main task: its cleanup runs, and
+        // hangs. The second one ends the process there, by SIGINT.
         wait_line(&mut out, "CLEANUP-HANGS");
-        let t0 = Instant::now();
-        // SAFETY: as above.
-        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-        let st = kill_after(&mut child, LIMIT);
+        sigint(&child);
+        let st = wait_bounded(&mut child, LIMIT);
         assert_eq!(st.signal(), Some(libc::SIGINT), "{backend}: {st:?}");
-        assert!(t0.elapsed() < Duration::from_secs(5));
+        let tail = rest(&mut out);
+        assert!(
+            !tail.contains("CLEANUP-DONE") && !tail.contains("CHILD-"),
+            "{backend}: the hung cleanup was waited for: {tail}"
+        );
     }
 }

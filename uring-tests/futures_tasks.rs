@@ -11,46 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use common::{DropFlag, YieldOnce, capture_handler, turns};
 use ringloop::prelude::*;
-use ringloop::{ExceptionContext, ExceptionHandler};
-
-fn capture_handler(lp: &EventLoop) -> Rc<RefCell<Vec<ExceptionContext>>> {
-    let seen = Rc::new(RefCell::new(Vec::new()));
-    let s2 = seen.clone();
-    let h: ExceptionHandler = Rc::new(move |_lp, ctx| s2.borrow_mut().push(ctx.clone()));
-    lp.set_exception_handler(Some(h));
-    seen
-}
-
-/// Sets a flag when dropped: shows a cancelled task's cleanup ran.
-struct DropFlag(Rc<Cell<bool>>);
-impl Drop for DropFlag {
-    fn drop(&mut self) {
-        self.0.set(true);
-    }
-}
-
-/// Yields to the loop once.
-struct YieldOnce(bool);
-impl Future for YieldOnce {
-    type Output = ();
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.0 {
-            Poll::Ready(())
-        } else {
-            self.0 = true;
-            cx.waker().wake_by_ref();
-            Poll::Pending
-        }
-    }
-}
-
-fn turns(lp: &EventLoop, n: usize) {
-    for _ in 0..n {
-        lp.stop();
-        lp.run_forever().unwrap();
-    }
-}
 
 both_backends! {
     fn future_state_rules(lp) {
@@ -315,6 +277,9 @@ both_backends! {
 }
 
 /// `run` cancels leftover tasks (their cleanup runs) and closes the loop.
+/// On the default backend only: `ringloop::run` takes no backend, by
+/// definition (asyncio's `run`); the same cleanup through a Runner made on
+/// each backend is `executor_runner::runner_runs_several_futures_and_cleans_up`.
 #[test]
 fn run_cancels_leftover_tasks() {
     let dropped = Rc::new(Cell::new(false));
@@ -335,15 +300,15 @@ fn run_cancels_leftover_tasks() {
     assert!(get_running_loop().is_err());
 }
 
-/// A task whose await was taken once reports InvalidState to a second await.
-#[test]
-fn second_await_of_a_task_gets_invalid_state() {
-    ringloop::run(async {
-        let lp = get_running_loop().unwrap();
-        let t = lp.create_task(async { vec![1, 2, 3] });
-        let t2 = t.clone();
-        assert_eq!(t.await.unwrap(), vec![1, 2, 3]);
-        assert!(matches!(t2.await, Err(Error::InvalidState(_))));
-    })
-    .unwrap();
+both_backends! {
+    /// A task whose await was taken once reports InvalidState to a second await.
+    fn second_await_of_a_task_gets_invalid_state(lp) {
+        common::run_bounded(lp, Duration::from_secs(5), async {
+            let lp = get_running_loop().unwrap();
+            let t = lp.create_task(async { vec![1, 2, 3] });
+            let t2 = t.clone();
+            assert_eq!(t.await.unwrap(), vec![1, 2, 3]);
+            assert!(matches!(t2.await, Err(Error::InvalidState(_))));
+        });
+    }
 }

@@ -25,18 +25,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
+use common::fds::tcp_pair;
+use common::{catch, run_until, turns};
 use ringloop::prelude::*;
 use ringloop::{Protocol, Transport};
-use support::{LIMIT, catch, run_until, turns};
-
-/// A connected pair: a blocking std peer and a ringloop socket.
-fn tcp_pair() -> (TcpStream, Socket) {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let peer = TcpStream::connect(l.local_addr().unwrap()).unwrap();
-    let (ours, _) = l.accept().unwrap();
-    peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    (peer, Socket::from(ours))
-}
+use support::LIMIT;
 
 // ---------------------------------------------------------------------------
 // Item 1: a stale receive result must never complete the reused send op.

@@ -16,19 +16,18 @@ mod support;
 
 use std::cell::{Cell, RefCell};
 use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{Shutdown, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use common::fds::{fd_diff, fd_targets, raise_nofile};
+use common::{catch, turns};
 use ringloop::prelude::*;
 use ringloop::{Protocol, Transport};
-use support::{
-    LIMIT, MIB, catch, fd_diff, fd_targets, own_loop, peak_rss, raise_nofile, reset_peak_rss, rss,
-    turns,
-};
+use support::{LIMIT, MIB, own_loop, peak_rss, reset_peak_rss, rss};
 
 // ---------------------------------------------------------------------------
 // Item 3: close() with thousands of ops in flight cancels, drains with a
@@ -482,36 +481,13 @@ both_backends! {
     }
 }
 
-/// Writes once at connection_made and keeps its transport.
-struct SendOnce(Option<Transport>);
-
-impl Protocol for SendOnce {
-    fn connection_made(&mut self, t: Transport) {
-        t.write(&b"hi"[..]).unwrap();
-        self.0 = Some(t);
-    }
-}
-
 both_backends! {
     serial fn closing_the_loop_under_a_paused_transport_that_has_sent_releases_it(lp) {
         let base = common::open_fds();
         let base_targets = fd_targets();
         let inner = own_loop(lp);
         let backend = inner.backend();
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let t = common::run_bounded(&inner, LIMIT, async move {
-            let lp = get_running_loop().unwrap();
-            let t = lp.create_connection(|| SendOnce(None), "127.0.0.1", port).await.unwrap();
-            // Turns for connection_made and its write to leave.
-            ringloop::sleep(Duration::from_millis(20)).await.unwrap();
-            t
-        });
-        let (mut peer, _) = listener.accept().unwrap();
-        peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let mut buf = [0u8; 2];
-        peer.read_exact(&mut buf).unwrap();
-        assert_eq!(&buf, b"hi");
+        let (t, peer) = common::connection_that_has_sent(&inner);
         t.pause_reading();
         turns(&inner, 3);
         assert!(!t.is_reading());
@@ -519,7 +495,6 @@ both_backends! {
         common::assert_backend_used(&inner, backend);
         drop(t);
         drop(inner);
-        drop(listener);
         assert_released(
             "issue 11 item 9",
             peer,

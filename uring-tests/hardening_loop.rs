@@ -9,13 +9,14 @@ mod common;
 mod support;
 
 use std::cell::{Cell, RefCell};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
 use std::time::Duration;
 
+use common::{run_until, turns};
 use ringloop::prelude::*;
 use ringloop::{Protocol, Transport};
-use support::{LIMIT, Watchdog, run_until, turns};
+use support::{LIMIT, Watchdog};
 
 // ---------------------------------------------------------------------------
 // Item 6: add_reader on a just-reused fd number must fire. Every test in
@@ -29,15 +30,7 @@ fn nonblocking_pipe() -> (OwnedFd, OwnedFd) {
 /// A new pipe whose read end has the number `fd` (which must be free).
 fn pipe_at(fd: RawFd) -> (OwnedFd, OwnedFd) {
     let (r, w) = nonblocking_pipe();
-    if r.as_raw_fd() == fd {
-        return (r, w);
-    }
-    // SAFETY: `fd` is a free descriptor number (just closed); dup3 makes it
-    // a new descriptor we own.
-    let n = unsafe { libc::dup3(r.as_raw_fd(), fd, libc::O_CLOEXEC) };
-    assert_eq!(n, fd, "dup3: {}", std::io::Error::last_os_error());
-    // SAFETY: dup3 just created `fd`; nothing else owns it.
-    (unsafe { OwnedFd::from_raw_fd(fd) }, w)
+    (common::fds::move_to_fd(r, fd), w)
 }
 
 /// Drains a non-blocking pipe into `into`.

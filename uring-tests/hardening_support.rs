@@ -1,14 +1,15 @@
-//! Helpers shared by the `hardening*` tests (issue 11's regression
-//! tests): bounded loop turns, panics as messages, a watchdog thread, fd
-//! and memory accounting. Included by each as `mod support`.
+//! Helpers of the `hardening*` tests (issue 11's regression tests) that
+//! the rest of the suite does not use: a watchdog thread that stops a
+//! loop, a loop of the test's own to close and drop, and memory
+//! accounting. Included by each as `mod support`; what all test files
+//! share (turns, bounded waits, fd accounting) is in `common`.
 #![allow(dead_code)]
 
 use std::io::Write;
 use std::os::unix::net::UnixStream;
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ringloop::prelude::*;
 
@@ -16,45 +17,6 @@ use crate::common;
 
 /// The bound of a test's ordinary waits (only turns a hang into a failure).
 pub const LIMIT: Duration = Duration::from_secs(20);
-
-/// One loop iteration per call that never blocks (the loop is stopping).
-pub fn turns(lp: &EventLoop, n: usize) {
-    for _ in 0..n {
-        lp.stop();
-        lp.run_forever().unwrap();
-    }
-}
-
-/// Runs non-blocking turns until `cond` holds or `limit` passes (a bound
-/// that only turns a hang into a failure); true if `cond` held.
-pub fn run_until(lp: &EventLoop, limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        turns(lp, 1);
-        std::thread::sleep(Duration::from_micros(200));
-    }
-}
-
-pub fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = p.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = p.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "(a non-string panic)".into()
-    }
-}
-
-/// Runs `f`, turning a panic into `Err(its message)`.
-pub fn catch<R>(f: impl FnOnce() -> R) -> Result<R, String> {
-    std::panic::catch_unwind(AssertUnwindSafe(f)).map_err(|p| panic_text(&*p))
-}
 
 /// Stops the loop from another thread after `after` unless dropped first:
 /// a loop that would block forever (no timer, nothing in flight that will
@@ -100,57 +62,6 @@ impl Drop for Watchdog {
             let _ = t.join();
         }
     }
-}
-
-pub fn raise_nofile(to: u64) {
-    let mut r = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: valid out-pointer.
-    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) };
-    if r.rlim_cur < to {
-        r.rlim_cur = to.min(r.rlim_max);
-        // SAFETY: valid rlimit.
-        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &r) };
-    }
-}
-
-/// What each open fd of this process is (`socket:[…]`, `anon_inode:[…]`),
-/// to name the leaked ones in a failure.
-pub fn fd_targets() -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir("/proc/self/fd")
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .filter_map(|e| std::fs::read_link(e.path()).ok())
-                .map(|p| {
-                    let s = p.to_string_lossy().into_owned();
-                    if s.starts_with("anon_inode") {
-                        s // anon_inode:[eventfd], anon_inode:[io_uring], …
-                    } else {
-                        // socket:[12345] -> socket (inode numbers differ).
-                        s.split(":[").next().unwrap_or(&s).to_owned()
-                    }
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
-}
-
-/// The fds in `now` and not in `before` (as a multiset), described.
-pub fn fd_diff(before: &[String], now: &[String]) -> Vec<String> {
-    let mut left = before.to_vec();
-    let mut extra = Vec::new();
-    for f in now {
-        if let Some(i) = left.iter().position(|b| b == f) {
-            left.swap_remove(i);
-        } else {
-            extra.push(f.clone());
-        }
-    }
-    extra
 }
 
 /// Some I/O on the harness's loop (so it proves its backend), then a fresh

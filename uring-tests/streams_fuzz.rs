@@ -31,7 +31,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
-use common::Rng;
+use common::seeds::{env_flag, env_u64, splitmix};
+use common::{Rng, panic_text};
 use ringloop::prelude::*;
 use ringloop::{ConnectOptions, ServerOptions, StreamReader, StreamWriter};
 
@@ -39,23 +40,6 @@ use ringloop::{ConnectOptions, ServerOptions, StreamReader, StreamWriter};
 const LOST: &str = "fuzz: connection lost";
 
 // ---------------------------------------------------------------- seeds
-
-fn env_u64(name: &str) -> Option<u64> {
-    let v = std::env::var(name).ok()?;
-    let v = v.trim();
-    let parsed = match v.strip_prefix("0x") {
-        Some(hex) => u64::from_str_radix(hex, 16),
-        None => v.parse(),
-    };
-    Some(parsed.unwrap_or_else(|_| panic!("{name}={v} is not a number")))
-}
-
-fn splitmix(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
-}
 
 /// The session seeds to run: the one in `RINGLOOP_FUZZ_SEED`, or `short`
 /// (times 100 with `RINGLOOP_FUZZ_LONG=1`, or `RINGLOOP_FUZZ_ITERS`) drawn
@@ -65,7 +49,7 @@ fn session_seeds(short: u64) -> Vec<u64> {
     if let Some(s) = env_u64("RINGLOOP_FUZZ_SEED") {
         return vec![s];
     }
-    let long = std::env::var("RINGLOOP_FUZZ_LONG").is_ok_and(|v| v != "0" && !v.is_empty());
+    let long = env_flag("RINGLOOP_FUZZ_LONG");
     let n = env_u64("RINGLOOP_FUZZ_ITERS").unwrap_or(if long { short * 100 } else { short });
     let master = env_u64("RINGLOOP_FUZZ_BASE").unwrap_or(0x5eed_57ea_4d0f_0001);
     (0..n).map(|i| splitmix(master ^ splitmix(i))).collect()
@@ -78,34 +62,12 @@ fn replayable(what: &str, seed: u64, session: impl FnOnce(u64) -> Result<(), Str
     let msg = match r {
         Ok(Ok(())) => return,
         Ok(Err(m)) => m,
-        Err(p) => p
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_else(|| "panic".into()),
+        Err(p) => panic_text(&*p),
     };
     panic!(
         "streams fuzz ({what}) failed with session seed {seed:#x}; replay with \
          RINGLOOP_FUZZ_SEED={seed:#x} cargo test --test streams_fuzz {what}\n{msg}"
     );
-}
-
-trait RngExt {
-    fn below(&mut self, n: u64) -> u64;
-    fn chance(&mut self, percent: u64) -> bool;
-}
-impl RngExt for Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        if n == 0 { 0 } else { self.next() % n }
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-}
-
-fn rng_for(seed: u64) -> Rng {
-    // xorshift's one fixed point is 0.
-    Rng(splitmix(seed) | 1)
 }
 
 // ---------------------------------------------------------------- the model
@@ -541,7 +503,7 @@ impl Trace {
 /// sees them coalesced or not), EOF or the error, polls spuriously, or drops
 /// the read (asyncio's cancellation: nothing is consumed).
 fn direct_session(seed: u64) -> Result<(), String> {
-    let mut rng = rng_for(seed);
+    let mut rng = Rng::seeded(seed);
     let limit = random_limit(&mut rng);
     let reader = StreamReader::new(limit).map_err(|e| e.to_string())?;
     let mut model = Model::new(limit);
@@ -644,6 +606,8 @@ fn direct_session(seed: u64) -> Result<(), String> {
     Ok(())
 }
 
+/// No loop, so no backend: the reader is fed and polled by hand (the TCP
+/// form below runs on both backends).
 #[test]
 fn fed_directly() {
     for seed in session_seeds(5000) {
@@ -663,7 +627,7 @@ struct Plan {
 /// yielding between them (so the reader sees many chunkings, and its
 /// transport is paused and resumed), then close.
 async fn write_plan(w: StreamWriter, plan: Plan) {
-    let mut rng = rng_for(plan.seed ^ 0x5eed);
+    let mut rng = Rng::seeded(plan.seed ^ 0x5eed);
     let mut rest = &plan.data[..];
     let big = rng.chance(30);
     let max_chunk = 1 + rng.below(if big { 4096 } else { 64 });
@@ -698,7 +662,7 @@ async fn write_plan(w: StreamWriter, plan: Plan) {
 /// The reading side of one session: random reads until the stream is
 /// consumed, each checked against the model of the whole stream.
 async fn read_plan(seed: u64, port: u16, data: Vec<u8>, limit: usize) -> Result<(), String> {
-    let mut rng = rng_for(seed ^ 0x4ead);
+    let mut rng = Rng::seeded(seed ^ 0x4ead);
     let opts = ConnectOptions {
         host: Some("127.0.0.1".into()),
         port,
@@ -787,7 +751,7 @@ fn socket_sessions(lp: &EventLoop) {
         for &seed in &seeds {
             cur2.set(seed);
             ran2.set(ran2.get() + 1);
-            let mut rng = rng_for(seed);
+            let mut rng = Rng::seeded(seed);
             let limit = match rng.below(4) {
                 0 => 1 + rng.below(8) as usize,
                 1 | 2 => 8 + rng.below(120) as usize,
@@ -845,6 +809,9 @@ fn now<F: Future>(fut: F) -> F::Output {
         Poll::Pending => panic!("the read waits"),
     }
 }
+
+// The spec cases below need no loop (and so no backend): a reader fed by
+// hand, each read polled once with `now`.
 
 #[test]
 fn readline_takes_a_line_of_limit_bytes_and_its_newline() {

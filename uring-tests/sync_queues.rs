@@ -7,18 +7,12 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::Duration;
 
+use common::turns;
 use ringloop::locks::{Barrier, BoundedSemaphore, Condition, Event, Lock, Semaphore};
 use ringloop::prelude::*;
 use ringloop::queues::{LifoQueue, PriorityQueue, Queue};
 
 const LIMIT: Duration = Duration::from_secs(10);
-
-fn turns(lp: &EventLoop, n: usize) {
-    for _ in 0..n {
-        lp.stop();
-        lp.run_forever().unwrap();
-    }
-}
 
 both_backends! {
     fn lock_is_fifo_fair_and_release_unlocked_fails(lp) {
@@ -147,7 +141,17 @@ both_backends! {
             cond.acquire().await;
             cond.notify(1).unwrap();
             cond.release().unwrap();
-            ringloop::sleep(Duration::from_millis(2)).await.unwrap();
+            // One wakes (waited for, bounded), and over further turns no
+            // other does.
+            for _ in 0..1000 {
+                if woke.get() > 0 {
+                    break;
+                }
+                ringloop::sleep(Duration::ZERO).await.unwrap();
+            }
+            for _ in 0..10 {
+                ringloop::sleep(Duration::ZERO).await.unwrap();
+            }
             assert_eq!(woke.get(), 1, "notify(1) wakes one");
             cond.acquire().await;
             cond.notify_all().unwrap();

@@ -8,28 +8,14 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use common::{DropFlag, turns};
 use ringloop::prelude::*;
 use ringloop::{ReturnWhen, as_completed, gather_all, shield, timeout_at, wait, wait_for_task};
 
 const LIMIT: Duration = Duration::from_secs(10);
 
-/// Sets a flag when dropped: shows a cancelled body's cleanup ran.
-struct DropFlag(Rc<Cell<bool>>);
-impl Drop for DropFlag {
-    fn drop(&mut self) {
-        self.0.set(true);
-    }
-}
-
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
-}
-
-fn turns(lp: &EventLoop, n: usize) {
-    for _ in 0..n {
-        lp.stop();
-        lp.run_forever().unwrap();
-    }
 }
 
 both_backends! {
@@ -54,11 +40,13 @@ both_backends! {
     fn cancelled_sleep_ends_promptly(lp) {
         let t = lp.create_task(async { sleep(Duration::from_secs(3600)).await });
         turns(lp, 1);
-        let t0 = Instant::now();
+        assert!(!t.done());
         t.cancel(None);
+        // Promptly: in the very next turn, not at the hour's deadline.
+        turns(lp, 1);
+        assert!(t.cancelled());
         let r = common::run_bounded(lp, LIMIT, t);
         assert!(matches!(r, Err(Error::Cancelled(_))));
-        assert!(t0.elapsed() < Duration::from_secs(2));
     }
 }
 
@@ -74,21 +62,27 @@ both_backends! {
         assert_eq!(r.unwrap(), vec![30, 10, 20]);
 
         // The first error is returned at once; the other children go on.
+        // The sibling waits for `release`, set only after gather returned:
+        // had gather waited for it, it would never return (and the bound
+        // fails the test).
         let sibling_done = Rc::new(Cell::new(false));
         let s = sibling_done.clone();
-        let t0 = Instant::now();
+        let release = lp.create_future::<()>();
+        let r2 = release.clone();
         let r: Result<Vec<u32>> = common::run_bounded(lp, LIMIT, async move {
             let futs: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = Result<u32>>>>> = vec![
                 Box::pin(async { sleep(ms(5)).await?; Err(Error::InvalidArgument("child failed".into())) }),
-                Box::pin(async move { sleep(ms(60)).await?; s.set(true); Ok(2) }),
+                Box::pin(async move { r2.await?; s.set(true); Ok(2) }),
             ];
             gather(futs).await
         });
         assert!(matches!(r, Err(Error::InvalidArgument(m)) if m == "child failed"));
-        assert!(t0.elapsed() < ms(55), "gather waited for the slow sibling");
-        assert!(!sibling_done.get());
-        common::run_bounded(lp, LIMIT, async { sleep(ms(80)).await.unwrap() });
-        assert!(sibling_done.get(), "the sibling was not cancelled by the error");
+        assert!(!sibling_done.get(), "gather waited for the slow sibling");
+        release.set_result(()).unwrap();
+        assert!(
+            common::run_until(lp, LIMIT, || sibling_done.get()),
+            "the sibling was cancelled by the error"
+        );
     }
 }
 
@@ -149,8 +143,10 @@ both_backends! {
         outer.cancel(None);
         turns(lp, 1);
         assert!(outer.cancelled());
-        common::run_bounded(lp, LIMIT, async { sleep(ms(40)).await.unwrap() });
-        assert!(inner_done.get(), "shielded work went on after the waiter was cancelled");
+        assert!(
+            common::run_until(lp, LIMIT, || inner_done.get()),
+            "shielded work did not go on after the waiter was cancelled"
+        );
         // An inner task that is cancelled itself cancels the shield.
         let r = common::run_bounded(lp, LIMIT, async {
             let lp = get_running_loop().unwrap();
@@ -213,24 +209,45 @@ both_backends! {
     fn wait_modes_and_a_timeout_that_cancels_nothing(lp) {
         common::run_bounded(lp, LIMIT, async {
             let lp = get_running_loop().unwrap();
-            let mk = |d: u64, fail: bool| {
-                lp.create_task(async move {
-                    sleep(ms(d)).await?;
-                    if fail { Err(Error::InvalidArgument(format!("{d}"))) } else { Ok(d) }
-                })
+            // Each task ends (with `v`, or failing) once its gate is set:
+            // which are done is the test's choice, never the clock's.
+            let mk = |v: u64, fail: bool| {
+                let gate = lp.create_future::<()>();
+                let g = gate.clone();
+                let t = lp.create_task(async move {
+                    g.await?;
+                    if fail { Err(Error::InvalidArgument(format!("{v}"))) } else { Ok(v) }
+                });
+                (t, gate)
             };
-            let (done, pending) = wait(vec![mk(5, false), mk(200, false)], None, ReturnWhen::FirstCompleted).await.unwrap();
+            let open = |gate: &LoopFuture<()>| gate.set_result(()).unwrap();
+            let ((a, ga), (b, _)) = (mk(5, false), mk(200, false));
+            open(&ga);
+            let (done, pending) = wait(vec![a, b], None, ReturnWhen::FirstCompleted).await.unwrap();
             assert_eq!((done.len(), pending.len()), (1, 1));
             for t in &pending { t.cancel(None); }
-            let (done, pending) = wait(vec![mk(30, false), mk(5, true), mk(200, false)], None, ReturnWhen::FirstException).await.unwrap();
+            let ((a, _), (b, gb), (c, _)) = (mk(30, false), mk(5, true), mk(200, false));
+            open(&gb);
+            let (done, pending) = wait(vec![a, b, c], None, ReturnWhen::FirstException).await.unwrap();
             assert_eq!((done.len(), pending.len()), (1, 2));
             for t in &pending { t.cancel(None); }
-            let (done, pending) = wait(vec![mk(5, false), mk(10, true)], None, ReturnWhen::AllCompleted).await.unwrap();
+            let ((a, ga), (b, gb)) = (mk(5, false), mk(10, true));
+            open(&ga);
+            open(&gb);
+            let (done, pending) = wait(vec![a, b], None, ReturnWhen::AllCompleted).await.unwrap();
             assert_eq!((done.len(), pending.len()), (2, 0));
-            // A timeout returns what is done; nothing is cancelled.
-            let slow = mk(40, false);
-            let (done, pending) = wait(vec![mk(1, false), slow.clone()], Some(ms(15)), ReturnWhen::AllCompleted).await.unwrap();
+            // A timeout returns what is done; nothing is cancelled. (The
+            // quick task is done before the wait starts, so however late
+            // the loop runs, the timeout cannot come first.)
+            let ((quick, gq), (slow, gs)) = (mk(1, false), mk(40, false));
+            open(&gq);
+            while !quick.done() {
+                sleep(Duration::ZERO).await.unwrap();
+            }
+            let (done, pending) = wait(vec![quick, slow.clone()], Some(ms(15)), ReturnWhen::AllCompleted).await.unwrap();
             assert_eq!((done.len(), pending.len()), (1, 1));
+            assert!(!slow.done() && !slow.cancelled(), "the timeout cancelled nothing");
+            open(&gs);
             assert_eq!(slow.await.unwrap().unwrap(), 40);
             assert!(matches!(wait(Vec::<Task<Result<()>>>::new(), None, ReturnWhen::AllCompleted).await, Err(Error::InvalidArgument(_))));
         });
@@ -241,20 +258,43 @@ both_backends! {
     fn as_completed_in_completion_order_with_timeout(lp) {
         common::run_bounded(lp, LIMIT, async {
             let lp = get_running_loop().unwrap();
-            let mk = |d: u64| lp.create_task(async move { sleep(ms(d)).await?; Ok(d) });
+            // Task `d` ends when a timer at base + d ms sets its gate. All
+            // three deadlines are fixed before any task runs, from one
+            // instant, and due timers run in deadline order however late
+            // the loop gets to them: completion order 10, 20, 30 by
+            // construction. (Sleeps of 30, 10 and 20 ms, each timed from
+            // its task's first step, came out [10, 30, 20] under load.)
+            let base = lp.time();
+            let mk = |d: u64| {
+                let gate = lp.create_future::<()>();
+                let g = gate.clone();
+                lp.call_at(base + ms(d), move || { let _ = g.set_result(()); }).unwrap();
+                lp.create_task(async move { gate.await?; Ok(d) })
+            };
             let mut it = as_completed(vec![mk(30), mk(10), mk(20)], None);
             let mut order = Vec::new();
             while let Some(r) = it.next().await {
                 order.push(r.unwrap());
             }
             assert_eq!(order, [10, 20, 30]);
-            let slow = mk(200);
-            let mut it = as_completed(vec![mk(1), slow.clone()], Some(ms(20)));
+            // With a timeout: what is done comes first, then one Timeout
+            // for the rest. The quick task is done before as_completed
+            // starts, and the slow one waits for a gate set only at the
+            // end, so the timeout cannot come first or find it done.
+            let quick = lp.create_task(async { Ok::<u64, Error>(1) });
+            while !quick.done() {
+                sleep(Duration::ZERO).await.unwrap();
+            }
+            let gate = lp.create_future::<()>();
+            let g = gate.clone();
+            let slow = lp.create_task(async move { g.await?; Ok(200) });
+            let mut it = as_completed(vec![quick, slow.clone()], Some(ms(20)));
             assert_eq!(it.next().await.unwrap().unwrap(), 1);
             assert!(matches!(it.next().await, Some(Err(Error::Timeout))));
             assert!(it.next().await.is_none());
             assert!(!slow.done(), "as_completed's timeout cancels nothing");
-            slow.cancel(None);
+            gate.set_result(()).unwrap();
+            assert_eq!(slow.await.unwrap().unwrap(), 200);
         });
     }
 }
@@ -280,7 +320,9 @@ both_backends! {
             assert!(matches!(t.reschedule(Some(Instant::now())), Err(Error::InvalidState(_))));
 
             // Inner scope expires first: the outer body sees it and goes on.
-            let outer = timeout(Some(ms(200)));
+            // (The outer deadline is far: it must not be the one that fires,
+            // however late the loop runs.)
+            let outer = timeout(Some(Duration::from_secs(3600)));
             let r = outer.run(async {
                 let inner = timeout(Some(ms(5))).run(sleep(Duration::from_secs(60))).await;
                 assert!(matches!(inner, Err(Error::Timeout)));
@@ -295,7 +337,7 @@ both_backends! {
             let outer = timeout(Some(ms(5)));
             let r = outer.run(async move {
                 let _g = DropFlag(d);
-                timeout(Some(ms(500))).run(sleep(Duration::from_secs(60))).await
+                timeout(Some(Duration::from_secs(3600))).run(sleep(Duration::from_secs(60))).await
             }).await;
             assert!(matches!(r, Err(Error::Timeout)));
             assert!(outer.expired() && inner_dropped.get());
@@ -339,8 +381,13 @@ both_backends! {
                     let _g = DropFlag(s);
                     sleep(Duration::from_secs(60)).await
                 })?;
-                tg.create_task(async { sleep(ms(5)).await?; Err::<(), _>(Error::InvalidArgument("one".into())) })?;
-                tg.create_task(async { sleep(ms(5)).await?; Err::<(), _>(Error::InvalidArgument("two".into())) })?;
+                // Both fail in their first step, in the same turn: done
+                // callbacks run through call_soon, so both errors are in
+                // before the group cancels anyone. (Two 5 ms sleeps, each
+                // timed from its own first step, could end a turn apart,
+                // and the second child was then cancelled, not failed.)
+                tg.create_task(async { Err::<(), _>(Error::InvalidArgument("one".into())) })?;
+                tg.create_task(async { Err::<(), _>(Error::InvalidArgument("two".into())) })?;
                 let tg2 = tg.clone();
                 sleep(Duration::from_secs(60)).await?;
                 drop(tg2);

@@ -8,6 +8,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use common::Rng;
+use common::fds::raise_nofile;
 use ringloop::prelude::*;
 use ringloop::{Protocol, Transport};
 
@@ -174,7 +175,9 @@ struct EchoCheck {
     expect: Vec<u8>,
     got: Vec<u8>,
     chunks: Vec<Vec<u8>>,
-    done: Rc<RefCell<Vec<bool>>>,
+    /// Per connection: `None` until its connection_lost, then whether
+    /// its echo was right.
+    done: Rc<RefCell<Vec<Option<bool>>>>,
     idx: usize,
 }
 impl Protocol for EchoCheck {
@@ -191,21 +194,7 @@ impl Protocol for EchoCheck {
         }
     }
     fn connection_lost(&mut self, _: Option<Error>) {
-        self.done.borrow_mut()[self.idx] = self.got == self.expect;
-    }
-}
-
-fn raise_nofile(to: u64) {
-    let mut r = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: valid out-pointer.
-    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) };
-    if r.rlim_cur < to {
-        r.rlim_cur = to.min(r.rlim_max);
-        // SAFETY: valid rlimit.
-        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &r) };
+        self.done.borrow_mut()[self.idx] = Some(self.got == self.expect);
     }
 }
 
@@ -224,7 +213,7 @@ both_backends! {
                 .await
                 .unwrap();
             let port = server.sockets()[0].as_socket().unwrap().port();
-            let done = Rc::new(RefCell::new(vec![false; n]));
+            let done = Rc::new(RefCell::new(vec![None; n]));
             let mut rng = Rng(42);
             let mut conns = Vec::new();
             for idx in 0..n {
@@ -250,14 +239,14 @@ both_backends! {
             for c in conns {
                 c.await.unwrap().unwrap();
             }
-            while done.borrow().iter().filter(|x| **x).count() < n && server.active_connections() > 0 {
+            // Until every client's connection_lost has run (bounded by the
+            // run's limit), not for a while after the server's last one.
+            while done.borrow().iter().any(Option::is_none) {
                 ringloop::sleep(Duration::from_millis(5)).await.unwrap();
             }
-            // Let the last connection_lost callbacks run.
-            ringloop::sleep(Duration::from_millis(20)).await.unwrap();
             server.close();
             server.wait_closed().await;
-            done.borrow().iter().filter(|x| **x).count()
+            done.borrow().iter().filter(|x| **x == Some(true)).count()
         });
         assert_eq!(ok, n, "connections with a wrong or missing echo");
     }
@@ -335,12 +324,25 @@ both_backends! {
             let t = lp.create_connection(move || r2, "127.0.0.1", port).await.unwrap();
             t.pause_reading();
             assert!(!t.is_reading());
-            ringloop::sleep(Duration::from_millis(200)).await.unwrap();
-            {
-                // The kernel's buffers are full and nobody reads: paused.
+            // The kernel's buffers fill and nobody reads: the producer ends
+            // up paused for good. Pauses come and go while the kernel still
+            // takes data; wait (bounded) until one has held over 50 turns
+            // with no flow-control call, instead of sleeping 200 ms and
+            // hoping the buffers were full by then.
+            let (mut seen, mut held) = (0, 0);
+            for _ in 0..20_000 {
+                if held == 50 {
+                    break;
+                }
+                ringloop::sleep(Duration::from_millis(1)).await.unwrap();
                 let l = log.borrow();
-                assert_eq!(l.last(), Some(&"pause"), "the producer is paused while nobody reads");
+                if l.len() == seen && l.last() == Some(&"pause") {
+                    held += 1;
+                } else {
+                    (seen, held) = (l.len(), 0);
+                }
             }
+            assert_eq!(held, 50, "the producer is not paused while nobody reads: {:?}", log.borrow());
             t.resume_reading();
             done.await.unwrap();
             assert_eq!(rec.borrow().data.len(), 32 << 20, "every byte arrived");
@@ -360,7 +362,8 @@ both_backends! {
         let (client_events, server_events, reply) = common::run_bounded(lp, LIMIT, async {
             let lp = get_running_loop().unwrap();
             // Server: on EOF, answer and then close.
-            let sev = Rc::new(RefCell::new(Recorder { keep_open: true, ..Default::default() }));
+            let server_done = lp.create_future::<()>();
+            let sev = Rc::new(RefCell::new(Recorder { keep_open: true, done: Some(server_done.clone()), ..Default::default() }));
             let s2 = sev.clone();
             struct Answer(Rc<RefCell<Recorder>>);
             impl Protocol for Answer {
@@ -387,7 +390,8 @@ both_backends! {
             t.write_eof().unwrap();
             assert!(matches!(t.write(&b"x"[..]), Err(Error::InvalidState(_))));
             done.await.unwrap();
-            ringloop::sleep(Duration::from_millis(10)).await.unwrap();
+            // And the server side's connection_lost (not a 10 ms sleep).
+            server_done.await.unwrap();
             server.close();
             let r = rec.borrow();
             (r.events.clone(), sev.borrow().events.clone(), String::from_utf8(r.data.clone()).unwrap())
@@ -429,7 +433,11 @@ both_backends! {
             let addr = server.sockets()[0].as_socket().unwrap();
             let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
             s.connect(&addr.into()).unwrap();
-            ringloop::sleep(Duration::from_millis(20)).await.unwrap();
+            // Once the server has the connection (connection_made), not
+            // after 20 ms that may not have been enough:
+            while rec.borrow().events.is_empty() {
+                ringloop::sleep(Duration::from_millis(1)).await.unwrap();
+            }
             // Close with SO_LINGER 0: the server gets a reset.
             s.set_linger(Some(Duration::ZERO)).unwrap();
             drop(s);
@@ -463,7 +471,11 @@ both_backends! {
             for _ in 0..64 {
                 t.write(vec![0u8; 256 * 1024]).unwrap();
             }
-            ringloop::sleep(Duration::from_millis(20)).await.unwrap();
+            // Mid-write: once some of it went to the kernel (the peer does
+            // not read, so most stays buffered).
+            while t.get_write_buffer_size() == 64 * 256 * 1024 {
+                ringloop::sleep(Duration::from_millis(1)).await.unwrap();
+            }
             socket2::SockRef::from(&peer).set_linger(Some(Duration::ZERO)).unwrap();
             drop(peer);
             done.await.unwrap();
@@ -668,17 +680,8 @@ both_backends! {
             };
             let refused = closed_port();
             let refused2 = closed_port();
-            let hole = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-            hole.bind(&"127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap().into()).unwrap();
-            hole.listen(0).unwrap();
-            let hole_addr = hole.local_addr().unwrap().as_socket().unwrap();
-            let mut fill = Vec::new();
-            for _ in 0..8 {
-                match std::net::TcpStream::connect_timeout(&hole_addr, Duration::from_millis(100)) {
-                    Ok(s) => fill.push(s),
-                    Err(_) => break,
-                }
-            }
+            let hole = common::fds::BlackHole::new();
+            let hole_addr = hole.addr;
             let t0 = std::time::Instant::now();
             let t = lp
                 .create_connection_with(|| Echo { t: None }, ringloop::ConnectOptions {
@@ -689,7 +692,9 @@ both_backends! {
                 .await
                 .unwrap();
             assert_eq!(t.peername().unwrap().as_socket(), Some(good));
-            assert!(t0.elapsed() < Duration::from_secs(2), "fallback took {:?}", t0.elapsed());
+            // A hang guard on the fallback, not a speed test: waiting for
+            // the hole's connect would take minutes of SYN retries.
+            assert!(t0.elapsed() < Duration::from_secs(10), "fallback took {:?}", t0.elapsed());
             t.abort();
             // Every address fails: one combined error, or a group.
             let e = lp
@@ -714,7 +719,7 @@ both_backends! {
             let e = lp.create_connection_with(|| Echo { t: None }, ringloop::ConnectOptions::default()).await.err();
             assert!(matches!(e, Some(Error::InvalidArgument(_))));
             server.close();
-            drop((fill, hole));
+            drop(hole);
         });
     }
 }

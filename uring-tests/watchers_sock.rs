@@ -9,16 +9,10 @@ use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::Duration;
 
+use common::turns;
 use ringloop::prelude::*;
 
 const LIMIT: Duration = Duration::from_secs(10);
-
-fn turns(lp: &EventLoop, n: usize) {
-    for _ in 0..n {
-        lp.stop();
-        lp.run_forever().unwrap();
-    }
-}
 
 both_backends! {
     fn reader_is_level_triggered_until_removed(lp) {
@@ -241,9 +235,9 @@ both_backends! {
                 ringloop::sleep(Duration::from_millis(2)).await.unwrap();
             }
             assert!(matches!(err, Some(Error::Io(_))), "{err:?}");
-            // The buffer comes back on error too.
-            let (r, buf) = lp.sock_recv_into(&client, Vec::with_capacity(7)).await;
-            assert!(r.is_ok() || r.is_err());
+            // The buffer comes back on error too. (The result itself is EOF
+            // or a reset, depending on timing: only the buffer is checked.)
+            let (_r, buf) = lp.sock_recv_into(&client, Vec::with_capacity(7)).await;
             assert!(buf.capacity() >= 7);
         });
     }

@@ -1,12 +1,34 @@
 //! Shared test support: every behaviour test is written once and generated
 //! for both backends by [`both_backends!`], and each generated test proves
 //! afterwards that its backend really did the work (a proactor test that
-//! silently ran on epoll fails).
+//! silently ran on epoll fails). A `serial fn` also proves it leaked no fd.
+//!
+//! Every helper the test files share lives here, once: loop turns and
+//! bounded waits, futures that yield or flag their drop, the exception
+//! capture (here); fd counting, socket pairs and a listener that
+//! holds connects in flight ([`fds`]); seeds and dice for the fuzzes
+//! ([`seeds`]); re-running a test in a child process ([`child`]).
 #![allow(dead_code)]
 
-use std::time::Duration;
+pub mod child;
+pub mod fds;
+pub mod seeds;
+
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use ringloop::prelude::*;
+use ringloop::{ExceptionContext, ExceptionHandler};
+
+// (Re-exported for the files that use them; not every binary does.)
+#[allow(unused_imports)]
+pub use fds::{fd_is_open, open_fds};
+#[allow(unused_imports)]
+pub use seeds::Rng;
 
 /// A loop on exactly `backend`; never falls back.
 pub fn new_loop(backend: Backend) -> EventLoop {
@@ -56,10 +78,63 @@ pub fn serial() -> std::sync::MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// As [`run_on`], holding [`serial`] from before the loop exists.
+thread_local! {
+    /// What [`fds::fd_targets`] showed just before a `serial` test's loop
+    /// was made.
+    static FDS_BEFORE_LOOP: RefCell<Option<Vec<String>>> = const { RefCell::new(None) };
+}
+
+/// As [`run_on`], holding [`serial`] from before the loop exists, and
+/// counting the process's fds before the loop is made and after it is
+/// closed and dropped: a serial test fails if it leaves any fd open (the
+/// extra ones are named).
 pub fn run_on_serial(backend: Backend, body: fn(&EventLoop)) {
     let _g = serial();
-    run_on(backend, body)
+    let before = open_fds();
+    let targets = fds::fd_targets();
+    FDS_BEFORE_LOOP.set(Some(targets.clone()));
+    run_on(backend, body);
+    FDS_BEFORE_LOOP.set(None);
+    let after = open_fds();
+    assert_eq!(
+        after,
+        before,
+        "fds leaked: {before} open before the test's loop was made, {after} after it was \
+         closed and dropped (extra: {:?})",
+        fds::fd_diff(&targets, &fds::fd_targets())
+    );
+}
+
+/// In a `serial fn` of [`both_backends!`]: the fds open now that were not
+/// open just before the test's loop was made (described as
+/// [`fds::fd_targets`] does: `socket`, `anon_inode:[eventfd]`, …).
+///
+/// # Panics
+///
+/// Outside a `serial` test (a concurrent test could open fds meanwhile).
+pub fn fds_opened_since_loop() -> Vec<String> {
+    FDS_BEFORE_LOOP.with_borrow(|b| {
+        let before = b
+            .as_ref()
+            .expect("fds_opened_since_loop() is for the `serial fn` form of both_backends!");
+        fds::fd_diff(before, &fds::fd_targets())
+    })
+}
+
+/// In a `serial fn`, after `lp.close()` and with the test's own sockets
+/// dropped: fails unless the only fds open beyond those from before the
+/// loop are the loop's own wake-up eventfd (and its dup) and the
+/// selector's epoll fd. Those go when the `EventLoop` is dropped (which
+/// [`run_on_serial`] checks); every socket, pipe and the proactor's ring
+/// must be closed by `close()` itself.
+pub fn assert_only_the_loops_own_fds_left(what: &str) {
+    let extra = fds_opened_since_loop();
+    assert!(
+        extra
+            .iter()
+            .all(|f| f == "anon_inode:[eventfd]" || f == "anon_inode:[eventpoll]"),
+        "{what}: fds other than the closed loop's eventfd and epoll fd are open: {extra:?}"
+    );
 }
 
 /// Generates `mod $name { #[test] fn proactor(); #[test] fn selector(); }`
@@ -110,11 +185,131 @@ where
     out
 }
 
-/// Number of open fds of this process (for leak checks).
-pub fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd")
-        .map(|d| d.count())
-        .unwrap_or(0)
+/// One loop iteration per call that never blocks (the loop is stopping:
+/// asyncio's `stop()` before `run_forever()` runs exactly one iteration).
+pub fn turns(lp: &EventLoop, n: usize) {
+    for _ in 0..n {
+        lp.stop();
+        lp.run_forever().unwrap();
+    }
+}
+
+/// Runs non-blocking turns until `cond` holds or `limit` passes (a bound
+/// that only turns a hang into a failure); true if `cond` held.
+pub fn run_until(lp: &EventLoop, limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        turns(lp, 1);
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
+/// Runs turns until no op is in flight; fails after `limit` (a hang guard).
+pub fn drain(lp: &EventLoop, limit: Duration) {
+    assert!(
+        run_until(lp, limit, || lp.ops_in_flight() == 0),
+        "{} ops still in flight {limit:?} after cancellation",
+        lp.ops_in_flight()
+    );
+}
+
+/// Yields to the loop once: `YieldOnce(false).await` is one task step.
+pub struct YieldOnce(pub bool);
+
+impl Future for YieldOnce {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.0 {
+            Poll::Ready(())
+        } else {
+            self.0 = true;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    }
+}
+
+/// Sets its flag when dropped: shows a cancelled future's cleanup ran.
+pub struct DropFlag(pub Rc<Cell<bool>>);
+
+impl Drop for DropFlag {
+    fn drop(&mut self) {
+        self.0.set(true);
+    }
+}
+
+/// Installs an exception handler on `lp` that collects what it is told.
+pub fn capture_handler(lp: &EventLoop) -> Rc<RefCell<Vec<ExceptionContext>>> {
+    let seen = Rc::new(RefCell::new(Vec::new()));
+    let s2 = seen.clone();
+    let h: ExceptionHandler = Rc::new(move |_lp, ctx| s2.borrow_mut().push(ctx.clone()));
+    lp.set_exception_handler(Some(h));
+    seen
+}
+
+/// A panic's message (`&str` or `String` payloads).
+pub fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(a non-string panic)".into()
+    }
+}
+
+/// Runs `f`, turning a panic into `Err(its message)`.
+pub fn catch<R>(f: impl FnOnce() -> R) -> Result<R, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|p| panic_text(&*p))
+}
+
+/// Writes `b"hi"` in `connection_made` and keeps its transport (a protocol
+/// and its transport hold each other): a live connection that has sent.
+pub struct SendOnce(pub Option<ringloop::Transport>);
+
+impl ringloop::Protocol for SendOnce {
+    fn connection_made(&mut self, t: ringloop::Transport) {
+        t.write(&b"hi"[..]).unwrap();
+        self.0 = Some(t);
+    }
+}
+
+/// A live TCP connection on `lp` that has sent: the client transport of a
+/// [`SendOnce`] (which keeps it, reading), and the std peer that has read
+/// its `b"hi"`. The loop turns until the peer, on a thread of its own, has
+/// those bytes: no sleep stands in for "the write left". (Not on the
+/// loop's executor: a worker thread may hold the loop's wake-up fd a moment
+/// after its job, which fd-counting tests would see.)
+pub fn connection_that_has_sent(lp: &EventLoop) -> (ringloop::Transport, std::net::TcpStream) {
+    use std::io::Read;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let peer = std::thread::spawn(move || {
+        let (mut peer, _) = listener.accept().unwrap();
+        peer.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut buf = [0u8; 2];
+        peer.read_exact(&mut buf).map(|_| (peer, buf))
+    });
+    let t = run_bounded(lp, Duration::from_secs(10), async move {
+        let lp = get_running_loop().unwrap();
+        lp.create_connection(|| SendOnce(None), "127.0.0.1", port)
+            .await
+            .unwrap()
+    });
+    assert!(
+        run_until(lp, Duration::from_secs(10), || peer.is_finished()),
+        "the peer never read the connection's first bytes"
+    );
+    let (peer, got) = peer.join().unwrap().expect("the peer's read");
+    assert_eq!(&got, b"hi");
+    (t, peer)
 }
 
 /// A `log` logger that records every line (tests look for warnings).
@@ -153,15 +348,4 @@ pub fn logged(needle: &str) -> bool {
 /// Every recorded log line.
 pub fn log_lines() -> Vec<String> {
     LINES.lock().unwrap().clone()
-}
-
-/// A small xorshift generator: reproducible sizes and chunkings.
-pub struct Rng(pub u64);
-impl Rng {
-    pub fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
 }
