@@ -29,7 +29,8 @@ struct Reg {
 }
 
 pub(crate) struct Epoll {
-    epfd: OwnedFd,
+    /// The epoll instance; closed with the loop (`None` after shutdown).
+    epfd: Option<OwnedFd>,
     regs: HashMap<RawFd, Reg>,
     /// Which fd and list each parked op sits on, to unpark it on drop.
     parked: HashMap<usize, (RawFd, Interest)>,
@@ -68,7 +69,7 @@ impl Epoll {
             )
         })?;
         Ok(Epoll {
-            epfd,
+            epfd: Some(epfd),
             regs: HashMap::new(),
             parked: HashMap::new(),
             next_generation: 1,
@@ -134,7 +135,7 @@ impl Epoll {
     fn park(&mut self, ops: &mut Ops, key: usize) {
         let (fd, interest) = ops.op(key).interest();
         let owner = ops.op(key).fd_id();
-        let ep = self.epfd.as_raw_fd();
+        let ep = self.ep();
         match self.regs.get(&fd) {
             // The same SharedFd: registered already.
             Some(r) if r.owner == owner && owner != 0 => {}
@@ -266,7 +267,7 @@ impl Epoll {
                 // SAFETY: valid epoll fd; failure (fd already closed) is harmless.
                 unsafe {
                     libc::epoll_ctl(
-                        self.epfd.as_raw_fd(),
+                        self.ep(),
                         libc::EPOLL_CTL_DEL,
                         fd,
                         std::ptr::null_mut(),
@@ -305,7 +306,7 @@ impl Epoll {
         // SAFETY: the buffer has room for `capacity` events.
         let n = unsafe {
             libc::epoll_wait(
-                self.epfd.as_raw_fd(),
+                self.ep(),
                 self.events.as_mut_ptr(),
                 self.events.capacity() as i32,
                 ms,
@@ -390,8 +391,13 @@ impl Epoll {
         }
     }
 
+    /// The epoll fd (-1 once closed: calls then fail harmlessly with EBADF).
+    fn ep(&self) -> RawFd {
+        self.epfd.as_ref().map_or(-1, AsRawFd::as_raw_fd)
+    }
+
     /// Ends every parked op (`ops.shut` is already set): nothing is in the
-    /// kernel on this backend.
+    /// kernel on this backend. The epoll fd closes with the loop.
     pub(super) fn shutdown(&mut self, ops: &mut Ops, _pool: &PoolRef, _bound: Duration) {
         let mut keys: Vec<usize> = self.parked.keys().copied().collect();
         keys.append(&mut self.again);
@@ -419,6 +425,7 @@ impl Epoll {
             ops.complete(key, Err(super::closed_error()), false);
         }
         self.regs.clear();
+        self.epfd = None;
     }
 }
 

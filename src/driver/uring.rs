@@ -373,6 +373,9 @@ impl Uring {
             std::mem::forget(slot);
         }
         ops.stats.leaked_at_close = leaked.len() as u64;
+        // The wake read is over (or leaked with its own reference): its dup
+        // of the eventfd closes with the loop.
+        self.wake_fd = None;
         if leaked.is_empty() {
             let _ = self.ring.submitter().unregister_buf_ring(super::pool::BGID);
             // SAFETY: nothing is in flight any more, so no kernel access to
