@@ -57,8 +57,8 @@ impl<T: IoHandler> Notify for T {
 impl EventLoop {
     /// Calls `h` with a turn-end event at the end of this loop turn (the
     /// caller keeps its own flag so it asks once per turn).
-    pub(crate) fn call_at_turn_end(&self, h: Rc<dyn Notify>) {
-        self.core.call_at_turn_end(h);
+    pub(crate) fn call_at_turn_end<T: IoHandler>(&self, h: &Rc<T>) {
+        self.core.call_at_turn_end(h.clone());
     }
 
     /// Registers a live transport, to be told if the loop closes under it.
@@ -129,7 +129,8 @@ impl StreamRecv {
     }
 
     /// Starts a receive whose results go to `h`, unless one is in flight.
-    pub(crate) fn start(&mut self, h: Rc<dyn Notify>) {
+    pub(crate) fn start<T: IoHandler>(&mut self, h: &Rc<T>) {
+        let h: Rc<dyn Notify> = h.clone();
         if self.active() {
             return;
         }
@@ -238,10 +239,11 @@ pub(crate) struct StreamSend {
 }
 
 impl StreamSend {
-    pub(crate) fn new(lp: &EventLoop, fd: SharedFd, h: &Rc<dyn Notify>) -> StreamSend {
+    pub(crate) fn new<T: IoHandler>(lp: &EventLoop, fd: SharedFd, h: &Rc<T>) -> StreamSend {
         let op = Box::new(SendMsg::new(fd, Vec::new(), None));
+        let h: Rc<dyn Notify> = h.clone();
         StreamSend {
-            op: ReusableOp::new(lp.driver(), op, h),
+            op: ReusableOp::new(lp.driver(), op, &h),
         }
     }
 
@@ -307,7 +309,8 @@ impl DatagramRecv {
     }
 
     /// Starts a receive whose completion goes to `h`, unless one is in flight.
-    pub(crate) fn start(&mut self, h: Rc<dyn Notify>) {
+    pub(crate) fn start<T: IoHandler>(&mut self, h: &Rc<T>) {
+        let h: Rc<dyn Notify> = h.clone();
         if self.op.is_some() {
             return;
         }
@@ -351,10 +354,11 @@ pub(crate) struct DatagramSend {
 }
 
 impl DatagramSend {
-    pub(crate) fn new(lp: &EventLoop, fd: SharedFd, h: &Rc<dyn Notify>) -> DatagramSend {
+    pub(crate) fn new<T: IoHandler>(lp: &EventLoop, fd: SharedFd, h: &Rc<T>) -> DatagramSend {
         let op = Box::new(SendMsg::new(fd, Vec::new(), None));
+        let h: Rc<dyn Notify> = h.clone();
         DatagramSend {
-            op: ReusableOp::new(lp.driver(), op, h),
+            op: ReusableOp::new(lp.driver(), op, &h),
         }
     }
 

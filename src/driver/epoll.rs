@@ -266,12 +266,7 @@ impl Epoll {
                 self.regs.remove(&fd);
                 // SAFETY: valid epoll fd; failure (fd already closed) is harmless.
                 unsafe {
-                    libc::epoll_ctl(
-                        self.ep(),
-                        libc::EPOLL_CTL_DEL,
-                        fd,
-                        std::ptr::null_mut(),
-                    )
+                    libc::epoll_ctl(self.ep(), libc::EPOLL_CTL_DEL, fd, std::ptr::null_mut())
                 };
             }
         }

@@ -372,6 +372,11 @@ impl RecvBuf {
         self.len -= n;
     }
 
+    /// Did the receive fill the whole buffer (likely more behind it)?
+    pub(crate) fn is_full(&self) -> bool {
+        self.len == POOL_BUF_SIZE
+    }
+
     /// Is the pool this buffer came from running low (under a quarter free)?
     pub(crate) fn pool_is_low(&self) -> bool {
         self.pool.borrow().out * 4 >= POOL_BUFS as usize * 3

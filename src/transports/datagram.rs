@@ -127,17 +127,13 @@ impl DatagramTransport {
         self.force_close(Some(Error::Panic(msg)));
     }
 
-    fn handler(&self) -> Rc<dyn crate::driver::Notify> {
-        self.0.clone()
-    }
-
     /// One receive in flight while the endpoint is open.
     fn pump_reader(&self) {
         let mut recv = self.0.recv.borrow_mut();
         if self.0.base.is_closing() {
             recv.stop();
         } else {
-            recv.start(self.handler());
+            recv.start(&self.0);
         }
     }
 
@@ -195,7 +191,7 @@ impl DatagramTransport {
             let Some(fd) = inner.sock.borrow().as_ref().map(|s| s.shared().clone()) else {
                 return;
             };
-            *send = Some(DatagramSend::new(&inner.base.lp, fd, &self.handler()));
+            *send = Some(DatagramSend::new(&inner.base.lp, fd, &self.0));
         }
         send.as_mut().expect("made above").send(data, addr);
     }
@@ -263,7 +259,7 @@ impl DatagramTransport {
         };
         // What a turn queued leaves at its end, with the next driver wait.
         if flush {
-            inner.base.lp.call_at_turn_end(self.handler());
+            inner.base.lp.call_at_turn_end(&self.0);
         }
         if pause {
             self.call_protocol(|p| p.pause_writing());
@@ -279,7 +275,7 @@ impl DatagramTransport {
         self.pump_reader();
         let flush = !std::mem::replace(&mut self.0.wr.borrow_mut().flush_queued, true);
         if flush {
-            self.0.base.lp.call_at_turn_end(self.handler());
+            self.0.base.lp.call_at_turn_end(&self.0);
         }
     }
 

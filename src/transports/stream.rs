@@ -17,18 +17,15 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::rc::Rc;
 
-use bytes::Bytes;
-
 use super::ExtraInfo;
 use super::base::{Base, Phase, deliver_lost};
 use super::cell::Failure;
 use crate::base_loop::io::{IoEvent, IoHandler, Received, StreamRecv, StreamSend};
 use crate::base_loop::{EventLoop, LoopClosing};
-use crate::driver::buf::{Chunk, WriteBuf};
-use crate::driver::pool::{POOL_BUF_SIZE, RecvBuf};
 use crate::error::{Error, Result};
 use crate::protocols::Protocol;
 use crate::sock::{SockAddr, Socket};
+use crate::{RecvBuf, WriteBuf};
 
 /// Receive size of a plain receive: a read this long likely has more
 /// behind it (see `deliver`).
@@ -203,10 +200,6 @@ impl Transport {
         self.force_close(Some(Error::Panic(msg)));
     }
 
-    fn handler(&self) -> Rc<dyn crate::driver::Notify> {
-        self.0.clone()
-    }
-
     /// Brings the read side in line with the state: no receive once
     /// closed; while paused, the receive is asked to end (what it still
     /// gets is kept for later); otherwise data kept first, then one
@@ -231,7 +224,7 @@ impl Transport {
             }
             let kept = r.take_kept();
             if kept.is_empty() {
-                r.start(self.handler());
+                r.start(&self.0);
                 return;
             }
             drop(recv);
@@ -316,7 +309,7 @@ impl Transport {
         // turn: let the replies coalesce until the turn ends (one send for
         // a bulk transfer's chunks). A short one ends the peer's message:
         // the reply leaves when the callback returns.
-        self.0.wr.borrow_mut().in_data_cb = data.len() < POOL_BUF_SIZE;
+        self.0.wr.borrow_mut().in_data_cb = !data.is_full();
         let mut data = Some(data);
         let r = self.0.base.protocol.invoke(|p| {
             if let Some(d) = data.take() {
@@ -424,7 +417,7 @@ impl Transport {
                     let Some(fd) = inner.sock.borrow().as_ref().map(|s| s.shared().clone()) else {
                         return;
                     };
-                    *send = Some(StreamSend::new(&inner.base.lp, fd, &self.handler()));
+                    *send = Some(StreamSend::new(&inner.base.lp, fd, &self.0));
                 }
                 let op = send.as_mut().expect("made above");
                 let mut w = inner.wr.borrow_mut();
@@ -542,12 +535,7 @@ impl Transport {
     /// [`Error::Closed`] once the transport is closing or closed;
     /// [`Error::InvalidState`] after [`write_eof`](Self::write_eof).
     pub fn write(&self, data: impl Into<WriteBuf>) -> Result<()> {
-        let mut data = data.into();
-        if let Chunk::Recv(b) = &data.0 {
-            if b.pool_is_low() {
-                data = WriteBuf(Chunk::Bytes(Bytes::copy_from_slice(b)));
-            }
-        }
+        let data = data.into().detached_if_pool_low();
         let inner = &self.0;
         inner.base.check_writable()?;
         let (flush, pause) = {
@@ -572,7 +560,7 @@ impl Transport {
             (flush, pause)
         };
         if flush {
-            inner.base.lp.call_at_turn_end(self.handler());
+            inner.base.lp.call_at_turn_end(&self.0);
         }
         if pause {
             self.call_protocol(|p| p.pause_writing());
@@ -624,7 +612,7 @@ impl Transport {
     fn kick_writer(&self) {
         let queue = self.0.wr.borrow_mut().queue_flush();
         if queue {
-            self.0.base.lp.call_at_turn_end(self.handler());
+            self.0.base.lp.call_at_turn_end(&self.0);
         }
     }
 
