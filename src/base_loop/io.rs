@@ -33,6 +33,7 @@ pub(crate) struct IoEvent(Event);
 
 impl IoEvent {
     /// The end-of-turn call asked for with [`EventLoop::call_at_turn_end`].
+    #[inline]
     pub(crate) fn is_turn_end(&self) -> bool {
         matches!(self.0, Event::TurnEnd)
     }
@@ -49,6 +50,7 @@ impl IoEvent {
 }
 
 impl<T: IoHandler> Notify for T {
+    #[inline]
     fn notify(self: Rc<Self>, ev: Event) {
         self.on_io(IoEvent(ev));
     }
@@ -124,6 +126,7 @@ impl StreamRecv {
     }
 
     /// A receive is in flight (or ending).
+    #[inline]
     pub(crate) fn active(&self) -> bool {
         self.multi.is_some() || self.plain.is_some()
     }
@@ -168,6 +171,7 @@ impl StreamRecv {
     }
 
     /// What `ev` brought this receive, if it is its own.
+    #[inline]
     pub(crate) fn take(&mut self, ev: &IoEvent) -> Option<Received> {
         match ev.0 {
             Event::Completed(tok, done) if self.multi.as_ref().is_some_and(|m| m.is(tok)) => {
@@ -187,6 +191,7 @@ impl StreamRecv {
         }
     }
 
+    #[inline]
     fn on_multi(&mut self, done: Done) -> Received {
         // Anything but data ends the receive, as does the kernel's last
         // completion.
@@ -248,6 +253,7 @@ impl StreamSend {
     }
 
     /// Sends what `load` puts in the (empty) buffer list.
+    #[inline]
     pub(crate) fn send(&mut self, load: impl FnOnce(&mut Vec<WriteBuf>)) {
         self.op.submit_with(|m| load(&mut m.bufs));
     }
@@ -255,6 +261,7 @@ impl StreamSend {
     /// The send's result, if `ev` is its completion; `back` then gets the
     /// buffer list (what was not sent is still in it, for the caller to
     /// queue again in front).
+    #[inline]
     pub(crate) fn take(
         &mut self,
         ev: &IoEvent,
@@ -277,6 +284,7 @@ impl StreamSend {
     }
 
     /// True if `ev` is this send's (so it is not a stale receive).
+    #[inline]
     pub(crate) fn owns(&self, ev: &IoEvent) -> bool {
         matches!(ev.0, Event::Completed(tok, _) if self.op.is(tok))
     }

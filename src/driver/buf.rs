@@ -153,12 +153,12 @@ impl WriteBuf {
     /// A receive-pool buffer is copied (and given back at once) while its
     /// pool runs low, so buffers held for sending cannot starve the loop's
     /// receives; anything else is kept as it is.
-    pub(crate) fn detached_if_pool_low(self) -> WriteBuf {
-        match &self.0 {
-            Chunk::Recv(b) if b.pool_is_low() => {
-                WriteBuf(Chunk::Bytes(bytes::Bytes::copy_from_slice(b)))
+    #[inline]
+    pub(crate) fn detach_if_pool_low(&mut self) {
+        if let Chunk::Recv(b) = &self.0 {
+            if b.pool_is_low() {
+                self.0 = Chunk::Bytes(bytes::Bytes::copy_from_slice(b));
             }
-            _ => self,
         }
     }
 

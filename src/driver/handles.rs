@@ -150,6 +150,7 @@ impl<T: OpAble> ReusableOp<T> {
     /// The handler got this op's result: the op is idle again, and `f`
     /// runs on it (to take back what the kernel is done with). `f` must not
     /// call into the loop (the driver is borrowed).
+    #[inline]
     pub(crate) fn completed<R>(&mut self, f: impl FnOnce(&mut T) -> R) -> R {
         assert!(self.in_flight, "ringloop driver: completion of an idle op");
         self.in_flight = false;
@@ -158,6 +159,7 @@ impl<T: OpAble> ReusableOp<T> {
 
     /// Runs `f` on the idle op (to load it), then submits it. `f` must not
     /// call into the loop (the driver is borrowed).
+    #[inline]
     pub(crate) fn submit_with(&mut self, f: impl FnOnce(&mut T)) {
         assert!(!self.in_flight, "ringloop driver: op submitted twice");
         let handler = self
@@ -167,7 +169,7 @@ impl<T: OpAble> ReusableOp<T> {
         self.in_flight = true;
         self.driver
             .borrow_mut()
-            .submit_reusable(self.key, handler, |op| f(Self::typed(op)));
+            .submit_reusable::<T>(self.key, handler, f);
     }
 }
 

@@ -178,23 +178,39 @@ impl Driver {
         key
     }
 
-    /// Loads an idle reusable op with `load` and submits it again; its
-    /// completion goes to `h` with the result.
-    pub(crate) fn submit_reusable(
+    /// Loads an idle reusable op (of type `T`) with `load` and submits it
+    /// again; its completion goes to `h` with the result. One slab lookup:
+    /// the SQE is built from the typed op (no vtable call).
+    #[inline]
+    pub(crate) fn submit_reusable<T: OpAble>(
         &mut self,
         key: usize,
         h: Rc<dyn Notify>,
-        load: impl FnOnce(&mut dyn OpAble),
+        load: impl FnOnce(&mut T),
     ) {
         let ops = &mut self.ops;
         ops.stats.ops_submitted += 1;
-        load(ops.op(key));
-        ops.life_mut(key).resume(h);
-        if ops.shut {
+        let shut = ops.shut;
+        let slot = &mut ops.slab[key];
+        let op = slot
+            .op
+            .as_any_mut()
+            .downcast_mut::<T>()
+            .expect("ringloop driver: op type mismatch");
+        load(op);
+        let entry = match (&self.kernel, shut) {
+            (Kernel::Uring(_), false) => Some(op.uring_entry().user_data(key as u64)),
+            _ => None,
+        };
+        slot.life.resume(h);
+        if shut {
             ops.complete(key, Err(closed_error()), false);
             return;
         }
-        each!(self, k, o, p => k.resubmit(o, p, key));
+        match (&mut self.kernel, entry) {
+            (Kernel::Uring(u), Some(e)) => u.push_entry(ops, &self.pool, e),
+            _ => each!(self, k, o, p => k.resubmit(o, p, key)),
+        }
     }
 
     /// Starts the receives whose turn came (their fd's earlier receives

@@ -101,9 +101,16 @@ impl Uring {
         self.push(ops, pool, entry);
     }
 
+    /// Queues an SQE built by the caller (a reusable op's).
+    #[inline]
+    pub(super) fn push_entry(&mut self, ops: &mut Ops, pool: &PoolRef, entry: squeue::Entry) {
+        self.push(ops, pool, entry);
+    }
+
     /// Queues an SQE. When the submission queue is full, submits it (an
     /// extra `io_uring_enter`, counted) and reaps what completed, which also
     /// clears an `EBUSY` from a full completion queue, then retries.
+    #[inline]
     fn push(&mut self, ops: &mut Ops, pool: &PoolRef, entry: squeue::Entry) {
         loop {
             // SAFETY: every pointer in the entry refers to op data boxed in

@@ -87,6 +87,7 @@ struct Inner {
 }
 
 impl IoHandler for Inner {
+    #[inline(always)]
     fn on_io(self: Rc<Self>, ev: IoEvent) {
         let t = Transport(self);
         if ev.is_turn_end() {
@@ -253,9 +254,9 @@ impl Transport {
         }
         match got {
             Received::Data(b) => {
-                if self.deliver(b) {
-                    // The protocol may have paused or closed, or the
-                    // receive ended with this result.
+                // The protocol may have paused or closed, or the receive
+                // ended with this result: then the reader moves on.
+                if self.deliver(b) && self.reader_moves() {
                     self.pump_reader();
                 }
             }
@@ -268,6 +269,16 @@ impl Transport {
             Received::Ended => self.pump_reader(),
             Received::Error(e) => self.force_close(Some(e.into())),
         }
+    }
+
+    /// After a delivery: must `pump_reader` act (the receive ended, or
+    /// reading was paused or the transport closed meanwhile)?
+    #[inline]
+    fn reader_moves(&self) -> bool {
+        let inner = &self.0;
+        inner.reading.get() != Reading::On
+            || inner.base.is_closing()
+            || !inner.recv.borrow().as_ref().is_some_and(StreamRecv::active)
     }
 
     /// A result of a receive this transport gave up (closing, or it ended
@@ -535,7 +546,8 @@ impl Transport {
     /// [`Error::Closed`] once the transport is closing or closed;
     /// [`Error::InvalidState`] after [`write_eof`](Self::write_eof).
     pub fn write(&self, data: impl Into<WriteBuf>) -> Result<()> {
-        let data = data.into().detached_if_pool_low();
+        let mut data = data.into();
+        data.detach_if_pool_low();
         let inner = &self.0;
         inner.base.check_writable()?;
         let (flush, pause) = {
