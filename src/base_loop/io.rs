@@ -230,12 +230,6 @@ impl StreamRecv {
     }
 }
 
-/// What a send brought back ([`StreamSend::take`]).
-pub(crate) struct Sent {
-    /// Bytes the kernel took, or the send's error.
-    pub(crate) res: Result<usize, io::Error>,
-}
-
 /// The send side of a stream socket: one send op that stays in the driver
 /// between uses (no allocation per send); one buffer goes out as `SEND`,
 /// several as `SENDMSG`.
@@ -258,15 +252,16 @@ impl StreamSend {
         self.op.submit_with(|m| load(&mut m.bufs));
     }
 
-    /// The send's result, if `ev` is its completion; `back` then gets the
-    /// buffer list (what was not sent is still in it, for the caller to
-    /// queue again in front).
+    /// The send's result (bytes the kernel took, or an errno), if `ev` is
+    /// its completion; `back` then gets the buffer list and that count
+    /// (what was not sent is still in it, for the caller to queue again in
+    /// front).
     #[inline]
     pub(crate) fn take(
         &mut self,
         ev: &IoEvent,
         back: impl FnOnce(&mut Vec<WriteBuf>, usize),
-    ) -> Option<Sent> {
+    ) -> Option<Result<usize, i32>> {
         let Event::Completed(tok, done) = ev.0 else {
             return None;
         };
@@ -275,12 +270,7 @@ impl StreamSend {
         }
         let n = done.res.map_or(0, |n| n as usize);
         self.op.completed(|m| back(&mut m.bufs, n));
-        Some(Sent {
-            res: match done.res {
-                Ok(n) => Ok(n as usize),
-                Err(e) => Err(io::Error::from_raw_os_error(e)),
-            },
-        })
+        Some(done.res.map(|n| n as usize))
     }
 
     /// True if `ev` is this send's (so it is not a stale receive).

@@ -153,12 +153,19 @@ impl WriteBuf {
     /// A receive-pool buffer is copied (and given back at once) while its
     /// pool runs low, so buffers held for sending cannot starve the loop's
     /// receives; anything else is kept as it is.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn detach_if_pool_low(&mut self) {
         if let Chunk::Recv(b) = &self.0 {
             if b.pool_is_low() {
-                self.0 = Chunk::Bytes(bytes::Bytes::copy_from_slice(b));
+                self.detach();
             }
+        }
+    }
+
+    #[cold]
+    fn detach(&mut self) {
+        if let Chunk::Recv(b) = &self.0 {
+            self.0 = Chunk::Bytes(bytes::Bytes::copy_from_slice(b));
         }
     }
 

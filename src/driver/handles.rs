@@ -140,11 +140,24 @@ impl<T: OpAble> ReusableOp<T> {
         self.in_flight
     }
 
-    /// The boxed op as the type its key was issued for.
-    fn typed(op: &mut dyn OpAble) -> &mut T {
-        op.as_any_mut()
-            .downcast_mut::<T>()
-            .expect("ringloop driver: op type mismatch")
+    /// The op in the slab, as the type its key was issued for. The slot's
+    /// generation is checked (a freed and reused key is another op); the
+    /// type is then known without asking (no `type_id` call per send).
+    fn typed(d: &mut super::Driver, key: usize, token: Token) -> &mut T {
+        let slot = &mut d.ops.slab[key];
+        assert!(
+            super::notify::token(key, slot.generation) == token,
+            "ringloop driver: a reusable op's slot was taken by another op"
+        );
+        debug_assert!(
+            slot.op.as_any_mut().is::<T>(),
+            "ringloop driver: op type mismatch"
+        );
+        let p: *mut dyn OpAble = &mut *slot.op;
+        // SAFETY: this handle put a `T` at `key` (`new`), and the slot's
+        // generation is still that op's, so the box holds that `T`; the
+        // reference borrows the driver, so nothing else reaches the op.
+        unsafe { &mut *p.cast::<T>() }
     }
 
     /// The handler got this op's result: the op is idle again, and `f`
@@ -154,7 +167,11 @@ impl<T: OpAble> ReusableOp<T> {
     pub(crate) fn completed<R>(&mut self, f: impl FnOnce(&mut T) -> R) -> R {
         assert!(self.in_flight, "ringloop driver: completion of an idle op");
         self.in_flight = false;
-        f(Self::typed(self.driver.borrow_mut().ops.op(self.key)))
+        f(Self::typed(
+            &mut self.driver.borrow_mut(),
+            self.key,
+            self.token,
+        ))
     }
 
     /// Runs `f` on the idle op (to load it), then submits it. `f` must not
@@ -169,7 +186,7 @@ impl<T: OpAble> ReusableOp<T> {
         self.in_flight = true;
         self.driver
             .borrow_mut()
-            .submit_reusable::<T>(self.key, handler, f);
+            .submit_reusable::<T>(self.key, self.token, handler, f);
     }
 }
 

@@ -30,7 +30,11 @@ pub(crate) enum Lifecycle {
     /// (nothing queues for a stream handler, told with each result).
     Streaming {
         waiter: Waiter,
-        queue: VecDeque<io::Result<u32>>,
+        /// (Boxed on first use: most multishot ops are stream receives,
+        /// which queue nothing, and a small `Lifecycle` keeps the slab's
+        /// slots small on the data path.)
+        #[allow(clippy::box_collection)]
+        queue: Option<Box<VecDeque<io::Result<u32>>>>,
         /// The kernel posted its final completion.
         finished: bool,
     },
@@ -98,7 +102,7 @@ impl Lifecycle {
     pub(crate) fn streaming(waiter: Waiter) -> Lifecycle {
         Lifecycle::Streaming {
             waiter,
-            queue: VecDeque::new(),
+            queue: None,
             finished: false,
         }
     }
@@ -182,7 +186,7 @@ impl Lifecycle {
                 queue,
                 finished,
             } => {
-                queue.push_back(res);
+                queue.get_or_insert_with(Default::default).push_back(res);
                 *finished = !more;
                 Completed::Recorded(take_wake(waiter))
             }
@@ -202,7 +206,7 @@ impl Lifecycle {
             Lifecycle::Streaming {
                 queue, finished, ..
             } => {
-                let salvage = queue.into_iter().collect();
+                let salvage = queue.map_or_else(Vec::new, |q| q.into_iter().collect());
                 if finished {
                     Dropped::Free { salvage }
                 } else {

@@ -185,6 +185,7 @@ impl Driver {
     pub(crate) fn submit_reusable<T: OpAble>(
         &mut self,
         key: usize,
+        token: notify::Token,
         h: Rc<dyn Notify>,
         load: impl FnOnce(&mut T),
     ) {
@@ -192,11 +193,19 @@ impl Driver {
         ops.stats.ops_submitted += 1;
         let shut = ops.shut;
         let slot = &mut ops.slab[key];
-        let op = slot
-            .op
-            .as_any_mut()
-            .downcast_mut::<T>()
-            .expect("ringloop driver: op type mismatch");
+        assert!(
+            notify::token(key, slot.generation) == token,
+            "ringloop driver: a reusable op's slot was taken by another op"
+        );
+        debug_assert!(
+            slot.op.as_any_mut().is::<T>(),
+            "ringloop driver: op type mismatch"
+        );
+        let p: *mut dyn OpAble = &mut *slot.op;
+        // SAFETY: the caller's handle put a `T` at `key` and the slot's
+        // generation is still that op's, so the box holds that `T`; the
+        // reference lives while the driver is borrowed here.
+        let op = unsafe { &mut *p.cast::<T>() };
         load(op);
         let entry = match (&self.kernel, shut) {
             (Kernel::Uring(_), false) => Some(op.uring_entry().user_data(key as u64)),

@@ -378,6 +378,7 @@ impl RecvBuf {
     }
 
     /// Is the pool this buffer came from running low (under a quarter free)?
+    #[inline]
     pub(crate) fn pool_is_low(&self) -> bool {
         self.pool.borrow().out * 4 >= POOL_BUFS as usize * 3
     }

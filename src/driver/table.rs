@@ -314,7 +314,7 @@ impl Ops {
         else {
             return Poll::Ready(None);
         };
-        if let Some(r) = queue.pop_front() {
+        if let Some(r) = queue.as_mut().and_then(|q| q.pop_front()) {
             return Poll::Ready(Some(r));
         }
         if *finished {
@@ -354,7 +354,7 @@ impl Ops {
                     op,
                     Lifecycle::Streaming {
                         waiter: Waiter::None,
-                        queue: Default::default(),
+                        queue: None,
                         finished: true,
                     },
                 );

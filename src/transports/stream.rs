@@ -464,61 +464,59 @@ impl Transport {
     /// A send completed (true if `ev` was this transport's send).
     fn on_sent(&self, ev: &IoEvent) -> bool {
         let inner = &self.0;
-        let taken = {
-            let mut send = inner.send.borrow_mut();
-            let Some(op) = send.as_mut() else {
-                return false;
-            };
-            if !op.owns(ev) {
-                return false;
+        let mut send = inner.send.borrow_mut();
+        let Some(op) = send.as_mut() else {
+            return false;
+        };
+        let lost = inner.base.is_lost();
+        let mut w = inner.wr.borrow_mut();
+        // What the kernel took is dropped; the rest goes back to the front
+        // of the queue (the op is idle now, its vector kept). After an
+        // abort (or a protocol failure) the buffer was dropped and counted
+        // out then: nothing goes back.
+        let taken = op.take(ev, |bufs, n| {
+            if lost || (bufs.len() == 1 && bufs[0].len() == n) {
+                bufs.clear(); // the usual case: one buffer, all sent
+                return;
             }
-            let mut w = inner.wr.borrow_mut();
-            // What the kernel took is dropped; the rest goes back to the
-            // front of the queue (the op is idle now, its vector kept).
-            // After an abort (or a protocol failure) the buffer was
-            // dropped and counted out then: nothing goes back.
-            let lost = inner.base.is_lost();
-            op.take(ev, |bufs, n| {
-                if lost || (bufs.len() == 1 && bufs[0].len() == n) {
-                    bufs.clear(); // the usual case: one buffer, all sent
-                    return;
+            let mut n = n;
+            let mut i = 0;
+            while i < bufs.len() && bufs[i].len() <= n {
+                n -= bufs[i].len();
+                i += 1;
+            }
+            if i < bufs.len() {
+                bufs[i].advance(n);
+                for b in bufs.drain(i..).rev() {
+                    w.wbuf.push_front(b);
                 }
-                let mut n = n;
-                let mut i = 0;
-                while i < bufs.len() && bufs[i].len() <= n {
-                    n -= bufs[i].len();
-                    i += 1;
-                }
-                if i < bufs.len() {
-                    bufs[i].advance(n);
-                    for b in bufs.drain(i..).rev() {
-                        w.wbuf.push_front(b);
-                    }
-                }
-                bufs.clear();
-            })
-            .map(|s| (s, lost))
+            }
+            bufs.clear();
+        });
+        let Some(res) = taken else {
+            // (Not this send's, or a completion for an op already idle.)
+            return op.owns(ev);
         };
-        let Some((sent, lost)) = taken else {
-            return true; // (a completion for an op already idle)
-        };
-        inner.wr.borrow_mut().sending = false;
+        drop(send);
+        w.sending = false;
         if lost {
             return true;
         }
         // An error sent nothing (EINTR: the queue is simply sent again).
-        let n = *sent.res.as_ref().unwrap_or(&0);
-        let resume = inner.base.flow.borrow_mut().sent(n);
-        if let Err(e) = sent.res {
-            if e.raw_os_error() != Some(libc::EINTR) {
-                self.force_close(Some(e.into()));
+        let resume = inner
+            .base
+            .flow
+            .borrow_mut()
+            .sent(*res.as_ref().unwrap_or(&0));
+        if let Err(e) = res {
+            if e != libc::EINTR {
+                drop(w);
+                self.force_close(Some(std::io::Error::from_raw_os_error(e).into()));
                 return true;
             }
         }
-        let idle = {
-            let w = inner.wr.borrow();
-            w.wbuf.is_empty() && w.eof != WriteEof::Asked && !inner.base.is_closing()
-        };
+        let idle = w.wbuf.is_empty() && w.eof != WriteEof::Asked && !inner.base.is_closing();
+        drop(w);
         if resume {
             self.call_protocol(|p| p.resume_writing());
         } else if idle {
