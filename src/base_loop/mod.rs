@@ -554,12 +554,18 @@ impl EventLoop {
     /// Timers in the heap, cancelled ones not yet removed included. Cancelled
     /// timers are dropped lazily, and the heap is rebuilt once more than half
     /// of at least 100 are cancelled, so this stays bounded.
+    ///
+    /// A diagnostics hook: only with the `diagnostics` cargo feature.
+    #[cfg(feature = "diagnostics")]
     pub fn scheduled_timers(&self) -> usize {
         self.core.timers.borrow().len()
     }
 
     /// Receive-pool buffers handed to receivers and not given back yet
     /// (0 whenever no data is being delivered).
+    ///
+    /// A diagnostics hook: only with the `diagnostics` cargo feature.
+    #[cfg(feature = "diagnostics")]
     pub fn pool_buffers_out(&self) -> usize {
         self.core.driver.borrow().pool_buffers_out()
     }
@@ -570,11 +576,17 @@ impl EventLoop {
     /// stay in cache, doubles whenever a receive finds it empty (`ENOBUFS`:
     /// that receive falls back to a plain one, nothing is lost), up to the
     /// whole pool of 1,024, and shrinks back once the traffic needs fewer.
+    ///
+    /// A diagnostics hook: only with the `diagnostics` cargo feature.
+    #[cfg(feature = "diagnostics")]
     pub fn recv_ring_stats(&self) -> Option<(usize, u64)> {
         self.core.driver.borrow().recv_ring_stats()
     }
 
     /// Ops submitted to the driver and not yet handed back (tests, stats).
+    ///
+    /// A diagnostics hook: only with the `diagnostics` cargo feature.
+    #[cfg(feature = "diagnostics")]
     pub fn ops_in_flight(&self) -> usize {
         self.core.driver.borrow().in_flight()
     }
@@ -583,6 +595,9 @@ impl EventLoop {
     /// overwritten with a poison pattern and kept, so that
     /// [`check_poison`](Self::check_poison) can prove the kernel never wrote
     /// into them after release. For tests: it keeps those buffers alive.
+    ///
+    /// A diagnostics hook: only with the `diagnostics` cargo feature.
+    #[cfg(feature = "diagnostics")]
     pub fn enable_poison_check(&self) {
         self.core.driver.borrow_mut().enable_poison();
     }
@@ -593,6 +608,9 @@ impl EventLoop {
     ///
     /// [`Error::InvalidState`] naming the first buffer written after release,
     /// or when poison checking was not enabled.
+    ///
+    /// A diagnostics hook: only with the `diagnostics` cargo feature.
+    #[cfg(feature = "diagnostics")]
     pub fn check_poison(&self) -> Result<usize> {
         self.core
             .driver
@@ -602,6 +620,9 @@ impl EventLoop {
     }
 
     /// Bytes that cancelled receives took off `fd` and keep for the next receive.
+    ///
+    /// A diagnostics hook: only with the `diagnostics` cargo feature.
+    #[cfg(feature = "diagnostics")]
     pub fn stashed_bytes(&self, fd: RawFd) -> usize {
         self.core.driver.borrow().stashed(fd)
     }

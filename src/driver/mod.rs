@@ -379,16 +379,19 @@ impl Driver {
     }
 
     /// Pool buffers handed out and not back yet.
+    #[cfg_attr(not(feature = "diagnostics"), allow(dead_code))]
     pub(crate) fn pool_buffers_out(&self) -> usize {
         self.pool.borrow().out
     }
 
     /// Proactor: (receive-ring size now, times the ring ran dry).
+    #[cfg_attr(not(feature = "diagnostics"), allow(dead_code))]
     pub(crate) fn recv_ring_stats(&self) -> Option<(usize, u64)> {
         self.pool.borrow().ring_stats()
     }
 
     /// User ops in the slab (the proactor's own eventfd read excluded).
+    #[cfg_attr(not(feature = "diagnostics"), allow(dead_code))]
     pub(crate) fn in_flight(&self) -> usize {
         let internal = match &self.kernel {
             Kernel::Uring(u) => usize::from(u.wake_key.is_some()),
@@ -407,14 +410,17 @@ impl Driver {
         each!(self, k, o, p => k.shutdown(o, p, bound));
     }
 
+    #[cfg_attr(not(feature = "diagnostics"), allow(dead_code))]
     pub(crate) fn enable_poison(&mut self) {
         self.ops.enable_poison();
     }
 
+    #[cfg_attr(not(feature = "diagnostics"), allow(dead_code))]
     pub(crate) fn check_poison(&self) -> Result<usize, String> {
         self.ops.check_poison()
     }
 
+    #[cfg_attr(not(feature = "diagnostics"), allow(dead_code))]
     pub(crate) fn stashed(&self, fd: std::os::fd::RawFd) -> usize {
         self.ops.stash.held(fd)
     }

@@ -187,6 +187,7 @@ impl Stash {
     }
 
     /// Bytes held for `fd` (tests and stats).
+    #[cfg_attr(not(feature = "diagnostics"), allow(dead_code))]
     pub(crate) fn held(&self, fd: RawFd) -> usize {
         self.map
             .get(&fd)

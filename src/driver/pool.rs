@@ -302,6 +302,7 @@ impl BufPool {
     }
 
     /// Proactor: (buffers the ring is sized to hold now, times it ran dry).
+    #[cfg_attr(not(feature = "diagnostics"), allow(dead_code))]
     pub(crate) fn ring_stats(&self) -> Option<(usize, u64)> {
         self.ring.as_ref().map(|r| (r.target.into(), r.dry))
     }

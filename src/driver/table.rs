@@ -437,10 +437,12 @@ impl Ops {
         }
     }
 
+    #[cfg_attr(not(feature = "diagnostics"), allow(dead_code))]
     pub(super) fn enable_poison(&mut self) {
         self.quarantine.get_or_insert_with(Quarantine::default);
     }
 
+    #[cfg_attr(not(feature = "diagnostics"), allow(dead_code))]
     pub(super) fn check_poison(&self) -> Result<usize, String> {
         let Some(q) = &self.quarantine else {
             return Err("poison checking was not enabled on this loop".into());
@@ -460,6 +462,7 @@ impl Ops {
 
     /// Ops in the slab, idle reusable ones (a transport's send between
     /// sends) excepted.
+    #[cfg_attr(not(feature = "diagnostics"), allow(dead_code))]
     pub(super) fn in_flight(&self) -> usize {
         self.slab
             .iter()
