@@ -26,8 +26,18 @@ pub(crate) enum Lifecycle {
         /// from that data first.
         recalled: bool,
     },
-    /// A multishot op submitted: results queue here for a task waiter
-    /// (nothing queues for a stream handler, told with each result).
+    /// A reusable op (a transport's send) in flight: its handler is told
+    /// the result, and it is idle again. (The data path's states are
+    /// variants of their own, so a completion finds them in one match.)
+    Reusing { h: Rc<dyn Notify>, poll: bool },
+    /// A stream multishot op (a transport's receive): each result goes to
+    /// its handler with the notification.
+    StreamTo {
+        h: Rc<dyn Notify>,
+        /// The kernel posted its final completion.
+        finished: bool,
+    },
+    /// A multishot op submitted for a task: results queue here.
     Streaming {
         waiter: Waiter,
         /// (Boxed on first use: most multishot ops are stream receives,
@@ -100,10 +110,13 @@ impl Lifecycle {
 
     /// Submitted multishot.
     pub(crate) fn streaming(waiter: Waiter) -> Lifecycle {
-        Lifecycle::Streaming {
-            waiter,
-            queue: None,
-            finished: false,
+        match waiter {
+            Waiter::Stream(h) => Lifecycle::StreamTo { h, finished: false },
+            waiter => Lifecycle::Streaming {
+                waiter,
+                queue: None,
+                finished: false,
+            },
         }
     }
 
@@ -111,7 +124,9 @@ impl Lifecycle {
     pub(crate) fn at_rest(&self) -> bool {
         match self {
             Lifecycle::Done(_) | Lifecycle::Idle => true,
-            Lifecycle::Streaming { finished, .. } => *finished,
+            Lifecycle::Streaming { finished, .. } | Lifecycle::StreamTo { finished, .. } => {
+                *finished
+            }
             _ => false,
         }
     }
@@ -119,15 +134,23 @@ impl Lifecycle {
     /// In the kernel (or parked): a final completion is still to come.
     pub(crate) fn in_kernel(&self) -> bool {
         match self {
-            Lifecycle::InFlight { .. } | Lifecycle::Cancelled { .. } => true,
-            Lifecycle::Streaming { finished, .. } => !finished,
+            Lifecycle::InFlight { .. }
+            | Lifecycle::Reusing { .. }
+            | Lifecycle::Cancelled { .. } => true,
+            Lifecycle::Streaming { finished, .. } | Lifecycle::StreamTo { finished, .. } => {
+                !finished
+            }
             _ => false,
         }
     }
 
     /// A multishot op whose kernel side is over.
     pub(crate) fn finished(&self) -> bool {
-        matches!(self, Lifecycle::Streaming { finished: true, .. })
+        matches!(
+            self,
+            Lifecycle::Streaming { finished: true, .. }
+                | Lifecycle::StreamTo { finished: true, .. }
+        )
     }
 
     /// The fast path: a handler that takes the result with its
@@ -140,26 +163,15 @@ impl Lifecycle {
         done: impl FnOnce(bool) -> Done,
     ) -> Option<(Rc<dyn Notify>, Done)> {
         match self {
-            Lifecycle::InFlight {
-                waiter: Waiter::Reuse(_),
-                ..
-            } if !more => {
-                let Lifecycle::InFlight {
-                    waiter: Waiter::Reuse(h),
-                    ..
-                } = std::mem::replace(self, Lifecycle::Idle)
-                else {
+            Lifecycle::StreamTo { h, finished } => {
+                *finished |= !more;
+                Some((h.clone(), done(!more)))
+            }
+            Lifecycle::Reusing { .. } if !more => {
+                let Lifecycle::Reusing { h, .. } = std::mem::replace(self, Lifecycle::Idle) else {
                     unreachable!()
                 };
                 Some((h, done(true)))
-            }
-            Lifecycle::Streaming {
-                waiter: Waiter::Stream(h),
-                finished,
-                ..
-            } => {
-                *finished |= !more;
-                Some((h.clone(), done(!more)))
             }
             _ => None,
         }
@@ -190,7 +202,11 @@ impl Lifecycle {
                 *finished = !more;
                 Completed::Recorded(take_wake(waiter))
             }
-            Lifecycle::Deferred(_) | Lifecycle::Done(_) | Lifecycle::Idle => {
+            Lifecycle::Reusing { .. }
+            | Lifecycle::StreamTo { .. }
+            | Lifecycle::Deferred(_)
+            | Lifecycle::Done(_)
+            | Lifecycle::Idle => {
                 panic!("ringloop driver: a completion for an op that is not in flight")
             }
         }
@@ -203,6 +219,20 @@ impl Lifecycle {
             Lifecycle::Idle | Lifecycle::Deferred(_) => Dropped::Free {
                 salvage: Vec::new(),
             },
+            Lifecycle::StreamTo { finished: true, .. } => Dropped::Free {
+                salvage: Vec::new(),
+            },
+            Lifecycle::StreamTo { .. } => Dropped::Cancel {
+                poll: false,
+                salvage: Vec::new(),
+            },
+            Lifecycle::Reusing { poll, .. } => {
+                *self = Lifecycle::Cancelled { poll };
+                Dropped::Cancel {
+                    poll,
+                    salvage: Vec::new(),
+                }
+            }
             Lifecycle::Streaming {
                 queue, finished, ..
             } => {
@@ -236,7 +266,10 @@ impl Lifecycle {
 
     /// Proactor: the op waits on a `POLL_ADD` (or not any more).
     pub(crate) fn set_poll(&mut self, on: bool) {
-        if let Lifecycle::InFlight { poll, .. } | Lifecycle::Cancelled { poll } = self {
+        if let Lifecycle::InFlight { poll, .. }
+        | Lifecycle::Reusing { poll, .. }
+        | Lifecycle::Cancelled { poll } = self
+        {
             *poll = on;
         }
     }
@@ -245,7 +278,9 @@ impl Lifecycle {
     pub(crate) fn polling(&self) -> bool {
         matches!(
             self,
-            Lifecycle::InFlight { poll: true, .. } | Lifecycle::Cancelled { poll: true }
+            Lifecycle::InFlight { poll: true, .. }
+                | Lifecycle::Reusing { poll: true, .. }
+                | Lifecycle::Cancelled { poll: true }
         )
     }
 
@@ -301,12 +336,54 @@ impl Lifecycle {
 
     /// A reusable op is loaded and submitted again.
     pub(crate) fn resume(&mut self, h: Rc<dyn Notify>) {
-        let idle = std::mem::replace(self, Lifecycle::in_flight(Waiter::Reuse(h)));
+        let idle = std::mem::replace(self, Lifecycle::Reusing { h, poll: false });
         assert!(
             matches!(idle, Lifecycle::Idle),
             "ringloop driver: op not idle"
         );
         std::mem::forget(idle); // `Idle` owns nothing: no drop call
+    }
+
+    /// The loop is closing: the handler lets go of the op (which stays
+    /// until its final completion, told to nobody).
+    pub(crate) fn unhook(&mut self) -> Option<Rc<dyn Notify>> {
+        match self {
+            Lifecycle::Reusing { poll, .. } => {
+                let poll = *poll;
+                match std::mem::replace(
+                    self,
+                    Lifecycle::InFlight {
+                        waiter: Waiter::None,
+                        poll,
+                        recalled: false,
+                    },
+                ) {
+                    Lifecycle::Reusing { h, .. } => Some(h),
+                    _ => unreachable!(),
+                }
+            }
+            Lifecycle::StreamTo { finished, .. } => {
+                let finished = *finished;
+                match std::mem::replace(
+                    self,
+                    Lifecycle::Streaming {
+                        waiter: Waiter::None,
+                        queue: None,
+                        finished,
+                    },
+                ) {
+                    Lifecycle::StreamTo { h, .. } => Some(h),
+                    _ => unreachable!(),
+                }
+            }
+            _ => match self
+                .waiter_mut()
+                .map(|w| std::mem::replace(w, Waiter::None))
+            {
+                Some(Waiter::Handler(h)) => Some(h),
+                _ => None,
+            },
+        }
     }
 
     /// The waiter's slot, for an op someone polls (in flight or deferred).
@@ -378,7 +455,10 @@ mod tests {
     #[should_panic(expected = "op not idle")]
     fn a_reusable_op_in_flight_cannot_be_resumed() {
         let h: Rc<dyn Notify> = Rc::new(H);
-        let mut l = Lifecycle::in_flight(Waiter::Reuse(h.clone()));
+        let mut l = Lifecycle::Reusing {
+            h: h.clone(),
+            poll: false,
+        };
         l.resume(h);
     }
 

@@ -300,13 +300,7 @@ impl Driver {
         let ops = &mut self.ops;
         let mut out: Vec<Rc<dyn Notify>> = ops.notified.drain(..).map(|(h, _)| h).collect();
         for (_, slot) in ops.slab.iter_mut() {
-            if let Some(w) = slot.life.waiter_mut() {
-                if let Waiter::Handler(h) | Waiter::Reuse(h) | Waiter::Stream(h) =
-                    std::mem::replace(w, Waiter::None)
-                {
-                    out.push(h);
-                }
-            }
+            out.extend(slot.life.unhook());
         }
         out
     }

@@ -114,9 +114,6 @@ pub(crate) enum Waiter {
     /// A callback object, told [`Event::Ready`] through the loop (a
     /// single-shot op whose result it takes).
     Handler(Rc<dyn Notify>),
-    /// The handler of a reusable op: told [`Event::Completed`], and the op
-    /// goes back to idle.
-    Reuse(Rc<dyn Notify>),
     /// The handler of a stream multishot op: told [`Event::Completed`] with
     /// each result (nothing is queued in the slot).
     Stream(Rc<dyn Notify>),
