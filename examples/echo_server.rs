@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use log::info;
 use ringloop::prelude::*;
-use ringloop::{Protocol, RecvBuf, Transport};
+use ringloop::{BaseProtocol, Protocol, RecvBuf, Transport};
 
 const USAGE: &str = "usage: echo_server [--serve ADDR]
 
@@ -31,19 +31,9 @@ struct Echo {
     transport: Option<Transport>,
 }
 
-impl Protocol for Echo {
+impl BaseProtocol for Echo {
     fn connection_made(&mut self, transport: Transport) {
         self.transport = Some(transport);
-    }
-    fn data_received_owned(&mut self, data: RecvBuf) {
-        if let Some(t) = &self.transport {
-            let _ = t.write(data);
-        }
-    }
-    fn data_received(&mut self, data: &[u8]) {
-        if let Some(t) = &self.transport {
-            let _ = t.write(data.to_vec());
-        }
     }
     // Back-pressure. A client that sends and does not read fills this
     // transport's write buffer; past its high-water mark, stop reading from
@@ -62,6 +52,19 @@ impl Protocol for Echo {
     }
 }
 
+impl Protocol for Echo {
+    fn data_received_owned(&mut self, data: RecvBuf) {
+        if let Some(t) = &self.transport {
+            let _ = t.write(data);
+        }
+    }
+    fn data_received(&mut self, data: &[u8]) {
+        if let Some(t) = &self.transport {
+            let _ = t.write(data.to_vec());
+        }
+    }
+}
+
 /// Sends one message and collects the echo.
 struct Client {
     msg: Vec<u8>,
@@ -69,11 +72,14 @@ struct Client {
     transport: Option<Transport>,
 }
 
-impl Protocol for Client {
+impl BaseProtocol for Client {
     fn connection_made(&mut self, transport: Transport) {
         let _ = transport.write(self.msg.clone());
         self.transport = Some(transport);
     }
+}
+
+impl Protocol for Client {
     fn data_received(&mut self, data: &[u8]) {
         self.got.borrow_mut().extend_from_slice(data);
         if self.got.borrow().len() == self.msg.len() {

@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use log::{debug, info};
 use ringloop::prelude::*;
-use ringloop::{Protocol, TimerHandle, Transport};
+use ringloop::{BaseProtocol, Protocol, TimerHandle, Transport};
 
 const USAGE: &str = "usage: http_hello [--serve ADDR] [--timeout SECS]
 
@@ -290,7 +290,7 @@ fn arm(t: Transport, idle: Rc<Idle>, timeout: Duration) {
     idle.timer.set(timer.ok());
 }
 
-impl Protocol for Http {
+impl BaseProtocol for Http {
     fn connection_made(&mut self, t: Transport) {
         if !self.timeout.is_zero() {
             let idle = Rc::new(Idle {
@@ -301,24 +301,6 @@ impl Protocol for Http {
             self.idle = Some(idle);
         }
         self.transport = Some(t);
-    }
-
-    fn data_received(&mut self, data: &[u8]) {
-        let Some(t) = self.transport.clone() else {
-            return;
-        };
-        if self.done {
-            return;
-        }
-        if self.buf.is_empty() {
-            // The usual case: whole requests, answered straight from the
-            // receive buffer; only a partial head left over is copied.
-            let used = self.answer(&t, data);
-            self.buf.extend_from_slice(&data[used..]);
-        } else {
-            self.buf.extend_from_slice(data);
-            self.answer_buffered(&t);
-        }
     }
 
     // Back-pressure: stop reading from a client that does not read its
@@ -344,6 +326,26 @@ impl Protocol for Http {
     fn connection_lost(&mut self, _exc: Option<ringloop::Error>) {
         if let Some(timer) = self.idle.take().and_then(|i| i.timer.take()) {
             timer.cancel();
+        }
+    }
+}
+
+impl Protocol for Http {
+    fn data_received(&mut self, data: &[u8]) {
+        let Some(t) = self.transport.clone() else {
+            return;
+        };
+        if self.done {
+            return;
+        }
+        if self.buf.is_empty() {
+            // The usual case: whole requests, answered straight from the
+            // receive buffer; only a partial head left over is copied.
+            let used = self.answer(&t, data);
+            self.buf.extend_from_slice(&data[used..]);
+        } else {
+            self.buf.extend_from_slice(data);
+            self.answer_buffered(&t);
         }
     }
 }

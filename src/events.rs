@@ -296,13 +296,16 @@ pub type ExceptionHandler = Rc<dyn Fn(&EventLoop, &ExceptionContext)>;
 ///
 /// ```
 /// use ringloop::prelude::*;
-/// use ringloop::{Protocol, Server, Transport};
+/// use ringloop::{BaseProtocol, Protocol, Server, Transport};
 ///
 /// struct Echo(Option<Transport>);
-/// impl Protocol for Echo {
+/// impl BaseProtocol for Echo {
 ///     fn connection_made(&mut self, t: Transport) {
 ///         self.0 = Some(t);
 ///     }
+/// }
+///
+/// impl Protocol for Echo {
 ///     fn data_received(&mut self, data: &[u8]) {
 ///         self.0.as_ref().unwrap().write(data.to_vec()).unwrap();
 ///     }
@@ -449,9 +452,10 @@ pub trait AbstractEventLoop: Clone + fmt::Debug {
     ///
     /// ```
     /// use ringloop::prelude::*;
-    /// use ringloop::Protocol;
+    /// use ringloop::{BaseProtocol, Protocol};
     ///
     /// struct Quiet;
+    /// impl BaseProtocol for Quiet {}
     /// impl Protocol for Quiet {}
     ///
     /// ringloop::run(async {

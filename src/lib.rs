@@ -93,7 +93,7 @@ pub use events::{
 pub use executor::{ConcurrentFuture, ThreadPool, to_thread};
 pub use futures::LoopFuture;
 pub use pipes::{Pipe, pipe};
-pub use protocols::{BufferedProtocol, DatagramProtocol, Protocol};
+pub use protocols::{BaseProtocol, BufferedProtocol, DatagramProtocol, Protocol};
 pub use runners::{Runner, SigintHandling, run};
 pub use server::{Server, ServerOptions};
 pub use sock::{Acceptor, Domain, SockAddr, SockProtocol, Socket, Type};
@@ -113,8 +113,8 @@ pub use transports::{DatagramTransport, ExtraInfo, Transport};
 /// The names most programs need: `use ringloop::prelude::*;`.
 pub mod prelude {
     pub use crate::{
-        AbstractEventLoop, Backend, Error, EventLoop, LoopFuture, Result, SockAddr, Socket, Task,
-        TaskGroup, all_tasks, current_task, gather, get_running_loop, run, sleep, timeout,
-        wait_for,
+        AbstractEventLoop, Backend, BaseProtocol, Error, EventLoop, LoopFuture, Result, SockAddr,
+        Socket, Task, TaskGroup, all_tasks, current_task, gather, get_running_loop, run, sleep,
+        timeout, wait_for,
     };
 }

@@ -23,7 +23,7 @@ use crate::base_loop::EventLoop;
 use crate::driver::buf::WriteBuf;
 use crate::error::{Error, Result};
 use crate::events::{AbstractEventLoop, get_running_loop};
-use crate::protocols::Protocol;
+use crate::protocols::{BaseProtocol, Protocol};
 use crate::server::{Server, ServerOptions};
 use crate::sock::SockAddr;
 use crate::transports::{ExtraInfo, Transport};
@@ -431,15 +431,12 @@ struct StreamProtocol {
     on_connect: Option<Box<dyn FnOnce(Transport)>>,
 }
 
-impl Protocol for StreamProtocol {
+impl BaseProtocol for StreamProtocol {
     fn connection_made(&mut self, transport: Transport) {
         self.reader.st.borrow_mut().transport = Some(transport.clone());
         if let Some(f) = self.on_connect.take() {
             f(transport);
         }
-    }
-    fn data_received(&mut self, data: &[u8]) {
-        self.reader.feed_data(data);
     }
     fn eof_received(&mut self) -> bool {
         self.reader.feed_eof();
@@ -472,6 +469,12 @@ impl Protocol for StreamProtocol {
         for w in f.drain_waiters.drain(..) {
             w.wake();
         }
+    }
+}
+
+impl Protocol for StreamProtocol {
+    fn data_received(&mut self, data: &[u8]) {
+        self.reader.feed_data(data);
     }
 }
 

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use ringloop::prelude::*;
 use ringloop::{
-    ConnectOptions, DatagramOptions, DatagramProtocol, DatagramTransport, Protocol, Server,
-    ThreadPool, Transport,
+    BaseProtocol, ConnectOptions, DatagramOptions, DatagramProtocol, DatagramTransport, Protocol,
+    Server, ThreadPool, Transport,
 };
 
 const LIMIT: Duration = Duration::from_secs(20);
@@ -42,10 +42,13 @@ where
 #[derive(Default)]
 struct Echo(Option<Transport>);
 
-impl Protocol for Echo {
+impl BaseProtocol for Echo {
     fn connection_made(&mut self, t: Transport) {
         self.0 = Some(t);
     }
+}
+
+impl Protocol for Echo {
     fn data_received(&mut self, data: &[u8]) {
         let t = self.0.as_ref().expect("connection_made came first");
         t.write(data.to_vec()).expect("echo write");
@@ -70,15 +73,18 @@ impl Collect {
     }
 }
 
-impl Protocol for Collect {
-    fn data_received(&mut self, data: &[u8]) {
-        self.got.extend_from_slice(data);
-    }
+impl BaseProtocol for Collect {
     fn connection_lost(&mut self, exc: Option<Error>) {
         let _ = match exc {
             None => self.done.set_result(std::mem::take(&mut self.got)),
             Some(e) => self.done.set_error(e),
         };
+    }
+}
+
+impl Protocol for Collect {
+    fn data_received(&mut self, data: &[u8]) {
+        self.got.extend_from_slice(data);
     }
 }
 

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use common::fds::tcp_pair;
 use common::{catch, run_until, turns};
 use ringloop::prelude::*;
-use ringloop::{Protocol, Transport};
+use ringloop::{BaseProtocol, Protocol, Transport};
 use support::LIMIT;
 
 // ---------------------------------------------------------------------------
@@ -43,10 +43,17 @@ struct PauseAndReply {
     seen: Rc<RefCell<Vec<String>>>,
 }
 
-impl Protocol for PauseAndReply {
+impl BaseProtocol for PauseAndReply {
     fn connection_made(&mut self, t: Transport) {
         self.t = Some(t);
     }
+    fn eof_received(&mut self) -> bool {
+        self.seen.borrow_mut().push("eof".into());
+        false
+    }
+}
+
+impl Protocol for PauseAndReply {
     fn data_received(&mut self, data: &[u8]) {
         let t = self.t.clone().unwrap();
         self.seen.borrow_mut().push(format!("data:{}", data.len()));
@@ -56,10 +63,6 @@ impl Protocol for PauseAndReply {
             .unwrap()
             .call_soon(move || t.resume_reading())
             .unwrap();
-    }
-    fn eof_received(&mut self) -> bool {
-        self.seen.borrow_mut().push("eof".into());
-        false
     }
 }
 
@@ -344,7 +347,7 @@ struct BulkSender {
     panic_on_pause: bool,
 }
 
-impl Protocol for BulkSender {
+impl BaseProtocol for BulkSender {
     fn connection_made(&mut self, t: Transport) {
         self.t = Some(t);
     }
@@ -354,6 +357,8 @@ impl Protocol for BulkSender {
         }
     }
 }
+
+impl Protocol for BulkSender {}
 
 /// A 32 MiB write waits in flight for a peer that does not read; the peer
 /// then reads some (so the send completes in the next turn), and a callback

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use common::fds::{fd_diff, fd_targets, raise_nofile};
 use common::{catch, turns};
 use ringloop::prelude::*;
-use ringloop::{Protocol, Transport};
+use ringloop::{BaseProtocol, Protocol, Transport};
 use support::{LIMIT, MIB, own_loop, peak_rss, reset_peak_rss, rss};
 
 // ---------------------------------------------------------------------------
@@ -143,6 +143,13 @@ struct PatternSink {
     peak_out: Rc<Cell<usize>>,
 }
 
+impl BaseProtocol for PatternSink {
+    fn eof_received(&mut self) -> bool {
+        self.tally.borrow_mut().push((self.off, self.bad));
+        false
+    }
+}
+
 impl Protocol for PatternSink {
     fn data_received(&mut self, data: &[u8]) {
         if let Ok(lp) = get_running_loop() {
@@ -153,10 +160,6 @@ impl Protocol for PatternSink {
             self.bad = Some(self.off);
         }
         self.off += data.len();
-    }
-    fn eof_received(&mut self) -> bool {
-        self.tally.borrow_mut().push((self.off, self.bad));
-        false
     }
 }
 
@@ -293,13 +296,7 @@ struct Hoarder {
     result: Hoard,
 }
 
-impl Protocol for Hoarder {
-    fn data_received_owned(&mut self, data: ringloop::RecvBuf) {
-        self.held.push(Held::Pool(data));
-    }
-    fn data_received(&mut self, data: &[u8]) {
-        self.held.push(Held::Copy(data.to_vec()));
-    }
+impl BaseProtocol for Hoarder {
     fn eof_received(&mut self) -> bool {
         let mut all = Vec::new();
         let mut pool = 0;
@@ -314,6 +311,15 @@ impl Protocol for Hoarder {
         }
         *self.result.borrow_mut() = Some((all, pool));
         false
+    }
+}
+
+impl Protocol for Hoarder {
+    fn data_received_owned(&mut self, data: ringloop::RecvBuf) {
+        self.held.push(Held::Pool(data));
+    }
+    fn data_received(&mut self, data: &[u8]) {
+        self.held.push(Held::Copy(data.to_vec()));
     }
 }
 
@@ -383,10 +389,13 @@ struct CountingEcho {
     n: Rc<Cell<usize>>,
 }
 
-impl Protocol for CountingEcho {
+impl BaseProtocol for CountingEcho {
     fn connection_made(&mut self, t: Transport) {
         self.t = Some(t);
     }
+}
+
+impl Protocol for CountingEcho {
     fn data_received(&mut self, data: &[u8]) {
         self.n.set(self.n.get() + data.len());
         self.t.as_ref().unwrap().write(data.to_vec()).unwrap();

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use common::{run_until, turns};
 use ringloop::prelude::*;
-use ringloop::{Protocol, Transport};
+use ringloop::{BaseProtocol, Protocol, Transport};
 use support::{LIMIT, Watchdog};
 
 // ---------------------------------------------------------------------------
@@ -165,14 +165,7 @@ struct StopOnData {
 
 struct StopOnDataProto(Rc<RefCell<StopOnData>>);
 
-impl Protocol for StopOnDataProto {
-    fn data_received(&mut self, d: &[u8]) {
-        let mut s = self.0.borrow_mut();
-        s.data.extend_from_slice(d);
-        if s.stop_at.is_some_and(|n| s.data.len() >= n) {
-            get_running_loop().unwrap().stop();
-        }
-    }
+impl BaseProtocol for StopOnDataProto {
     fn eof_received(&mut self) -> bool {
         let mut s = self.0.borrow_mut();
         s.eofs += 1;
@@ -180,6 +173,16 @@ impl Protocol for StopOnDataProto {
             get_running_loop().unwrap().stop();
         }
         false
+    }
+}
+
+impl Protocol for StopOnDataProto {
+    fn data_received(&mut self, d: &[u8]) {
+        let mut s = self.0.borrow_mut();
+        s.data.extend_from_slice(d);
+        if s.stop_at.is_some_and(|n| s.data.len() >= n) {
+            get_running_loop().unwrap().stop();
+        }
     }
 }
 

@@ -10,7 +10,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use ringloop::prelude::*;
-use ringloop::{Protocol, RecvBuf, Transport};
+use ringloop::{BaseProtocol, Protocol, RecvBuf, Transport};
 
 const LIMIT: Duration = Duration::from_secs(20);
 
@@ -20,10 +20,13 @@ struct OwnedEcho {
     owned: Rc<std::cell::Cell<usize>>,
     slices: Rc<std::cell::Cell<usize>>,
 }
-impl Protocol for OwnedEcho {
+impl BaseProtocol for OwnedEcho {
     fn connection_made(&mut self, t: Transport) {
         self.t = Some(t);
     }
+}
+
+impl Protocol for OwnedEcho {
     fn data_received_owned(&mut self, data: RecvBuf) {
         self.owned.set(self.owned.get() + 1);
         self.t.as_ref().unwrap().write(data).unwrap();
@@ -42,17 +45,9 @@ struct Hoarder {
     owned: Rc<std::cell::Cell<usize>>,
     slices: Rc<std::cell::Cell<usize>>,
 }
-impl Protocol for Hoarder {
+impl BaseProtocol for Hoarder {
     fn connection_made(&mut self, t: Transport) {
         self.t = Some(t);
-    }
-    fn data_received_owned(&mut self, data: RecvBuf) {
-        self.owned.set(self.owned.get() + 1);
-        self.held.push(data.into());
-    }
-    fn data_received(&mut self, data: &[u8]) {
-        self.slices.set(self.slices.get() + 1);
-        self.held.push(data.to_vec().into());
     }
     fn eof_received(&mut self) -> bool {
         let t = self.t.as_ref().unwrap();
@@ -62,13 +57,24 @@ impl Protocol for Hoarder {
     }
 }
 
+impl Protocol for Hoarder {
+    fn data_received_owned(&mut self, data: RecvBuf) {
+        self.owned.set(self.owned.get() + 1);
+        self.held.push(data.into());
+    }
+    fn data_received(&mut self, data: &[u8]) {
+        self.slices.set(self.slices.get() + 1);
+        self.held.push(data.to_vec().into());
+    }
+}
+
 /// Sends its chunks and an EOF, and collects what comes back until EOF.
 struct SendThenEof {
     chunks: Vec<Vec<u8>>,
     got: Rc<RefCell<Vec<u8>>>,
     done: Option<LoopFuture<()>>,
 }
-impl Protocol for SendThenEof {
+impl BaseProtocol for SendThenEof {
     fn connection_made(&mut self, t: Transport) {
         // No chunks: the caller writes and ends the stream itself.
         if !self.chunks.is_empty() {
@@ -76,13 +82,16 @@ impl Protocol for SendThenEof {
             t.write_eof().unwrap();
         }
     }
-    fn data_received(&mut self, data: &[u8]) {
-        self.got.borrow_mut().extend_from_slice(data);
-    }
     fn connection_lost(&mut self, _: Option<Error>) {
         if let Some(d) = self.done.take() {
             let _ = d.set_result(());
         }
+    }
+}
+
+impl Protocol for SendThenEof {
+    fn data_received(&mut self, data: &[u8]) {
+        self.got.borrow_mut().extend_from_slice(data);
     }
 }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::Rng;
 use common::fds::raise_nofile;
 use ringloop::prelude::*;
-use ringloop::{Protocol, Transport};
+use ringloop::{BaseProtocol, Protocol, Transport};
 
 const LIMIT: Duration = Duration::from_secs(20);
 
@@ -19,10 +19,13 @@ struct Echo {
     t: Option<Transport>,
 }
 
-impl Protocol for Echo {
+impl BaseProtocol for Echo {
     fn connection_made(&mut self, t: Transport) {
         self.t = Some(t);
     }
+}
+
+impl Protocol for Echo {
     fn data_received(&mut self, data: &[u8]) {
         self.t.as_ref().unwrap().write(data.to_vec()).unwrap();
     }
@@ -38,16 +41,10 @@ struct Recorder {
     done: Option<LoopFuture<()>>,
 }
 
-impl Protocol for Recorder {
+impl BaseProtocol for Recorder {
     fn connection_made(&mut self, t: Transport) {
         self.events.push("made".into());
         self.transport = Some(t);
-    }
-    fn data_received(&mut self, data: &[u8]) {
-        if self.events.last().map(String::as_str) != Some("data") {
-            self.events.push("data".into());
-        }
-        self.data.extend_from_slice(data);
     }
     fn eof_received(&mut self) -> bool {
         self.events.push("eof".into());
@@ -61,6 +58,15 @@ impl Protocol for Recorder {
         if let Some(d) = self.done.take() {
             let _ = d.set_result(());
         }
+    }
+}
+
+impl Protocol for Recorder {
+    fn data_received(&mut self, data: &[u8]) {
+        if self.events.last().map(String::as_str) != Some("data") {
+            self.events.push("data".into());
+        }
+        self.data.extend_from_slice(data);
     }
 }
 
@@ -112,14 +118,10 @@ struct Sink {
     n: usize,
     h: Option<Fnv>,
 }
-impl Protocol for Sink {
+impl BaseProtocol for Sink {
     fn connection_made(&mut self, t: Transport) {
         self.t = Some(t);
         self.h = Some(Fnv::new());
-    }
-    fn data_received(&mut self, data: &[u8]) {
-        self.n += data.len();
-        self.h.as_mut().unwrap().feed(data);
     }
     fn eof_received(&mut self) -> bool {
         let t = self.t.as_ref().unwrap();
@@ -127,6 +129,13 @@ impl Protocol for Sink {
             .unwrap();
         t.close();
         true
+    }
+}
+
+impl Protocol for Sink {
+    fn data_received(&mut self, data: &[u8]) {
+        self.n += data.len();
+        self.h.as_mut().unwrap().feed(data);
     }
 }
 
@@ -180,21 +189,24 @@ struct EchoCheck {
     done: Rc<RefCell<Vec<Option<bool>>>>,
     idx: usize,
 }
-impl Protocol for EchoCheck {
+impl BaseProtocol for EchoCheck {
     fn connection_made(&mut self, t: Transport) {
         for c in self.chunks.drain(..) {
             t.write(c).unwrap();
         }
         self.t = Some(t);
     }
+    fn connection_lost(&mut self, _: Option<Error>) {
+        self.done.borrow_mut()[self.idx] = Some(self.got == self.expect);
+    }
+}
+
+impl Protocol for EchoCheck {
     fn data_received(&mut self, data: &[u8]) {
         self.got.extend_from_slice(data);
         if self.got.len() >= self.expect.len() {
             self.t.as_ref().unwrap().close();
         }
-    }
-    fn connection_lost(&mut self, _: Option<Error>) {
-        self.done.borrow_mut()[self.idx] = Some(self.got == self.expect);
     }
 }
 
@@ -276,7 +288,7 @@ impl Producer {
         }
     }
 }
-impl Protocol for Producer {
+impl BaseProtocol for Producer {
     fn connection_made(&mut self, t: Transport) {
         t.set_write_buffer_limits(Some(256 * 1024), None).unwrap();
         assert_eq!(t.get_write_buffer_limits(), (64 * 1024, 256 * 1024));
@@ -293,6 +305,8 @@ impl Protocol for Producer {
         self.fill();
     }
 }
+
+impl Protocol for Producer {}
 
 both_backends! {
     fn back_pressure_pairs_pause_and_resume_and_bounds_memory(lp) {
@@ -366,9 +380,8 @@ both_backends! {
             let sev = Rc::new(RefCell::new(Recorder { keep_open: true, done: Some(server_done.clone()), ..Default::default() }));
             let s2 = sev.clone();
             struct Answer(Rc<RefCell<Recorder>>);
-            impl Protocol for Answer {
+            impl BaseProtocol for Answer {
                 fn connection_made(&mut self, t: Transport) { self.0.borrow_mut().connection_made(t) }
-                fn data_received(&mut self, d: &[u8]) { self.0.borrow_mut().data_received(d) }
                 fn eof_received(&mut self) -> bool {
                     let mut r = self.0.borrow_mut();
                     r.eof_received();
@@ -379,6 +392,10 @@ both_backends! {
                     true
                 }
                 fn connection_lost(&mut self, e: Option<Error>) { self.0.borrow_mut().connection_lost(e) }
+            }
+
+            impl Protocol for Answer {
+                fn data_received(&mut self, d: &[u8]) { self.0.borrow_mut().data_received(d) }
             }
             let server = lp.create_server(move || Answer(s2.clone()), "127.0.0.1", 0).await.unwrap();
             let port = server.sockets()[0].as_socket().unwrap().port();
@@ -411,15 +428,18 @@ both_backends! {
             let r2 = rec.clone();
             let first = Rc::new(std::cell::Cell::new(true));
             struct Either(Option<Rc<RefCell<Recorder>>>, Echo);
-            impl Protocol for Either {
+            impl BaseProtocol for Either {
                 fn connection_made(&mut self, t: Transport) {
                     match &self.0 { Some(r) => r.borrow_mut().connection_made(t), None => self.1.connection_made(t) }
                 }
-                fn data_received(&mut self, d: &[u8]) {
-                    match &self.0 { Some(r) => r.borrow_mut().data_received(d), None => self.1.data_received(d) }
-                }
                 fn connection_lost(&mut self, e: Option<Error>) {
                     if let Some(r) = &self.0 { r.borrow_mut().connection_lost(e) }
+                }
+            }
+
+            impl Protocol for Either {
+                fn data_received(&mut self, d: &[u8]) {
+                    match &self.0 { Some(r) => r.borrow_mut().data_received(d), None => self.1.data_received(d) }
                 }
             }
             let server = lp
@@ -497,8 +517,11 @@ both_backends! {
             let lp = get_running_loop().unwrap();
             let n = Rc::new(std::cell::Cell::new(0));
             struct Bomb(bool, Echo);
-            impl Protocol for Bomb {
+            impl BaseProtocol for Bomb {
                 fn connection_made(&mut self, t: Transport) { self.1.connection_made(t) }
+            }
+
+            impl Protocol for Bomb {
                 fn data_received(&mut self, d: &[u8]) {
                     if self.0 { panic!("protocol bug") }
                     self.1.data_received(d)
@@ -809,10 +832,13 @@ struct PauseEach {
     got: Rc<RefCell<Vec<u8>>>,
     n: usize,
 }
-impl Protocol for PauseEach {
+impl BaseProtocol for PauseEach {
     fn connection_made(&mut self, t: Transport) {
         self.t = Some(t);
     }
+}
+
+impl Protocol for PauseEach {
     fn data_received(&mut self, data: &[u8]) {
         self.got.borrow_mut().extend_from_slice(data);
         let t = self.t.as_ref().unwrap();

@@ -417,6 +417,14 @@ struct Collector {
     done: Option<LoopFuture<()>>,
 }
 
+impl ringloop::BaseProtocol for Collector {
+    fn connection_lost(&mut self, _: Option<Error>) {
+        if let Some(d) = self.done.take() {
+            let _ = d.set_result(());
+        }
+    }
+}
+
 impl ringloop::BufferedProtocol for Collector {
     fn get_buffer(&mut self, sizehint: usize) -> &mut [u8] {
         assert!(sizehint > 0);
@@ -425,11 +433,6 @@ impl ringloop::BufferedProtocol for Collector {
     fn buffer_updated(&mut self, n: usize) {
         self.updates.set(self.updates.get() + 1);
         self.got.borrow_mut().extend_from_slice(&self.buf[..n]);
-    }
-    fn connection_lost(&mut self, _: Option<Error>) {
-        if let Some(d) = self.done.take() {
-            let _ = d.set_result(());
-        }
     }
 }
 

@@ -5,15 +5,18 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 
 use ringloop::prelude::*;
-use ringloop::{Protocol, RecvBuf, Transport};
+use ringloop::{BaseProtocol, Protocol, RecvBuf, Transport};
 
 /// Echoes each receive buffer back as it is (no copy, no allocation).
 struct Echo(Option<Transport>);
 
-impl Protocol for Echo {
+impl BaseProtocol for Echo {
     fn connection_made(&mut self, t: Transport) {
         self.0 = Some(t);
     }
+}
+
+impl Protocol for Echo {
     fn data_received_owned(&mut self, data: RecvBuf) {
         if let Some(t) = &self.0 {
             let _ = t.write(data);

@@ -274,12 +274,14 @@ pub fn catch<R>(f: impl FnOnce() -> R) -> Result<R, String> {
 /// and its transport hold each other): a live connection that has sent.
 pub struct SendOnce(pub Option<ringloop::Transport>);
 
-impl ringloop::Protocol for SendOnce {
+impl ringloop::BaseProtocol for SendOnce {
     fn connection_made(&mut self, t: ringloop::Transport) {
         t.write(&b"hi"[..]).unwrap();
         self.0 = Some(t);
     }
 }
+
+impl ringloop::Protocol for SendOnce {}
 
 /// A live TCP connection on `lp` that has sent: the client transport of a
 /// [`SendOnce`] (which keeps it, reading), and the std peer that has read

@@ -22,7 +22,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use ringloop::prelude::*;
-use ringloop::{Protocol, RecvBuf, Transport};
+use ringloop::{BaseProtocol, Protocol, RecvBuf, Transport};
 
 #[path = "../cli.rs"]
 mod cli;
@@ -60,10 +60,19 @@ struct Echo {
     quit_after: usize,
 }
 
-impl Protocol for Echo {
+impl BaseProtocol for Echo {
     fn connection_made(&mut self, t: Transport) {
         self.t = Some(t);
     }
+    fn connection_lost(&mut self, _: Option<Error>) {
+        self.lost.set(self.lost.get() + 1);
+        if self.quit_after > 0 && self.lost.get() >= self.quit_after {
+            get_running_loop().unwrap().stop();
+        }
+    }
+}
+
+impl Protocol for Echo {
     fn data_received_owned(&mut self, data: RecvBuf) {
         if let Some(t) = &self.t {
             let _ = t.write(data);
@@ -73,12 +82,6 @@ impl Protocol for Echo {
     fn data_received(&mut self, data: &[u8]) {
         if let Some(t) = &self.t {
             let _ = t.write(data.to_vec());
-        }
-    }
-    fn connection_lost(&mut self, _: Option<Error>) {
-        self.lost.set(self.lost.get() + 1);
-        if self.quit_after > 0 && self.lost.get() >= self.quit_after {
-            get_running_loop().unwrap().stop();
         }
     }
 }
@@ -182,10 +185,13 @@ struct Http {
     scratch: Vec<u8>,
 }
 
-impl Protocol for Http {
+impl BaseProtocol for Http {
     fn connection_made(&mut self, t: Transport) {
         self.t = Some(t);
     }
+}
+
+impl Protocol for Http {
     fn data_received(&mut self, data: &[u8]) {
         let Some(t) = &self.t else { return };
         self.buf.extend_from_slice(data);
