@@ -82,7 +82,7 @@ pub(crate) struct TaskSlot {
 /// The loop's state, shared by its handles (`EventLoop` is an `Rc` of it).
 pub(crate) struct Core {
     id: u64,
-    pub(crate) driver: DriverRef,
+    driver: DriverRef,
     backend: Backend,
     ready: RefCell<VecDeque<Ready>>,
     /// Tasks to step once more at the end of this turn (transport writers:
@@ -98,7 +98,7 @@ pub(crate) struct Core {
     slot_wakers: RefCell<Vec<Option<SlotWaker>>>,
     next_generation: Cell<u32>,
     next_task_id: Cell<u64>,
-    pub(crate) remote: Arc<Remote>,
+    remote: Arc<Remote>,
     running: Cell<bool>,
     stopping: Cell<bool>,
     closed: Cell<bool>,
@@ -110,7 +110,7 @@ pub(crate) struct Core {
     handler: RefCell<Option<ExceptionHandler>>,
     current: RefCell<Option<TaskRef>>,
     /// fd watchers of `add_reader` / `add_writer`: (fd, writable) -> task.
-    pub(crate) watchers: RefCell<HashMap<(RawFd, bool), Watcher>>,
+    watchers: RefCell<HashMap<(RawFd, bool), Watcher>>,
     /// Live transports, told at close ([`LoopClosing`]).
     transports: RefCell<Slab<Weak<dyn LoopClosing>>>,
     unhandled_panic: Cell<UnhandledPanic>,
