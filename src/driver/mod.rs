@@ -336,8 +336,12 @@ impl Driver {
     /// records completions, waking their futures.
     pub(crate) fn turn(&mut self, timeout: Option<Duration>) -> io::Result<()> {
         self.ops.stats.turns += 1;
-        let notifier = self.notifier.clone();
-        let r = each!(self, k, o, p => k.turn(o, p, &notifier, timeout));
+        // (Disjoint borrows of the fields: no notifier clone per turn.)
+        let (ops, pool, notifier) = (&mut self.ops, &self.pool, &*self.notifier);
+        let r = match &mut self.kernel {
+            Kernel::Uring(u) => u.turn(ops, pool, notifier, timeout),
+            Kernel::Epoll(e) => e.turn(ops, pool, notifier, timeout),
+        };
         // Receives cancelled in flight ended in this turn: the ones
         // issued after them start now.
         if self.ops.has_pending() {
