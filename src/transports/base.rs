@@ -136,12 +136,14 @@ impl<P: ?Sized + 'static> Base<P> {
     }
 
     /// Closing or lost (asyncio's `is_closing`).
+    #[inline]
     pub(crate) fn is_closing(&self) -> bool {
-        self.phase.get() != Phase::Open
+        !matches!(self.phase.get(), Phase::Open)
     }
 
+    #[inline]
     pub(crate) fn is_lost(&self) -> bool {
-        self.phase.get() == Phase::Lost
+        matches!(self.phase.get(), Phase::Lost)
     }
 
     /// `close()`: Open → Closing. False if it was not open.

@@ -237,6 +237,7 @@ impl Transport {
     }
 
     /// What the receive got, in order.
+    #[inline(always)]
     fn on_received(&self, got: Received) {
         let inner = &self.0;
         if inner.reading.get() == Reading::Paused {
@@ -315,6 +316,7 @@ impl Transport {
 
     /// Hands a received pool buffer to the protocol (owned: it may keep it
     /// or write it back); false if the protocol failed.
+    #[inline(always)]
     fn deliver(&self, data: RecvBuf) -> bool {
         // A receive that filled its buffer likely has more behind it in this
         // turn: let the replies coalesce until the turn ends (one send for
@@ -349,6 +351,7 @@ impl Transport {
     /// The protocol's `data_received` returned: what it wrote leaves now
     /// (in one send), rather than at the end of the turn: a reply goes out
     /// with the same driver wait either way, for no turn-end call.
+    #[inline]
     fn data_cb_returned(&self) {
         let flush = {
             let mut w = self.0.wr.borrow_mut();
@@ -462,6 +465,7 @@ impl Transport {
     }
 
     /// A send completed (true if `ev` was this transport's send).
+    #[inline(always)]
     fn on_sent(&self, ev: &IoEvent) -> bool {
         let inner = &self.0;
         let mut send = inner.send.borrow_mut();
@@ -543,6 +547,7 @@ impl Transport {
     ///
     /// [`Error::Closed`] once the transport is closing or closed;
     /// [`Error::InvalidState`] after [`write_eof`](Self::write_eof).
+    #[inline]
     pub fn write(&self, data: impl Into<WriteBuf>) -> Result<()> {
         let mut data = data.into();
         data.detach_if_pool_low();
