@@ -137,20 +137,8 @@ async fn self_check(lp: EventLoop) -> ringloop::Result<()> {
     // are full (a few MiB on loopback), and the server holds at most about
     // its write buffer's high-water mark.
     let total = 64 << 20;
-    let before = common::rss_bytes();
     let chunk = bytes::Bytes::from(vec![b'x'; 64 * 1024]);
-    let sent = common::never_reading_client(port, chunk, total, Duration::from_millis(300)).await?;
-    let grown = common::rss_bytes().saturating_sub(before);
-    info!(
-        "a client that never reads sent {} KiB before it stalled; RSS grew {} KiB",
-        sent >> 10,
-        grown >> 10
-    );
-    assert!(
-        sent < total,
-        "the server read all {sent} bytes: no back-pressure"
-    );
-    assert!(grown < 24 << 20, "RSS grew {grown} bytes: no back-pressure");
+    common::check_back_pressure(port, chunk, total, "bytes").await?;
     server.close();
     server.wait_closed().await;
     println!(

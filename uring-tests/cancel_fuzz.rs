@@ -38,8 +38,8 @@
 //!   default is fixed, so CI runs the same rounds; change it to explore).
 //! - `RINGLOOP_FUZZ_SETTLE=1`: a diagnostic, weaker form: after each cut
 //!   read, wait for the cancelled read to finish in the kernel before the
-//!   next one (sidesteps issue 11 item 2, so the other checks can run on a
-//!   build that still has it). Never for CI.
+//!   next one. The driver's read gate gives that order by itself now; the
+//!   mode stays to tell a gate bug from a checker bug. Never for CI.
 //!
 //! An "operation" is one fuzzed call (a receive, send, read, write, accept,
 //! connect or sleep) whether it was cut or not; the many-ops scenario counts
@@ -745,8 +745,8 @@ impl Flow {
 /// One read (a random kind and size), cut or not; delivers what it got.
 /// `RINGLOOP_FUZZ_SETTLE=1` (a diagnostic, weaker form): after each cut
 /// or killed read, wait 2 ms, so the cancelled read's final completion
-/// comes before the next read is issued. That sidesteps issue 11 item 2,
-/// to run the fuzz's other checks on a build that still has it.
+/// comes before the next read is issued (what the driver's read gate
+/// ensures by itself: a failure only without this mode points at the gate).
 async fn settle() {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     if *ON.get_or_init(|| env_flag("RINGLOOP_FUZZ_SETTLE")) {

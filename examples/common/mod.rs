@@ -206,3 +206,29 @@ pub async fn never_reading_client(
     w.transport().abort();
     Ok(sent)
 }
+
+/// The self-checks' back-pressure test: a [`never_reading_client`] sends
+/// `chunk` until `total` bytes or a stall; the server must stall it before
+/// the end, and this process's RSS must grow by less than 24 MiB.
+/// `what` names the payload in the log line ("requests", "bytes").
+pub async fn check_back_pressure(
+    port: u16,
+    chunk: Bytes,
+    total: usize,
+    what: &str,
+) -> ringloop::Result<()> {
+    let before = rss_bytes();
+    let sent = never_reading_client(port, chunk, total, Duration::from_millis(300)).await?;
+    let grown = rss_bytes().saturating_sub(before);
+    log::info!(
+        "a client that never reads sent {} KiB of {what} before it stalled; RSS grew {} KiB",
+        sent >> 10,
+        grown >> 10
+    );
+    assert!(
+        sent < total,
+        "the server read all {sent} bytes: no back-pressure"
+    );
+    assert!(grown < 24 << 20, "RSS grew {grown} bytes: no back-pressure");
+    Ok(())
+}

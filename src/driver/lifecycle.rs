@@ -253,9 +253,8 @@ impl Lifecycle {
                     salvage: Vec::new(),
                 }
             }
-            c @ Lifecycle::Cancelled { .. } => {
-                let poll = matches!(c, Lifecycle::Cancelled { poll: true });
-                *self = c;
+            Lifecycle::Cancelled { poll } => {
+                *self = Lifecycle::Cancelled { poll };
                 Dropped::Cancel {
                     poll,
                     salvage: Vec::new(),
