@@ -6,12 +6,15 @@
 mod base;
 mod cell;
 mod datagram;
+mod handle;
 mod stream;
 
 use std::os::fd::RawFd;
 
 pub use datagram::DatagramTransport;
-pub use stream::Transport;
+#[allow(unused_imports)]
+pub(crate) use handle::Layered;
+pub use handle::Transport;
 
 use crate::error::{Error, Result};
 use crate::sock::SockAddr;

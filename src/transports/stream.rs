@@ -89,7 +89,7 @@ struct Inner {
 impl IoHandler for Inner {
     #[inline(always)]
     fn on_io(self: Rc<Self>, ev: IoEvent) {
-        let t = Transport(self);
+        let t = StreamTransport(self);
         if ev.is_turn_end() {
             t.0.wr.borrow_mut().flush_queued = false;
             t.pump_writer();
@@ -111,7 +111,7 @@ impl LoopClosing for Inner {
         // The loop closes under a live connection (asyncio would warn about
         // an unclosed transport): let go of everything without protocol
         // callbacks; the socket closes, so the peer sees EOF.
-        let t = Transport(self);
+        let t = StreamTransport(self);
         t.0.base.begin_lost();
         t.0.release_io();
         t.0.base.release();
@@ -138,17 +138,20 @@ impl Inner {
 /// `connection_made`; the transport owns the protocol until
 /// `connection_lost`, after which both are released.
 #[derive(Clone)]
-pub struct Transport(Rc<Inner>);
+pub(crate) struct StreamTransport(Rc<Inner>);
 
-impl Transport {
-    /// Wraps a connected socket and starts it: `connection_made` runs
-    /// through the loop (never synchronously), then reading begins.
-    pub(crate) fn start(lp: &EventLoop, sock: Socket, protocol: Box<dyn Protocol>) -> Transport {
+impl StreamTransport {
+    /// Wraps a connected socket and starts it (see [`Transport::start`](crate::Transport)).
+    pub(crate) fn start(
+        lp: &EventLoop,
+        sock: Socket,
+        protocol: Box<dyn Protocol>,
+    ) -> StreamTransport {
         let peer = sock.peer_addr().ok();
         let local = sock.local_addr().ok();
         let fd = std::os::fd::AsRawFd::as_raw_fd(&sock);
         let recv = StreamRecv::new(lp, sock.shared().clone());
-        let t = Transport(Rc::new(Inner {
+        let t = StreamTransport(Rc::new(Inner {
             base: Base::new(lp, protocol, "Protocol"),
             sock: RefCell::new(Some(sock)),
             fd,
@@ -174,7 +177,7 @@ impl Transport {
             move || {
                 t2.call_protocol({
                     let t = t2.clone();
-                    move |p| p.connection_made(t)
+                    move |p| p.connection_made(crate::Transport::from_stream(t))
                 });
                 t2.pump_reader();
             },
@@ -531,24 +534,9 @@ impl Transport {
         true
     }
 
-    /// Queues `data` for sending; it leaves with the next driver wait,
-    /// together with everything else written during this loop turn.
-    ///
-    /// Equivalent to `WriteTransport.write`. Over the high-water mark the
-    /// protocol's `pause_writing` is called (once, until `resume_writing`).
-    ///
-    /// `data` is any owned byte container [`WriteBuf`] converts from; none is
-    /// copied. A [`RecvBuf`] from
-    /// [`Protocol::data_received_owned`](crate::Protocol::data_received_owned)
-    /// is sent straight from the receive pool (copied instead while the pool
-    /// runs low, so held buffers cannot starve the loop's receives).
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Closed`] once the transport is closing or closed;
-    /// [`Error::InvalidState`] after [`write_eof`](Self::write_eof).
+    /// See [`Transport::write`](crate::Transport::write).
     #[inline]
-    pub fn write(&self, data: impl Into<WriteBuf>) -> Result<()> {
+    pub(crate) fn write(&self, data: impl Into<WriteBuf>) -> Result<()> {
         let mut data = data.into();
         data.detach_if_pool_low();
         let inner = &self.0;
@@ -583,29 +571,8 @@ impl Transport {
         Ok(())
     }
 
-    /// Writes each buffer in turn. Equivalent to `WriteTransport.writelines`.
-    ///
-    /// # Errors
-    ///
-    /// As [`write`](Self::write).
-    pub fn writelines<I, B>(&self, bufs: I) -> Result<()>
-    where
-        I: IntoIterator<Item = B>,
-        B: Into<WriteBuf>,
-    {
-        for b in bufs {
-            self.write(b)?;
-        }
-        Ok(())
-    }
-
-    /// Closes the write side after the buffered data is sent.
-    /// Equivalent to `WriteTransport.write_eof`.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Closed`] once the transport is closing.
-    pub fn write_eof(&self) -> Result<()> {
+    /// See [`Transport::write_eof`](crate::Transport::write_eof).
+    pub(crate) fn write_eof(&self) -> Result<()> {
         self.0.base.check_writable()?;
         {
             let mut w = self.0.wr.borrow_mut();
@@ -618,8 +585,8 @@ impl Transport {
         Ok(())
     }
 
-    /// True: stream sockets can half-close. Equivalent to `can_write_eof`.
-    pub fn can_write_eof(&self) -> bool {
+    /// See [`Transport::can_write_eof`](crate::Transport::can_write_eof).
+    pub(crate) fn can_write_eof(&self) -> bool {
         true
     }
 
@@ -631,11 +598,8 @@ impl Transport {
         }
     }
 
-    /// Closes the transport once the buffered data is sent; no more data is
-    /// received. `connection_lost(None)` follows through the loop.
-    ///
-    /// Equivalent to `BaseTransport.close`. Idempotent.
-    pub fn close(&self) {
+    /// See [`Transport::close`](crate::Transport::close).
+    pub(crate) fn close(&self) {
         if !self.0.base.begin_close() {
             return;
         }
@@ -643,9 +607,8 @@ impl Transport {
         self.kick_writer();
     }
 
-    /// Closes at once, dropping buffered data; `connection_lost(None)`
-    /// follows through the loop. Equivalent to `WriteTransport.abort`.
-    pub fn abort(&self) {
+    /// See [`Transport::abort`](crate::Transport::abort).
+    pub(crate) fn abort(&self) {
         self.force_close(None);
     }
 
@@ -679,23 +642,21 @@ impl Transport {
         Rc::as_ptr(&self.0) as *const () as usize
     }
 
-    /// True once [`close`](Self::close) or [`abort`](Self::abort) was
-    /// called or the connection was lost. Equivalent to `is_closing`.
-    pub fn is_closing(&self) -> bool {
+    /// See [`Transport::is_closing`](crate::Transport::is_closing).
+    pub(crate) fn is_closing(&self) -> bool {
         self.0.base.is_closing()
     }
 
-    /// Stops receiving until [`resume_reading`](Self::resume_reading).
-    /// Equivalent to `ReadTransport.pause_reading`; idempotent.
-    pub fn pause_reading(&self) {
+    /// See [`Transport::pause_reading`](crate::Transport::pause_reading).
+    pub(crate) fn pause_reading(&self) {
         if self.0.reading.get() == Reading::On {
             self.0.reading.set(Reading::Paused);
         }
         self.pump_reader();
     }
 
-    /// Receives again. Equivalent to `ReadTransport.resume_reading`.
-    pub fn resume_reading(&self) {
+    /// See [`Transport::resume_reading`](crate::Transport::resume_reading).
+    pub(crate) fn resume_reading(&self) {
         if self.0.reading.get() != Reading::Paused {
             return;
         }
@@ -708,39 +669,32 @@ impl Transport {
             .call_soon_impl(move || t.pump_reader(), &"resume_reading");
     }
 
-    /// True while receiving. Equivalent to `ReadTransport.is_reading`.
-    pub fn is_reading(&self) -> bool {
+    /// See [`Transport::is_reading`](crate::Transport::is_reading).
+    pub(crate) fn is_reading(&self) -> bool {
         self.0.reading.get() == Reading::On && !self.0.base.is_closing()
     }
 
-    /// True while the write buffer is over its high-water mark (between
-    /// `pause_writing` and `resume_writing`).
-    ///
-    /// asyncio calls `pause_writing` from inside `write`; a Rust protocol
-    /// is already mutably borrowed while one of its own callbacks writes, so
-    /// there the call comes right after that callback returns. A callback
-    /// that writes in a loop checks this instead.
-    pub fn is_writing_paused(&self) -> bool {
+    /// See [`Transport::is_writing_paused`](crate::Transport::is_writing_paused).
+    pub(crate) fn is_writing_paused(&self) -> bool {
         self.0.base.flow.borrow().paused()
     }
 
-    /// Bytes buffered for sending. Equivalent to `get_write_buffer_size`.
-    pub fn get_write_buffer_size(&self) -> usize {
+    /// See [`Transport::get_write_buffer_size`](crate::Transport::get_write_buffer_size).
+    pub(crate) fn get_write_buffer_size(&self) -> usize {
         self.0.base.flow.borrow().size()
     }
 
-    /// `(low, high)` water marks. Equivalent to `get_write_buffer_limits`.
-    pub fn get_write_buffer_limits(&self) -> (usize, usize) {
+    /// See [`Transport::get_write_buffer_limits`](crate::Transport::get_write_buffer_limits).
+    pub(crate) fn get_write_buffer_limits(&self) -> (usize, usize) {
         self.0.base.flow.borrow().limits()
     }
 
-    /// Sets the water marks (`high` defaults to 64 KiB, `low` to `high / 4`).
-    /// Equivalent to `set_write_buffer_limits`.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::InvalidArgument`] if `low > high`.
-    pub fn set_write_buffer_limits(&self, high: Option<usize>, low: Option<usize>) -> Result<()> {
+    /// See [`Transport::set_write_buffer_limits`](crate::Transport::set_write_buffer_limits).
+    pub(crate) fn set_write_buffer_limits(
+        &self,
+        high: Option<usize>,
+        low: Option<usize>,
+    ) -> Result<()> {
         let pause = self.0.base.flow.borrow_mut().set_limits(high, low)?;
         if pause {
             self.call_protocol(|p| p.pause_writing());
@@ -748,9 +702,8 @@ impl Transport {
         Ok(())
     }
 
-    /// Transport information by asyncio's names: `"peername"`,
-    /// `"sockname"`, `"socket"` (the fd). Equivalent to `get_extra_info`.
-    pub fn get_extra_info(&self, name: &str) -> Option<ExtraInfo> {
+    /// See [`Transport::get_extra_info`](crate::Transport::get_extra_info).
+    pub(crate) fn get_extra_info(&self, name: &str) -> Option<ExtraInfo> {
         match name {
             "peername" => self.0.peer.clone().map(ExtraInfo::Address),
             "sockname" => self.0.local.clone().map(ExtraInfo::Address),
@@ -759,34 +712,28 @@ impl Transport {
         }
     }
 
-    /// The peer's address, if known.
-    pub fn peername(&self) -> Option<SockAddr> {
+    /// See [`Transport::peername`](crate::Transport::peername).
+    pub(crate) fn peername(&self) -> Option<SockAddr> {
         self.0.peer.clone()
     }
 
-    /// The local address, if known.
-    pub fn sockname(&self) -> Option<SockAddr> {
+    /// See [`Transport::sockname`](crate::Transport::sockname).
+    pub(crate) fn sockname(&self) -> Option<SockAddr> {
         self.0.local.clone()
     }
 
-    /// Replaces the protocol; returns the old one. Equivalent to
-    /// `set_protocol` (and, through the return value, `get_protocol`).
-    pub fn set_protocol(&self, protocol: Box<dyn Protocol>) -> Option<Box<dyn Protocol>> {
+    /// See [`Transport::set_protocol`](crate::Transport::set_protocol).
+    pub(crate) fn set_protocol(&self, protocol: Box<dyn Protocol>) -> Option<Box<dyn Protocol>> {
         self.0.base.protocol.replace(protocol)
     }
 
-    /// The loop the transport runs on.
-    pub fn get_loop(&self) -> EventLoop {
+    /// See [`Transport::get_loop`](crate::Transport::get_loop).
+    pub(crate) fn get_loop(&self) -> EventLoop {
         self.0.base.lp.clone()
-    }
-
-    /// True if both handles are the same transport.
-    pub fn same(&self, other: &Transport) -> bool {
-        Rc::ptr_eq(&self.0, &other.0)
     }
 }
 
-impl fmt::Debug for Transport {
+impl fmt::Debug for StreamTransport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
