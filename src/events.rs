@@ -21,6 +21,7 @@ use crate::pipes::Pipe;
 use crate::protocols::{DatagramProtocol, Protocol};
 use crate::server::{Server, ServerOptions};
 use crate::sock::{SockAddr, Socket};
+use crate::subprocess::{SubprocessOptions, SubprocessProtocol, SubprocessTransport};
 use crate::tasks::Task;
 use crate::transports::{DatagramTransport, Transport};
 use crate::{Backend, DriverStats};
@@ -701,13 +702,100 @@ pub trait AbstractEventLoop: Clone + fmt::Debug {
         flags: i32,
     ) -> impl Future<Output = Result<(String, String)>>;
 
+    // ---- subprocesses
+    /// Starts `program` with `args` and runs a protocol made by `factory`
+    /// on it: its pipes (as `opts` says) and its exit. Returns once
+    /// `connection_made` has run.
+    ///
+    /// Equivalent to `loop.subprocess_exec(protocol_factory, program,
+    /// *args, ...)` (the keyword arguments are [`SubprocessOptions`];
+    /// every stream is a pipe by default, as in asyncio), returning the
+    /// transport. The child's exit is watched through a pidfd (no
+    /// `SIGCHLD` handler); every fd but 0–2 and `pass_fds` is closed in
+    /// the child.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] once the loop is closed; [`Error::Io`] if the
+    /// program cannot be started; [`Error::InvalidArgument`] for bad
+    /// options.
+    fn subprocess_exec<P, I, S>(
+        &self,
+        factory: impl FnOnce() -> P,
+        program: impl AsRef<std::ffi::OsStr>,
+        args: I,
+        opts: SubprocessOptions,
+    ) -> impl Future<Output = Result<SubprocessTransport>>
+    where
+        P: SubprocessProtocol,
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>;
+    /// Runs `cmd` through `/bin/sh -c`, as
+    /// [`subprocess_exec`](Self::subprocess_exec) runs a program.
+    ///
+    /// Equivalent to `loop.subprocess_shell(protocol_factory, cmd, ...)`.
+    ///
+    /// # Errors
+    ///
+    /// As [`subprocess_exec`](Self::subprocess_exec).
+    fn subprocess_shell<P: SubprocessProtocol>(
+        &self,
+        factory: impl FnOnce() -> P,
+        cmd: impl AsRef<std::ffi::OsStr>,
+        opts: SubprocessOptions,
+    ) -> impl Future<Output = Result<SubprocessTransport>>;
+
     // ---- pipes
+    /// Runs a protocol made by `factory` on the read end of a pipe (or a
+    /// FIFO, socket or character device): its `data_received` gets what
+    /// the pipe delivers, `eof_received` then `connection_lost(None)` its
+    /// end. Returns once `connection_made` has run.
+    ///
+    /// Equivalent to `loop.connect_read_pipe(protocol_factory, pipe)`,
+    /// returning the transport (the protocol is the transport's until
+    /// `connection_lost`: keep what you need through `connection_made`).
+    /// The transport is a [`Transport`] (asyncio's `ReadTransport`):
+    /// [`write`](Transport::write) on it is an error. On the proactor it
+    /// reads with a multishot `read` into the loop's receive pool (Linux
+    /// 6.7; one plain `read` at a time before that), on the selector on
+    /// readiness.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] once the loop is closed;
+    /// [`Error::InvalidArgument`] for a regular file or a directory.
+    fn connect_read_pipe<P: Protocol>(
+        &self,
+        factory: impl FnOnce() -> P,
+        pipe: Pipe,
+    ) -> impl Future<Output = Result<Transport>>;
+    /// Runs a protocol made by `factory` on the write end of a pipe (or a
+    /// FIFO, socket or character device), with flow control as on sockets.
+    /// Returns once `connection_made` has run.
+    ///
+    /// Equivalent to `loop.connect_write_pipe(protocol_factory, pipe)`,
+    /// returning the transport (asyncio's `WriteTransport`: it never
+    /// reads). [`write_eof`](Transport::write_eof) closes the pipe once
+    /// the buffer is written. When the reader goes away the transport
+    /// closes: `connection_lost(None)` if nothing was waiting to be
+    /// written, else `connection_lost(Some(..))` with the broken pipe
+    /// (`EPIPE` from a write is reported the same way).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] once the loop is closed;
+    /// [`Error::InvalidArgument`] for a regular file or a directory.
+    fn connect_write_pipe<P: Protocol>(
+        &self,
+        factory: impl FnOnce() -> P,
+        pipe: Pipe,
+    ) -> impl Future<Output = Result<Transport>>;
     /// Reads from `pipe` into the spare capacity of `buf`; `Ok(0)` at end of
     /// file. The buffer comes back also on error.
     ///
     /// No asyncio loop method is this one: it is the pipe counterpart of
-    /// [`sock_recv_into`](Self::sock_recv_into), the building block of
-    /// `connect_read_pipe`'s transport (to come).
+    /// [`sock_recv_into`](Self::sock_recv_into), for reading a pipe
+    /// without a transport.
     ///
     /// # Errors
     ///
@@ -721,7 +809,8 @@ pub trait AbstractEventLoop: Clone + fmt::Debug {
     ///
     /// No asyncio loop method is this one: it is the pipe counterpart of
     /// [`sock_sendall`](Self::sock_sendall), the building block of
-    /// `connect_write_pipe`'s transport (to come).
+    /// [`connect_write_pipe`](Self::connect_write_pipe)'s transport, for
+    /// writing a pipe without one.
     ///
     /// # Errors
     ///

@@ -73,6 +73,7 @@ mod runners;
 pub(crate) use base_loop::{pipes, sock};
 mod server;
 mod streams;
+pub mod subprocess;
 mod taskgroups;
 mod tasks;
 mod timeouts;
@@ -100,6 +101,10 @@ pub use sock::{Acceptor, Domain, SockAddr, SockProtocol, Socket, Type};
 pub use streams::{
     DEFAULT_LIMIT, StreamReader, StreamWriter, open_connection, open_connection_with,
     open_unix_connection, start_server, start_server_with, start_unix_server,
+};
+pub use subprocess::{
+    Process, Stdio, SubprocessOptions, SubprocessProtocol, SubprocessTransport,
+    create_subprocess_exec, create_subprocess_shell,
 };
 pub use taskgroups::TaskGroup;
 pub use tasks::api::{

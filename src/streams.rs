@@ -449,26 +449,14 @@ impl BaseProtocol for StreamProtocol {
             Some(e) => self.reader.set_exception(e.clone()),
             None => self.reader.feed_eof(),
         }
-        let mut f = self.flow.borrow_mut();
-        f.lost = true;
-        f.exc = exc;
-        let mut ws: Vec<Waker> = f.drain_waiters.drain(..).collect();
-        ws.append(&mut f.closed_waiters);
-        for w in ws {
-            w.wake();
-        }
-        drop(f);
+        WriterHooks(self.flow.clone()).lost(exc);
         self.reader.st.borrow_mut().transport = None;
     }
     fn pause_writing(&mut self) {
-        self.flow.borrow_mut().paused = true;
+        WriterHooks(self.flow.clone()).pause();
     }
     fn resume_writing(&mut self) {
-        let mut f = self.flow.borrow_mut();
-        f.paused = false;
-        for w in f.drain_waiters.drain(..) {
-            w.wake();
-        }
+        WriterHooks(self.flow.clone()).resume();
     }
 }
 
@@ -846,4 +834,56 @@ where
     let lp = get_running_loop()?;
     let factory = stream_factory(lp.clone(), DEFAULT_LIMIT, cb);
     lp.create_unix_server(factory, path).await
+}
+
+/// The write side of a [`StreamWriter`] as its protocol drives it (flow
+/// control, loss): the stream protocol's, and a child's stdin's, which the
+/// subprocess protocol feeds.
+pub(crate) struct WriterHooks(Rc<RefCell<FlowState>>);
+
+impl WriterHooks {
+    pub(crate) fn pause(&self) {
+        self.0.borrow_mut().paused = true;
+    }
+
+    pub(crate) fn resume(&self) {
+        let mut f = self.0.borrow_mut();
+        f.paused = false;
+        let ws: Vec<Waker> = f.drain_waiters.drain(..).collect();
+        drop(f);
+        ws.into_iter().for_each(Waker::wake);
+    }
+
+    pub(crate) fn lost(&self, exc: Option<Error>) {
+        let mut f = self.0.borrow_mut();
+        f.lost = true;
+        f.exc = exc;
+        let mut ws: Vec<Waker> = f.drain_waiters.drain(..).collect();
+        ws.append(&mut f.closed_waiters);
+        drop(f);
+        ws.into_iter().for_each(Waker::wake);
+    }
+}
+
+impl StreamWriter {
+    /// A writer on a transport whose protocol is not a stream protocol (a
+    /// child's stdin): its protocol calls the hooks.
+    pub(crate) fn with_hooks(transport: Transport) -> (StreamWriter, WriterHooks) {
+        let flow = Rc::new(RefCell::new(FlowState::default()));
+        let reader = StreamReader::new(DEFAULT_LIMIT).expect("a positive limit");
+        let w = StreamWriter {
+            transport,
+            flow: flow.clone(),
+            reader,
+        };
+        (w, WriterHooks(flow))
+    }
+}
+
+impl StreamReader {
+    /// The transport this reader pauses while its buffer is full (a
+    /// child's stdout, fed by the subprocess protocol).
+    pub(crate) fn set_transport(&self, t: Option<Transport>) {
+        self.st.borrow_mut().transport = t;
+    }
 }

@@ -22,6 +22,7 @@ use crate::pipes::Pipe;
 use crate::protocols::{DatagramProtocol, Protocol};
 use crate::server::{Server, ServerOptions};
 use crate::sock::{SockAddr, Socket};
+use crate::subprocess::{SubprocessOptions, SubprocessProtocol, SubprocessTransport};
 use crate::tasks::Task;
 use crate::transports::{DatagramTransport, Transport};
 use crate::{Backend, DriverStats};
@@ -310,6 +311,46 @@ impl AbstractEventLoop for EventLoop {
         flags: i32,
     ) -> impl Future<Output = Result<(String, String)>> {
         self.getnameinfo_impl(addr, flags)
+    }
+
+    fn subprocess_exec<P, I, S>(
+        &self,
+        factory: impl FnOnce() -> P,
+        program: impl AsRef<std::ffi::OsStr>,
+        args: I,
+        opts: SubprocessOptions,
+    ) -> impl Future<Output = Result<SubprocessTransport>>
+    where
+        P: SubprocessProtocol,
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        self.subprocess_exec_impl(factory, program, args, opts)
+    }
+
+    fn subprocess_shell<P: SubprocessProtocol>(
+        &self,
+        factory: impl FnOnce() -> P,
+        cmd: impl AsRef<std::ffi::OsStr>,
+        opts: SubprocessOptions,
+    ) -> impl Future<Output = Result<SubprocessTransport>> {
+        self.subprocess_shell_impl(factory, cmd, opts)
+    }
+
+    fn connect_read_pipe<P: Protocol>(
+        &self,
+        factory: impl FnOnce() -> P,
+        pipe: Pipe,
+    ) -> impl Future<Output = Result<Transport>> {
+        self.connect_read_pipe_impl(factory, pipe)
+    }
+
+    fn connect_write_pipe<P: Protocol>(
+        &self,
+        factory: impl FnOnce() -> P,
+        pipe: Pipe,
+    ) -> impl Future<Output = Result<Transport>> {
+        self.connect_write_pipe_impl(factory, pipe)
     }
 
     fn pipe_read_into<B: IoBufMut>(

@@ -11,7 +11,7 @@ use std::rc::Rc;
 use super::EventLoop;
 use crate::driver::buf::WriteBuf;
 use crate::driver::fd::SharedFd;
-use crate::driver::ops::{Recv, RecvFrom, SendMsg};
+use crate::driver::ops::{Read, Recv, RecvFrom, SendMsg};
 use crate::driver::pool::{PoolRef, RecvBuf, RecvPooled};
 use crate::driver::{Done, Event, HandlerOp, MultiOp, Notify, ReusableOp};
 use crate::sock::SockAddr;
@@ -41,6 +41,17 @@ impl IoEvent {
     /// A receive result that belongs to no live receive: one the transport
     /// gave up while results were still queued (it closed, or the receive
     /// ended on EOF or an error with data queued behind it). Data only.
+    /// The result of `op`, if `ev` says it completed.
+    pub(crate) fn ready_for<T: crate::driver::ops::OpAble>(
+        &self,
+        op: &mut HandlerOp<T>,
+    ) -> Option<io::Result<u32>> {
+        match self.0 {
+            Event::Ready(tok) if op.is(tok) => op.take().map(|(res, _)| res),
+            _ => None,
+        }
+    }
+
     pub(crate) fn stale_data(&self, pool: &PoolRef) -> Option<RecvBuf> {
         match self.0 {
             Event::Completed(_, Done { res: Ok(v), .. }) => RecvBuf::from_completion(pool, v),
@@ -100,11 +111,38 @@ pub(crate) struct StreamRecv {
     fd: SharedFd,
     pool: PoolRef,
     multi: Option<MultiOp>,
-    plain: Option<HandlerOp<Recv<Vec<u8>>>>,
+    plain: Option<Plain>,
     /// The pool ran dry: the next receive is a plain one.
     dry: bool,
+    /// The fd is a pipe: `read`, not `recv`.
+    pipe: bool,
+    /// Multishot receives are possible (false for pipes on a proactor
+    /// without multishot read: every receive is a plain one).
+    multishot: bool,
     /// `multi` was asked to end; its final completion is still to come.
     cancelling: bool,
+}
+
+/// A plain receive: `recv` on a socket, `read` on a pipe.
+enum Plain {
+    Sock(HandlerOp<Recv<Vec<u8>>>),
+    Pipe(HandlerOp<Read<Vec<u8>>>),
+}
+
+impl Plain {
+    fn is(&self, tok: crate::driver::Token) -> bool {
+        match self {
+            Plain::Sock(p) => p.is(tok),
+            Plain::Pipe(p) => p.is(tok),
+        }
+    }
+
+    fn take(&mut self) -> Option<(io::Result<usize>, Vec<u8>)> {
+        match self {
+            Plain::Sock(p) => p.take().map(|(res, op)| op.finish(res)),
+            Plain::Pipe(p) => p.take().map(|(res, op)| op.finish(res)),
+        }
+    }
 }
 
 impl StreamRecv {
@@ -116,8 +154,18 @@ impl StreamRecv {
             multi: None,
             plain: None,
             dry: false,
+            pipe: false,
+            multishot: true,
             cancelling: false,
         }
+    }
+
+    /// The receive side of a pipe (or another non-socket stream fd).
+    pub(crate) fn for_pipe(lp: &EventLoop, fd: SharedFd) -> StreamRecv {
+        let mut r = StreamRecv::new(lp, fd);
+        r.pipe = true;
+        r.multishot = lp.core.driver.borrow().read_multishot();
+        r
     }
 
     /// The loop's receive pool (for [`IoEvent::stale_data`]).
@@ -138,16 +186,18 @@ impl StreamRecv {
             return;
         }
         let driver = self.lp.driver();
-        if std::mem::take(&mut self.dry) {
-            let op = Box::new(Recv::new(
-                self.fd.clone(),
-                Vec::with_capacity(PLAIN_READ_SIZE),
-            ));
-            self.plain = Some(HandlerOp::submit(driver, op, h));
+        if std::mem::take(&mut self.dry) || !self.multishot {
+            let (fd, buf) = (self.fd.clone(), Vec::with_capacity(PLAIN_READ_SIZE));
+            self.plain = Some(if self.pipe {
+                Plain::Pipe(HandlerOp::submit(driver, Box::new(Read::new(fd, buf)), h))
+            } else {
+                Plain::Sock(HandlerOp::submit(driver, Box::new(Recv::new(fd, buf)), h))
+            });
         } else {
             let op = Box::new(RecvPooled {
                 fd: self.fd.clone(),
                 pool: self.pool.clone(),
+                pipe: self.pipe,
             });
             self.multi = Some(MultiOp::submit_stream(driver, op, h));
         }
@@ -178,9 +228,8 @@ impl StreamRecv {
                 Some(self.on_multi(done))
             }
             Event::Ready(tok) if self.plain.as_ref().is_some_and(|p| p.is(tok)) => {
-                let (res, recv) = self.plain.as_mut()?.take()?;
+                let (r, buf) = self.plain.as_mut()?.take()?;
                 self.plain = None;
-                let (r, buf) = recv.finish(res);
                 Some(match r {
                     Ok(0) => Received::Eof,
                     Ok(_) => Received::Bytes(buf),
@@ -238,8 +287,18 @@ pub(crate) struct StreamSend {
 }
 
 impl StreamSend {
-    pub(crate) fn new<T: IoHandler>(lp: &EventLoop, fd: SharedFd, h: &Rc<T>) -> StreamSend {
-        let op = Box::new(SendMsg::new(fd, Vec::new(), None));
+    /// The send side of a stream socket, or (`pipe`) of a pipe.
+    pub(crate) fn new<T: IoHandler>(
+        lp: &EventLoop,
+        fd: SharedFd,
+        pipe: bool,
+        h: &Rc<T>,
+    ) -> StreamSend {
+        let op = Box::new(if pipe {
+            SendMsg::for_pipe(fd)
+        } else {
+            SendMsg::new(fd, Vec::new(), None)
+        });
         let h: Rc<dyn Notify> = h.clone();
         StreamSend {
             op: ReusableOp::new(lp.driver(), op, &h),

@@ -13,7 +13,9 @@ use crate::driver::Op;
 use crate::driver::buf::{IoBuf, IoBufMut};
 use crate::driver::fd::SharedFd;
 use crate::driver::ops::{Read, Write};
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::protocols::Protocol;
+use crate::transports::Transport;
 
 /// One end of a pipe (or any non-blocking byte-stream fd: a tty, a FIFO).
 pub struct Pipe {
@@ -48,6 +50,12 @@ impl Pipe {
         s.set_nonblocking(true)?;
         s.set_cloexec(true)?;
         Ok(Pipe::from_nonblocking(fd))
+    }
+}
+
+impl Pipe {
+    pub(crate) fn shared(&self) -> &SharedFd {
+        &self.fd
     }
 }
 
@@ -96,5 +104,55 @@ impl EventLoop {
             op.offset += res? as usize;
         }
         Ok(())
+    }
+
+    /// [`AbstractEventLoop::connect_read_pipe`](crate::AbstractEventLoop::connect_read_pipe).
+    pub(crate) async fn connect_read_pipe_impl<P: Protocol>(
+        &self,
+        factory: impl FnOnce() -> P,
+        pipe: Pipe,
+    ) -> Result<Transport> {
+        self.connect_pipe(Box::new(factory()), pipe, true).await
+    }
+
+    /// [`AbstractEventLoop::connect_write_pipe`](crate::AbstractEventLoop::connect_write_pipe).
+    pub(crate) async fn connect_write_pipe_impl<P: Protocol>(
+        &self,
+        factory: impl FnOnce() -> P,
+        pipe: Pipe,
+    ) -> Result<Transport> {
+        self.connect_pipe(Box::new(factory()), pipe, false).await
+    }
+
+    /// A pipe transport, returned once `connection_made` has run
+    /// (asyncio's waiter).
+    pub(crate) async fn connect_pipe(
+        &self,
+        protocol: Box<dyn Protocol>,
+        pipe: Pipe,
+        read: bool,
+    ) -> Result<Transport> {
+        self.check_open()?;
+        check_pipe_kind(&pipe)?;
+        let t = Transport::start_pipe(self, pipe, read, protocol);
+        // connection_made was queued first: one trip through the ready
+        // queue runs it.
+        crate::tasks::yield_now().await;
+        Ok(t)
+    }
+}
+
+/// asyncio's rule: pipe transports take pipes, FIFOs, sockets and
+/// character devices (a tty), never a regular file or a directory (which
+/// have no readiness to wait for).
+fn check_pipe_kind(pipe: &Pipe) -> Result<()> {
+    let st = nix::sys::stat::fstat(pipe.as_fd()).map_err(io::Error::from)?;
+    let fmt = st.st_mode & libc::S_IFMT;
+    if matches!(fmt, libc::S_IFIFO | libc::S_IFSOCK | libc::S_IFCHR) {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(
+            "pipe transports are only for pipes, sockets and character devices".into(),
+        ))
     }
 }

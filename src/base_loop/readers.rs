@@ -38,7 +38,7 @@ impl EventLoop {
         let task = self.spawn_internal(async move {
             let _guard = ActiveGuard(still.clone());
             loop {
-                let (res, _) = Op::submit(lp.driver(), PollAdd { fd, writable }).await;
+                let (res, _) = Op::submit(lp.driver(), PollAdd::raw(fd, writable)).await;
                 if !still.get() {
                     return;
                 }

@@ -44,7 +44,7 @@ use std::time::Duration;
 
 pub(crate) use handles::{HandlerOp, MultiOp, Op, ReusableOp};
 use notify::Waiter;
-pub(crate) use notify::{Done, Event, Notified, Notifier, Notify};
+pub(crate) use notify::{Done, Event, Notified, Notifier, Notify, Token};
 use ops::OpAble;
 use table::{Cancel, Ops};
 
@@ -144,6 +144,15 @@ impl Driver {
             u.arm_wake(&mut d.ops, &d.pool);
         }
         Ok(d)
+    }
+
+    /// Pipes can take a multishot read (the selector emulates it; the
+    /// proactor needs Linux 6.7, else each read is a plain one).
+    pub(crate) fn read_multishot(&self) -> bool {
+        match &self.kernel {
+            Kernel::Uring(u) => u.read_multishot,
+            Kernel::Epoll(_) => true,
+        }
     }
 
     pub(crate) fn backend(&self) -> Backend {

@@ -470,11 +470,13 @@ unsafe impl<B: IoBuf, K: Kind> OpAble for Outbound<B, K> {
 }
 
 /// `sendmsg(2)` of several buffers at once (writev for sockets), optionally
-/// to an address (sendto).
+/// to an address (sendto); on a pipe, `write(2)` / `writev(2)`.
 pub(crate) struct SendMsg<B> {
     pub(crate) fd: SharedFd,
     pub(crate) bufs: Vec<B>,
     pub(crate) addr: Option<SockAddr>,
+    /// The fd is a pipe (or another non-socket stream): write, not send.
+    pipe: bool,
     iov: Vec<libc::iovec>,
     msg: libc::msghdr,
 }
@@ -485,10 +487,20 @@ impl<B: IoBuf> SendMsg<B> {
             fd,
             bufs,
             addr,
+            pipe: false,
             iov: Vec::new(),
             // SAFETY: msghdr is plain data; all-zero is a valid empty header.
             msg: unsafe { mem::zeroed() },
         }
+    }
+
+    /// The same op on a pipe: `write(2)` of one buffer, `writev(2)` of
+    /// several (a write to a pipe whose reader is gone fails with `EPIPE`;
+    /// SIGPIPE is ignored in Rust programs).
+    pub(crate) fn for_pipe(fd: SharedFd) -> Self {
+        let mut op = SendMsg::new(fd, Vec::new(), None);
+        op.pipe = true;
+        op
     }
 
     /// Points the header at the buffers; the op is at its final address.
@@ -519,6 +531,25 @@ impl<B: IoBuf> SendMsg<B> {
 // address, which stay in place while the op sits boxed in the slab.
 unsafe impl<B: IoBuf> OpAble for SendMsg<B> {
     fn uring_entry(&mut self) -> squeue::Entry {
+        if self.pipe {
+            if let [b] = self.bufs.as_slice() {
+                return opcode::Write::new(
+                    types::Fd(self.fd.raw()),
+                    b.stable_ptr(),
+                    b.bytes_init() as u32,
+                )
+                .offset(u64::MAX)
+                .build();
+            }
+            self.prepare();
+            return opcode::Writev::new(
+                types::Fd(self.fd.raw()),
+                self.iov.as_ptr(),
+                self.iov.len() as u32,
+            )
+            .offset(u64::MAX)
+            .build();
+        }
         if let ([b], None) = (self.bufs.as_slice(), &self.addr) {
             // One buffer, no address: plain SEND skips the kernel's msghdr
             // and iovec import.
@@ -544,6 +575,11 @@ unsafe impl<B: IoBuf> OpAble for SendMsg<B> {
     fn legacy_call(&mut self) -> io::Result<u32> {
         let msg = self.prepare();
         let fd = self.fd.raw();
+        if self.pipe {
+            let (iov, n) = (self.iov.as_ptr(), self.iov.len() as libc::c_int);
+            // SAFETY: the vector points at buffers this op owns.
+            return syscall(|| unsafe { libc::writev(fd, iov, n) });
+        }
         // SAFETY: the header points at buffers and an address this op owns.
         syscall(|| unsafe { libc::sendmsg(fd, msg, libc::MSG_NOSIGNAL) })
     }
@@ -826,9 +862,30 @@ unsafe impl OpAble for Connect {
 pub(crate) struct PollAdd {
     pub(crate) fd: RawFd,
     pub(crate) writable: bool,
+    /// The loop's own fd, when it is one (a transport's): the selector
+    /// then shares its registration with the fd's other ops.
+    pub(crate) shared: Option<SharedFd>,
 }
 
 impl PollAdd {
+    /// A poll on a raw fd the caller keeps open.
+    pub(crate) fn raw(fd: RawFd, writable: bool) -> PollAdd {
+        PollAdd {
+            fd,
+            writable,
+            shared: None,
+        }
+    }
+
+    /// A poll on one of the loop's fds (kept open by the op).
+    pub(crate) fn on(fd: SharedFd, writable: bool) -> PollAdd {
+        PollAdd {
+            fd: fd.raw(),
+            writable,
+            shared: Some(fd),
+        }
+    }
+
     fn events(&self) -> u32 {
         if self.writable {
             libc::POLLOUT as u32
@@ -838,8 +895,9 @@ impl PollAdd {
     }
 }
 
-// SAFETY: no pointers; the raw fd is the caller's (add_reader: the user
-// keeps it open while it is watched, asyncio's contract).
+// SAFETY: no pointers; the fd is the op's own (`shared`) or the caller's
+// (add_reader: the user keeps it open while it is watched, asyncio's
+// contract).
 unsafe impl OpAble for PollAdd {
     fn uring_entry(&mut self) -> squeue::Entry {
         opcode::PollAdd::new(types::Fd(self.fd), self.events()).build()
@@ -853,7 +911,7 @@ unsafe impl OpAble for PollAdd {
         (self.fd, i)
     }
     fn fd_id(&self) -> u64 {
-        0
+        self.shared.as_ref().map_or(0, SharedFd::id)
     }
     fn legacy_call(&mut self) -> io::Result<u32> {
         // Level-triggered check: the selector registers fds edge-triggered,

@@ -424,12 +424,21 @@ impl std::fmt::Debug for RecvBuf {
 pub(crate) struct RecvPooled {
     pub(crate) fd: SharedFd,
     pub(crate) pool: PoolRef,
+    /// The fd is a pipe (or another non-socket stream): a multishot
+    /// `read` (Linux 6.7), not `recv`.
+    pub(crate) pipe: bool,
 }
 
 // SAFETY: no pointers: the kernel picks a buffer from the registered ring,
 // which the pool keeps mapped while any op can use it.
 unsafe impl OpAble for RecvPooled {
     fn uring_entry(&mut self) -> squeue::Entry {
+        if self.pipe {
+            // (len 0: each read fills at most one pool buffer.)
+            return opcode::ReadMulti::new(types::Fd(self.fd.raw()), 0, BGID)
+                .offset(u64::MAX)
+                .build();
+        }
         opcode::RecvMulti::new(types::Fd(self.fd.raw()), BGID).build()
     }
     fn interest(&self) -> (RawFd, Interest) {
@@ -442,10 +451,16 @@ unsafe impl OpAble for RecvPooled {
         let Some((bid, ptr, len)) = self.pool.borrow_mut().take() else {
             return Err(io::Error::from_raw_os_error(libc::ENOBUFS));
         };
-        let fd = self.fd.raw();
+        let (fd, pipe) = (self.fd.raw(), self.pipe);
         let r = loop {
             // SAFETY: ptr/len describe a pool buffer this op took.
-            let n = unsafe { libc::recv(fd, ptr.cast(), len, 0) };
+            let n = unsafe {
+                if pipe {
+                    libc::read(fd, ptr.cast(), len)
+                } else {
+                    libc::recv(fd, ptr.cast(), len, 0)
+                }
+            };
             if n < 0 {
                 let e = io::Error::last_os_error();
                 if e.kind() == io::ErrorKind::Interrupted {

@@ -42,6 +42,8 @@ pub(crate) struct Uring {
     wake_fd: Option<SharedFd>,
     /// Completions copied out of the ring, reused each reap.
     cqes: Vec<(u64, i32, u32)>,
+    /// The kernel has multishot `read` (6.7+: pipe transports use it).
+    pub(super) read_multishot: bool,
 }
 
 /// Builds a ring with the flags the proactor wants, falling back to fewer
@@ -77,7 +79,12 @@ impl Uring {
         }
         // SAFETY: `dup` is a fresh descriptor we own.
         let owned = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(dup) };
+        let mut probe = io_uring::Probe::new();
+        let read_multishot = ring.submitter().register_probe(&mut probe).is_ok()
+            && probe.is_supported(io_uring::opcode::ReadMulti::CODE)
+            && std::env::var_os("RINGLOOP_NO_READ_MULTISHOT").is_none();
         let u = Uring {
+            read_multishot,
             ring: ManuallyDrop::new(ring),
             wake_fd: Some(SharedFd::new(owned)),
             wake_key: None,

@@ -78,6 +78,19 @@ impl Transport {
         Transport(Kind::Stream(StreamTransport::start(lp, sock, protocol)))
     }
 
+    /// Wraps one end of a pipe and starts it, reading (`read`) or writing:
+    /// `connection_made` runs through the loop.
+    pub(crate) fn start_pipe(
+        lp: &EventLoop,
+        pipe: crate::pipes::Pipe,
+        read: bool,
+        protocol: Box<dyn Protocol>,
+    ) -> Transport {
+        Transport(Kind::Stream(StreamTransport::start_pipe(
+            lp, pipe, read, protocol,
+        )))
+    }
+
     pub(crate) fn from_stream(t: StreamTransport) -> Transport {
         Transport(Kind::Stream(t))
     }

@@ -3,7 +3,7 @@
 //! they behave the same on the proactor and the selector.
 #![forbid(unsafe_code)]
 
-mod base;
+pub(crate) mod base;
 mod cell;
 mod datagram;
 mod handle;

@@ -1,4 +1,4 @@
-//! The socket stream transport (TCP and Unix), on the loop's I/O API and
+//! The stream transport (TCP and Unix sockets, and pipes), on the loop's I/O API and
 //! the transport base, driven by completion events: no task and no future
 //! on the data path. Each completion reaches it through the loop's ready
 //! queue, like asyncio's proactor, whose transports are driven by future
@@ -22,7 +22,11 @@ use super::base::{Base, Phase, deliver_lost};
 use super::cell::Failure;
 use crate::base_loop::io::{IoEvent, IoHandler, Received, StreamRecv, StreamSend};
 use crate::base_loop::{EventLoop, LoopClosing};
+use crate::driver::HandlerOp;
+use crate::driver::fd::SharedFd;
+use crate::driver::ops::PollAdd;
 use crate::error::{Error, Result};
+use crate::pipes::Pipe;
 use crate::protocols::Protocol;
 use crate::sock::{SockAddr, Socket};
 use crate::{RecvBuf, WriteBuf};
@@ -40,6 +44,32 @@ enum Reading {
     Paused,
     /// The peer closed its side (EOF delivered).
     Eof,
+    /// No read side: a write pipe.
+    Never,
+}
+
+/// What the transport runs on.
+enum Endpoint {
+    Socket(Socket),
+    Pipe(Pipe),
+}
+
+impl Endpoint {
+    fn shared(&self) -> &SharedFd {
+        match self {
+            Endpoint::Socket(s) => s.shared(),
+            Endpoint::Pipe(p) => p.shared(),
+        }
+    }
+}
+
+/// Which transport this is: a socket reads and writes; a pipe one or
+/// the other.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Socket,
+    ReadPipe,
+    WritePipe,
 }
 
 /// `write_eof`'s progress.
@@ -76,7 +106,8 @@ impl Writer {
 
 struct Inner {
     base: Base<dyn Protocol>,
-    sock: RefCell<Option<Socket>>,
+    end: RefCell<Option<Endpoint>>,
+    kind: Kind,
     fd: std::os::fd::RawFd,
     peer: Option<SockAddr>,
     local: Option<SockAddr>,
@@ -84,6 +115,8 @@ struct Inner {
     wr: RefCell<Writer>,
     recv: RefCell<Option<StreamRecv>>,
     send: RefCell<Option<StreamSend>>,
+    /// A write pipe's watch for its reader going away (`POLLERR`).
+    watch: RefCell<Option<HandlerOp<PollAdd>>>,
 }
 
 impl IoHandler for Inner {
@@ -100,6 +133,9 @@ impl IoHandler for Inner {
             return t.on_received(got);
         }
         if t.on_sent(&ev) {
+            return;
+        }
+        if t.on_watch(&ev) {
             return;
         }
         t.on_stale_receive(&ev);
@@ -125,12 +161,13 @@ impl Inner {
     fn release_io(&self) {
         let recv = self.recv.borrow_mut().take();
         let send = self.send.borrow_mut().take();
-        drop((recv, send));
-        self.sock.borrow_mut().take();
+        let watch = self.watch.borrow_mut().take();
+        drop((recv, send, watch));
+        self.end.borrow_mut().take();
     }
 }
 
-/// A connected stream transport (TCP or Unix socket).
+/// A connected stream transport (TCP or Unix socket, or a pipe).
 ///
 /// Equivalent to asyncio's socket transports (`_SelectorSocketTransport` /
 /// `_ProactorSocketTransport`): the same code on both backends. Clones are
@@ -149,25 +186,73 @@ impl StreamTransport {
     ) -> StreamTransport {
         let peer = sock.peer_addr().ok();
         let local = sock.local_addr().ok();
-        let fd = std::os::fd::AsRawFd::as_raw_fd(&sock);
         let recv = StreamRecv::new(lp, sock.shared().clone());
+        let end = Endpoint::Socket(sock);
+        Self::start_on(lp, end, Kind::Socket, Some(recv), (peer, local), protocol)
+    }
+
+    /// Wraps one end of a pipe and starts it (see
+    /// [`Transport::start_pipe`](crate::Transport)): a read pipe reads
+    /// until EOF, a write pipe writes and watches for its reader going.
+    pub(crate) fn start_pipe(
+        lp: &EventLoop,
+        pipe: Pipe,
+        read: bool,
+        protocol: Box<dyn Protocol>,
+    ) -> StreamTransport {
+        let fd = pipe.shared().clone();
+        let (kind, recv) = if read {
+            (Kind::ReadPipe, Some(StreamRecv::for_pipe(lp, fd)))
+        } else {
+            (Kind::WritePipe, None)
+        };
+        let t = Self::start_on(lp, Endpoint::Pipe(pipe), kind, recv, (None, None), protocol);
+        if !read {
+            let h: Rc<dyn crate::driver::Notify> = t.0.clone();
+            let fd = t.0.end.borrow().as_ref().map(|e| e.shared().clone());
+            let op = Box::new(PollAdd::on(fd.expect("just made"), false));
+            *t.0.watch.borrow_mut() = Some(HandlerOp::submit(lp.driver(), op, h));
+        }
+        t
+    }
+
+    fn start_on(
+        lp: &EventLoop,
+        end: Endpoint,
+        kind: Kind,
+        recv: Option<StreamRecv>,
+        (peer, local): (Option<SockAddr>, Option<SockAddr>),
+        protocol: Box<dyn Protocol>,
+    ) -> StreamTransport {
+        let fd = end.shared().raw();
         let t = StreamTransport(Rc::new(Inner {
             base: Base::new(lp, protocol, "Protocol"),
-            sock: RefCell::new(Some(sock)),
+            end: RefCell::new(Some(end)),
+            kind,
             fd,
             peer,
             local,
-            reading: Cell::new(Reading::On),
+            reading: Cell::new(if kind == Kind::WritePipe {
+                Reading::Never
+            } else {
+                Reading::On
+            }),
             wr: RefCell::new(Writer {
                 wbuf: VecDeque::new(),
                 sending: false,
                 flush_queued: false,
                 in_data_cb: false,
                 flush_on_return: false,
-                eof: WriteEof::No,
+                // (A read pipe has no write side: as if closed.)
+                eof: if kind == Kind::ReadPipe {
+                    WriteEof::Sent
+                } else {
+                    WriteEof::No
+                },
             }),
-            recv: RefCell::new(Some(recv)),
+            recv: RefCell::new(recv),
             send: RefCell::new(None),
+            watch: RefCell::new(None),
         }));
         let weak: std::rc::Weak<dyn LoopClosing> = Rc::downgrade(&t.0) as _;
         t.0.base.register(weak);
@@ -211,7 +296,9 @@ impl StreamTransport {
     fn pump_reader(&self) {
         let inner = &self.0;
         loop {
-            if inner.base.is_closing() || inner.reading.get() == Reading::Eof {
+            if inner.base.is_closing()
+                || matches!(inner.reading.get(), Reading::Eof | Reading::Never)
+            {
                 if let Some(r) = inner.recv.borrow_mut().as_mut() {
                     r.stop();
                 }
@@ -313,7 +400,7 @@ impl StreamTransport {
                     r.keep(b.to_vec());
                 }
             }
-            Reading::Eof => {}
+            Reading::Eof | Reading::Never => {}
         }
     }
 
@@ -431,10 +518,11 @@ impl StreamTransport {
                 // does not take goes back to the front of the queue.
                 let mut send = inner.send.borrow_mut();
                 if send.is_none() {
-                    let Some(fd) = inner.sock.borrow().as_ref().map(|s| s.shared().clone()) else {
+                    let Some(fd) = inner.end.borrow().as_ref().map(|s| s.shared().clone()) else {
                         return;
                     };
-                    *send = Some(StreamSend::new(&inner.base.lp, fd, &self.0));
+                    let pipe = inner.kind != Kind::Socket;
+                    *send = Some(StreamSend::new(&inner.base.lp, fd, pipe, &self.0));
                 }
                 let op = send.as_mut().expect("made above");
                 let mut w = inner.wr.borrow_mut();
@@ -449,12 +537,15 @@ impl StreamTransport {
                 });
             }
             Step::Eof => {
-                let r = inner
-                    .sock
-                    .borrow()
-                    .as_ref()
-                    .map(|s| s.shutdown(std::net::Shutdown::Write));
+                let r = match inner.end.borrow().as_ref() {
+                    Some(Endpoint::Socket(s)) => Some(s.shutdown(std::net::Shutdown::Write)),
+                    // A write pipe's EOF is its close (asyncio's too).
+                    _ => None,
+                };
                 inner.wr.borrow_mut().eof = WriteEof::Sent;
+                if inner.kind == Kind::WritePipe {
+                    self.close();
+                }
                 if let Some(Err(e)) = r {
                     return self.force_close(Some(e));
                 }
@@ -544,7 +635,7 @@ impl StreamTransport {
         let (flush, pause) = {
             let mut w = inner.wr.borrow_mut();
             if w.eof != WriteEof::No {
-                return Err(Error::state("cannot write after write_eof()"));
+                return Err(self.not_writable());
             }
             if data.is_empty() {
                 return Ok(());
@@ -574,6 +665,9 @@ impl StreamTransport {
     /// See [`Transport::write_eof`](crate::Transport::write_eof).
     pub(crate) fn write_eof(&self) -> Result<()> {
         self.0.base.check_writable()?;
+        if self.0.kind == Kind::ReadPipe {
+            return Err(self.not_writable());
+        }
         {
             let mut w = self.0.wr.borrow_mut();
             if w.eof != WriteEof::No {
@@ -587,6 +681,46 @@ impl StreamTransport {
 
     /// See [`Transport::can_write_eof`](crate::Transport::can_write_eof).
     pub(crate) fn can_write_eof(&self) -> bool {
+        self.0.kind != Kind::ReadPipe
+    }
+
+    /// Why a write is refused once the write side is gone (or absent).
+    fn not_writable(&self) -> Error {
+        if self.0.kind == Kind::ReadPipe {
+            Error::state("a read pipe transport cannot write")
+        } else {
+            Error::state("cannot write after write_eof()")
+        }
+    }
+
+    /// A write pipe's watch fired: its reader went away. Idle, that is a
+    /// plain close; with data still to send, a broken pipe (asyncio's
+    /// rule). True if `ev` was the watch's.
+    fn on_watch(&self, ev: &IoEvent) -> bool {
+        let res = {
+            let mut watch = self.0.watch.borrow_mut();
+            let Some(w) = watch.as_mut() else {
+                return false;
+            };
+            let Some(res) = ev.ready_for(w) else {
+                return false;
+            };
+            *watch = None;
+            res
+        };
+        if res.is_err() || self.0.base.is_lost() {
+            return true; // (cancelled: the transport is closing anyway)
+        }
+        let pending = {
+            let w = self.0.wr.borrow();
+            !w.wbuf.is_empty() || w.sending
+        };
+        if pending {
+            let e = std::io::Error::from(std::io::ErrorKind::BrokenPipe);
+            self.force_close(Some(e.into()));
+        } else {
+            self.force_close(None);
+        }
         true
     }
 
@@ -627,6 +761,10 @@ impl StreamTransport {
         if !self.0.base.begin_lost() {
             return;
         }
+        // A write pipe's watch holds the pipe in the kernel: its cancel
+        // goes with this turn's wait, so the reader sees EOF soon.
+        let watch = self.0.watch.borrow_mut().take();
+        drop(watch);
         self.pump_reader();
         deliver_lost(
             self.0.clone(),
@@ -707,7 +845,8 @@ impl StreamTransport {
         match name {
             "peername" => self.0.peer.clone().map(ExtraInfo::Address),
             "sockname" => self.0.local.clone().map(ExtraInfo::Address),
-            "socket" => Some(ExtraInfo::Fd(self.0.fd)),
+            "socket" if self.0.kind == Kind::Socket => Some(ExtraInfo::Fd(self.0.fd)),
+            "pipe" if self.0.kind != Kind::Socket => Some(ExtraInfo::Fd(self.0.fd)),
             _ => None,
         }
     }
