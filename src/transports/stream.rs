@@ -696,6 +696,8 @@ impl StreamTransport {
     /// A write pipe's watch fired: its reader went away. Idle, that is a
     /// plain close; with data still to send, a broken pipe (asyncio's
     /// rule). True if `ev` was the watch's.
+    #[cold]
+    #[inline(never)]
     fn on_watch(&self, ev: &IoEvent) -> bool {
         let res = {
             let mut watch = self.0.watch.borrow_mut();
