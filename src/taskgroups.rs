@@ -211,6 +211,8 @@ impl TaskGroup {
         let weak = Rc::downgrade(inner);
         task.add_done_callback(move |t| {
             let Some(inner) = weak.upgrade() else { return };
+            // The group collects the error (asyncio calls `exception()`).
+            t.mark_retrieved();
             let err = t.peek(|r| match r {
                 Some(Err(e)) | Some(Ok(Err(e))) if !e.is_cancelled() => Some(e.clone()),
                 _ => None,
