@@ -460,6 +460,11 @@ impl LoopHandle {
     /// Equivalent to `asyncio.run_coroutine_threadsafe`. `make` runs on the
     /// loop's thread, so the future itself need not be `Send`.
     ///
+    /// A panic in the work (in `make` or while polling its future) is
+    /// the concurrent future's result, [`Error::Panic`] with the message;
+    /// it is not reported to the loop's exception handler as well (as in
+    /// asyncio, where the exception moves to the concurrent future).
+    ///
     /// # Errors
     ///
     /// [`Error::Closed`] if the loop is closed.
@@ -505,7 +510,13 @@ impl LoopHandle {
                     return;
                 }
             };
-            let fut = make();
+            let fut = match catch_unwind(AssertUnwindSafe(make)) {
+                Ok(fut) => fut,
+                Err(p) => {
+                    shared.finish(Err(Error::Panic(panic_message(&*p))));
+                    return;
+                }
+            };
             lp.create_task(async move {
                 let mut fut = pin!(Some(fut));
                 let r = std::future::poll_fn(|cx| {
@@ -516,9 +527,15 @@ impl LoopHandle {
                         }
                         st.cancel_waker = Some(cx.waker().clone());
                     }
-                    match fut.as_mut().as_pin_mut().map(|f| f.poll(cx)) {
-                        Some(Poll::Ready(v)) => Poll::Ready(Ok(v)),
-                        _ => Poll::Pending,
+                    // A panic in the work is its result (asyncio sets the
+                    // exception on the concurrent future), not a closed loop.
+                    let polled = catch_unwind(AssertUnwindSafe(|| {
+                        fut.as_mut().as_pin_mut().map(|f| f.poll(cx))
+                    }));
+                    match polled {
+                        Ok(Some(Poll::Ready(v))) => Poll::Ready(Ok(v)),
+                        Ok(_) => Poll::Pending,
+                        Err(p) => Poll::Ready(Err(Error::Panic(panic_message(&*p)))),
                     }
                 })
                 .await;
