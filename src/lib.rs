@@ -94,7 +94,7 @@ pub use executor::{ConcurrentFuture, ThreadPool, to_thread};
 pub use futures::LoopFuture;
 pub use pipes::{Pipe, pipe};
 pub use protocols::{BaseProtocol, BufferedProtocol, DatagramProtocol, Protocol};
-pub use runners::{Runner, SigintHandling, run};
+pub use runners::{EXECUTOR_SHUTDOWN_TIMEOUT, Runner, SigintHandling, run};
 pub use server::{Server, ServerOptions};
 pub use sock::{Acceptor, Domain, SockAddr, SockProtocol, Socket, Type};
 pub use streams::{
