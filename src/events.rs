@@ -439,9 +439,11 @@ pub trait AbstractEventLoop: Clone + fmt::Debug {
     /// Equivalent to `loop.create_connection(protocol_factory, host, port)`;
     /// see [`create_connection_with`](Self::create_connection_with) for the
     /// options. Returns the transport alone: the protocol is owned by it
-    /// (pass an `Rc<RefCell<P>>` to keep a handle to it). TCP_NODELAY is
-    /// set, as asyncio does. Name resolution runs off the loop thread
-    /// ([`getaddrinfo`](Self::getaddrinfo)).
+    /// (pass an `Rc<RefCell<P>>` to keep a handle to it). As in asyncio,
+    /// it returns only after the protocol's `connection_made(transport)`
+    /// has run, and TCP_NODELAY is set on every TCP connection (also on a
+    /// `sock` given in the options, unless `keep_nagle`). Name resolution
+    /// runs off the loop thread ([`getaddrinfo`](Self::getaddrinfo)).
     ///
     /// # Errors
     ///
@@ -513,7 +515,10 @@ pub trait AbstractEventLoop: Clone + fmt::Debug {
     /// running a protocol made by `factory`.
     ///
     /// Equivalent to `loop.connect_accepted_socket(protocol_factory, sock)`;
-    /// synchronous here, since there is nothing to wait for.
+    /// synchronous here, since there is nothing to wait for, so unlike
+    /// asyncio's coroutine it returns before `connection_made` runs (at
+    /// the loop's next turn, before any data is delivered). TCP_NODELAY is
+    /// set on a TCP socket, as asyncio does.
     ///
     /// # Errors
     ///
