@@ -106,7 +106,7 @@ pub use tasks::api::{
     AsCompleted, ReturnWhen, as_completed, gather, gather_all, shield, shield_task, sleep,
     sleep_until, wait, wait_for, wait_for_task,
 };
-pub use tasks::{Task, TaskRef, all_tasks, current_task};
+pub use tasks::{Task, TaskHook, TaskRef, all_tasks, current_task};
 pub use timeouts::{Timeout, timeout, timeout_at};
 pub use transports::{DatagramTransport, ExtraInfo, Transport};
 

@@ -601,6 +601,11 @@ impl<T: 'static> fmt::Debug for Task<T> {
     }
 }
 
+/// The task hook of
+/// [`AbstractEventLoop::set_task_factory`](crate::AbstractEventLoop::set_task_factory):
+/// called with each new task before its first step.
+pub type TaskHook = Rc<dyn Fn(&TaskRef)>;
+
 /// An untyped task handle, as returned by [`current_task`] and [`all_tasks`].
 #[derive(Clone)]
 pub struct TaskRef(pub(crate) Rc<dyn RawTask>);
