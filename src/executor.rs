@@ -463,7 +463,9 @@ impl LoopHandle {
     /// A panic in the work (in `make` or while polling its future) is
     /// the concurrent future's result, [`Error::Panic`] with the message;
     /// it is not reported to the loop's exception handler as well (as in
-    /// asyncio, where the exception moves to the concurrent future).
+    /// asyncio, where the exception moves to the concurrent future), but
+    /// with [`UnhandledPanic::StopLoop`](crate::UnhandledPanic::StopLoop)
+    /// it stops the loop, as a task's panic does.
     ///
     /// # Errors
     ///
@@ -513,7 +515,9 @@ impl LoopHandle {
             let fut = match catch_unwind(AssertUnwindSafe(make)) {
                 Ok(fut) => fut,
                 Err(p) => {
-                    shared.finish(Err(Error::Panic(panic_message(&*p))));
+                    let msg = panic_message(&*p);
+                    lp.note_panic(&msg);
+                    shared.finish(Err(Error::Panic(msg)));
                     return;
                 }
             };
@@ -535,7 +539,13 @@ impl LoopHandle {
                     match polled {
                         Ok(Some(Poll::Ready(v))) => Poll::Ready(Ok(v)),
                         Ok(_) => Poll::Pending,
-                        Err(p) => Poll::Ready(Err(Error::Panic(panic_message(&*p)))),
+                        Err(p) => {
+                            let msg = panic_message(&*p);
+                            if let Ok(lp) = get_running_loop() {
+                                lp.note_panic(&msg);
+                            }
+                            Poll::Ready(Err(Error::Panic(msg)))
+                        }
                     }
                 })
                 .await;

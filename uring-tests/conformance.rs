@@ -170,6 +170,30 @@ both_backends! {
     }
 }
 
+// (ringloop's own knob, kept: with UnhandledPanic::StopLoop that panic
+// still stops the loop, as a task's panic does, and the concurrent future
+// still gets it.)
+both_backends! {
+    fn item02_a_threadsafe_coroutine_panic_stops_a_stop_loop_loop(lp) {
+        lp.set_unhandled_panic(ringloop::UnhandledPanic::StopLoop);
+        let h = lp.handle();
+        let th = std::thread::spawn(move || {
+            h.run_coroutine_threadsafe(|| async { panic!("stop here") })
+                .unwrap()
+                .result(Some(LIMIT))
+        });
+        let guard = {
+            let l2 = lp.clone();
+            lp.call_later(LIMIT, move || l2.stop()).unwrap()
+        };
+        let err = lp.run_forever().unwrap_err();
+        guard.cancel();
+        assert!(matches!(&err, Error::Panic(m) if m.contains("stop here")), "{err:?}");
+        let r = th.join().unwrap();
+        assert!(matches!(&r, Err(Error::Panic(m)) if m.contains("stop here")), "{r:?}");
+    }
+}
+
 // ---- 3. asyncio-eventloop.rst: "Changed in version 3.7: The socket option
 // socket.TCP_NODELAY is set by default for all TCP connections."
 both_backends! {
@@ -473,7 +497,7 @@ both_backends! {
             let cancelled = lp.create_task(async { ringloop::sleep(Duration::from_secs(60)).await });
             cancelled.cancel(None);
             let self_cancelled = lp.create_task(async { Err::<(), _>(Error::Cancelled(None)) });
-            let slow = lp.create_task(async move { g2.await });
+            let slow = lp.create_task(g2);
             // Opens the gate once the cancelled ones are long done.
             let (c2, s2) = (cancelled.clone(), self_cancelled.clone());
             lp.create_task(async move {
@@ -496,7 +520,7 @@ both_backends! {
             let never = lp.create_future::<()>();
             let n2 = never.clone();
             let failing = lp.create_task(async { Err::<(), _>(Error::Timeout) });
-            let waiting = lp.create_task(async move { n2.await });
+            let waiting = lp.create_task(n2);
             let out = wait(vec![failing, waiting], None, ReturnWhen::FirstException).await.unwrap();
             never.cancel(None);
             out

@@ -889,6 +889,12 @@ impl EventLoop {
         Ok(())
     }
 
+    /// A panic was caught and handed on (not reported): with
+    /// [`UnhandledPanic::StopLoop`] the loop still stops at it.
+    pub(crate) fn note_panic(&self, msg: &str) {
+        self.core.note_panic(msg);
+    }
+
     pub(crate) fn call_exception_handler_impl(&self, ctx: ExceptionContext) {
         if let Some(Error::Panic(msg)) = &ctx.exception {
             self.core.note_panic(msg);
