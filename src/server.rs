@@ -390,7 +390,9 @@ impl Server {
     /// asyncio has no such call: there a server without references keeps
     /// listening anyway.
     pub fn detach(&self) {
-        if self.0.closed.get() || self.0.detached.replace(true) {
+        // (On a closed loop there is nothing to serve with, and a task
+        // there would never run to let the handle go.)
+        if self.0.closed.get() || self.0.lp.check_open().is_err() || self.0.detached.replace(true) {
             return;
         }
         // A loop-internal task (not in `all_tasks`, not cancelled by a

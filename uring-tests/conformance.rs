@@ -383,6 +383,19 @@ both_backends! {
 }
 
 both_backends! {
+    fn item05_detach_on_a_closed_loop_keeps_nothing_alive(lp) {
+        let (server, port, made) = counting_server(lp);
+        lp.close().unwrap();
+        server.detach();
+        drop(server);
+        assert!(port_free(port));
+        // The server (and the factory holding `made`) is gone: no handle
+        // was left in a task that a closed loop would never run.
+        assert_eq!(Rc::strong_count(&made), 1);
+    }
+}
+
+both_backends! {
     fn item05_close_through_a_kept_handle_ends_a_detached_server(lp) {
         let (server, port, made) = counting_server(lp);
         server.detach();

@@ -383,9 +383,15 @@ impl<F: Future> Drop for TaskCell<F> {
         let err = match self.result.get_mut() {
             Some(Err(e)) if !e.is_cancelled() => e.clone(),
             // A body that returned `Err` nobody looked at (see `body_error`).
-            Some(Ok(_)) => match self.header.rare.get_mut().as_mut() {
-                Some(r) if r.body_error.is_some() => r.body_error.take().expect("is_some"),
-                _ => return,
+            Some(Ok(_)) => match self
+                .header
+                .rare
+                .get_mut()
+                .as_mut()
+                .and_then(|r| r.body_error.take())
+            {
+                Some(e) => e,
+                None => return,
             },
             _ => return,
         };
