@@ -91,6 +91,15 @@ pub(crate) fn interleave(addrs: Vec<SocketAddr>, first_count: usize) -> Vec<Sock
     out
 }
 
+/// Sets TCP_NODELAY on a TCP socket (asyncio's `_set_nodelay`); a Unix
+/// stream socket is left as it is.
+pub(crate) fn set_nodelay_if_tcp(sock: &Socket) {
+    let tcp = sock.local_addr().is_ok_and(|a| a.is_ipv4() || a.is_ipv6());
+    if tcp {
+        let _ = sock.with(|s| s.set_tcp_nodelay(true));
+    }
+}
+
 type Attempt = Pin<Box<dyn Future<Output = (SocketAddr, Result<Socket>)>>>;
 
 impl EventLoop {
@@ -145,7 +154,14 @@ impl EventLoop {
             ));
         }
         let sock = match (opts.sock, &opts.host) {
-            (Some(s), _) => s,
+            (Some(s), _) => {
+                // asyncio sets TCP_NODELAY on every TCP connection, also on
+                // one made elsewhere.
+                if !opts.keep_nagle {
+                    set_nodelay_if_tcp(&s);
+                }
+                s
+            }
             (None, host) => {
                 let mut addrs = match host {
                     Some(host) => self.getaddrinfo_impl(host, opts.port).await?,
@@ -175,7 +191,18 @@ impl EventLoop {
                 .await?
             }
         };
-        Ok(Transport::start(self, sock, Box::new(factory())))
+        self.start_connected(sock, Box::new(factory())).await
+    }
+
+    /// Starts a transport on a connected socket and returns it once the
+    /// protocol's `connection_made` has run (asyncio's create_connection
+    /// waits for that before it returns).
+    async fn start_connected(&self, sock: Socket, proto: Box<dyn Protocol>) -> Result<Transport> {
+        let t = Transport::start(self, sock, proto);
+        // connection_made was queued (call_soon) before this task yields;
+        // the ready queue is FIFO, so it has run when the task goes on.
+        crate::tasks::yield_now().await;
+        Ok(t)
     }
 
     /// Tries `addrs` in order, starting the next one `delay` after the
@@ -276,7 +303,7 @@ impl EventLoop {
         let addr = SockAddr::unix(path.as_ref())?;
         let sock = Socket::new(Domain::UNIX, Type::STREAM, None)?;
         self.sock_connect_impl(&sock, &addr).await?;
-        Ok(Transport::start(self, sock, Box::new(factory())))
+        self.start_connected(sock, Box::new(factory())).await
     }
 
     /// [`AbstractEventLoop::connect_accepted_socket`].
@@ -291,6 +318,7 @@ impl EventLoop {
                 "connect_accepted_socket needs a connected stream socket".into(),
             ));
         }
+        set_nodelay_if_tcp(&sock);
         Ok(Transport::start(self, sock, Box::new(factory())))
     }
 

@@ -22,7 +22,7 @@ use crate::protocols::{DatagramProtocol, Protocol};
 use crate::server::{Server, ServerOptions};
 use crate::sock::{SockAddr, Socket};
 use crate::subprocess::{SubprocessOptions, SubprocessProtocol, SubprocessTransport};
-use crate::tasks::Task;
+use crate::tasks::{Task, TaskHook};
 use crate::transports::{DatagramTransport, Transport};
 use crate::{Backend, DriverStats};
 
@@ -403,6 +403,27 @@ pub trait AbstractEventLoop: Clone + fmt::Debug {
     where
         F: Future + 'static,
         F::Output: 'static;
+    /// Sets (or with `None` removes) the task hook: a function called with
+    /// every new task's handle (its name, `cancel`, …) inside
+    /// [`create_task`](Self::create_task), after the task exists and before
+    /// its first step (also with eager start). Tasks the loop makes for its
+    /// own use (fd watchers, a server's accepts) are not shown.
+    ///
+    /// Equivalent to `loop.set_task_factory(factory)`, in a Rust form (as
+    /// tokio's task hooks): asyncio's factory builds and returns the task
+    /// object itself (so it can return a `Task` subclass); in Rust the loop
+    /// builds the task, whose typed handle and output type are fixed by
+    /// the caller, and the hook observes it: record, rename or cancel it,
+    /// or count tasks. There are no contextvars; a hook that wants one
+    /// keeps it keyed by the task. A panic in the hook reaches the caller
+    /// of `create_task`, as an exception in asyncio's factory does. To
+    /// start tasks eagerly (`eager_task_factory`) use
+    /// [`EventLoop::set_eager_task_start`](crate::EventLoop::set_eager_task_start).
+    /// With no hook set, `create_task` pays one branch.
+    fn set_task_factory(&self, hook: Option<TaskHook>);
+    /// The task hook set by [`set_task_factory`](Self::set_task_factory).
+    /// Equivalent to `loop.get_task_factory`.
+    fn get_task_factory(&self) -> Option<TaskHook>;
 
     // ---- errors and debug
     /// Sets (or with `None` resets) the exception handler.
@@ -440,9 +461,11 @@ pub trait AbstractEventLoop: Clone + fmt::Debug {
     /// Equivalent to `loop.create_connection(protocol_factory, host, port)`;
     /// see [`create_connection_with`](Self::create_connection_with) for the
     /// options. Returns the transport alone: the protocol is owned by it
-    /// (pass an `Rc<RefCell<P>>` to keep a handle to it). TCP_NODELAY is
-    /// set, as asyncio does. Name resolution runs off the loop thread
-    /// ([`getaddrinfo`](Self::getaddrinfo)).
+    /// (pass an `Rc<RefCell<P>>` to keep a handle to it). As in asyncio,
+    /// it returns only after the protocol's `connection_made(transport)`
+    /// has run, and TCP_NODELAY is set on every TCP connection (also on a
+    /// `sock` given in the options, unless `keep_nagle`). Name resolution
+    /// runs off the loop thread ([`getaddrinfo`](Self::getaddrinfo)).
     ///
     /// # Errors
     ///
@@ -514,7 +537,10 @@ pub trait AbstractEventLoop: Clone + fmt::Debug {
     /// running a protocol made by `factory`.
     ///
     /// Equivalent to `loop.connect_accepted_socket(protocol_factory, sock)`;
-    /// synchronous here, since there is nothing to wait for.
+    /// synchronous here, since there is nothing to wait for, so unlike
+    /// asyncio's coroutine it returns before `connection_made` runs (at
+    /// the loop's next turn, before any data is delivered). TCP_NODELAY is
+    /// set on a TCP socket, as asyncio does.
     ///
     /// # Errors
     ///

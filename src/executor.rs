@@ -460,6 +460,13 @@ impl LoopHandle {
     /// Equivalent to `asyncio.run_coroutine_threadsafe`. `make` runs on the
     /// loop's thread, so the future itself need not be `Send`.
     ///
+    /// A panic in the work (in `make` or while polling its future) is
+    /// the concurrent future's result, [`Error::Panic`] with the message;
+    /// it is not reported to the loop's exception handler as well (as in
+    /// asyncio, where the exception moves to the concurrent future), but
+    /// with [`UnhandledPanic::StopLoop`](crate::UnhandledPanic::StopLoop)
+    /// it stops the loop, as a task's panic does.
+    ///
     /// # Errors
     ///
     /// [`Error::Closed`] if the loop is closed.
@@ -505,7 +512,15 @@ impl LoopHandle {
                     return;
                 }
             };
-            let fut = make();
+            let fut = match catch_unwind(AssertUnwindSafe(make)) {
+                Ok(fut) => fut,
+                Err(p) => {
+                    let msg = panic_message(&*p);
+                    lp.note_panic(&msg);
+                    shared.finish(Err(Error::Panic(msg)));
+                    return;
+                }
+            };
             lp.create_task(async move {
                 let mut fut = pin!(Some(fut));
                 let r = std::future::poll_fn(|cx| {
@@ -516,9 +531,21 @@ impl LoopHandle {
                         }
                         st.cancel_waker = Some(cx.waker().clone());
                     }
-                    match fut.as_mut().as_pin_mut().map(|f| f.poll(cx)) {
-                        Some(Poll::Ready(v)) => Poll::Ready(Ok(v)),
-                        _ => Poll::Pending,
+                    // A panic in the work is its result (asyncio sets the
+                    // exception on the concurrent future), not a closed loop.
+                    let polled = catch_unwind(AssertUnwindSafe(|| {
+                        fut.as_mut().as_pin_mut().map(|f| f.poll(cx))
+                    }));
+                    match polled {
+                        Ok(Some(Poll::Ready(v))) => Poll::Ready(Ok(v)),
+                        Ok(_) => Poll::Pending,
+                        Err(p) => {
+                            let msg = panic_message(&*p);
+                            if let Ok(lp) = get_running_loop() {
+                                lp.note_panic(&msg);
+                            }
+                            Poll::Ready(Err(Error::Panic(msg)))
+                        }
                     }
                 })
                 .await;

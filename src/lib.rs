@@ -95,7 +95,7 @@ pub use executor::{ConcurrentFuture, ThreadPool, to_thread};
 pub use futures::LoopFuture;
 pub use pipes::{Pipe, pipe};
 pub use protocols::{BaseProtocol, BufferedProtocol, DatagramProtocol, Protocol};
-pub use runners::{Runner, SigintHandling, run};
+pub use runners::{EXECUTOR_SHUTDOWN_TIMEOUT, Runner, SigintHandling, run};
 pub use server::{Server, ServerOptions};
 pub use sock::{Acceptor, Domain, SockAddr, SockProtocol, Socket, Type};
 pub use streams::{
@@ -111,7 +111,7 @@ pub use tasks::api::{
     AsCompleted, ReturnWhen, as_completed, gather, gather_all, shield, shield_task, sleep,
     sleep_until, wait, wait_for, wait_for_task,
 };
-pub use tasks::{Task, TaskRef, all_tasks, current_task};
+pub use tasks::{Task, TaskHook, TaskRef, all_tasks, current_task};
 pub use timeouts::{Timeout, timeout, timeout_at};
 pub use transports::{DatagramTransport, ExtraInfo, Transport};
 

@@ -7,6 +7,7 @@ use std::cell::Cell;
 use std::fmt;
 use std::future::Future;
 use std::rc::Rc;
+use std::time::Duration;
 
 use crate::base_loop::EventLoop;
 use crate::driver::Backend;
@@ -14,11 +15,16 @@ use crate::driver::sys::SigintGuard;
 use crate::error::{Error, Result};
 use crate::events::AbstractEventLoop;
 
+/// How long [`Runner::close`] (and [`run`]) wait for the default executor's
+/// threads by default: asyncio's `THREAD_JOIN_TIMEOUT`, 300 s.
+pub const EXECUTOR_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// Runs `fut` on a new loop (see [`EventLoop::new`]) and returns its output.
 ///
 /// Equivalent to `asyncio.run`: when `fut` is done, the tasks it left behind
-/// are cancelled and allowed to finish, the default executor is shut down,
-/// and the loop is closed. Ctrl-C is handled as [`Runner::run`] does.
+/// are cancelled and allowed to finish, the default executor is shut down
+/// (waiting at most [`EXECUTOR_SHUTDOWN_TIMEOUT`] for its threads, then
+/// warning through `log` and going on), and the loop is closed. Ctrl-C is handled as [`Runner::run`] does.
 ///
 /// # Errors
 ///
@@ -81,6 +87,7 @@ pub struct Runner {
     backend: Option<Backend>,
     debug: Option<bool>,
     sigint: SigintHandling,
+    executor_timeout: Duration,
     closed: bool,
 }
 
@@ -98,6 +105,7 @@ impl Runner {
             backend: None,
             debug: None,
             sigint: SigintHandling::Auto,
+            executor_timeout: EXECUTOR_SHUTDOWN_TIMEOUT,
             closed: false,
         }
     }
@@ -112,6 +120,16 @@ impl Runner {
     /// Sets the loop's debug mode (asyncio's `Runner(debug=...)`).
     pub fn debug(mut self, on: bool) -> Runner {
         self.debug = Some(on);
+        self
+    }
+
+    /// Sets how long [`close`](Self::close) waits for the default
+    /// executor's threads ([`EXECUTOR_SHUTDOWN_TIMEOUT`] unless set). Past
+    /// it a warning is logged and closing goes on; a job still running is
+    /// left to finish on its own thread. (asyncio has the 300 s as a
+    /// constant, not a `Runner` argument.)
+    pub fn executor_shutdown_timeout(mut self, timeout: Duration) -> Runner {
+        self.executor_timeout = timeout;
         self
     }
 
@@ -199,7 +217,9 @@ impl Runner {
     }
 
     /// Cancels the tasks left on the loop (and lets them finish), shuts the
-    /// default executor down, and closes the loop. Idempotent.
+    /// default executor down (waiting for its threads at most the
+    /// [`executor_shutdown_timeout`](Self::executor_shutdown_timeout), then
+    /// warning and going on, as asyncio), and closes the loop. Idempotent.
     ///
     /// Equivalent to `Runner.close`.
     ///
@@ -216,7 +236,8 @@ impl Runner {
         };
         cancel_all_tasks(&lp);
         let l2 = lp.clone();
-        let _ = lp.run_until_complete(async move { l2.shutdown_default_executor(None).await });
+        let t = self.executor_timeout;
+        let _ = lp.run_until_complete(async move { l2.shutdown_default_executor(Some(t)).await });
         lp.close()
     }
 }

@@ -77,6 +77,8 @@ struct Inner {
     clients: RefCell<Vec<Transport>>,
     waiters: RefCell<Vec<Waker>>,
     serve_forever: Cell<bool>,
+    /// [`Server::detach`] was called.
+    detached: Cell<bool>,
     unix_path: Option<(PathBuf, u64)>,
 }
 
@@ -86,9 +88,51 @@ impl Inner {
             w.wake();
         }
     }
+
+    /// Stops listening: the accept tasks are cancelled (a connection the
+    /// kernel accepted for them meanwhile is closed with their op, never
+    /// handed to a protocol) and the listening sockets are released.
+    fn close(&self) {
+        if self.closed.replace(true) {
+            return;
+        }
+        self.serving.set(false);
+        for t in self.acceptors.borrow_mut().drain(..) {
+            t.cancel(None);
+        }
+        self.sockets.borrow_mut().clear();
+        if let Some((path, ino)) = &self.unix_path {
+            use std::os::unix::fs::MetadataExt;
+            if std::fs::metadata(path).is_ok_and(|m| m.ino() == *ino) {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+        self.wake_waiters();
+    }
+}
+
+impl Drop for Inner {
+    /// The last [`Server`] handle is gone: nobody can close the server,
+    /// wait for it or serve it any more, so it stops listening.
+    fn drop(&mut self) {
+        self.close();
+    }
 }
 
 /// A listening server. Equivalent to `asyncio.Server`.
+///
+/// # Scope
+///
+/// asyncio scopes a server with `async with server:` (closed on exit);
+/// Rust scopes it with its handles: when the last `Server` handle (it is
+/// `Clone`) is dropped, the server closes as [`close`](Self::close) does.
+/// The listening sockets go, so later connects are refused instead of
+/// being accepted and dropped; connections already made stay open and
+/// keep their protocols. To keep a server listening with no handle, keep
+/// one inside the task that runs [`serve_forever`](Self::serve_forever)
+/// (which holds it while it runs), or call [`detach`](Self::detach), which
+/// hands it to the loop: it serves until it is closed through another
+/// handle or the loop closes.
 #[derive(Clone)]
 pub struct Server(Rc<Inner>);
 
@@ -271,6 +315,7 @@ impl Server {
             clients: RefCell::new(Vec::new()),
             waiters: RefCell::new(Vec::new()),
             serve_forever: Cell::new(false),
+            detached: Cell::new(false),
             unix_path,
         })))
     }
@@ -332,24 +377,39 @@ impl Server {
     }
 
     /// Stops listening; open connections stay open.
-    /// Equivalent to `Server.close`. Idempotent.
+    /// Equivalent to `Server.close`. Idempotent. Dropping the last handle
+    /// does the same (see *Scope* above).
     pub fn close(&self) {
-        let inner = &self.0;
-        if inner.closed.replace(true) {
+        self.0.close();
+    }
+
+    /// Hands the server to its loop, so that it keeps serving when every
+    /// handle is dropped (see *Scope* above): until it is closed (through
+    /// a handle kept elsewhere) or the loop closes. Idempotent.
+    ///
+    /// asyncio has no such call: there a server without references keeps
+    /// listening anyway.
+    pub fn detach(&self) {
+        // (On a closed loop there is nothing to serve with, and a task
+        // there would never run to let the handle go.)
+        if self.0.closed.get() || self.0.lp.check_open().is_err() || self.0.detached.replace(true) {
             return;
         }
-        inner.serving.set(false);
-        for t in inner.acceptors.borrow_mut().drain(..) {
-            t.cancel(None);
-        }
-        inner.sockets.borrow_mut().clear();
-        if let Some((path, ino)) = &inner.unix_path {
-            use std::os::unix::fs::MetadataExt;
-            if std::fs::metadata(path).is_ok_and(|m| m.ino() == *ino) {
-                let _ = std::fs::remove_file(path);
-            }
-        }
-        inner.wake_waiters();
+        // A loop-internal task (not in `all_tasks`, not cancelled by a
+        // runner's clean-up) that holds a handle until the server closes;
+        // destroyed with the loop, it drops the handle then.
+        let me = self.clone();
+        self.0.lp.spawn_internal(async move {
+            std::future::poll_fn(|cx| {
+                if me.0.closed.get() {
+                    Poll::Ready(())
+                } else {
+                    me.0.waiters.borrow_mut().push(cx.waker().clone());
+                    Poll::Pending
+                }
+            })
+            .await;
+        });
     }
 
     /// Closes every open connection (after their buffered data is sent).

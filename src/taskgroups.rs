@@ -18,6 +18,9 @@ struct Inner {
     children: RefCell<Vec<TaskRef>>,
     pending: Cell<usize>,
     errors: RefCell<Vec<Error>>,
+    /// The first [`Error::Interrupted`] (asyncio's KeyboardInterrupt /
+    /// SystemExit), re-raised bare once every child is done.
+    base_error: RefCell<Option<Error>>,
     aborting: Cell<bool>,
     closed: Cell<bool>,
     waker: RefCell<Option<Waker>>,
@@ -28,6 +31,16 @@ impl Inner {
         if let Some(w) = self.waker.borrow_mut().take() {
             w.wake();
         }
+    }
+
+    /// Records a child's or the body's error and aborts the group.
+    fn fail(&self, e: Error) {
+        if matches!(e, Error::Interrupted) {
+            self.base_error.borrow_mut().get_or_insert(e);
+        } else {
+            self.errors.borrow_mut().push(e);
+        }
+        self.abort();
     }
 
     /// Cancels the children not yet done and (through `run`) the body.
@@ -52,7 +65,11 @@ impl Inner {
 /// error cancels the other children and the body; no new task is accepted
 /// after that, and all errors come back together as [`Error::Group`].
 /// Children the group cancelled itself, and children cancelled by anyone
-/// else, are not errors. Dropping the `run` future (cancelling the task that
+/// else, are not errors. A child (or body) ending with
+/// [`Error::Interrupted`] (asyncio's `KeyboardInterrupt` / `SystemExit`)
+/// also cancels the rest, and once every child is done the group ends with
+/// that error itself, not wrapped in a group (as asyncio re-raises the base
+/// error bare). Dropping the `run` future (cancelling the task that
 /// awaits it) cancels every child; since `Drop` cannot wait, the children
 /// finish cancelling at their next turn.
 ///
@@ -85,7 +102,8 @@ impl TaskGroup {
     ///
     /// # Errors
     ///
-    /// [`Error::Group`] with every child and body error (cancellations
+    /// [`Error::Interrupted`], bare, if a child or the body ended with it;
+    /// else [`Error::Group`] with every child and body error (cancellations
     /// excluded); [`Error::Cancelled`] if the body was cancelled without any
     /// error; [`Error::InvalidState`] without a running loop.
     pub async fn run<F, Fut, T>(body: F) -> Result<T>
@@ -98,6 +116,7 @@ impl TaskGroup {
             children: RefCell::new(Vec::new()),
             pending: Cell::new(0),
             errors: RefCell::new(Vec::new()),
+            base_error: RefCell::new(None),
             aborting: Cell::new(false),
             closed: Cell::new(false),
             waker: RefCell::new(None),
@@ -130,8 +149,7 @@ impl TaskGroup {
                 None
             }
             Some(Err(e)) => {
-                inner.errors.borrow_mut().push(e);
-                inner.abort();
+                inner.fail(e);
                 None
             }
             None => None,
@@ -147,6 +165,9 @@ impl TaskGroup {
         })
         .await;
         inner.closed.set(true);
+        if let Some(e) = inner.base_error.borrow_mut().take() {
+            return Err(e);
+        }
         let errors = std::mem::take(&mut *inner.errors.borrow_mut());
         if !errors.is_empty() {
             return Err(Error::Group(errors));
@@ -211,14 +232,15 @@ impl TaskGroup {
         let weak = Rc::downgrade(inner);
         task.add_done_callback(move |t| {
             let Some(inner) = weak.upgrade() else { return };
+            // The group collects the error (asyncio calls `exception()`).
+            t.mark_retrieved();
             let err = t.peek(|r| match r {
                 Some(Err(e)) | Some(Ok(Err(e))) if !e.is_cancelled() => Some(e.clone()),
                 _ => None,
             });
             inner.pending.set(inner.pending.get() - 1);
             if let Some(e) = err {
-                inner.errors.borrow_mut().push(e);
-                inner.abort();
+                inner.fail(e);
             }
             inner.wake();
         });

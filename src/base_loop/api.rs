@@ -23,7 +23,7 @@ use crate::protocols::{DatagramProtocol, Protocol};
 use crate::server::{Server, ServerOptions};
 use crate::sock::{SockAddr, Socket};
 use crate::subprocess::{SubprocessOptions, SubprocessProtocol, SubprocessTransport};
-use crate::tasks::Task;
+use crate::tasks::{Task, TaskHook};
 use crate::transports::{DatagramTransport, Transport};
 use crate::{Backend, DriverStats};
 
@@ -124,6 +124,14 @@ impl AbstractEventLoop for EventLoop {
         F::Output: 'static,
     {
         self.spawn_task(fut, Some(name.into()))
+    }
+
+    fn set_task_factory(&self, hook: Option<TaskHook>) {
+        *self.core.task_hook.borrow_mut() = hook;
+    }
+
+    fn get_task_factory(&self) -> Option<TaskHook> {
+        self.core.task_hook.borrow().clone()
     }
 
     fn set_exception_handler(&self, handler: Option<ExceptionHandler>) {

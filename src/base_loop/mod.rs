@@ -104,6 +104,8 @@ pub(crate) struct Core {
     closed: Cell<bool>,
     debug: Cell<bool>,
     eager: Cell<bool>,
+    /// Called with each new (non-internal) task before its first step.
+    task_hook: RefCell<Option<crate::tasks::TaskHook>>,
     executor: RefCell<Option<crate::executor::ThreadPool>>,
     executor_shut: Cell<bool>,
     slow_callback: Cell<Duration>,
@@ -233,6 +235,13 @@ impl Core {
             scheduled: !eager,
         });
         drop(tasks);
+        // The task hook (`set_task_factory`): one branch when none is set.
+        if !internal {
+            let hook = self.task_hook.borrow().clone();
+            if let Some(hook) = hook {
+                hook(&TaskRef(cell.clone()));
+            }
+        }
         if eager {
             self.run_task(idx, generation);
         } else {
@@ -471,6 +480,7 @@ impl EventLoop {
             closed: Cell::new(false),
             debug: Cell::new(debug),
             eager: Cell::new(false),
+            task_hook: RefCell::new(None),
             executor: RefCell::new(None),
             executor_shut: Cell::new(false),
             slow_callback: Cell::new(Duration::from_millis(100)),
@@ -877,6 +887,12 @@ impl EventLoop {
         drop(handlers);
         core.driver.borrow_mut().shutdown(CLOSE_DRAIN_BOUND);
         Ok(())
+    }
+
+    /// A panic was caught and handed on (not reported): with
+    /// [`UnhandledPanic::StopLoop`] the loop still stops at it.
+    pub(crate) fn note_panic(&self, msg: &str) {
+        self.core.note_panic(msg);
     }
 
     pub(crate) fn call_exception_handler_impl(&self, ctx: ExceptionContext) {

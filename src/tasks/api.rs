@@ -441,7 +441,9 @@ pub enum ReturnWhen {
 /// `(done, pending)`. Nothing is cancelled, also not on timeout.
 ///
 /// Equivalent to `asyncio.wait`. A task counts as failed if it ended with an
-/// error itself or its body returned `Err`.
+/// error itself or its body returned `Err`; for
+/// [`ReturnWhen::FirstException`] a cancelled task is not a failure (as
+/// asyncio, which asks `not t.cancelled() and t.exception() is not None`).
 ///
 /// # Errors
 ///
@@ -472,7 +474,12 @@ pub async fn wait<T: 'static>(
             "wait() needs at least one task".into(),
         ));
     }
-    let failed = |t: &Task<Result<T>>| t.peek(|r| matches!(r, Some(Err(_)) | Some(Ok(Err(_)))));
+    // As CPython's `not f.cancelled() and f.exception() is not None`: a
+    // cancelled task (or a body that returned `Err(Cancelled)`, which
+    // counts as cancelled) is no exception.
+    let failed = |t: &Task<Result<T>>| {
+        t.peek(|r| matches!(r, Some(Err(e)) | Some(Ok(Err(e))) if !e.is_cancelled()))
+    };
     let tracker = track(&tasks);
     let body = async {
         let mut finished = 0;

@@ -32,13 +32,16 @@ enum Outcome {
 }
 
 /// The type-erased part of every task.
-/// What most tasks never have: a name and a pending cancel request (boxed
-/// on first use, so a task stays small).
+/// What most tasks never have: a name, a pending cancel request and the
+/// error a failed body returned (boxed on first use, so a task stays small).
 #[derive(Default)]
 struct Rare {
     name: Option<String>,
     /// `Some(msg)` once `cancel(msg)` asked for cancellation.
     cancel_request: Option<Option<String>>,
+    /// The `Err` a body of a recognised fallible output type returned
+    /// ([`body_error`]), reported if nobody retrieves the result.
+    body_error: Option<Error>,
 }
 
 pub(crate) struct TaskHeader {
@@ -66,7 +69,7 @@ impl TaskHeader {
             rare: RefCell::new(name.map(|n| {
                 Box::new(Rare {
                     name: Some(n),
-                    cancel_request: None,
+                    ..Rare::default()
                 })
             })),
             outcome: Cell::new(Outcome::Pending),
@@ -125,6 +128,28 @@ impl TaskHeader {
     fn describe(&self) -> String {
         format!("<Task {} {:?}>", self.name(), self.outcome.get())
     }
+
+    /// Marks the result as looked at: no "never retrieved" report.
+    pub(crate) fn mark_retrieved(&self) {
+        self.retrieved.set(true);
+    }
+}
+
+/// The error in a task's output, for the output types the loop can
+/// recognise as fallible: ringloop's `Result<()>` and `std::io::Result<()>`
+/// (what a detached task, such as a connection handler, returns). Rust has
+/// no specialization, so an arbitrary output type cannot be asked whether
+/// it is an error; the check is a type-id comparison the compiler folds
+/// away for every other type.
+fn body_error<T: 'static>(out: &T) -> Option<Error> {
+    let any = out as &dyn std::any::Any;
+    if let Some(Err(e)) = any.downcast_ref::<Result<()>>() {
+        return (!e.is_cancelled()).then(|| e.clone());
+    }
+    if let Some(Err(e)) = any.downcast_ref::<std::io::Result<()>>() {
+        return Some(Error::from(std::io::Error::new(e.kind(), e.to_string())));
+    }
+    None
 }
 
 /// What the loop needs from a task, whatever its output type.
@@ -187,7 +212,16 @@ where
 
     fn finish(self: &Rc<Self>, result: Result<F::Output>) {
         let outcome = match &result {
-            Ok(_) => Outcome::Ok,
+            Ok(v) => {
+                if let Some(e) = body_error(v) {
+                    self.header
+                        .rare
+                        .borrow_mut()
+                        .get_or_insert_with(Box::default)
+                        .body_error = Some(e);
+                }
+                Outcome::Ok
+            }
             Err(Error::Cancelled(_)) => Outcome::Cancelled,
             Err(_) => Outcome::Failed,
         };
@@ -348,6 +382,17 @@ impl<F: Future> Drop for TaskCell<F> {
         }
         let err = match self.result.get_mut() {
             Some(Err(e)) if !e.is_cancelled() => e.clone(),
+            // A body that returned `Err` nobody looked at (see `body_error`).
+            Some(Ok(_)) => match self
+                .header
+                .rare
+                .get_mut()
+                .as_mut()
+                .and_then(|r| r.body_error.take())
+            {
+                Some(e) => e,
+                None => return,
+            },
             _ => return,
         };
         let ctx = ExceptionContext {
@@ -373,6 +418,17 @@ impl<F: Future> Drop for TaskCell<F> {
 /// first await; a second await gets [`Error::InvalidState`] (use
 /// [`result`](Self::result) to read a `Clone` output again). Dropping the
 /// handle detaches the task; it keeps running.
+///
+/// A task that fails and whose result nobody retrieves (no await,
+/// [`result`](Self::result) or [`exception`](Self::exception)) is reported
+/// when it is dropped, as asyncio's "Task exception was never retrieved",
+/// through the loop's exception handler (context keys `message`,
+/// `exception`, `task`). "Fails" means a panic, and, for a task whose
+/// output is `ringloop::Result<()>` or `std::io::Result<()>`, a body that
+/// returned `Err` (other than [`Error::Cancelled`]). Rust difference: the
+/// loop cannot ask an arbitrary output type whether it is an error (no
+/// specialization), so a task with another output type that returns
+/// `Err` is not reported; await it or add a done callback.
 ///
 /// The untyped operations (`cancel`, `cancelling`, `uncancel`, `done`,
 /// `cancelled`, `get_name`, `set_name`) are [`TaskRef`]'s, reached through
@@ -415,23 +471,34 @@ impl<T: 'static> Task<T> {
 
     /// The error that ended the task, `None` if it succeeded.
     ///
-    /// Equivalent to `asyncio.Task.exception`.
+    /// Equivalent to `asyncio.Task.exception`: as there, a cancelled task
+    /// has no exception to return; the call itself fails with the
+    /// cancellation (as [`LoopFuture::exception`](crate::LoopFuture::exception)).
+    /// A body that returned `Err(e)` succeeded as far as the task is
+    /// concerned (its output is `Err(e)`, read with
+    /// [`result`](Self::result) or by awaiting).
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidState`] while pending.
+    /// [`Error::InvalidState`] while pending; [`Error::Cancelled`] if the
+    /// task was cancelled.
     pub fn exception(&self) -> Result<Option<Error>> {
         if !self.done() {
             return Err(Error::state("task is not done"));
         }
         self.header().retrieved.set(true);
-        let mut out = None;
-        self.cell.with_result(&mut |r| {
-            if let Some(Err(e)) = r {
-                out = Some(e.clone());
-            }
+        // (Once an await took the result, the outcome still says cancelled.)
+        let mut out = if self.cancelled() {
+            Err(Error::Cancelled(None))
+        } else {
+            Ok(None)
+        };
+        self.cell.with_result(&mut |r| match r {
+            Some(Err(e @ Error::Cancelled(_))) => out = Err(e.clone()),
+            Some(Err(e)) => out = Ok(Some(e.clone())),
+            _ => {}
         });
-        Ok(out)
+        out
     }
 
     /// Adds a callback run (through `call_soon`, never synchronously) once
@@ -467,6 +534,11 @@ impl<T: 'static> Task<T> {
             .upgrade()
             .map(EventLoop::from_core)
             .ok_or_else(|| Error::closed("the task's loop is gone"))
+    }
+
+    /// Marks the result as looked at (a task group collected the error).
+    pub(crate) fn mark_retrieved(&self) {
+        self.header().mark_retrieved();
     }
 
     /// Looks at the task's result (None while pending or once taken).
@@ -534,6 +606,11 @@ impl<T: 'static> fmt::Debug for Task<T> {
         f.write_str(&self.header().describe())
     }
 }
+
+/// The task hook of
+/// [`AbstractEventLoop::set_task_factory`](crate::AbstractEventLoop::set_task_factory):
+/// called with each new task before its first step.
+pub type TaskHook = Rc<dyn Fn(&TaskRef)>;
 
 /// An untyped task handle, as returned by [`current_task`] and [`all_tasks`].
 #[derive(Clone)]
