@@ -663,6 +663,52 @@ pub trait AbstractEventLoop: Clone + fmt::Debug {
     /// Equivalent to `loop.remove_writer`.
     fn remove_writer(&self, fd: RawFd) -> bool;
 
+    // ---- Unix signals
+    /// Calls `cb` on this loop whenever signal `sig` (a `libc::SIG*`
+    /// number) comes; replaces the loop's earlier handler for `sig`.
+    ///
+    /// Equivalent to `loop.add_signal_handler(sig, callback)`. The callback
+    /// is an ordinary loop callback (it may use the loop), never run in
+    /// signal context. Signals that come in a burst before it runs are
+    /// coalesced into one call, but one that comes after a call started
+    /// always leads to another. Several loops, on several threads, may
+    /// each handle the same signal: each gets its own calls. Unlike asyncio
+    /// any thread may call this (the process-wide part is ringloop's hub,
+    /// not Python's `signal` module). The handler that was installed before
+    /// (a function, not `SIG_DFL`/`SIG_IGN`) still runs, in signal context,
+    /// after ringloop's; removing the last loop handler of a signal puts
+    /// that disposition back, and [`close`](Self::close) removes them all.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] for a number out of range, `SIGKILL` and
+    /// `SIGSTOP` (uncatchable), the C library's internal signals (32, 33)
+    /// and the synchronous fault signals `SIGSEGV`, `SIGBUS`, `SIGFPE`,
+    /// `SIGILL` (a handler that returns would fault again at once);
+    /// [`Error::InvalidState`] if the handler cannot be set up (asyncio's
+    /// `RuntimeError`); [`Error::Closed`] once the loop is closed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ringloop::prelude::*;
+    /// ringloop::run(async {
+    ///     let lp = get_running_loop().unwrap();
+    ///     let stop = lp.create_future::<()>();
+    ///     let s2 = stop.clone();
+    ///     lp.add_signal_handler(libc::SIGUSR2, move || { let _ = s2.set_result(()); }).unwrap();
+    ///     // SAFETY: signals this process, which handles SIGUSR2 now.
+    ///     unsafe { libc::kill(libc::getpid(), libc::SIGUSR2) };
+    ///     stop.await.unwrap();
+    ///     assert!(lp.remove_signal_handler(libc::SIGUSR2));
+    /// }).unwrap();
+    /// ```
+    fn add_signal_handler(&self, sig: i32, cb: impl FnMut() + 'static) -> Result<()>;
+    /// Removes the loop's handler for `sig`; true if there was one.
+    /// Equivalent to `loop.remove_signal_handler(sig)` (false, not an
+    /// error, for an invalid number).
+    fn remove_signal_handler(&self, sig: i32) -> bool;
+
     // ---- DNS
     /// Resolves `host:port` off the loop thread, on the default executor.
     ///

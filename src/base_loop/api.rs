@@ -300,6 +300,14 @@ impl AbstractEventLoop for EventLoop {
         self.remove_watcher(fd, true)
     }
 
+    fn add_signal_handler(&self, sig: i32, cb: impl FnMut() + 'static) -> Result<()> {
+        self.add_signal_handler_impl(sig, cb)
+    }
+
+    fn remove_signal_handler(&self, sig: i32) -> bool {
+        self.remove_signal_handler_impl(sig)
+    }
+
     fn getaddrinfo(&self, host: &str, port: u16) -> impl Future<Output = Result<Vec<SocketAddr>>> {
         self.getaddrinfo_impl(host, port)
     }
