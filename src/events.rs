@@ -663,6 +663,62 @@ pub trait AbstractEventLoop: Clone + fmt::Debug {
     /// Equivalent to `loop.remove_writer`.
     fn remove_writer(&self, fd: RawFd) -> bool;
 
+    // ---- sending files
+    /// Sends `file` over `transport` from `offset`: `count` bytes, or to
+    /// the end of the file with `None`. Returns the bytes sent.
+    ///
+    /// Equivalent to `loop.sendfile(transport, file, offset, count,
+    /// fallback=...)`. On a socket transport and a regular file this is
+    /// zero-copy `sendfile(2)` on both backends: what was written to the
+    /// transport before goes first, reading is paused while the file goes
+    /// out (and resumed after, unless it was paused already), and `write`
+    /// is refused meanwhile ([`Error::InvalidState`]). Otherwise (a pipe or
+    /// another non-regular file, a TLS transport) `fallback` reads and
+    /// writes in blocks, keeping to the transport's flow control. The file
+    /// position is `offset` plus the bytes sent afterwards, after success,
+    /// after an error and after the future is dropped, if anything was
+    /// sent. Dropping the future stops the transfer and leaves the
+    /// transport usable (the bytes sent so far are on the wire).
+    ///
+    /// `sendfile(2)` raises `SIGPIPE` on a connection the peer reset, as
+    /// `write(2)` does; Rust programs ignore `SIGPIPE` unless they opted
+    /// out, and then get [`Error::Io`] (`EPIPE`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::SendfileNotAvailable`] when zero-copy cannot serve and
+    /// `fallback` is false; [`Error::InvalidArgument`] for `count` 0 or an
+    /// offset a non-seekable file cannot start at; [`Error::Closed`] if
+    /// the transport is closing or closes meanwhile; [`Error::Io`] from
+    /// the send or the read.
+    fn sendfile<'a>(
+        &'a self,
+        transport: &'a Transport,
+        file: &'a std::fs::File,
+        offset: u64,
+        count: Option<u64>,
+        fallback: bool,
+    ) -> impl Future<Output = Result<u64>> + 'a;
+    /// Sends `file` over the stream socket `sock`; as
+    /// [`sendfile`](Self::sendfile), for a socket (zero-copy `sendfile(2)`,
+    /// or reads and [`sock_sendall`](Self::sock_sendall) with `fallback`).
+    ///
+    /// Equivalent to `loop.sock_sendfile(sock, file, offset, count,
+    /// fallback=...)`.
+    ///
+    /// # Errors
+    ///
+    /// As [`sendfile`](Self::sendfile); [`Error::InvalidArgument`] for a
+    /// socket that is not `SOCK_STREAM`.
+    fn sock_sendfile<'a>(
+        &'a self,
+        sock: &'a Socket,
+        file: &'a std::fs::File,
+        offset: u64,
+        count: Option<u64>,
+        fallback: bool,
+    ) -> impl Future<Output = Result<u64>> + 'a;
+
     // ---- Unix signals
     /// Calls `cb` on this loop whenever signal `sig` (a `libc::SIG*`
     /// number) comes; replaces the loop's earlier handler for `sig`.

@@ -7,6 +7,7 @@ pub(crate) mod io;
 pub(crate) mod pipes;
 mod readers;
 mod remote;
+mod sendfile;
 mod signals;
 pub(crate) mod sock;
 mod timers;

@@ -872,3 +872,42 @@ unsafe impl OpAble for PollAdd {
         }
     }
 }
+
+/// One-shot readiness poll on a loop-owned fd (sendfile waits for a full
+/// socket buffer to drain with it). Unlike [`PollAdd`] it holds the
+/// [`SharedFd`], so the selector keys its registration by the fd's id
+/// and shares it with the other ops on that socket.
+pub(crate) struct PollFd {
+    pub(crate) fd: SharedFd,
+    pub(crate) writable: bool,
+}
+
+// SAFETY: no pointers; the op holds its fd open.
+unsafe impl OpAble for PollFd {
+    fn uring_entry(&mut self) -> squeue::Entry {
+        let ev = if self.writable {
+            libc::POLLOUT
+        } else {
+            libc::POLLIN
+        };
+        opcode::PollAdd::new(types::Fd(self.fd.raw()), ev as u32).build()
+    }
+    fn interest(&self) -> (RawFd, Interest) {
+        let i = if self.writable {
+            Interest::Write
+        } else {
+            Interest::Read
+        };
+        (self.fd.raw(), i)
+    }
+    fn fd_id(&self) -> u64 {
+        self.fd.id()
+    }
+    fn legacy_call(&mut self) -> io::Result<u32> {
+        PollAdd {
+            fd: self.fd.raw(),
+            writable: self.writable,
+        }
+        .legacy_call()
+    }
+}

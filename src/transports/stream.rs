@@ -64,6 +64,10 @@ struct Writer {
     in_data_cb: bool,
     flush_on_return: bool,
     eof: WriteEof,
+    /// A zero-copy sendfile owns the socket's write side (writes refused).
+    sendfile: bool,
+    /// The sendfile waiting for the buffer to be sent (see the hook below).
+    idle_waker: Option<std::task::Waker>,
 }
 
 impl Writer {
@@ -165,6 +169,8 @@ impl StreamTransport {
                 in_data_cb: false,
                 flush_on_return: false,
                 eof: WriteEof::No,
+                sendfile: false,
+                idle_waker: None,
             }),
             recv: RefCell::new(Some(recv)),
             send: RefCell::new(None),
@@ -506,6 +512,9 @@ impl StreamTransport {
         };
         drop(send);
         w.sending = false;
+        if w.wbuf.is_empty() {
+            Self::wake_sendfile(&mut w);
+        }
         if lost {
             return true;
         }
@@ -545,6 +554,9 @@ impl StreamTransport {
             let mut w = inner.wr.borrow_mut();
             if w.eof != WriteEof::No {
                 return Err(Error::state("cannot write after write_eof()"));
+            }
+            if w.sendfile {
+                return Err(Error::state("unable to write; sendfile is in progress"));
             }
             if data.is_empty() {
                 return Ok(());
@@ -627,6 +639,7 @@ impl StreamTransport {
         if !self.0.base.begin_lost() {
             return;
         }
+        Self::wake_sendfile(&mut self.0.wr.borrow_mut());
         self.pump_reader();
         deliver_lost(
             self.0.clone(),
@@ -730,6 +743,52 @@ impl StreamTransport {
     /// See [`Transport::get_loop`](crate::Transport::get_loop).
     pub(crate) fn get_loop(&self) -> EventLoop {
         self.0.base.lp.clone()
+    }
+}
+
+// ---- sendfile's hook (base_loop/sendfile.rs) ------------------------------
+// A zero-copy sendfile writes to the socket itself: it needs the fd, the
+// write buffer sent and no send in flight first, and no write meanwhile.
+impl StreamTransport {
+    /// The socket, while the transport is not closing.
+    pub(crate) fn sendfile_fd(&self) -> Option<crate::driver::fd::SharedFd> {
+        if self.0.base.is_closing() {
+            return None;
+        }
+        self.0.sock.borrow().as_ref().map(|s| s.shared().clone())
+    }
+
+    /// While on, `write` is refused (asyncio: "sendfile is in progress").
+    /// Returns the previous setting.
+    pub(crate) fn set_sendfile(&self, on: bool) -> bool {
+        let mut w = self.0.wr.borrow_mut();
+        if !on {
+            w.idle_waker = None;
+        }
+        std::mem::replace(&mut w.sendfile, on)
+    }
+
+    /// Ready once nothing is buffered and no send is in flight; an error
+    /// once the transport is closing or lost.
+    pub(crate) fn poll_write_idle(
+        &self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<()>> {
+        if self.0.base.is_closing() {
+            return std::task::Poll::Ready(Err(Error::closed("the transport is closing")));
+        }
+        let mut w = self.0.wr.borrow_mut();
+        if w.wbuf.is_empty() && !w.sending {
+            return std::task::Poll::Ready(Ok(()));
+        }
+        w.idle_waker = Some(cx.waker().clone());
+        std::task::Poll::Pending
+    }
+
+    fn wake_sendfile(w: &mut Writer) {
+        if let Some(k) = w.idle_waker.take() {
+            k.wake();
+        }
     }
 }
 
