@@ -213,7 +213,7 @@ async fn sock_connect(lp: &EventLoop, port: u16) -> Socket {
     s
 }
 
-fn pos(f: &mut File) -> u64 {
+fn pos(mut f: &File) -> u64 {
     f.stream_position().unwrap()
 }
 
@@ -225,9 +225,9 @@ both_backends!(
             let (t, rec) = connect(&lp2, port).await;
             // What was written before goes first.
             t.write(&b"head"[..]).unwrap();
-            let mut f = big_file();
+            let f = big_file();
             let n = lp2.sendfile(&t, &f, 0, None, false).await.unwrap();
-            let at = pos(&mut f);
+            let at = pos(&f);
             assert!(t.is_reading(), "reading is resumed after the sendfile");
             t.write(&b"tail"[..]).unwrap();
             t.close();
@@ -243,9 +243,9 @@ both_backends!(
         let lp2 = lp.clone();
         let (n, at) = common::run_bounded(lp, LIMIT, async move {
             let s = sock_connect(&lp2, port).await;
-            let mut f = big_file();
+            let f = big_file();
             let n = lp2.sock_sendfile(&s, &f, 0, None, false).await.unwrap();
-            (n, pos(&mut f))
+            (n, pos(&f))
         });
         assert_eq!((n, at), (BIG, BIG));
         assert_eq!(peer2.join().unwrap(), expected(b"", 0, BIG, b""));
@@ -259,17 +259,17 @@ both_backends!(
         let (port2, peer2) = peer(Peer::Read, None);
         let got = common::run_bounded(lp, LIMIT, async move {
             let (t, _) = connect(&lp2, port).await;
-            let mut f = small_file(5000);
+            let f = small_file(5000);
             // A short count from an offset.
             let a = lp2.sendfile(&t, &f, 1000, Some(1234), false).await.unwrap();
-            let pa = pos(&mut f);
+            let pa = pos(&f);
             // A count past the end of the file sends what there is.
             let b = lp2.sendfile(&t, &f, 4000, Some(10_000), false).await.unwrap();
-            let pb = pos(&mut f);
+            let pb = pos(&f);
             t.close();
             let s = sock_connect(&lp2, port2).await;
             let c = lp2.sock_sendfile(&s, &f, 10, Some(100), false).await.unwrap();
-            let pc = pos(&mut f);
+            let pc = pos(&f);
             (a, pa, b, pb, c, pc)
         });
         assert_eq!(got, (1234, 2234, 1000, 5000, 100, 110));
@@ -288,13 +288,13 @@ both_backends!(
         let (port2, peer2) = peer(Peer::Read, None);
         let got = common::run_bounded(lp, LIMIT, async move {
             let (t, _) = connect(&lp2, port).await;
-            let mut f = small_file(0);
+            let f = small_file(0);
             let a = lp2.sendfile(&t, &f, 0, None, false).await.unwrap();
             t.write(&b"x"[..]).unwrap();
             t.close();
             let s = sock_connect(&lp2, port2).await;
             let b = lp2.sock_sendfile(&s, &f, 0, None, false).await.unwrap();
-            (a, b, pos(&mut f))
+            (a, b, pos(&f))
         });
         assert_eq!(got, (0, 0, 0));
         assert_eq!(peer1.join().unwrap(), expected(b"x", 0, 0, b""));
@@ -440,9 +440,9 @@ both_backends!(
         let lp2 = lp.clone();
         let (r, at, rec) = common::run_bounded(lp, LIMIT, async move {
             let (t, rec) = connect(&lp2, port).await;
-            let mut f = big_file();
+            let f = big_file();
             let r = lp2.sendfile(&t, &f, 0, None, false).await;
-            (r, pos(&mut f), rec)
+            (r, pos(&f), rec)
         });
         assert!(
             matches!(&r, Err(Error::Io(e)) if matches!(e.raw_os_error(), Some(libc::ECONNRESET) | Some(libc::EPIPE))),
@@ -487,14 +487,13 @@ both_backends!(
         let lp2 = lp.clone();
         let (at, rec) = common::run_bounded(lp, LIMIT, async move {
             let (t, rec) = connect(&lp2, port).await;
-            let f = Rc::new(RefCell::new(big_file()));
+            let f = Rc::new(big_file());
             let (t2, f2, lp3) = (t.clone(), f.clone(), lp2.clone());
             let started = Rc::new(std::cell::Cell::new(false));
             let s2 = started.clone();
             let task = lp2.create_task(async move {
-                let f = f2.borrow();
                 s2.set(true);
-                lp3.sendfile(&t2, &f, 0, None, false).await
+                lp3.sendfile(&t2, &f2, 0, None, false).await
             });
             while !started.get() {
                 common::YieldOnce(false).await;
@@ -515,7 +514,7 @@ both_backends!(
             // Usable: reading is back, writes go after what was sent.
             assert!(t.is_reading());
             t.write(&b"after"[..]).unwrap();
-            let at = pos(&mut f.borrow_mut());
+            let at = pos(&f);
             go_tx.send(()).unwrap();
             t.close();
             (at, rec)
