@@ -258,3 +258,87 @@ both_backends!(
         set_default(b);
     }
 );
+
+/// The child side: a Runner with Ctrl-C handling on, whose main task
+/// handles SIGINT itself and returns after two of them.
+fn sigint_takeover_child(backend: &str) {
+    let backend = match backend {
+        "proactor" => Backend::Proactor,
+        _ => Backend::Selector,
+    };
+    let mut r = ringloop::Runner::with_backend(backend).sigint(ringloop::SigintHandling::Always);
+    let out = r.run(async move {
+        let lp = get_running_loop().unwrap();
+        let got = Rc::new(Cell::new(0u32));
+        let g = got.clone();
+        lp.add_signal_handler(libc::SIGINT, move || {
+            g.set(g.get() + 1);
+            say(&format!("GOT {}", g.get()));
+        })
+        .unwrap();
+        say("READY");
+        while got.get() < 2 {
+            ringloop::sleep(Duration::from_millis(1)).await.unwrap();
+        }
+        assert!(lp.remove_signal_handler(libc::SIGINT));
+        42
+    });
+    say(&format!("RESULT {out:?}"));
+    r.close().unwrap();
+}
+
+fn say(line: &str) {
+    use std::io::Write;
+    println!("{line}");
+    std::io::stdout().flush().unwrap();
+}
+
+const TAKEOVER: common::child::ChildTest =
+    common::child::ChildTest::new("a_loop_handler_takes_ctrl_c_over_from_the_runner");
+
+/// The Runner's Ctrl-C and `add_signal_handler` share the hub: a program
+/// that handles SIGINT on its loop gets every Ctrl-C (the main task is
+/// not cancelled, the second one does not end the process), as asyncio's
+/// `add_signal_handler(SIGINT)` replaces the Runner's handler.
+#[test]
+fn a_loop_handler_takes_ctrl_c_over_from_the_runner() {
+    use std::io::BufRead;
+    if TAKEOVER.child_side(sigint_takeover_child) {
+        return;
+    }
+    for backend in ["proactor", "selector"] {
+        let mut child = TAKEOVER.spawn(backend, &[]);
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut seen = Vec::new();
+        let mut wait_for = |want: &str, seen: &mut Vec<String>| {
+            let mut line = String::new();
+            loop {
+                line.clear();
+                assert!(
+                    out.read_line(&mut line).unwrap() > 0,
+                    "{backend}: the child ended before {want}: {seen:?}"
+                );
+                seen.push(line.trim().to_owned());
+                if line.contains(want) {
+                    return;
+                }
+            }
+        };
+        let sigint = || {
+            // SAFETY: signals our own child process.
+            unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        };
+        wait_for("READY", &mut seen);
+        sigint();
+        wait_for("GOT 1", &mut seen);
+        sigint();
+        wait_for("GOT 2", &mut seen);
+        wait_for("RESULT", &mut seen);
+        let st = common::child::wait_bounded(&mut child, common::child::CHILD_LIMIT);
+        assert!(st.success(), "{backend}: {st:?} {seen:?}");
+        assert!(
+            seen.iter().any(|l| l == "RESULT Ok(42)"),
+            "{backend}: {seen:?}"
+        );
+    }
+}
