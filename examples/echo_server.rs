@@ -3,9 +3,10 @@
 //! from either until it catches up.
 //!
 //! `cargo run --release --example echo_server -- --serve 127.0.0.1:8888`
-//! serves until Ctrl-C; with no arguments it starts on a free port, runs a
-//! few clients against itself, checks their echoes and that a client that
-//! never reads cannot make it buffer, and exits.
+//! serves until SIGTERM or Ctrl-C, then shuts down gracefully (stops
+//! accepting, closes its clients, exits 0); with no arguments it starts on
+//! a free port, runs a few clients against itself, checks their echoes and
+//! that a client that never reads cannot make it buffer, and exits.
 
 mod common;
 
@@ -20,7 +21,7 @@ use ringloop::{BaseProtocol, Protocol, RecvBuf, Transport};
 
 const USAGE: &str = "usage: echo_server [--serve ADDR]
 
-  --serve ADDR   serve on ADDR (127.0.0.1:P, [::1]:P or localhost:P) until Ctrl-C;
+  --serve ADDR   serve on ADDR (127.0.0.1:P, [::1]:P or localhost:P) until SIGTERM or Ctrl-C;
                  without it, check the server against itself and exit
   RUST_LOG=ringloop=debug shows the loop's own messages";
 
@@ -169,6 +170,7 @@ fn main() -> ExitCode {
             lp.backend(),
             common::addrs(&server)
         );
-        server.serve_forever().await
+        // SIGTERM / SIGINT: stop accepting, close the clients, exit 0.
+        common::serve_until_signal(&lp, &server, Duration::from_millis(800)).await
     }))
 }

@@ -3,12 +3,14 @@
 //! read stops being read from.
 //!
 //! `cargo run --release --example echo_server_streams -- --serve 127.0.0.1:8889`
-//! serves until Ctrl-C; with no arguments it checks itself with a few
-//! clients and exits.
+//! serves until SIGTERM or Ctrl-C, then shuts down gracefully (stops
+//! accepting, closes its clients, exits 0); with no arguments it checks
+//! itself with a few clients and exits.
 
 mod common;
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use log::info;
 use ringloop::prelude::*;
@@ -16,7 +18,7 @@ use ringloop::{StreamReader, StreamWriter, open_connection, start_server};
 
 const USAGE: &str = "usage: echo_server_streams [--serve ADDR]
 
-  --serve ADDR   serve on ADDR (127.0.0.1:P, [::1]:P or localhost:P) until Ctrl-C;
+  --serve ADDR   serve on ADDR (127.0.0.1:P, [::1]:P or localhost:P) until SIGTERM or Ctrl-C;
                  without it, check the server against itself and exit
   RUST_LOG=ringloop=debug shows the loop's own messages";
 
@@ -73,6 +75,7 @@ fn main() -> ExitCode {
             lp.backend(),
             common::addrs(&server)
         );
-        server.serve_forever().await
+        // SIGTERM / SIGINT: stop accepting, close the clients, exit 0.
+        common::serve_until_signal(&lp, &server, Duration::from_millis(800)).await
     }))
 }

@@ -21,9 +21,10 @@
 //!   are not read either.
 //!
 //! `cargo run --release --example http_hello -- --serve 127.0.0.1:8080`
-//! serves until Ctrl-C; with no arguments it checks itself (pipelining,
-//! HEAD, bodies, HTTP/1.0, bad and oversized requests, the idle timeout,
-//! a client that never reads) and exits.
+//! serves until SIGTERM or Ctrl-C, then shuts down gracefully (stops
+//! accepting, closes its clients, exits 0); with no arguments it checks
+//! itself (pipelining, HEAD, bodies, HTTP/1.0, bad and oversized requests,
+//! the idle timeout, a client that never reads) and exits.
 
 mod common;
 
@@ -39,7 +40,7 @@ use ringloop::{BaseProtocol, Protocol, TimerHandle, Transport};
 
 const USAGE: &str = "usage: http_hello [--serve ADDR] [--timeout SECS]
 
-  --serve ADDR     serve on ADDR (127.0.0.1:P, [::1]:P or localhost:P) until Ctrl-C;
+  --serve ADDR     serve on ADDR (127.0.0.1:P, [::1]:P or localhost:P) until SIGTERM or Ctrl-C;
                    without it, check the server against itself and exit
   --timeout SECS   close a connection with no complete request for SECS
                    seconds (default 10; 0: never)
@@ -472,6 +473,7 @@ fn main() -> ExitCode {
             lp.backend(),
             common::addrs(&server)
         );
-        server.serve_forever().await
+        // SIGTERM / SIGINT: stop accepting, close the clients, exit 0.
+        common::serve_until_signal(&lp, &server, Duration::from_millis(800)).await
     }))
 }

@@ -56,6 +56,9 @@ pub enum Error {
     /// The main task was cancelled by Ctrl-C (asyncio's `KeyboardInterrupt`
     /// out of `asyncio.run` / `Runner.run`).
     Interrupted,
+    /// `sendfile` cannot send zero-copy here (not a regular file, a TLS
+    /// transport) and `fallback` was false (`asyncio.SendfileNotAvailableError`).
+    SendfileNotAvailable(String),
     /// Several errors at once, as a `TaskGroup` collects them (`ExceptionGroup`).
     Group(Vec<Error>),
     /// An operating-system error (`OSError`).
@@ -116,6 +119,7 @@ impl fmt::Display for Error {
             Error::QueueEmpty => f.write_str("queue is empty"),
             Error::QueueFull => f.write_str("queue is full"),
             Error::QueueShutDown => f.write_str("queue is shut down"),
+            Error::SendfileNotAvailable(m) => write!(f, "sendfile is not available: {m}"),
             Error::Group(es) => {
                 write!(f, "{} errors:", es.len())?;
                 for e in es {

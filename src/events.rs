@@ -690,6 +690,108 @@ pub trait AbstractEventLoop: Clone + fmt::Debug {
     /// Equivalent to `loop.remove_writer`.
     fn remove_writer(&self, fd: RawFd) -> bool;
 
+    // ---- sending files
+    /// Sends `file` over `transport` from `offset`: `count` bytes, or to
+    /// the end of the file with `None`. Returns the bytes sent.
+    ///
+    /// Equivalent to `loop.sendfile(transport, file, offset, count,
+    /// fallback=...)`. On a socket transport and a regular file this is
+    /// zero-copy `sendfile(2)` on both backends: what was written to the
+    /// transport before goes first, reading is paused while the file goes
+    /// out (and resumed after, unless it was paused already), and `write`
+    /// is refused meanwhile ([`Error::InvalidState`]). Otherwise (a pipe or
+    /// another non-regular file, a TLS transport) `fallback` reads and
+    /// writes in blocks, keeping to the transport's flow control. The file
+    /// position is `offset` plus the bytes sent afterwards, after success,
+    /// after an error and after the future is dropped, if anything was
+    /// sent. Dropping the future stops the transfer and leaves the
+    /// transport usable (the bytes sent so far are on the wire).
+    ///
+    /// `sendfile(2)` raises `SIGPIPE` on a connection the peer reset, as
+    /// `write(2)` does; Rust programs ignore `SIGPIPE` unless they opted
+    /// out, and then get [`Error::Io`] (`EPIPE`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::SendfileNotAvailable`] when zero-copy cannot serve and
+    /// `fallback` is false; [`Error::InvalidArgument`] for `count` 0 or an
+    /// offset a non-seekable file cannot start at; [`Error::Closed`] if
+    /// the transport is closing or closes meanwhile; [`Error::Io`] from
+    /// the send or the read.
+    fn sendfile<'a>(
+        &'a self,
+        transport: &'a Transport,
+        file: &'a std::fs::File,
+        offset: u64,
+        count: Option<u64>,
+        fallback: bool,
+    ) -> impl Future<Output = Result<u64>> + 'a;
+    /// Sends `file` over the stream socket `sock`; as
+    /// [`sendfile`](Self::sendfile), for a socket (zero-copy `sendfile(2)`,
+    /// or reads and [`sock_sendall`](Self::sock_sendall) with `fallback`).
+    ///
+    /// Equivalent to `loop.sock_sendfile(sock, file, offset, count,
+    /// fallback=...)`.
+    ///
+    /// # Errors
+    ///
+    /// As [`sendfile`](Self::sendfile); [`Error::InvalidArgument`] for a
+    /// socket that is not `SOCK_STREAM`.
+    fn sock_sendfile<'a>(
+        &'a self,
+        sock: &'a Socket,
+        file: &'a std::fs::File,
+        offset: u64,
+        count: Option<u64>,
+        fallback: bool,
+    ) -> impl Future<Output = Result<u64>> + 'a;
+
+    // ---- Unix signals
+    /// Calls `cb` on this loop whenever signal `sig` (a `libc::SIG*`
+    /// number) comes; replaces the loop's earlier handler for `sig`.
+    ///
+    /// Equivalent to `loop.add_signal_handler(sig, callback)`. The callback
+    /// is an ordinary loop callback (it may use the loop), never run in
+    /// signal context. Signals that come in a burst before it runs are
+    /// coalesced into one call, but one that comes after a call started
+    /// always leads to another. Several loops, on several threads, may
+    /// each handle the same signal: each gets its own calls. Unlike asyncio
+    /// any thread may call this (the process-wide part is ringloop's hub,
+    /// not Python's `signal` module). The handler that was installed before
+    /// (a function, not `SIG_DFL`/`SIG_IGN`) still runs, in signal context,
+    /// after ringloop's; removing the last loop handler of a signal puts
+    /// that disposition back, and [`close`](Self::close) removes them all.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] for a number out of range, `SIGKILL` and
+    /// `SIGSTOP` (uncatchable), the C library's internal signals (32, 33)
+    /// and the synchronous fault signals `SIGSEGV`, `SIGBUS`, `SIGFPE`,
+    /// `SIGILL` (a handler that returns would fault again at once);
+    /// [`Error::InvalidState`] if the handler cannot be set up (asyncio's
+    /// `RuntimeError`); [`Error::Closed`] once the loop is closed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ringloop::prelude::*;
+    /// ringloop::run(async {
+    ///     let lp = get_running_loop().unwrap();
+    ///     let stop = lp.create_future::<()>();
+    ///     let s2 = stop.clone();
+    ///     lp.add_signal_handler(libc::SIGUSR2, move || { let _ = s2.set_result(()); }).unwrap();
+    ///     // SAFETY: signals this process, which handles SIGUSR2 now.
+    ///     unsafe { libc::kill(libc::getpid(), libc::SIGUSR2) };
+    ///     stop.await.unwrap();
+    ///     assert!(lp.remove_signal_handler(libc::SIGUSR2));
+    /// }).unwrap();
+    /// ```
+    fn add_signal_handler(&self, sig: i32, cb: impl FnMut() + 'static) -> Result<()>;
+    /// Removes the loop's handler for `sig`; true if there was one.
+    /// Equivalent to `loop.remove_signal_handler(sig)` (false, not an
+    /// error, for an invalid number).
+    fn remove_signal_handler(&self, sig: i32) -> bool;
+
     // ---- DNS
     /// Resolves `host:port` off the loop thread, on the default executor.
     ///

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use crate::base_loop::EventLoop;
 use crate::driver::Backend;
-use crate::driver::sys::SigintGuard;
+use crate::driver::sighub::{self, Subscription};
 use crate::error::{Error, Result};
 use crate::events::AbstractEventLoop;
 
@@ -182,15 +182,27 @@ impl Runner {
         let lp = self.get_loop()?;
         let task = lp.create_task(fut);
         let interrupted = Rc::new(Cell::new(false));
+        // Ctrl-C through the signal hub, as any signal handler: the hub
+        // writes this subscription's eventfd, which the loop watches.
         let guard = self.install_sigint().map(Rc::new);
         if let Some(g) = &guard {
-            let (g2, t2, int2) = (g.clone(), task.as_ref(), interrupted.clone());
+            let (g2, t2, int2, lp2) = (g.clone(), task.as_ref(), interrupted.clone(), lp.clone());
+            let seen = Cell::new(sighub::count(libc::SIGINT));
             lp.add_reader(g.fd(), move || {
-                let n = g2.take_count();
-                if n >= 1 && !int2.get() && !t2.done() {
+                g2.drain();
+                let n = sighub::count(libc::SIGINT);
+                if n == seen.replace(n) {
+                    return;
+                }
+                // A program that handles SIGINT on this loop itself
+                // (`add_signal_handler`) takes Ctrl-C over, as in asyncio.
+                if lp2.has_signal_handler(libc::SIGINT) {
+                    return;
+                }
+                if !int2.get() && !t2.done() {
                     int2.set(true);
                     // The next SIGINT ends the process at once.
-                    g2.restore_default();
+                    sighub::default_action_next(libc::SIGINT);
                     t2.cancel(Some("KeyboardInterrupt"));
                 }
             })?;
@@ -198,6 +210,11 @@ impl Runner {
         let out = lp.run_until_complete(task);
         if let Some(g) = &guard {
             lp.remove_reader(g.fd());
+            if interrupted.get() {
+                // (Only matters while other subscribers keep the hub's
+                // handler; after the last one SIGINT's old disposition is back.)
+                sighub::clear_default_action_next(libc::SIGINT);
+            }
         }
         drop(guard);
         match out {
@@ -207,13 +224,21 @@ impl Runner {
         }
     }
 
-    fn install_sigint(&self) -> Option<SigintGuard> {
-        match self.sigint {
-            SigintHandling::Never => None,
-            SigintHandling::Always => SigintGuard::install(),
-            SigintHandling::Auto if crate::driver::sys::on_main_thread() => SigintGuard::install(),
-            SigintHandling::Auto => None,
+    /// Subscribes to SIGINT on the hub when the runner should handle it:
+    /// only while SIGINT has its default action (a program that set its
+    /// own handler keeps it, as with asyncio).
+    fn install_sigint(&self) -> Option<Subscription> {
+        let want = match self.sigint {
+            SigintHandling::Never => false,
+            SigintHandling::Always => true,
+            SigintHandling::Auto => crate::driver::sys::on_main_thread(),
+        };
+        if !want || !sighub::is_default(libc::SIGINT) {
+            return None;
         }
+        let sub = Subscription::new().ok()?;
+        sub.add(libc::SIGINT).ok()?;
+        Some(sub)
     }
 
     /// Cancels the tasks left on the loop (and lets them finish), shuts the

@@ -232,3 +232,58 @@ pub async fn check_back_pressure(
     assert!(grown < 24 << 20, "RSS grew {grown} bytes: no back-pressure");
     Ok(())
 }
+
+/// Serves until SIGTERM or SIGINT, then shuts down gracefully: stops
+/// accepting, closes every client (each after its buffered answers are
+/// sent), gives them up to `grace` to go, aborts the rest, and returns
+/// `Ok` (exit status 0). A second signal during the grace time aborts the
+/// clients at once.
+///
+/// The signals come through `add_signal_handler`, so the handlers are
+/// ordinary loop callbacks; the runner's own Ctrl-C handling steps aside
+/// while the loop handles SIGINT itself.
+pub async fn serve_until_signal(
+    lp: &ringloop::EventLoop,
+    server: &ringloop::Server,
+    grace: Duration,
+) -> ringloop::Result<()> {
+    use ringloop::AbstractEventLoop;
+    let stop = lp.create_future::<i32>();
+    for sig in [libc::SIGTERM, libc::SIGINT] {
+        let (stop, server) = (stop.clone(), server.clone());
+        lp.add_signal_handler(sig, move || {
+            if stop.set_result(sig).is_err() {
+                log::info!("second signal: aborting the clients");
+                server.abort_clients();
+            }
+        })?;
+    }
+    let sig = stop.await?;
+    let name = if sig == libc::SIGTERM {
+        "SIGTERM"
+    } else {
+        "SIGINT"
+    };
+    log::info!(
+        "{name}: shutting down ({} clients)",
+        server.active_connections()
+    );
+    server.close();
+    server.close_clients();
+    if ringloop::wait_for(server.wait_closed(), grace)
+        .await
+        .is_err()
+    {
+        log::info!(
+            "{} clients still open after {grace:?}: aborted",
+            server.active_connections()
+        );
+        server.abort_clients();
+        server.wait_closed().await;
+    }
+    for sig in [libc::SIGTERM, libc::SIGINT] {
+        lp.remove_signal_handler(sig);
+    }
+    log::info!("stopped");
+    Ok(())
+}

@@ -309,6 +309,36 @@ impl AbstractEventLoop for EventLoop {
         self.remove_watcher(fd, true)
     }
 
+    fn sendfile<'a>(
+        &'a self,
+        transport: &'a Transport,
+        file: &'a std::fs::File,
+        offset: u64,
+        count: Option<u64>,
+        fallback: bool,
+    ) -> impl Future<Output = Result<u64>> + 'a {
+        self.sendfile_impl(transport, file, offset, count, fallback)
+    }
+
+    fn sock_sendfile<'a>(
+        &'a self,
+        sock: &'a Socket,
+        file: &'a std::fs::File,
+        offset: u64,
+        count: Option<u64>,
+        fallback: bool,
+    ) -> impl Future<Output = Result<u64>> + 'a {
+        self.sock_sendfile_impl(sock, file, offset, count, fallback)
+    }
+
+    fn add_signal_handler(&self, sig: i32, cb: impl FnMut() + 'static) -> Result<()> {
+        self.add_signal_handler_impl(sig, cb)
+    }
+
+    fn remove_signal_handler(&self, sig: i32) -> bool {
+        self.remove_signal_handler_impl(sig)
+    }
+
     fn getaddrinfo(&self, host: &str, port: u16) -> impl Future<Output = Result<Vec<SocketAddr>>> {
         self.getaddrinfo_impl(host, port)
     }

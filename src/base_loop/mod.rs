@@ -7,6 +7,8 @@ pub(crate) mod io;
 pub(crate) mod pipes;
 mod readers;
 mod remote;
+mod sendfile;
+mod signals;
 pub(crate) mod sock;
 mod timers;
 
@@ -118,6 +120,8 @@ pub(crate) struct Core {
     unhandled_panic: Cell<UnhandledPanic>,
     /// The first panic that stops the loop ([`UnhandledPanic::StopLoop`]).
     panicked: RefCell<Option<String>>,
+    /// `add_signal_handler`'s handlers and hub subscription (`signals.rs`).
+    signals: RefCell<Option<signals::LoopSignals>>,
     me: Weak<Core>,
 }
 
@@ -490,6 +494,7 @@ impl EventLoop {
             transports: RefCell::new(Slab::new()),
             unhandled_panic: Cell::new(UnhandledPanic::Ignore),
             panicked: RefCell::new(None),
+            signals: RefCell::new(None),
             me: me.clone(),
         });
         Ok(EventLoop { core })
@@ -865,6 +870,8 @@ impl EventLoop {
                 });
             }
         }
+        // Signal handlers go, their dispositions are put back.
+        self.close_signals();
         core.watchers.borrow_mut().clear();
         core.turn_end.borrow_mut().clear();
         core.slot_wakers.borrow_mut().clear();

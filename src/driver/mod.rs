@@ -29,6 +29,7 @@ pub(crate) mod notify;
 pub(crate) mod ops;
 pub(crate) mod pool;
 pub(crate) mod probe;
+pub(crate) mod sighub;
 pub(crate) mod sys;
 pub(crate) mod table;
 pub(crate) mod uring;

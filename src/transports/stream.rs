@@ -94,6 +94,10 @@ struct Writer {
     in_data_cb: bool,
     flush_on_return: bool,
     eof: WriteEof,
+    /// A zero-copy sendfile owns the socket's write side (writes refused).
+    sendfile: bool,
+    /// The sendfile waiting for the buffer to be sent (see the hook below).
+    idle_waker: Option<std::task::Waker>,
 }
 
 impl Writer {
@@ -249,6 +253,8 @@ impl StreamTransport {
                 } else {
                     WriteEof::No
                 },
+                sendfile: false,
+                idle_waker: None,
             }),
             recv: RefCell::new(recv),
             send: RefCell::new(None),
@@ -597,6 +603,9 @@ impl StreamTransport {
         };
         drop(send);
         w.sending = false;
+        if w.wbuf.is_empty() {
+            Self::wake_sendfile(&mut w);
+        }
         if lost {
             return true;
         }
@@ -634,8 +643,8 @@ impl StreamTransport {
         inner.base.check_writable()?;
         let (flush, pause) = {
             let mut w = inner.wr.borrow_mut();
-            if w.eof != WriteEof::No {
-                return Err(self.not_writable());
+            if w.eof != WriteEof::No || w.sendfile {
+                return Err(self.not_writable(w.sendfile));
             }
             if data.is_empty() {
                 return Ok(());
@@ -666,7 +675,7 @@ impl StreamTransport {
     pub(crate) fn write_eof(&self) -> Result<()> {
         self.0.base.check_writable()?;
         if self.0.kind == Kind::ReadPipe {
-            return Err(self.not_writable());
+            return Err(self.not_writable(false));
         }
         {
             let mut w = self.0.wr.borrow_mut();
@@ -685,8 +694,11 @@ impl StreamTransport {
     }
 
     /// Why a write is refused once the write side is gone (or absent).
-    fn not_writable(&self) -> Error {
-        if self.0.kind == Kind::ReadPipe {
+    #[cold]
+    fn not_writable(&self, sendfile: bool) -> Error {
+        if sendfile {
+            Error::state("unable to write; sendfile is in progress")
+        } else if self.0.kind == Kind::ReadPipe {
             Error::state("a read pipe transport cannot write")
         } else {
             Error::state("cannot write after write_eof()")
@@ -767,6 +779,7 @@ impl StreamTransport {
         // goes with this turn's wait, so the reader sees EOF soon.
         let watch = self.0.watch.borrow_mut().take();
         drop(watch);
+        Self::wake_sendfile(&mut self.0.wr.borrow_mut());
         self.pump_reader();
         deliver_lost(
             self.0.clone(),
@@ -871,6 +884,52 @@ impl StreamTransport {
     /// See [`Transport::get_loop`](crate::Transport::get_loop).
     pub(crate) fn get_loop(&self) -> EventLoop {
         self.0.base.lp.clone()
+    }
+}
+
+// ---- sendfile's hook (base_loop/sendfile.rs) ------------------------------
+// A zero-copy sendfile writes to the socket itself: it needs the fd, the
+// write buffer sent and no send in flight first, and no write meanwhile.
+impl StreamTransport {
+    /// The socket, while the transport is not closing.
+    pub(crate) fn sendfile_fd(&self) -> Option<crate::driver::fd::SharedFd> {
+        if self.0.base.is_closing() || self.0.kind == Kind::ReadPipe {
+            return None;
+        }
+        self.0.end.borrow().as_ref().map(|s| s.shared().clone())
+    }
+
+    /// While on, `write` is refused (asyncio: "sendfile is in progress").
+    /// Returns the previous setting.
+    pub(crate) fn set_sendfile(&self, on: bool) -> bool {
+        let mut w = self.0.wr.borrow_mut();
+        if !on {
+            w.idle_waker = None;
+        }
+        std::mem::replace(&mut w.sendfile, on)
+    }
+
+    /// Ready once nothing is buffered and no send is in flight; an error
+    /// once the transport is closing or lost.
+    pub(crate) fn poll_write_idle(
+        &self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<()>> {
+        if self.0.base.is_closing() {
+            return std::task::Poll::Ready(Err(Error::closed("the transport is closing")));
+        }
+        let mut w = self.0.wr.borrow_mut();
+        if w.wbuf.is_empty() && !w.sending {
+            return std::task::Poll::Ready(Ok(()));
+        }
+        w.idle_waker = Some(cx.waker().clone());
+        std::task::Poll::Pending
+    }
+
+    fn wake_sendfile(w: &mut Writer) {
+        if let Some(k) = w.idle_waker.take() {
+            k.wake();
+        }
     }
 }
 
