@@ -60,6 +60,9 @@ pub enum Error {
     Group(Vec<Error>),
     /// An operating-system error (`OSError`).
     Io(Arc<io::Error>),
+    /// A TLS failure (`ssl.SSLError`) with rustls's reason: a bad or
+    /// untrusted certificate, a protocol violation, an alert from the peer.
+    Tls(rustls::Error),
 }
 
 /// `Result` with [`Error`] as the default error.
@@ -124,6 +127,7 @@ impl fmt::Display for Error {
                 Ok(())
             }
             Error::Io(e) => write!(f, "{e}"),
+            Error::Tls(e) => write!(f, "TLS: {e}"),
         }
     }
 }
@@ -132,6 +136,7 @@ impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Error::Io(e) => Some(&**e),
+            Error::Tls(e) => Some(e),
             _ => None,
         }
     }

@@ -1,0 +1,369 @@
+//! TLS (issue 14): `ssl` on connections and servers, `start_tls`, the
+//! timeouts, extra info, flow control through TLS, bad input, and real
+//! peers (openssl, curl), on both backends.
+
+mod common;
+#[path = "tls_support.rs"]
+mod tls_support;
+
+use std::cell::{Cell, RefCell};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::run_bounded;
+use ringloop::prelude::*;
+use ringloop::tls::rustls;
+use ringloop::{
+    BaseProtocol, ConnectOptions, ExtraInfo, Protocol, ServerOptions, StartTlsOptions, TlsConfig,
+    Transport,
+};
+use tls_support::*;
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+/// Echoes everything back.
+struct Echo(Option<Transport>);
+
+impl BaseProtocol for Echo {
+    fn connection_made(&mut self, t: Transport) {
+        self.0 = Some(t);
+    }
+}
+
+impl Protocol for Echo {
+    fn data_received(&mut self, data: &[u8]) {
+        self.0.as_ref().unwrap().write(data.to_vec()).unwrap();
+    }
+}
+
+/// Records callbacks and data; completes `done` on connection_lost.
+#[derive(Default)]
+struct Rec {
+    events: Vec<String>,
+    data: Vec<u8>,
+    t: Option<Transport>,
+    done: Option<LoopFuture<()>>,
+    /// Completes once this many bytes arrived.
+    want: usize,
+    got_enough: Option<LoopFuture<()>>,
+}
+
+impl BaseProtocol for Rec {
+    fn connection_made(&mut self, t: Transport) {
+        self.events.push("made".into());
+        self.t = Some(t);
+    }
+    fn eof_received(&mut self) -> bool {
+        self.events.push("eof".into());
+        false
+    }
+    fn connection_lost(&mut self, exc: Option<Error>) {
+        self.events.push(format!(
+            "lost:{}",
+            exc.map_or("none".into(), |e| e.to_string())
+        ));
+        if let Some(d) = self.done.take() {
+            let _ = d.set_result(());
+        }
+    }
+}
+
+impl Protocol for Rec {
+    fn data_received(&mut self, data: &[u8]) {
+        self.data.extend_from_slice(data);
+        if self.data.len() >= self.want {
+            if let Some(f) = self.got_enough.take() {
+                let _ = f.set_result(());
+            }
+        }
+    }
+}
+
+/// Waits (in loop turns) until `cond` holds; the test's watchdog bounds it.
+async fn until(mut cond: impl FnMut() -> bool) {
+    while !cond() {
+        ringloop::sleep(Duration::from_millis(1)).await.unwrap();
+    }
+}
+
+fn port_of(s: &ringloop::Server) -> u16 {
+    s.sockets()[0].as_socket().unwrap().port()
+}
+
+fn tls_server_opts(cfg: Arc<rustls::ServerConfig>) -> ServerOptions {
+    ServerOptions {
+        hosts: vec!["127.0.0.1".into()],
+        ssl: Some(cfg),
+        ..Default::default()
+    }
+}
+
+fn tls_connect_opts(port: u16) -> ConnectOptions {
+    ConnectOptions {
+        host: Some("127.0.0.1".into()),
+        port,
+        ssl: Some(client_config()),
+        ..Default::default()
+    }
+}
+
+/// A client that sends `msg` over TLS and returns what comes back.
+async fn echo_once(lp: &EventLoop, port: u16, msg: &[u8]) -> Result<Vec<u8>> {
+    let rec = Rc::new(RefCell::new(Rec {
+        want: msg.len(),
+        got_enough: Some(lp.create_future()),
+        ..Default::default()
+    }));
+    let got = rec.borrow().got_enough.clone().unwrap();
+    let t = lp
+        .create_connection_with(
+            {
+                let r = rec.clone();
+                move || r
+            },
+            tls_connect_opts(port),
+        )
+        .await?;
+    t.write(msg.to_vec())?;
+    got.await?;
+    t.close();
+    let data = rec.borrow().data.clone();
+    Ok(data)
+}
+
+both_backends! {
+    fn echo_over_tls_with_create_connection_and_create_server(lp) {
+        let l = lp.clone();
+        run_bounded(lp, LIMIT, async move {
+            let server = l
+                .create_server_with(|| Echo(None), tls_server_opts(server_config()))
+                .await
+                .unwrap();
+            let port = port_of(&server);
+            for i in 0..3 {
+                let msg = format!("hello {i}").into_bytes();
+                assert_eq!(echo_once(&l, port, &msg).await.unwrap(), msg);
+            }
+            // A 1 MiB message in one write comes back whole.
+            let big: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8).collect();
+            assert_eq!(echo_once(&l, port, &big).await.unwrap(), big);
+            server.close();
+        });
+    }
+}
+
+both_backends! {
+    fn extra_info_half_close_and_the_close_order(lp) {
+        let l = lp.clone();
+        run_bounded(lp, LIMIT, async move {
+            let server_t: Rc<RefCell<Option<Transport>>> = Rc::default();
+            let st = server_t.clone();
+            let server = l
+                .create_server_with(
+                    move || {
+                        let st = st.clone();
+                        struct Keep(Rc<RefCell<Option<Transport>>>);
+                        impl BaseProtocol for Keep {
+                            fn connection_made(&mut self, t: Transport) {
+                                *self.0.borrow_mut() = Some(t);
+                            }
+                        }
+                        impl Protocol for Keep {}
+                        Keep(st)
+                    },
+                    tls_server_opts(server_config_for(&pki().leaf, &[b"h2", b"rl/1"])),
+                )
+                .await
+                .unwrap();
+            let port = port_of(&server);
+            let rec = Rc::new(RefCell::new(Rec {
+                done: Some(l.create_future()),
+                ..Default::default()
+            }));
+            let done = rec.borrow().done.clone().unwrap();
+            let r = rec.clone();
+            let t = l
+                .create_connection_with(
+                    move || r,
+                    ConnectOptions {
+                        ssl: Some(client_config_trusting(&pki().ca, &[b"rl/1"])),
+                        ..tls_connect_opts(port)
+                    },
+                )
+                .await
+                .unwrap();
+            // connection_made came after the handshake, before the call returned.
+            assert_eq!(rec.borrow().events, ["made"]);
+            match t.get_extra_info("peercert") {
+                Some(ExtraInfo::PeerCertificates(c)) => assert_eq!(c[0], pki().leaf.cert),
+                other => panic!("peercert: {other:?}"),
+            }
+            match t.get_extra_info("cipher") {
+                Some(ExtraInfo::Cipher { name, protocol, secret_bits }) => {
+                    assert!(name.starts_with("TLS13_"), "{name}");
+                    assert_eq!(protocol, "TLSv1.3");
+                    assert!(secret_bits >= 128);
+                }
+                other => panic!("cipher: {other:?}"),
+            }
+            assert!(matches!(t.get_extra_info("tls_version"), Some(ExtraInfo::Text(v)) if v == "TLSv1.3"));
+            assert!(matches!(t.get_extra_info("alpn_protocol"), Some(ExtraInfo::Bytes(p)) if p == b"rl/1"));
+            assert!(matches!(t.get_extra_info("sslcontext"), Some(ExtraInfo::TlsConfig(TlsConfig::Client(_)))));
+            assert!(matches!(t.get_extra_info("server_hostname"), Some(ExtraInfo::Text(h)) if h == "127.0.0.1"));
+            // The socket-level keys of the transport below.
+            assert!(matches!(t.get_extra_info("peername"), Some(ExtraInfo::Address(a)) if a.as_socket().unwrap().port() == port));
+            assert!(matches!(t.get_extra_info("sockname"), Some(ExtraInfo::Address(_))));
+            assert!(matches!(t.get_extra_info("socket"), Some(ExtraInfo::Fd(_))));
+            assert_eq!(t.peername().unwrap().as_socket().unwrap().port(), port);
+            // No half-close on TLS.
+            assert!(!t.can_write_eof());
+            assert!(matches!(t.write_eof(), Err(Error::InvalidState(_))));
+            // The server side sees the client's SNI, its own config, ALPN.
+            until(|| server_t.borrow().is_some()).await;
+            let s = server_t.borrow().clone().unwrap();
+            assert!(matches!(s.get_extra_info("sslcontext"), Some(ExtraInfo::TlsConfig(TlsConfig::Server(_)))));
+            assert!(matches!(s.get_extra_info("alpn_protocol"), Some(ExtraInfo::Bytes(p)) if p == b"rl/1"));
+            assert!(s.get_extra_info("peercert").is_none(), "no client certificate");
+            // The server closes: close_notify reaches the client as EOF,
+            // then the connection is lost without an error.
+            s.close();
+            assert!(s.is_closing());
+            assert!(matches!(s.write(&b"late"[..]), Err(Error::Closed(_))));
+            done.await.unwrap();
+            assert_eq!(rec.borrow().events, ["made", "eof", "lost:none"]);
+            assert!(t.is_closing());
+            until(|| server.active_connections() == 0).await;
+            server.close();
+            server.wait_closed().await;
+        });
+    }
+}
+
+both_backends! {
+    fn streams_over_tls_tcp_and_unix(lp) {
+        let l = lp.clone();
+        run_bounded(lp, LIMIT, async move {
+            let cb = |r: ringloop::StreamReader, w: ringloop::StreamWriter| async move {
+                while let Ok(line) = r.readline().await {
+                    if line.is_empty() {
+                        break;
+                    }
+                    w.write(line).unwrap();
+                    w.drain().await.unwrap();
+                }
+                w.close();
+            };
+            let server = ringloop::start_server_with(cb, 1 << 16, tls_server_opts(server_config()))
+                .await
+                .unwrap();
+            let port = port_of(&server);
+            let (r, w) = ringloop::open_connection_with(1 << 16, tls_connect_opts(port))
+                .await
+                .unwrap();
+            w.write(&b"one\ntwo\n"[..]).unwrap();
+            assert_eq!(&r.readline().await.unwrap()[..], b"one\n");
+            assert_eq!(&r.readline().await.unwrap()[..], b"two\n");
+            w.close();
+            w.wait_closed().await.unwrap();
+            server.close();
+
+            let path = std::env::temp_dir().join(format!("ringloop-tls-{}-{:?}.sock", std::process::id(), l.backend()));
+            let userver = ringloop::start_unix_server_with(cb, &path, 1 << 16, ServerOptions {
+                ssl: Some(server_config()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+            // No host on a Unix socket: server_hostname is required.
+            let e = ringloop::open_unix_connection_with(Some(&path), 1 << 16, ConnectOptions {
+                ssl: Some(client_config()),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+            assert!(matches!(e, Error::InvalidArgument(_)), "{e}");
+            let (r, w) = ringloop::open_unix_connection_with(Some(&path), 1 << 16, ConnectOptions {
+                ssl: Some(client_config()),
+                server_hostname: Some("localhost".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+            w.write(&b"unix\n"[..]).unwrap();
+            assert_eq!(&r.readline().await.unwrap()[..], b"unix\n");
+            w.close();
+            w.wait_closed().await.unwrap();
+            userver.close();
+        });
+    }
+}
+
+both_backends! {
+    fn server_hostname_rules(lp) {
+        let l = lp.clone();
+        run_bounded(lp, LIMIT, async move {
+            let server = l
+                .create_server_with(|| Echo(None), tls_server_opts(server_config()))
+                .await
+                .unwrap();
+            let port = port_of(&server);
+            // server_hostname or TLS timeouts without ssl.
+            let e = l.create_connection_with(|| Echo(None), ConnectOptions {
+                server_hostname: Some("localhost".into()),
+                ..tls_connect_opts(port)
+            }.without_ssl()).await.unwrap_err();
+            assert!(matches!(e, Error::InvalidArgument(_)), "{e}");
+            let e = l.create_connection_with(|| Echo(None), ConnectOptions {
+                ssl_handshake_timeout: Some(Duration::from_secs(1)),
+                ..tls_connect_opts(port)
+            }.without_ssl()).await.unwrap_err();
+            assert!(matches!(e, Error::InvalidArgument(_)), "{e}");
+            // With a connected socket (no host) the name must be given.
+            let sock = Socket::tcp_for(&"127.0.0.1:0".parse().unwrap()).unwrap();
+            l.sock_connect(&sock, &std::net::SocketAddr::from(([127, 0, 0, 1], port)).into()).await.unwrap();
+            let e = l.create_connection_with(|| Echo(None), ConnectOptions {
+                sock: Some(sock),
+                ssl: Some(client_config()),
+                ..Default::default()
+            }).await.unwrap_err();
+            assert!(matches!(e, Error::InvalidArgument(_)), "{e}");
+            // The host is the default name; "localhost" is one of the leaf's names.
+            let t = l.create_connection_with(|| Echo(None), ConnectOptions {
+                host: Some("localhost".into()),
+                family: Some(ringloop::Domain::IPV4),
+                ..tls_connect_opts(port)
+            }).await.unwrap();
+            t.close();
+            // A name the certificate is not for.
+            let e = l.create_connection_with(|| Echo(None), ConnectOptions {
+                server_hostname: Some("example.com".into()),
+                ..tls_connect_opts(port)
+            }).await.unwrap_err();
+            assert!(matches!(&e, Error::Tls(rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForNameContext { .. }))
+                | Error::Tls(rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName))), "{e:?}");
+            // An empty name checks no name: the default verifier rejects then.
+            let e = l.create_connection_with(|| Echo(None), ConnectOptions {
+                server_hostname: Some(String::new()),
+                ..tls_connect_opts(port)
+            }).await.unwrap_err();
+            assert!(matches!(e, Error::Tls(rustls::Error::InvalidCertificate(_))), "{e:?}");
+            // The server is still serving.
+            assert_eq!(echo_once(&l, port, b"still").await.unwrap(), b"still");
+            server.close();
+        });
+    }
+}
+
+trait WithoutSsl {
+    fn without_ssl(self) -> Self;
+}
+
+impl WithoutSsl for ConnectOptions {
+    fn without_ssl(mut self) -> Self {
+        self.ssl = None;
+        self
+    }
+}
