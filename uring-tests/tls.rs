@@ -367,3 +367,239 @@ impl WithoutSsl for ConnectOptions {
         self
     }
 }
+
+/// A blocking rustls client on another thread (a peer ringloop did not
+/// drive), connected to 127.0.0.1:`port`.
+fn blocking_client(port: u16) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    let sock = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    sock.set_read_timeout(Some(LIMIT)).unwrap();
+    let conn =
+        rustls::ClientConnection::new(client_config(), "localhost".try_into().unwrap()).unwrap();
+    rustls::StreamOwned::new(conn, sock)
+}
+
+/// Plain protocol that hands its transport out, then forwards received
+/// bytes to a shared buffer.
+struct Plain(Rc<RefCell<Option<Transport>>>, Rc<RefCell<Vec<u8>>>);
+
+impl BaseProtocol for Plain {
+    fn connection_made(&mut self, t: Transport) {
+        *self.0.borrow_mut() = Some(t);
+    }
+}
+
+impl Protocol for Plain {
+    fn data_received(&mut self, data: &[u8]) {
+        self.1.borrow_mut().extend_from_slice(data);
+    }
+}
+
+both_backends! {
+    fn start_tls_on_the_loop_and_on_a_stream_writer(lp) {
+        let l = lp.clone();
+        run_bounded(lp, LIMIT, async move {
+            // Server: a STARTTLS line in plaintext, then TLS on the same
+            // connection, then an echo of one line.
+            let server = ringloop::start_server(
+                |r: ringloop::StreamReader, w: ringloop::StreamWriter| async move {
+                    let line = r.readline().await.unwrap();
+                    assert_eq!(&line[..], b"STARTTLS\n");
+                    let w = w
+                        .start_tls(server_config(), StartTlsOptions::default())
+                        .await
+                        .unwrap();
+                    assert!(!w.can_write_eof());
+                    let line = r.readline().await.unwrap();
+                    w.write(line).unwrap();
+                    w.drain().await.unwrap();
+                    w.close();
+                },
+                "127.0.0.1",
+                0,
+            )
+            .await
+            .unwrap();
+            let port = port_of(&server);
+            // Client 1: the loop's start_tls, right after the STARTTLS line
+            // (its ClientHello likely leaves in the same send).
+            let slot: Rc<RefCell<Option<Transport>>> = Rc::default();
+            let (s2, buf) = (slot.clone(), Rc::new(RefCell::new(Vec::new())));
+            let b2 = buf.clone();
+            let plain = l
+                .create_connection(move || Plain(s2, b2), "127.0.0.1", port)
+                .await
+                .unwrap();
+            plain.write(&b"STARTTLS\n"[..]).unwrap();
+            let rec = Rc::new(RefCell::new(Rec {
+                want: 6,
+                got_enough: Some(l.create_future()),
+                ..Default::default()
+            }));
+            let got = rec.borrow().got_enough.clone().unwrap();
+            let e = l
+                .start_tls(&plain, rec.clone(), client_config(), StartTlsOptions::default())
+                .await
+                .unwrap_err();
+            assert!(matches!(e, Error::InvalidArgument(_)), "a client needs a name: {e}");
+            let t = l
+                .start_tls(&plain, rec.clone(), client_config(), StartTlsOptions {
+                    server_hostname: Some("localhost".into()),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            // start_tls on a TLS transport is refused.
+            let e = l
+                .start_tls(&t, Echo(None), client_config(), StartTlsOptions::default())
+                .await
+                .unwrap_err();
+            assert!(matches!(e, Error::InvalidArgument(_)), "{e}");
+            // (No connection_made again: the protocol is connected already.)
+            t.write(&b"hello\n"[..]).unwrap();
+            got.await.unwrap();
+            assert_eq!(rec.borrow().data, b"hello\n");
+            assert!(rec.borrow().events.is_empty() || rec.borrow().events[0] != "made");
+            t.close();
+
+            // Client 2: another thread sends the STARTTLS line and its
+            // ClientHello in ONE write, so the server's reader has buffered
+            // the start of the TLS stream before start_tls: it must go to
+            // the handshake (not be lost, not hang the upgrade).
+            let peer = l.create_task(ringloop::to_thread(move || {
+                let mut sock = TcpStream::connect(("127.0.0.1", port)).unwrap();
+                sock.set_read_timeout(Some(LIMIT)).unwrap();
+                let mut conn = rustls::ClientConnection::new(
+                    client_config(),
+                    "localhost".try_into().unwrap(),
+                )
+                .unwrap();
+                let mut first = b"STARTTLS\n".to_vec();
+                conn.write_tls(&mut first).unwrap();
+                sock.write_all(&first).unwrap();
+                let mut s = rustls::StreamOwned::new(conn, sock);
+                s.write_all(b"buffered\n").unwrap();
+                let mut out = Vec::new();
+                let _ = s.read_to_end(&mut out);
+                out
+            }));
+            assert_eq!(peer.await.unwrap().unwrap(), b"buffered\n");
+            server.close();
+        });
+    }
+}
+
+both_backends! {
+    fn connect_accepted_socket_with_tls(lp) {
+        let l = lp.clone();
+        run_bounded(lp, LIMIT, async move {
+            let listener = Socket::tcp_listener(&"127.0.0.1:0".parse().unwrap(), 10).unwrap();
+            let port = listener.local_addr().unwrap().as_socket().unwrap().port();
+            let l2 = l.clone();
+            let client = l.create_task(async move { echo_once(&l2, port, b"accepted").await });
+            let (sock, _) = l.sock_accept(&listener).await.unwrap();
+            let t = l
+                .connect_accepted_socket_with(|| Echo(None), sock, server_config().into(), StartTlsOptions::default())
+                .await
+                .unwrap();
+            assert_eq!(client.await.unwrap().unwrap(), b"accepted");
+            t.close();
+        });
+    }
+}
+
+both_backends! {
+    fn close_sends_close_notify_and_abort_does_not(lp) {
+        let l = lp.clone();
+        run_bounded(lp, LIMIT, async move {
+            let slot: Rc<RefCell<Option<Transport>>> = Rc::default();
+            let s2 = slot.clone();
+            let server = l
+                .create_server_with(
+                    move || Plain(s2.clone(), Rc::default()),
+                    tls_server_opts(server_config()),
+                )
+                .await
+                .unwrap();
+            let port = port_of(&server);
+            for abort in [false, true] {
+                slot.borrow_mut().take();
+                let peer = l.create_task(ringloop::to_thread(move || {
+                    let mut s = blocking_client(port);
+                    s.write_all(b"x").unwrap();
+                    s.flush().unwrap();
+                    let mut buf = [0u8; 16];
+                    // Ok(0): a close_notify came; UnexpectedEof: the
+                    // connection ended without one.
+                    let r = s.read(&mut buf).map_err(|e| e.kind());
+                    if r == Ok(0) {
+                        // Answer the close_notify, as a well-behaved peer.
+                        s.conn.send_close_notify();
+                        let _ = s.flush();
+                    }
+                    r
+                }));
+                until(|| slot.borrow().is_some()).await;
+                let t = slot.borrow().clone().unwrap();
+                if abort {
+                    t.abort();
+                } else {
+                    t.close();
+                }
+                let r = peer.await.unwrap().unwrap();
+                if abort {
+                    assert_eq!(r, Err(std::io::ErrorKind::UnexpectedEof));
+                } else {
+                    assert_eq!(r, Ok(0));
+                }
+            }
+            until(|| server.active_connections() == 0).await;
+            server.close();
+        });
+    }
+}
+
+both_backends! {
+    fn shutdown_timeout_bounds_a_close_the_peer_never_answers(lp) {
+        let l = lp.clone();
+        run_bounded(lp, LIMIT, async move {
+            let rec = Rc::new(RefCell::new(Rec {
+                done: Some(l.create_future()),
+                ..Default::default()
+            }));
+            let done = rec.borrow().done.clone().unwrap();
+            let r = rec.clone();
+            let taken = Rc::new(Cell::new(false));
+            let tk = taken.clone();
+            let server = l
+                .create_server_with(
+                    move || {
+                        assert!(!tk.replace(true), "one connection");
+                        r.clone()
+                    },
+                    ServerOptions {
+                        ssl_shutdown_timeout: Some(Duration::from_millis(100)),
+                        ..tls_server_opts(server_config())
+                    },
+                )
+                .await
+                .unwrap();
+            let port = port_of(&server);
+            let (tx, rx) = std::sync::mpsc::channel::<()>();
+            let peer = l.create_task(ringloop::to_thread(move || {
+                let mut s = blocking_client(port);
+                s.write_all(b"x").unwrap();
+                s.flush().unwrap();
+                // Never answers the close_notify, never closes, until told.
+                let _ = rx.recv_timeout(LIMIT);
+            }));
+            until(|| !rec.borrow().data.is_empty()).await;
+            rec.borrow().t.clone().unwrap().close();
+            // The shutdown times out: the connection is aborted.
+            done.await.unwrap();
+            assert_eq!(rec.borrow().events, ["made", format!("lost:{}", Error::Timeout).as_str()]);
+            tx.send(()).unwrap();
+            peer.await.unwrap().unwrap();
+            server.close();
+        });
+    }
+}
