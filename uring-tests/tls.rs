@@ -603,3 +603,354 @@ both_backends! {
         });
     }
 }
+
+/// Writes `total` bytes in `CHUNK`s as fast as flow control lets it,
+/// counting pauses and the largest write buffer it saw.
+#[derive(Default)]
+struct Pump {
+    t: Option<Transport>,
+    total: usize,
+    written: usize,
+    pauses: usize,
+    resumes: usize,
+    max_buffered: usize,
+    paused: bool,
+}
+
+const CHUNK: usize = 64 * 1024;
+
+impl Pump {
+    fn pump(&mut self) {
+        let t = self.t.clone().unwrap();
+        while !self.paused && !t.is_writing_paused() && self.written < self.total {
+            let n = CHUNK.min(self.total - self.written);
+            let chunk: Vec<u8> = (self.written..self.written + n)
+                .map(|i| (i % 253) as u8)
+                .collect();
+            t.write(chunk).unwrap();
+            self.written += n;
+            self.max_buffered = self.max_buffered.max(t.get_write_buffer_size());
+        }
+    }
+}
+
+impl BaseProtocol for Pump {
+    fn connection_made(&mut self, t: Transport) {
+        self.t = Some(t);
+        self.pump();
+    }
+    fn pause_writing(&mut self) {
+        self.pauses += 1;
+        self.paused = true;
+    }
+    fn resume_writing(&mut self) {
+        self.resumes += 1;
+        self.paused = false;
+        self.pump();
+    }
+}
+
+impl Protocol for Pump {}
+
+/// Receives without reading at first (paused from connection_made on),
+/// checking the byte pattern.
+#[derive(Default)]
+struct Sink {
+    t: Option<Transport>,
+    got: usize,
+    bad: usize,
+}
+
+impl BaseProtocol for Sink {
+    fn connection_made(&mut self, t: Transport) {
+        t.pause_reading();
+        self.t = Some(t);
+    }
+}
+
+impl Protocol for Sink {
+    fn data_received(&mut self, data: &[u8]) {
+        for (k, b) in data.iter().enumerate() {
+            if *b != ((self.got + k) % 253) as u8 {
+                self.bad += 1;
+            }
+        }
+        self.got += data.len();
+    }
+}
+
+/// A 32 MiB transfer through TLS to a reader that does not read: the
+/// writer is paused and what it wrote stays bounded (well under the
+/// total); resumed, every byte arrives in order.
+async fn bounded_transfer(l: &EventLoop, server_writes: bool) {
+    const TOTAL: usize = 32 << 20;
+    let pump = Rc::new(RefCell::new(Pump {
+        total: TOTAL,
+        ..Default::default()
+    }));
+    let sink = Rc::new(RefCell::new(Sink::default()));
+    let (p2, s2) = (pump.clone(), sink.clone());
+    let server = if server_writes {
+        l.create_server_with(move || p2.clone(), tls_server_opts(server_config()))
+            .await
+    } else {
+        l.create_server_with(move || s2.clone(), tls_server_opts(server_config()))
+            .await
+    }
+    .unwrap();
+    let port = port_of(&server);
+    let (p3, s3) = (pump.clone(), sink.clone());
+    let _client = if server_writes {
+        l.create_connection_with(move || s3, tls_connect_opts(port))
+            .await
+    } else {
+        l.create_connection_with(move || p3, tls_connect_opts(port))
+            .await
+    }
+    .unwrap();
+    until(|| pump.borrow().paused).await;
+    // Give the writer many turns to overrun, if it could.
+    for _ in 0..50 {
+        ringloop::sleep(Duration::from_millis(1)).await.unwrap();
+    }
+    {
+        let p = pump.borrow();
+        assert!(p.paused, "the writer stays paused while nobody reads");
+        assert!(
+            p.written < TOTAL / 2,
+            "bounded: {} of {TOTAL} bytes written",
+            p.written
+        );
+        assert!(
+            p.max_buffered <= 2 * CHUNK + 64 * 1024,
+            "the TLS write buffer stays near its high-water mark: {}",
+            p.max_buffered
+        );
+        assert_eq!(sink.borrow().got, 0);
+    }
+    let t = sink.borrow().t.clone().unwrap();
+    assert!(!t.is_reading());
+    t.resume_reading();
+    assert!(t.is_reading());
+    until(|| sink.borrow().got == TOTAL).await;
+    let p = pump.borrow();
+    assert!(
+        p.pauses >= 1 && p.resumes >= 1,
+        "pauses {} resumes {}",
+        p.pauses,
+        p.resumes
+    );
+    assert_eq!(sink.borrow().bad, 0, "bytes arrived in order");
+    server.close();
+}
+
+both_backends! {
+    fn flow_control_through_tls_server_to_client(lp) {
+        let l = lp.clone();
+        run_bounded(lp, LIMIT, async move { bounded_transfer(&l, true).await });
+    }
+}
+
+both_backends! {
+    fn flow_control_through_tls_client_to_server(lp) {
+        let l = lp.clone();
+        run_bounded(lp, LIMIT, async move { bounded_transfer(&l, false).await });
+    }
+}
+
+/// Echoes, and records how each connection ended.
+struct Watch(Option<Transport>, Rc<RefCell<Vec<String>>>);
+
+impl BaseProtocol for Watch {
+    fn connection_made(&mut self, t: Transport) {
+        self.0 = Some(t);
+    }
+    fn connection_lost(&mut self, exc: Option<Error>) {
+        self.1
+            .borrow_mut()
+            .push(exc.map_or("none".into(), |e| format!("{e:?}")));
+    }
+}
+
+impl Protocol for Watch {
+    fn data_received(&mut self, data: &[u8]) {
+        self.0.as_ref().unwrap().write(data.to_vec()).unwrap();
+    }
+}
+
+/// The first bytes of a real ClientHello.
+fn client_hello() -> Vec<u8> {
+    let mut conn =
+        rustls::ClientConnection::new(client_config(), "localhost".try_into().unwrap()).unwrap();
+    let mut out = Vec::new();
+    conn.write_tls(&mut out).unwrap();
+    out
+}
+
+/// A raw TCP peer: sends `data`, half-closes if `then_eof`, and reads
+/// until the server ends the connection; what it read. A read that times
+/// out (the server never ended it) fails the test.
+fn raw_peer(port: u16, data: Vec<u8>, then_eof: bool) -> Vec<u8> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(LIMIT)).unwrap();
+    s.write_all(&data).unwrap();
+    if then_eof {
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+    }
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return out,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return out,
+            Err(e) => panic!("the server did not end a bad connection: {e}"),
+        }
+    }
+}
+
+both_backends! {
+    fn bad_clients_cost_one_connection_each(lp) {
+        common::install_logger();
+        let l = lp.clone();
+        run_bounded(lp, LIMIT, async move {
+            let lost = Rc::new(RefCell::new(Vec::new()));
+            let made = Rc::new(Cell::new(0));
+            let (l2, m2) = (lost.clone(), made.clone());
+            let server = l
+                .create_server_with(
+                    move || {
+                        m2.set(m2.get() + 1);
+                        Watch(None, l2.clone())
+                    },
+                    ServerOptions {
+                        ssl_handshake_timeout: Some(Duration::from_millis(200)),
+                        ..tls_server_opts(server_config())
+                    },
+                )
+                .await
+                .unwrap();
+            let port = port_of(&server);
+            let mut rng = common::Rng::seeded(14);
+            let random: Vec<u8> = (0..4096).map(|_| rng.below(256) as u8).collect();
+            let hello = client_hello();
+            let cases: Vec<(&str, Vec<u8>, bool)> = vec![
+                ("plaintext HTTP", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), false),
+                ("random bytes", random, false),
+                ("truncated handshake", hello[..hello.len() / 2].to_vec(), true),
+                // Half a ClientHello, then nothing: the handshake timeout ends it.
+                ("stalled handshake", hello[..hello.len() / 2].to_vec(), false),
+            ];
+            for (what, data, eof) in cases {
+                let got = l
+                    .create_task(ringloop::to_thread(move || raw_peer(port, data, eof)))
+                    .await
+                    .unwrap()
+                    .unwrap();
+                if what == "plaintext HTTP" {
+                    // A TLS alert record (content type 21) before the close.
+                    assert_eq!(got.first(), Some(&21), "{what}: {got:?}");
+                }
+                // The server serves the next client.
+                assert_eq!(echo_once(&l, port, what.as_bytes()).await.unwrap(), what.as_bytes(), "{what}");
+            }
+            // A peer that resets mid-record after the handshake: that
+            // connection is lost with the error, nothing else.
+            l.create_task(ringloop::to_thread(move || {
+                let mut s = blocking_client(port);
+                s.write_all(b"ping").unwrap();
+                s.flush().unwrap();
+                let mut buf = [0u8; 4];
+                s.read_exact(&mut buf).unwrap();
+                let mut rec = Vec::new();
+                s.conn.writer().write_all(&[7u8; 1000]).unwrap();
+                s.conn.write_tls(&mut rec).unwrap();
+                s.sock.write_all(&rec[..rec.len() / 2]).unwrap();
+                socket2::SockRef::from(&s.sock).set_linger(Some(Duration::ZERO)).unwrap();
+            }))
+            .await
+            .unwrap()
+            .unwrap();
+            until(|| lost.borrow().iter().any(|e| e.contains("ConnectionReset"))).await;
+            assert_eq!(echo_once(&l, port, b"after reset").await.unwrap(), b"after reset");
+            until(|| server.active_connections() == 0).await;
+            // Bad handshakes never reached the application's protocol...
+            assert!(lost.borrow().iter().all(|e| e == "none" || e.contains("ConnectionReset")), "{:?}", lost.borrow());
+            // ...and were logged with rustls's reason or the timeout.
+            assert!(common::logged("TLS handshake failed: TLS: received corrupt message"), "{:?}", common::log_lines());
+            assert!(common::logged("TLS handshake failed: timed out"));
+            assert!(common::logged("connection closed during the TLS handshake"));
+            server.close();
+        });
+    }
+}
+
+both_backends! {
+    fn bad_servers_give_the_client_a_clear_error(lp) {
+        let l = lp.clone();
+        run_bounded(lp, LIMIT, async move {
+            for (what, leaf) in [("untrusted", &pki().untrusted), ("expired", &pki().expired)] {
+                let server = l
+                    .create_server_with(|| Echo(None), tls_server_opts(server_config_for(leaf, &[])))
+                    .await
+                    .unwrap();
+                let e = l
+                    .create_connection_with(|| Echo(None), tls_connect_opts(port_of(&server)))
+                    .await
+                    .unwrap_err();
+                match (what, &e) {
+                    ("untrusted", Error::Tls(rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer))) => {}
+                    ("expired", Error::Tls(rustls::Error::InvalidCertificate(
+                        rustls::CertificateError::Expired | rustls::CertificateError::ExpiredContext { .. },
+                    ))) => {}
+                    _ => panic!("{what}: {e:?}"),
+                }
+                server.close();
+            }
+            // A server that accepts and never answers: the client's
+            // handshake timeout.
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let e = l
+                .create_connection_with(|| Echo(None), ConnectOptions {
+                    ssl_handshake_timeout: Some(Duration::from_millis(100)),
+                    ..tls_connect_opts(port)
+                })
+                .await
+                .unwrap_err();
+            assert!(matches!(e, Error::Timeout), "{e:?}");
+            // The client aborted its connection: the server side ends.
+            let ended = l
+                .create_task(ringloop::to_thread(move || {
+                    let (mut held, _) = listener.accept().unwrap();
+                    held.set_read_timeout(Some(LIMIT)).unwrap();
+                    let mut sink = Vec::new();
+                    held.read_to_end(&mut sink).map_err(|e| e.kind())
+                }))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(
+                matches!(ended, Ok(_) | Err(std::io::ErrorKind::ConnectionReset)),
+                "{ended:?}"
+            );
+            // A server that answers in plaintext.
+            let plain = ringloop::start_server(
+                |_r: ringloop::StreamReader, w: ringloop::StreamWriter| async move {
+                    w.write(&b"HTTP/1.1 400 Bad Request\r\n\r\n"[..]).unwrap();
+                    w.close();
+                },
+                "127.0.0.1",
+                0,
+            )
+            .await
+            .unwrap();
+            let e = l
+                .create_connection_with(|| Echo(None), tls_connect_opts(port_of(&plain)))
+                .await
+                .unwrap_err();
+            assert!(matches!(e, Error::Tls(_)), "{e:?}");
+            plain.close();
+        });
+    }
+}

@@ -117,7 +117,6 @@ pub(crate) struct Tls {
     incoming: RefCell<Vec<u8>>,
     /// Ciphertext held while the plain transport's writing is paused.
     outgoing: RefCell<Vec<u8>>,
-    plain_writing_paused: Cell<bool>,
     app_reading_paused: Cell<bool>,
     /// This layer paused the plain transport's reading.
     plain_reading_paused: Cell<bool>,
@@ -204,7 +203,6 @@ impl Tls {
             state: Cell::new(State::Unwrapped),
             incoming: RefCell::new(Vec::new()),
             outgoing: RefCell::new(Vec::new()),
-            plain_writing_paused: Cell::new(false),
             app_reading_paused: Cell::new(false),
             plain_reading_paused: Cell::new(false),
             app_made: Cell::new(false),
@@ -271,18 +269,20 @@ impl Tls {
     /// writing is paused (then it waits here, counted against the
     /// application's marks) and `force` is false.
     fn flush_outgoing(&self, force: bool) {
+        let Some(p) = self.plain() else { return };
         let data = {
             let mut out = self.outgoing.borrow_mut();
             self.sess.borrow_mut().take_tls(&mut out);
-            if out.is_empty() || (self.plain_writing_paused.get() && !force) {
+            // (The plain transport's own state, not its pause_writing
+            // callback: that one waits while a callback of ours runs, and
+            // an application writing in a loop there would overrun it.)
+            if out.is_empty() || (p.is_writing_paused() && !force) {
                 return;
             }
             std::mem::take(&mut *out)
         };
-        if let Some(p) = self.plain() {
-            // (A closing plain transport drops it: the connection is over.)
-            let _ = p.write(data);
-        }
+        // (A closing plain transport drops it: the connection is over.)
+        let _ = p.write(data);
     }
 
     /// pause_writing / resume_writing for the application, by what waits
@@ -598,12 +598,10 @@ impl BaseProtocol for TlsProtocol {
         self.0.plain_lost(exc);
     }
 
-    fn pause_writing(&mut self) {
-        self.0.plain_writing_paused.set(true);
-    }
+    // (Pausing is read from the plain transport's state: see
+    // `flush_outgoing`.)
 
     fn resume_writing(&mut self) {
-        self.0.plain_writing_paused.set(false);
         self.0.flush_outgoing(false);
         self.0.control_app_writing();
     }
