@@ -62,7 +62,9 @@ pub enum Error {
     Io(Arc<io::Error>),
     /// A TLS failure (`ssl.SSLError`) with rustls's reason: a bad or
     /// untrusted certificate, a protocol violation, an alert from the peer.
-    Tls(rustls::Error),
+    /// (Behind an [`Arc`], as [`Error::Io`]: rustls's error is large, and
+    /// every task's result holds an `Error`.)
+    Tls(Arc<rustls::Error>),
 }
 
 /// `Result` with [`Error`] as the default error.
@@ -136,7 +138,7 @@ impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Error::Io(e) => Some(&**e),
-            Error::Tls(e) => Some(e),
+            Error::Tls(e) => Some(&**e),
             _ => None,
         }
     }
@@ -156,5 +158,11 @@ pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
         s.clone()
     } else {
         "non-string panic payload".to_owned()
+    }
+}
+
+impl From<rustls::Error> for Error {
+    fn from(e: rustls::Error) -> Error {
+        Error::Tls(Arc::new(e))
     }
 }

@@ -342,18 +342,26 @@ both_backends! {
                 server_hostname: Some("example.com".into()),
                 ..tls_connect_opts(port)
             }).await.unwrap_err();
-            assert!(matches!(&e, Error::Tls(rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForNameContext { .. }))
-                | Error::Tls(rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName))), "{e:?}");
+            assert!(matches!(tls_err(&e), rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForNameContext { .. }
+                | rustls::CertificateError::NotValidForName)), "{e:?}");
             // An empty name checks no name: the default verifier rejects then.
             let e = l.create_connection_with(|| Echo(None), ConnectOptions {
                 server_hostname: Some(String::new()),
                 ..tls_connect_opts(port)
             }).await.unwrap_err();
-            assert!(matches!(e, Error::Tls(rustls::Error::InvalidCertificate(_))), "{e:?}");
+            assert!(matches!(tls_err(&e), rustls::Error::InvalidCertificate(_)), "{e:?}");
             // The server is still serving.
             assert_eq!(echo_once(&l, port, b"still").await.unwrap(), b"still");
             server.close();
         });
+    }
+}
+
+/// The rustls error inside an [`Error::Tls`].
+fn tls_err(e: &Error) -> &rustls::Error {
+    match e {
+        Error::Tls(t) => t,
+        other => panic!("not a TLS error: {other:?}"),
     }
 }
 
@@ -898,11 +906,11 @@ both_backends! {
                     .create_connection_with(|| Echo(None), tls_connect_opts(port_of(&server)))
                     .await
                     .unwrap_err();
-                match (what, &e) {
-                    ("untrusted", Error::Tls(rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer))) => {}
-                    ("expired", Error::Tls(rustls::Error::InvalidCertificate(
+                match (what, tls_err(&e)) {
+                    ("untrusted", rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer)) => {}
+                    ("expired", rustls::Error::InvalidCertificate(
                         rustls::CertificateError::Expired | rustls::CertificateError::ExpiredContext { .. },
-                    ))) => {}
+                    )) => {}
                     _ => panic!("{what}: {e:?}"),
                 }
                 server.close();

@@ -565,7 +565,7 @@ impl Tls {
         let exc = self.failure.borrow_mut().take().or(exc);
         if let Some(w) = self.waiter.borrow_mut().take() {
             let _ = w.set_error(exc.clone().unwrap_or_else(|| {
-                Error::Tls(rustls::Error::General(
+                Error::from(rustls::Error::General(
                     "connection closed during the TLS handshake".into(),
                 ))
             }));
@@ -611,7 +611,7 @@ impl BaseProtocol for TlsProtocol {
         match t.state.get() {
             State::Handshaking => {
                 t.handshake_failed(
-                    Error::Tls(rustls::Error::General(
+                    Error::from(rustls::Error::General(
                         "connection closed during the TLS handshake".into(),
                     )),
                     false,

@@ -39,7 +39,7 @@ impl Session {
                 Error::InvalidArgument(format!("server_hostname {server_name:?}: {e}"))
             })?
         };
-        let mut conn = rustls::ClientConnection::new(config, name).map_err(Error::Tls)?;
+        let mut conn = rustls::ClientConnection::new(config, name).map_err(Error::from)?;
         // The transport above does its own flow control.
         conn.set_buffer_limit(None);
         Ok(Session { conn: conn.into() })
@@ -47,7 +47,7 @@ impl Session {
 
     /// A server session.
     pub(crate) fn server(config: Arc<ServerConfig>) -> Result<Session> {
-        let mut conn = rustls::ServerConnection::new(config).map_err(Error::Tls)?;
+        let mut conn = rustls::ServerConnection::new(config).map_err(Error::from)?;
         conn.set_buffer_limit(None);
         Ok(Session { conn: conn.into() })
     }
@@ -69,7 +69,7 @@ impl Session {
                 Err(e) if e.kind() == io::ErrorKind::Other => break,
                 Err(e) => return Err(e.into()),
             }
-            let st = self.conn.process_new_packets().map_err(Error::Tls)?;
+            let st = self.conn.process_new_packets().map_err(Error::from)?;
             fed.peer_closed |= st.peer_has_closed();
             if st.plaintext_bytes_to_read() > 0 {
                 break;
@@ -87,12 +87,13 @@ impl Session {
     pub(crate) fn read_plain(&mut self, out: &mut Vec<u8>, max: usize) -> usize {
         let start = out.len();
         out.resize(start + max, 0);
-        let n = match self.conn.reader().read(&mut out[start..]) {
-            Ok(n) => n,
-            // WouldBlock: nothing yet; UnexpectedEof: closed without
-            // close_notify (a normal EOF for the application).
-            Err(_) => 0,
-        };
+        // WouldBlock: nothing yet; UnexpectedEof: closed without
+        // close_notify (a normal EOF for the application): both 0 here.
+        let n = self
+            .conn
+            .reader()
+            .read(&mut out[start..])
+            .unwrap_or_default();
         out.truncate(start + n);
         n
     }
