@@ -1157,3 +1157,37 @@ both_backends! {
         });
     }
 }
+
+/// Holds its drop flag: shows the protocol was released.
+struct Held(#[allow(dead_code)] common::DropFlag);
+
+impl BaseProtocol for Held {}
+impl Protocol for Held {}
+
+both_backends! {
+    fn a_loop_closed_under_a_live_tls_connection_releases_both_sides(lp) {
+        let (client_gone, server_gone) = (Rc::new(Cell::new(false)), Rc::new(Cell::new(false)));
+        let (l, c, s) = (lp.clone(), client_gone.clone(), server_gone.clone());
+        let kept = run_bounded(lp, LIMIT, async move {
+            let server = l
+                .create_server_with(
+                    move || Held(common::DropFlag(s.clone())),
+                    tls_server_opts(server_config()),
+                )
+                .await
+                .unwrap();
+            let port = port_of(&server);
+            let t = l
+                .create_connection_with(move || Held(common::DropFlag(c)), tls_connect_opts(port))
+                .await
+                .unwrap();
+            until(|| server.active_connections() == 1).await;
+            (server, t)
+        });
+        assert!(!client_gone.get() && !server_gone.get());
+        lp.close().unwrap();
+        assert!(client_gone.get(), "the client's protocol was released");
+        assert!(server_gone.get(), "the server's protocol was released");
+        drop(kept);
+    }
+}

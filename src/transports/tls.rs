@@ -639,6 +639,24 @@ impl BaseProtocol for TlsProtocol {
     }
 }
 
+impl Drop for TlsProtocol {
+    fn drop(&mut self) {
+        // The plain transport let go of its protocol without
+        // `connection_lost` (the loop closed under a live connection): the
+        // application's side goes too, without callbacks, as the stream
+        // transport's protocol does then (this also ends the cycle
+        // through the application's protocol and its transport handle).
+        let t = &self.0;
+        if t.app.begin_lost() {
+            t.cancel_timer();
+            t.state.set(State::Unwrapped);
+            t.waiter.borrow_mut().take();
+            t.plain.borrow_mut().take();
+            t.app.release();
+        }
+    }
+}
+
 impl Protocol for TlsProtocol {
     fn data_received(&mut self, data: &[u8]) {
         self.0.on_data(data);
