@@ -87,6 +87,11 @@ pub struct StartTlsOptions {
     pub ssl_shutdown_timeout: Option<Duration>,
 }
 
+thread_local! {
+    /// Where decrypted bytes are copied for `data_received`.
+    static READ_BUF: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+}
+
 /// sslproto's states.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
@@ -392,9 +397,17 @@ impl Tls {
                     if self.app_reading_paused.get() {
                         return input;
                     }
-                    let mut buf = Vec::new();
-                    if self.sess.borrow_mut().read_plain(&mut buf, READ_CHUNK) > 0 {
-                        self.deliver(buf);
+                    // (One buffer per thread, zeroed once: no allocation
+                    // per record and none held by idle connections; a
+                    // nested delivery finds it taken and makes its own.)
+                    let mut buf = READ_BUF.take();
+                    buf.resize(READ_CHUNK, 0);
+                    let n = self.sess.borrow_mut().read_plain(&mut buf);
+                    if n > 0 {
+                        self.deliver(&buf[..n]);
+                    }
+                    READ_BUF.set(buf);
+                    if n > 0 {
                         continue;
                     }
                     if input.is_empty() {
@@ -418,10 +431,8 @@ impl Tls {
                     // Closing: what still comes is read for the peer's
                     // close_notify and dropped.
                     let r = self.sess.borrow_mut().feed(&mut input);
-                    let mut sink = Vec::new();
-                    while self.sess.borrow_mut().read_plain(&mut sink, READ_CHUNK) > 0 {
-                        sink.clear();
-                    }
+                    let mut sink = [0u8; 4096];
+                    while self.sess.borrow_mut().read_plain(&mut sink) > 0 {}
                     match r {
                         Ok(fed) if fed.peer_closed => {
                             self.finish_shutdown();
@@ -440,10 +451,13 @@ impl Tls {
     }
 
     /// Hands decrypted bytes to the application.
-    fn deliver(&self, buf: Vec<u8>) {
-        match self.app.protocol.invoke(|p| p.data_received(&buf)) {
+    fn deliver(&self, buf: &[u8]) {
+        match self.app.protocol.invoke(|p| p.data_received(buf)) {
             Ok(_) => {}
-            Err(Failure::Busy) => self.call_app(move |p| p.data_received(&buf)),
+            Err(Failure::Busy) => {
+                let copy = buf.to_vec();
+                self.call_app(move |p| p.data_received(&copy))
+            }
             Err(Failure::Panic(msg)) => {
                 self.app.report_panic(&msg, format!("{self:?}"));
                 *self.failure.borrow_mut() = Some(Error::Panic(msg));

@@ -83,19 +83,11 @@ impl Session {
         let _ = self.conn.read_tls(&mut &[][..]);
     }
 
-    /// Appends decrypted bytes (at most `max`) to `out`; 0 if none are ready.
-    pub(crate) fn read_plain(&mut self, out: &mut Vec<u8>, max: usize) -> usize {
-        let start = out.len();
-        out.resize(start + max, 0);
+    /// Copies decrypted bytes into `out`; how many (0: none are ready).
+    pub(crate) fn read_plain(&mut self, out: &mut [u8]) -> usize {
         // WouldBlock: nothing yet; UnexpectedEof: closed without
         // close_notify (a normal EOF for the application): both 0 here.
-        let n = self
-            .conn
-            .reader()
-            .read(&mut out[start..])
-            .unwrap_or_default();
-        out.truncate(start + n);
-        n
+        self.conn.reader().read(out).unwrap_or_default()
     }
 
     /// Encrypts `data` (buffered until the handshake is done).
