@@ -141,6 +141,13 @@ pub(crate) struct Tls {
     failure: RefCell<Option<Error>>,
 }
 
+/// The engine took no input and made no progress.
+fn stuck() -> Error {
+    Error::from(rustls::Error::General(
+        "the TLS engine accepted no input".into(),
+    ))
+}
+
 /// What the plain transport calls: the encrypted side of [`Tls`].
 pub(crate) struct TlsProtocol(Rc<Tls>);
 
@@ -379,6 +386,7 @@ impl Tls {
             match self.state.get() {
                 State::Unwrapped => return &[],
                 State::Handshaking => {
+                    let before = input.len();
                     let r = self.sess.borrow_mut().feed(&mut input);
                     self.flush_outgoing(true);
                     if let Err(e) = r {
@@ -391,6 +399,12 @@ impl Tls {
                     }
                     if input.is_empty() {
                         return input;
+                    }
+                    if input.len() == before {
+                        // (Never seen: the engine took nothing and made no
+                        // progress. An error rather than a spin.)
+                        self.handshake_failed(stuck(), false);
+                        return &[];
                     }
                 }
                 State::Wrapped => {
@@ -413,9 +427,16 @@ impl Tls {
                     if input.is_empty() {
                         return input;
                     }
+                    let before = input.len();
                     let r = self.sess.borrow_mut().feed(&mut input);
                     self.flush_outgoing(false);
                     match r {
+                        Ok(_)
+                            if input.len() == before && !self.sess.borrow_mut().has_plaintext() =>
+                        {
+                            self.fatal(stuck());
+                            return &[];
+                        }
                         Ok(fed) => {
                             if fed.peer_closed {
                                 self.peer_closed.set(true);

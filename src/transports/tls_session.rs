@@ -90,6 +90,13 @@ impl Session {
         self.conn.reader().read(out).unwrap_or_default()
     }
 
+    /// Decrypted bytes are waiting to be read.
+    pub(crate) fn has_plaintext(&mut self) -> bool {
+        self.conn
+            .process_new_packets()
+            .is_ok_and(|st| st.plaintext_bytes_to_read() > 0)
+    }
+
     /// Encrypts `data` (buffered until the handshake is done).
     pub(crate) fn write_plain(&mut self, data: &[u8]) -> Result<()> {
         self.conn.writer().write_all(data).map_err(Error::from)
