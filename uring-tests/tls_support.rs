@@ -1,14 +1,17 @@
 //! Certificates made at test time (a CA and separate leaves: a
 //! self-signed certificate used as both is rejected by rustls) and the
-//! rustls configs the TLS tests share.
+//! rustls configs and the protocols and helpers the TLS tests share.
 #![allow(dead_code)]
 
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
+use ringloop::prelude::*;
 use ringloop::tls::rustls;
+use ringloop::{BaseProtocol, ConnectOptions, Protocol, ServerOptions, Transport};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
@@ -138,4 +141,92 @@ pub fn pem_dir(tag: &str) -> std::path::PathBuf {
     std::fs::write(dir.join("cert.pem"), &p.leaf.cert_pem).unwrap();
     std::fs::write(dir.join("key.pem"), &p.leaf.key_pem).unwrap();
     dir
+}
+
+pub const LIMIT: Duration = Duration::from_secs(30);
+
+/// Echoes everything back.
+pub struct Echo(pub Option<Transport>);
+
+impl BaseProtocol for Echo {
+    fn connection_made(&mut self, t: Transport) {
+        self.0 = Some(t);
+    }
+}
+
+impl Protocol for Echo {
+    fn data_received(&mut self, data: &[u8]) {
+        self.0.as_ref().unwrap().write(data.to_vec()).unwrap();
+    }
+}
+
+/// Records callbacks and data; completes `done` on connection_lost.
+#[derive(Default)]
+pub struct Rec {
+    pub events: Vec<String>,
+    pub data: Vec<u8>,
+    pub t: Option<Transport>,
+    pub done: Option<LoopFuture<()>>,
+    /// Completes once this many bytes arrived.
+    pub want: usize,
+    pub got_enough: Option<LoopFuture<()>>,
+}
+
+impl BaseProtocol for Rec {
+    fn connection_made(&mut self, t: Transport) {
+        self.events.push("made".into());
+        self.t = Some(t);
+    }
+    fn eof_received(&mut self) -> bool {
+        self.events.push("eof".into());
+        false
+    }
+    fn connection_lost(&mut self, exc: Option<Error>) {
+        self.events.push(format!(
+            "lost:{}",
+            exc.map_or("none".into(), |e| e.to_string())
+        ));
+        if let Some(d) = self.done.take() {
+            let _ = d.set_result(());
+        }
+    }
+}
+
+impl Protocol for Rec {
+    fn data_received(&mut self, data: &[u8]) {
+        self.data.extend_from_slice(data);
+        if self.data.len() >= self.want {
+            if let Some(f) = self.got_enough.take() {
+                let _ = f.set_result(());
+            }
+        }
+    }
+}
+
+/// Waits (in loop turns) until `cond` holds; the test's watchdog bounds it.
+pub async fn until(mut cond: impl FnMut() -> bool) {
+    while !cond() {
+        ringloop::sleep(Duration::from_millis(1)).await.unwrap();
+    }
+}
+
+pub fn port_of(s: &ringloop::Server) -> u16 {
+    s.sockets()[0].as_socket().unwrap().port()
+}
+
+pub fn tls_server_opts(cfg: Arc<rustls::ServerConfig>) -> ServerOptions {
+    ServerOptions {
+        hosts: vec!["127.0.0.1".into()],
+        ssl: Some(cfg),
+        ..Default::default()
+    }
+}
+
+pub fn tls_connect_opts(port: u16) -> ConnectOptions {
+    ConnectOptions {
+        host: Some("127.0.0.1".into()),
+        port,
+        ssl: Some(client_config()),
+        ..Default::default()
+    }
 }
