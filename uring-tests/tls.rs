@@ -907,3 +907,75 @@ both_backends! {
         drop(kept);
     }
 }
+
+both_backends! {
+    fn a_connect_dropped_mid_handshake_aborts_its_connection(lp) {
+        let l = lp.clone();
+        run_bounded(lp, LIMIT, async move {
+            // A server that accepts and never answers the ClientHello.
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let r = ringloop::wait_for(
+                l.create_connection_with(|| Echo(None), tls_connect_opts(port)),
+                Duration::from_millis(100),
+            )
+            .await;
+            assert!(matches!(r, Err(Error::Timeout)), "{r:?}");
+            // Dropping the connect aborted the socket: the server side ends.
+            let ended = l
+                .create_task(ringloop::to_thread(move || {
+                    let (mut held, _) = listener.accept().unwrap();
+                    held.set_read_timeout(Some(LIMIT)).unwrap();
+                    let mut sink = Vec::new();
+                    held.read_to_end(&mut sink).map_err(|e| e.kind())
+                }))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(
+                matches!(ended, Ok(_) | Err(std::io::ErrorKind::ConnectionReset)),
+                "{ended:?}"
+            );
+        });
+    }
+}
+
+/// A BufferedProtocol echo with a small buffer.
+struct BufEcho(Option<Transport>, [u8; 100]);
+
+impl BaseProtocol for BufEcho {
+    fn connection_made(&mut self, t: Transport) {
+        self.0 = Some(t);
+    }
+}
+
+impl ringloop::BufferedProtocol for BufEcho {
+    fn get_buffer(&mut self, _sizehint: usize) -> &mut [u8] {
+        &mut self.1
+    }
+    fn buffer_updated(&mut self, n: usize) {
+        self.0
+            .as_ref()
+            .unwrap()
+            .write(self.1[..n].to_vec())
+            .unwrap();
+    }
+}
+
+both_backends! {
+    fn a_buffered_protocol_over_tls(lp) {
+        let l = lp.clone();
+        run_bounded(lp, LIMIT, async move {
+            let server = l
+                .create_server_with(
+                    || ringloop::protocols::buffered(BufEcho(None, [0; 100])),
+                    tls_server_opts(server_config()),
+                )
+                .await
+                .unwrap();
+            let msg: Vec<u8> = (0..10_000).map(|i| (i % 256) as u8).collect();
+            assert_eq!(echo_once(&l, port_of(&server), &msg).await.unwrap(), msg);
+            server.close();
+        });
+    }
+}
