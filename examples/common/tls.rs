@@ -12,7 +12,9 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
-/// Makes `dir/{ca,cert,key}.pem` unless `cert.pem` is there already.
+/// Makes `dir/{ca,cert,key}.pem` unless `cert.pem` is there already
+/// (`cert.pem` last; two processes making one directory at once could
+/// still mix their files: give each its own).
 pub fn ensure_certs(dir: &Path) -> io::Result<()> {
     if dir.join("cert.pem").exists() {
         return Ok(());
