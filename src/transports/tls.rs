@@ -21,7 +21,7 @@ use super::base::{Base, deliver_lost};
 use super::cell::Failure;
 use super::handle::Layered;
 use super::tls_session::Session;
-use crate::base_loop::EventLoop;
+use crate::base_loop::{EventLoop, LoopClosing};
 use crate::driver::buf::Chunk;
 use crate::error::{Error, Result};
 use crate::futures::LoopFuture;
@@ -230,6 +230,13 @@ impl Tls {
             waiter: RefCell::new(waiter.then(|| LoopFuture::new(lp.clone()))),
             failure: RefCell::new(None),
         });
+        // Told if the loop closes under it: the application's protocol and
+        // its transport handle make a cycle only `release` ends (the
+        // plain transport's own registration does not reach it once that
+        // transport is gone and the application's `connection_lost` is
+        // still queued).
+        let weak: Weak<dyn LoopClosing> = Rc::downgrade(&tls) as _;
+        tls.app.register(weak);
         Ok(tls)
     }
 
@@ -671,6 +678,18 @@ impl BaseProtocol for TlsProtocol {
             }
             State::Unwrapped => false,
         }
+    }
+}
+
+impl LoopClosing for Tls {
+    fn loop_closing(self: Rc<Self>) {
+        // (As the stream transport: let go of everything, no callbacks.)
+        self.app.begin_lost();
+        self.cancel_timer();
+        self.state.set(State::Unwrapped);
+        self.waiter.borrow_mut().take();
+        self.plain.borrow_mut().take();
+        self.app.release();
     }
 }
 
