@@ -24,7 +24,10 @@
 //! serves until SIGTERM or Ctrl-C, then shuts down gracefully (stops
 //! accepting, closes its clients, exits 0); with no arguments it checks
 //! itself (pipelining, HEAD, bodies, HTTP/1.0, bad and oversized requests,
-//! the idle timeout, a client that never reads) and exits.
+//! the idle timeout, a client that never reads, and the same server over
+//! TLS) and exits.
+//! `--tls DIR` serves HTTPS with `DIR/cert.pem` and `DIR/key.pem` (made
+//! there with a test CA if absent: `curl --cacert DIR/ca.pem`, `wrk`).
 
 mod common;
 
@@ -38,12 +41,14 @@ use log::{debug, info};
 use ringloop::prelude::*;
 use ringloop::{BaseProtocol, Protocol, TimerHandle, Transport};
 
-const USAGE: &str = "usage: http_hello [--serve ADDR] [--timeout SECS]
+const USAGE: &str = "usage: http_hello [--serve ADDR] [--timeout SECS] [--tls DIR]
 
   --serve ADDR     serve on ADDR (127.0.0.1:P, [::1]:P or localhost:P) until SIGTERM or Ctrl-C;
                    without it, check the server against itself and exit
   --timeout SECS   close a connection with no complete request for SECS
                    seconds (default 10; 0: never)
+  --tls DIR        serve HTTPS with DIR/cert.pem and DIR/key.pem (made there,
+                   with the ca.pem clients trust, if absent)
   RUST_LOG=ringloop=debug shows the loop's own messages";
 
 /// The most a request head may take, and the most headers it may have.
@@ -351,7 +356,12 @@ impl Protocol for Http {
     }
 }
 
-async fn serve(host: &str, port: u16, timeout: Duration) -> ringloop::Result<ringloop::Server> {
+async fn serve(
+    host: &str,
+    port: u16,
+    timeout: Duration,
+    tls: Option<std::sync::Arc<ringloop::tls::rustls::ServerConfig>>,
+) -> ringloop::Result<ringloop::Server> {
     get_running_loop()?
         .create_server_with(
             move || Http::new(timeout),
@@ -359,6 +369,7 @@ async fn serve(host: &str, port: u16, timeout: Duration) -> ringloop::Result<rin
                 hosts: vec![host.to_owned()],
                 port,
                 backlog: 1024,
+                ssl: tls,
                 ..Default::default()
             },
         )
@@ -374,7 +385,7 @@ async fn exchange(port: u16, req: impl Into<bytes::Bytes>) -> ringloop::Result<S
 }
 
 async fn self_check(lp: EventLoop) -> ringloop::Result<()> {
-    let server = serve("127.0.0.1", 0, Duration::from_secs(10)).await?;
+    let server = serve("127.0.0.1", 0, Duration::from_secs(10), None).await?;
     let port = server.sockets()[0].as_socket().expect("inet").port();
     info!("http_hello ({}) on 127.0.0.1:{port}", lp.backend());
     const GET: &str = "GET / HTTP/1.1\r\nHost: x\r\n\r\n";
@@ -432,14 +443,38 @@ async fn self_check(lp: EventLoop) -> ringloop::Result<()> {
 
     // The idle timeout: a connection that sends nothing, and one that sends
     // half a head, are closed.
-    let server = serve("127.0.0.1", 0, Duration::from_millis(200)).await?;
+    let server = serve("127.0.0.1", 0, Duration::from_millis(200), None).await?;
     let port = server.sockets()[0].as_socket().expect("inet").port();
     assert_eq!(exchange(port, "").await?, "");
     assert_eq!(exchange(port, "GET / HTTP/1.1\r\nHost").await?, "");
     server.close();
     server.wait_closed().await;
+
+    // HTTPS: the same server behind TLS, pipelined requests in one write.
+    let dir = common::tls::temp_cert_dir("http_hello");
+    common::tls::ensure_certs(&dir)?;
+    let tls = common::tls::server_config(&dir, &[b"http/1.1"])?;
+    let server = serve("127.0.0.1", 0, Duration::from_secs(10), Some(tls)).await?;
+    let port = server.sockets()[0].as_socket().expect("inet").port();
+    let (r, w) = ringloop::open_connection_with(
+        ringloop::DEFAULT_LIMIT,
+        ringloop::ConnectOptions {
+            host: Some("127.0.0.1".into()),
+            port,
+            ssl: Some(common::tls::client_config(&dir)?),
+            ..Default::default()
+        },
+    )
+    .await?;
+    w.write(GET.repeat(4) + GET_CLOSE)?;
+    let all = ringloop::wait_for(r.read(-1), Duration::from_secs(5)).await??;
+    let text = String::from_utf8_lossy(&all);
+    assert_eq!(text.matches("HTTP/1.1 200 OK").count(), 5, "{text}");
+    server.close();
+    server.wait_closed().await;
+    let _ = std::fs::remove_dir_all(&dir);
     println!(
-        "http_hello ({}): pipelining, HEAD, bodies, HTTP/1.0, 400/411/431, idle timeout, back-pressure OK",
+        "http_hello ({}): pipelining, HEAD, bodies, HTTP/1.0, 400/411/431, idle timeout, back-pressure, HTTPS OK",
         lp.backend()
     );
     Ok(())
@@ -447,7 +482,7 @@ async fn self_check(lp: EventLoop) -> ringloop::Result<()> {
 
 fn main() -> ExitCode {
     common::init_logging();
-    let args = match common::Args::parse(USAGE, &["--timeout"]) {
+    let args = match common::Args::parse(USAGE, &["--timeout", "--tls"]) {
         Ok(a) => a,
         Err(code) => return code,
     };
@@ -462,12 +497,24 @@ fn main() -> ExitCode {
         },
         Err(code) => return code,
     };
+    let tls_dir = match args.get::<std::path::PathBuf>(USAGE, "--tls") {
+        Ok(d) => d,
+        Err(code) => return code,
+    };
     common::exit(ringloop::run(async move {
         let lp = get_running_loop()?;
         let Some(addr) = args.serve else {
             return self_check(lp).await;
         };
-        let server = serve(&addr.host, addr.port, timeout).await?;
+        let tls = match &tls_dir {
+            Some(dir) => {
+                common::tls::ensure_certs(dir)?;
+                info!("HTTPS: clients trust {}", dir.join("ca.pem").display());
+                Some(common::tls::server_config(dir, &[b"http/1.1"])?)
+            }
+            None => None,
+        };
+        let server = serve(&addr.host, addr.port, timeout, tls).await?;
         info!(
             "http_hello ({}) on {}",
             lp.backend(),

@@ -16,7 +16,8 @@ use crate::error::{Error, Result};
 use crate::events::AbstractEventLoop;
 use crate::protocols::{DatagramProtocol, Protocol};
 use crate::sock::{Domain, SockAddr, Socket, Type};
-use crate::transports::{DatagramTransport, Transport};
+use crate::transports::tls;
+use crate::transports::{DatagramTransport, StartTlsOptions, TlsConfig, Transport};
 
 /// Options of [`AbstractEventLoop::create_connection_with`] (and
 /// [`open_connection_with`](crate::open_connection_with)).
@@ -48,6 +49,19 @@ pub struct ConnectOptions {
     pub keep_nagle: bool,
     /// Only addresses of this family (asyncio's `family=AF_INET/AF_INET6`).
     pub family: Option<Domain>,
+    /// TLS on the connection (asyncio's `ssl=`): the handshake is done
+    /// before the protocol's `connection_made` and before the call returns.
+    pub ssl: Option<std::sync::Arc<rustls::ClientConfig>>,
+    /// The name the server's certificate must match (asyncio's
+    /// `server_hostname`): defaults to `host`; required with `sock` or
+    /// `addrs`; an empty name checks no name (only a config whose verifier
+    /// ignores names accepts the peer then).
+    pub server_hostname: Option<String>,
+    /// How long the TLS handshake may take (default 60 s).
+    pub ssl_handshake_timeout: Option<Duration>,
+    /// How long a TLS `close()` waits for the peer's `close_notify`
+    /// (default 30 s).
+    pub ssl_shutdown_timeout: Option<Duration>,
 }
 
 /// Options of [`AbstractEventLoop::create_datagram_endpoint`].
@@ -153,6 +167,13 @@ impl EventLoop {
                 "exactly one of host (with port), addrs or sock must be given".into(),
             ));
         }
+        let tls = tls::client_options(
+            opts.ssl.as_ref(),
+            opts.server_hostname.as_deref(),
+            opts.host.as_deref(),
+            opts.ssl_handshake_timeout,
+            opts.ssl_shutdown_timeout,
+        )?;
         let sock = match (opts.sock, &opts.host) {
             (Some(s), _) => {
                 // asyncio sets TCP_NODELAY on every TCP connection, also on
@@ -191,7 +212,79 @@ impl EventLoop {
                 .await?
             }
         };
-        self.start_connected(sock, Box::new(factory())).await
+        self.start_stream(sock, Box::new(factory()), tls).await
+    }
+
+    /// A transport on a connected socket, with TLS (client side) if asked.
+    async fn start_stream(
+        &self,
+        sock: Socket,
+        protocol: Box<dyn Protocol>,
+        tls: Option<(std::sync::Arc<rustls::ClientConfig>, StartTlsOptions)>,
+    ) -> Result<Transport> {
+        match tls {
+            None => self.start_connected(sock, protocol).await,
+            Some((cfg, o)) => tls::start_on_socket(self, sock, protocol, cfg.into(), &o).await,
+        }
+    }
+
+    /// [`AbstractEventLoop::create_unix_connection_with`].
+    pub(crate) async fn create_unix_connection_with_impl<P: Protocol>(
+        &self,
+        factory: impl FnOnce() -> P,
+        path: Option<&Path>,
+        opts: ConnectOptions,
+    ) -> Result<Transport> {
+        self.check_open()?;
+        if opts.host.is_some() || !opts.addrs.is_empty() || opts.local_addr.is_some() {
+            return Err(Error::InvalidArgument(
+                "host, addrs and local_addr do not apply to a Unix connection".into(),
+            ));
+        }
+        let tls = tls::client_options(
+            opts.ssl.as_ref(),
+            opts.server_hostname.as_deref(),
+            None,
+            opts.ssl_handshake_timeout,
+            opts.ssl_shutdown_timeout,
+        )?;
+        let sock = match (opts.sock, path) {
+            (Some(s), None) => s,
+            (None, Some(path)) => {
+                let addr = SockAddr::unix(path)?;
+                let sock = Socket::new(Domain::UNIX, Type::STREAM, None)?;
+                self.sock_connect_impl(&sock, &addr).await?;
+                sock
+            }
+            _ => {
+                return Err(Error::InvalidArgument(
+                    "exactly one of path or sock must be given".into(),
+                ));
+            }
+        };
+        self.start_stream(sock, Box::new(factory()), tls).await
+    }
+
+    /// [`AbstractEventLoop::connect_accepted_socket_with`].
+    pub(crate) async fn connect_accepted_socket_with_impl<P: Protocol>(
+        &self,
+        factory: impl FnOnce() -> P,
+        sock: Socket,
+        ssl: TlsConfig,
+        opts: StartTlsOptions,
+    ) -> Result<Transport> {
+        self.check_open()?;
+        if sock.peer_addr().is_err() {
+            return Err(Error::InvalidArgument(
+                "connect_accepted_socket needs a connected stream socket".into(),
+            ));
+        }
+        if matches!(ssl, TlsConfig::Client(_)) && opts.server_hostname.is_none() {
+            return Err(Error::InvalidArgument(
+                "you must set server_hostname when using ssl without a host".into(),
+            ));
+        }
+        tls::start_on_socket(self, sock, Box::new(factory()), ssl, &opts).await
     }
 
     /// Starts a transport on a connected socket and returns it once the

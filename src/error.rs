@@ -63,6 +63,11 @@ pub enum Error {
     Group(Vec<Error>),
     /// An operating-system error (`OSError`).
     Io(Arc<io::Error>),
+    /// A TLS failure (`ssl.SSLError`) with rustls's reason: a bad or
+    /// untrusted certificate, a protocol violation, an alert from the peer.
+    /// (Behind an [`Arc`], as [`Error::Io`]: rustls's error is large, and
+    /// every task's result holds an `Error`.)
+    Tls(Arc<rustls::Error>),
 }
 
 /// `Result` with [`Error`] as the default error.
@@ -128,6 +133,7 @@ impl fmt::Display for Error {
                 Ok(())
             }
             Error::Io(e) => write!(f, "{e}"),
+            Error::Tls(e) => write!(f, "TLS: {e}"),
         }
     }
 }
@@ -136,6 +142,7 @@ impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Error::Io(e) => Some(&**e),
+            Error::Tls(e) => Some(&**e),
             _ => None,
         }
     }
@@ -155,5 +162,11 @@ pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
         s.clone()
     } else {
         "non-string panic payload".to_owned()
+    }
+}
+
+impl From<rustls::Error> for Error {
+    fn from(e: rustls::Error) -> Error {
+        Error::Tls(Arc::new(e))
     }
 }

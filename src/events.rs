@@ -632,6 +632,87 @@ pub trait AbstractEventLoop: Clone + fmt::Debug {
         P: Protocol,
         F: Fn() -> P + 'static;
 
+    // ---- TLS (issue 14)
+    /// [`create_unix_server`](Self::create_unix_server) with options:
+    /// `backlog`, `start_serving` and TLS (`ssl`, `ssl_handshake_timeout`,
+    /// `ssl_shutdown_timeout`) apply; `hosts`, `socks`, `port` and
+    /// `reuse_port` do not.
+    ///
+    /// Equivalent to `loop.create_unix_server(protocol_factory, path, **opts)`.
+    ///
+    /// # Errors
+    ///
+    /// As [`create_unix_server`](Self::create_unix_server);
+    /// [`Error::InvalidArgument`] for an option that does not apply.
+    fn create_unix_server_with<P, F>(
+        &self,
+        factory: F,
+        path: impl AsRef<Path>,
+        opts: ServerOptions,
+    ) -> impl Future<Output = Result<Server>>
+    where
+        P: Protocol,
+        F: Fn() -> P + 'static;
+    /// [`create_unix_connection`](Self::create_unix_connection) with
+    /// options: a connected `sock` instead of `path` (pass `None` then) and
+    /// TLS (`ssl`, `server_hostname` — required with TLS, there is no host —
+    /// and the TLS timeouts); the other fields do not apply.
+    ///
+    /// Equivalent to `loop.create_unix_connection(protocol_factory, path, **opts)`.
+    ///
+    /// # Errors
+    ///
+    /// As [`create_unix_connection`](Self::create_unix_connection) and
+    /// [`create_connection_with`](Self::create_connection_with)'s TLS errors.
+    fn create_unix_connection_with<P: Protocol>(
+        &self,
+        factory: impl FnOnce() -> P,
+        path: Option<&Path>,
+        opts: ConnectOptions,
+    ) -> impl Future<Output = Result<Transport>>;
+    /// [`connect_accepted_socket`](Self::connect_accepted_socket) with TLS
+    /// (asyncio's `ssl=`; usually a server config, for a socket accepted
+    /// elsewhere): the result comes once the handshake is done.
+    ///
+    /// Equivalent to `loop.connect_accepted_socket(protocol_factory, sock, ssl=…)`.
+    ///
+    /// # Errors
+    ///
+    /// As [`connect_accepted_socket`](Self::connect_accepted_socket);
+    /// [`Error::Tls`] or [`Error::Timeout`] if the handshake fails (the
+    /// socket is closed).
+    fn connect_accepted_socket_with<P: Protocol>(
+        &self,
+        factory: impl FnOnce() -> P,
+        sock: Socket,
+        ssl: crate::TlsConfig,
+        opts: crate::StartTlsOptions,
+    ) -> impl Future<Output = Result<Transport>>;
+    /// Upgrades a live connection to TLS: the handshake runs over
+    /// `transport`, and the result is the new transport `protocol` talks
+    /// through from now on (it does not get `connection_made` again). The
+    /// side is the config's ([`TlsConfig`](crate::TlsConfig)); a client
+    /// needs `opts.server_hostname`.
+    ///
+    /// Equivalent to `loop.start_tls(transport, protocol, sslcontext, …)`.
+    /// Here the transport owns its protocol: `protocol` becomes the TLS
+    /// side's and the transport's old protocol is dropped (pass an
+    /// `Rc<RefCell<P>>` clone to keep one).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] if `transport` is closing (asyncio returns `None`);
+    /// [`Error::InvalidArgument`] on a TLS transport or without a client's
+    /// server name; [`Error::Tls`] or [`Error::Timeout`] if the handshake
+    /// fails (the connection is closed).
+    fn start_tls<P: Protocol>(
+        &self,
+        transport: &Transport,
+        protocol: P,
+        config: impl Into<crate::TlsConfig>,
+        opts: crate::StartTlsOptions,
+    ) -> impl Future<Output = Result<Transport>>;
+
     // ---- low-level socket operations
     /// Receives up to `nbytes`. Equivalent to `loop.sock_recv`.
     fn sock_recv(&self, sock: &Socket, nbytes: usize) -> impl Future<Output = Result<Vec<u8>>>;

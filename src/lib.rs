@@ -100,7 +100,8 @@ pub use server::{Server, ServerOptions};
 pub use sock::{Acceptor, Domain, SockAddr, SockProtocol, Socket, Type};
 pub use streams::{
     DEFAULT_LIMIT, StreamReader, StreamWriter, open_connection, open_connection_with,
-    open_unix_connection, start_server, start_server_with, start_unix_server,
+    open_unix_connection, open_unix_connection_with, start_server, start_server_with,
+    start_unix_server, start_unix_server_with,
 };
 pub use subprocess::{
     Process, Stdio, SubprocessOptions, SubprocessProtocol, SubprocessTransport,
@@ -113,7 +114,16 @@ pub use tasks::api::{
 };
 pub use tasks::{Task, TaskHook, TaskRef, all_tasks, current_task};
 pub use timeouts::{Timeout, timeout, timeout_at};
-pub use transports::{DatagramTransport, ExtraInfo, Transport};
+pub use transports::{DatagramTransport, ExtraInfo, StartTlsOptions, TlsConfig, Transport};
+
+/// TLS (rustls): the configuration types, the crypto provider configs are
+/// built with, and the rustls crate itself (the version ringloop uses).
+pub mod tls {
+    pub use crate::transports::crypto_provider;
+    pub use crate::transports::tls::{DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_SHUTDOWN_TIMEOUT};
+    pub use crate::transports::{StartTlsOptions, TlsConfig};
+    pub use rustls;
+}
 
 /// The names most programs need: `use ringloop::prelude::*;`.
 pub mod prelude {

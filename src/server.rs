@@ -17,7 +17,27 @@ use crate::events::ExceptionContext;
 use crate::protocols::Protocol;
 use crate::sock::{Acceptor, Domain, SockAddr, Socket, Type};
 use crate::tasks::TaskRef;
-use crate::transports::Transport;
+use crate::transports::{StartTlsOptions, Transport, tls};
+
+/// The server's TLS settings (asyncio: TLS timeouts need `ssl`).
+fn server_tls(
+    opts: &ServerOptions,
+) -> Result<Option<(std::sync::Arc<rustls::ServerConfig>, StartTlsOptions)>> {
+    match &opts.ssl {
+        None => {
+            tls::check_no_timeouts(opts.ssl_handshake_timeout, opts.ssl_shutdown_timeout)?;
+            Ok(None)
+        }
+        Some(cfg) => Ok(Some((
+            cfg.clone(),
+            StartTlsOptions {
+                server_hostname: None,
+                ssl_handshake_timeout: opts.ssl_handshake_timeout,
+                ssl_shutdown_timeout: opts.ssl_shutdown_timeout,
+            },
+        ))),
+    }
+}
 
 /// How long accepting pauses after `EMFILE`/`ENFILE`/`ENOBUFS`/`ENOMEM`
 /// (asyncio's `ACCEPT_RETRY_DELAY`).
@@ -45,6 +65,15 @@ pub struct ServerOptions {
     pub keep_alive: bool,
     /// Start accepting at once (default) or on `start_serving`.
     pub start_serving: bool,
+    /// TLS on every accepted connection (asyncio's `ssl=`): a protocol's
+    /// `connection_made` comes after the handshake; a failed handshake
+    /// costs that connection only (logged at debug level, as asyncio).
+    pub ssl: Option<std::sync::Arc<rustls::ServerConfig>>,
+    /// How long a client's TLS handshake may take (default 60 s).
+    pub ssl_handshake_timeout: Option<Duration>,
+    /// How long a TLS `close()` waits for the peer's `close_notify`
+    /// (default 30 s).
+    pub ssl_shutdown_timeout: Option<Duration>,
 }
 
 impl Default for ServerOptions {
@@ -58,6 +87,9 @@ impl Default for ServerOptions {
             reuse_port: false,
             keep_alive: false,
             start_serving: true,
+            ssl: None,
+            ssl_handshake_timeout: None,
+            ssl_shutdown_timeout: None,
         }
     }
 }
@@ -80,6 +112,7 @@ struct Inner {
     /// [`Server::detach`] was called.
     detached: Cell<bool>,
     unix_path: Option<(PathBuf, u64)>,
+    tls: Option<(std::sync::Arc<rustls::ServerConfig>, StartTlsOptions)>,
 }
 
 impl Inner {
@@ -192,6 +225,7 @@ impl EventLoop {
         F: Fn() -> P + 'static,
     {
         self.check_open()?;
+        let tls = server_tls(&opts)?;
         let mut opts = opts;
         let socks = if !opts.socks.is_empty() {
             if !opts.hosts.is_empty() {
@@ -245,7 +279,7 @@ impl EventLoop {
             }
             socks
         };
-        let server = Server::new(self, socks, factory, opts.keep_alive, true, None)?;
+        let server = Server::new(self, socks, factory, opts.keep_alive, true, None, tls)?;
         if opts.start_serving {
             server.start_serving_now();
         }
@@ -262,8 +296,29 @@ impl EventLoop {
         P: Protocol,
         F: Fn() -> P + 'static,
     {
+        self.create_unix_server_with_impl(factory, path, ServerOptions::default())
+            .await
+    }
+
+    /// [`AbstractEventLoop::create_unix_server_with`].
+    pub(crate) async fn create_unix_server_with_impl<P, F>(
+        &self,
+        factory: F,
+        path: impl AsRef<Path>,
+        opts: ServerOptions,
+    ) -> Result<Server>
+    where
+        P: Protocol,
+        F: Fn() -> P + 'static,
+    {
         use std::os::unix::fs::{FileTypeExt, MetadataExt};
         self.check_open()?;
+        if !opts.hosts.is_empty() || !opts.socks.is_empty() || opts.port != 0 || opts.reuse_port {
+            return Err(Error::InvalidArgument(
+                "hosts, socks, port and reuse_port do not apply to a Unix server".into(),
+            ));
+        }
+        let tls = server_tls(&opts)?;
         let path = path.as_ref().to_path_buf();
         if let Ok(m) = std::fs::symlink_metadata(&path) {
             if m.file_type().is_socket() {
@@ -277,10 +332,12 @@ impl EventLoop {
         }
         let s = Socket::new(Domain::UNIX, Type::STREAM, None)?;
         s.bind(&SockAddr::unix(&path)?)?;
-        s.listen(100)?;
+        s.listen(opts.backlog)?;
         let ino = std::fs::metadata(&path)?.ino();
-        let server = Server::new(self, vec![s], factory, false, false, Some((path, ino)))?;
-        server.start_serving_now();
+        let server = Server::new(self, vec![s], factory, false, false, Some((path, ino)), tls)?;
+        if opts.start_serving {
+            server.start_serving_now();
+        }
         Ok(server)
     }
 }
@@ -293,6 +350,7 @@ impl Server {
         keep_alive: bool,
         tcp: bool,
         unix_path: Option<(PathBuf, u64)>,
+        tls: Option<(std::sync::Arc<rustls::ServerConfig>, StartTlsOptions)>,
     ) -> Result<Server>
     where
         P: Protocol,
@@ -317,6 +375,7 @@ impl Server {
             serve_forever: Cell::new(false),
             detached: Cell::new(false),
             unix_path,
+            tls,
         })))
     }
 
@@ -498,7 +557,16 @@ async fn accept_loop(server: std::rc::Weak<Inner>, mut acceptor: Acceptor, lp: E
                     let _ = sock.with(|s| s.set_keepalive(true));
                 }
                 let proto = (inner.factory)();
-                let t = Transport::start(&lp, sock, proto);
+                let t = match &inner.tls {
+                    None => Transport::start(&lp, sock, proto),
+                    Some((cfg, o)) => match tls::accept(&lp, sock, proto, cfg.clone(), o) {
+                        Ok(t) => t,
+                        Err(e) => {
+                            log::debug!("TLS session for an accepted connection failed: {e}");
+                            continue;
+                        }
+                    },
+                };
                 inner.clients.borrow_mut().push(t.clone());
                 let weak = Rc::downgrade(&inner);
                 // (By identity: a handle here would keep the transport alive.)

@@ -594,6 +594,42 @@ impl StreamWriter {
     pub fn transport(&self) -> &Transport {
         &self.transport
     }
+
+    /// Upgrades the connection to TLS and returns the writer to use from
+    /// now on (the reader stays the same and reads decrypted bytes).
+    ///
+    /// Equivalent to `StreamWriter.start_tls`. Here it takes the writer by
+    /// value: the old one, which writes in plaintext, cannot be used after
+    /// the upgrade. Bytes the reader had buffered but not handed out are
+    /// the start of the TLS stream (a peer that sends its first TLS record
+    /// right behind a STARTTLS line): they go to the handshake, so they
+    /// are not lost and the upgrade does not wait for them forever.
+    ///
+    /// # Errors
+    ///
+    /// As [`AbstractEventLoop::start_tls`].
+    pub async fn start_tls(
+        self,
+        config: impl Into<crate::TlsConfig>,
+        opts: crate::StartTlsOptions,
+    ) -> Result<StreamWriter> {
+        let initial = {
+            let mut st = self.reader.st.borrow_mut();
+            // (The TLS layer starts the plain transport's reading again.)
+            st.paused = false;
+            st.transport = None;
+            st.buf.split().to_vec()
+        };
+        let t =
+            crate::transports::tls::start_tls(&self.transport, None, config.into(), &opts, initial)
+                .await?;
+        self.reader.st.borrow_mut().transport = Some(t.clone());
+        Ok(StreamWriter {
+            transport: t,
+            flow: self.flow,
+            reader: self.reader,
+        })
+    }
 }
 
 impl fmt::Debug for StreamWriter {
@@ -744,6 +780,25 @@ pub async fn open_unix_connection(path: impl AsRef<Path>) -> Result<(StreamReade
     .await
 }
 
+/// [`open_unix_connection`] with a buffer limit and options: a connected
+/// `sock` instead of `path` (`None` then) and TLS (`ssl`,
+/// `server_hostname`, the TLS timeouts).
+///
+/// # Errors
+///
+/// As [`AbstractEventLoop::create_unix_connection_with`].
+pub async fn open_unix_connection_with(
+    path: Option<&Path>,
+    limit: usize,
+    opts: crate::connect::ConnectOptions,
+) -> Result<(StreamReader, StreamWriter)> {
+    open_streams(limit, |lp, proto| async move {
+        lp.create_unix_connection_with(move || proto, path, opts)
+            .await
+    })
+    .await
+}
+
 /// Makes the protocol factory of a stream server: each connection runs
 /// `cb(reader, writer)` as a task.
 fn stream_factory<F, Fut>(
@@ -886,4 +941,26 @@ impl StreamReader {
     pub(crate) fn set_transport(&self, t: Option<Transport>) {
         self.st.borrow_mut().transport = t;
     }
+}
+
+/// [`start_unix_server`] with a buffer limit and options (`backlog`,
+/// `start_serving`, TLS).
+///
+/// # Errors
+///
+/// As [`AbstractEventLoop::create_unix_server_with`].
+pub async fn start_unix_server_with<F, Fut>(
+    cb: F,
+    path: impl AsRef<Path>,
+    limit: usize,
+    opts: ServerOptions,
+) -> Result<Server>
+where
+    F: Fn(StreamReader, StreamWriter) -> Fut + 'static,
+    Fut: Future<Output = ()> + 'static,
+{
+    StreamReader::new(limit)?;
+    let lp = get_running_loop()?;
+    let factory = stream_factory(lp.clone(), limit, cb);
+    lp.create_unix_server_with(factory, path, opts).await
 }

@@ -244,6 +244,58 @@ impl AbstractEventLoop for EventLoop {
         self.create_unix_server_impl(factory, path)
     }
 
+    fn create_unix_server_with<P, F>(
+        &self,
+        factory: F,
+        path: impl AsRef<Path>,
+        opts: ServerOptions,
+    ) -> impl Future<Output = Result<Server>>
+    where
+        P: Protocol,
+        F: Fn() -> P + 'static,
+    {
+        self.create_unix_server_with_impl(factory, path, opts)
+    }
+
+    fn create_unix_connection_with<P: Protocol>(
+        &self,
+        factory: impl FnOnce() -> P,
+        path: Option<&Path>,
+        opts: ConnectOptions,
+    ) -> impl Future<Output = Result<Transport>> {
+        self.create_unix_connection_with_impl(factory, path, opts)
+    }
+
+    fn connect_accepted_socket_with<P: Protocol>(
+        &self,
+        factory: impl FnOnce() -> P,
+        sock: Socket,
+        ssl: crate::TlsConfig,
+        opts: crate::StartTlsOptions,
+    ) -> impl Future<Output = Result<Transport>> {
+        self.connect_accepted_socket_with_impl(factory, sock, ssl, opts)
+    }
+
+    fn start_tls<P: Protocol>(
+        &self,
+        transport: &Transport,
+        protocol: P,
+        config: impl Into<crate::TlsConfig>,
+        opts: crate::StartTlsOptions,
+    ) -> impl Future<Output = Result<Transport>> {
+        let (t, config) = (transport.clone(), config.into());
+        async move {
+            crate::transports::tls::start_tls(
+                &t,
+                Some(Box::new(protocol)),
+                config,
+                &opts,
+                Vec::new(),
+            )
+            .await
+        }
+    }
+
     fn sock_recv(&self, sock: &Socket, nbytes: usize) -> impl Future<Output = Result<Vec<u8>>> {
         self.sock_recv_impl(sock, nbytes)
     }

@@ -96,7 +96,6 @@ impl Transport {
     }
 
     /// A handle to a layered transport (TLS).
-    #[allow(dead_code)]
     pub(crate) fn from_layered(t: Rc<dyn Layered>) -> Transport {
         Transport(Kind::Layered(t))
     }
@@ -258,7 +257,10 @@ impl Transport {
 
     /// Transport information by asyncio's names: `"peername"`,
     /// `"sockname"`, `"socket"` (the fd) for sockets, `"pipe"` (the fd) for
-    /// pipes. Equivalent to `get_extra_info`.
+    /// pipes; on TLS also `"peercert"`, `"cipher"`, `"tls_version"`,
+    /// `"alpn_protocol"`, `"server_hostname"` and `"sslcontext"` (see
+    /// [`ExtraInfo`]), the socket's keys coming from the transport below.
+    /// Equivalent to `get_extra_info`.
     pub fn get_extra_info(&self, name: &str) -> Option<ExtraInfo> {
         each!(self, t => t.get_extra_info(name))
     }

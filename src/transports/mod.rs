@@ -8,6 +8,8 @@ mod cell;
 mod datagram;
 mod handle;
 mod stream;
+pub(crate) mod tls;
+mod tls_session;
 
 use std::os::fd::RawFd;
 
@@ -15,6 +17,8 @@ pub use datagram::DatagramTransport;
 #[allow(unused_imports)]
 pub(crate) use handle::Layered;
 pub use handle::Transport;
+pub use tls::{StartTlsOptions, TlsConfig};
+pub use tls_session::crypto_provider;
 
 use crate::error::{Error, Result};
 use crate::sock::SockAddr;
@@ -29,6 +33,24 @@ pub enum ExtraInfo {
     Address(SockAddr),
     /// The transport's file descriptor (`socket`).
     Fd(RawFd),
+    /// The peer's certificate chain, leaf first, DER-encoded (TLS:
+    /// `peercert`; asyncio gives the decoded leaf).
+    PeerCertificates(Vec<rustls::pki_types::CertificateDer<'static>>),
+    /// The negotiated cipher suite (TLS: `cipher`, asyncio's 3-tuple).
+    Cipher {
+        /// The suite's IANA-style name, e.g. `TLS13_AES_256_GCM_SHA384`.
+        name: String,
+        /// The protocol version that defines it, e.g. `TLSv1.3`.
+        protocol: String,
+        /// The secret key's size in bits.
+        secret_bits: u32,
+    },
+    /// A text value (TLS: `tls_version` as `TLSv1.3`, `server_hostname`).
+    Text(String),
+    /// Raw bytes (TLS: `alpn_protocol`).
+    Bytes(Vec<u8>),
+    /// The TLS configuration (`sslcontext`).
+    TlsConfig(TlsConfig),
 }
 
 /// asyncio's rule for write-buffer limits: `high` defaults to 64 KiB, `low`
