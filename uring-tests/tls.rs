@@ -979,3 +979,55 @@ both_backends! {
         });
     }
 }
+
+/// Collects what it receives.
+struct Collect(Rc<RefCell<Vec<u8>>>);
+impl BaseProtocol for Collect {}
+impl Protocol for Collect {
+    fn data_received(&mut self, data: &[u8]) {
+        self.0.borrow_mut().extend_from_slice(data);
+    }
+}
+
+both_backends! {
+    fn sendfile_over_tls_takes_the_read_and_write_fallback(lp) {
+        let l = lp.clone();
+        run_bounded(lp, LIMIT, async move {
+            use std::io::Seek;
+            let got = Rc::new(RefCell::new(Vec::new()));
+            let g = got.clone();
+            let server = l
+                .create_server_with(move || Collect(g.clone()), tls_server_opts(server_config()))
+                .await
+                .unwrap();
+            let port = port_of(&server);
+            let t = l
+                .create_connection_with(|| Collect(Rc::default()), tls_connect_opts(port))
+                .await
+                .unwrap();
+            let data: Vec<u8> = (0..3u32 << 20).map(|i| (i % 241) as u8).collect();
+            let path = std::env::temp_dir()
+                .join(format!("ringloop-tls-sendfile-{}-{}", std::process::id(), l.backend()));
+            std::fs::write(&path, &data).unwrap();
+            let mut f = std::fs::File::open(&path).unwrap();
+            // No zero-copy through TLS: without the fallback, a clear error.
+            let r = l.sendfile(&t, &f, 0, None, false).await;
+            assert!(matches!(r, Err(Error::SendfileNotAvailable(_))), "{r:?}");
+            // With it, the file goes through the TLS layer, from an offset.
+            let n = l.sendfile(&t, &f, 10, None, true).await.unwrap();
+            assert_eq!(n, data.len() as u64 - 10);
+            assert_eq!(f.stream_position().unwrap(), data.len() as u64);
+            t.write(b"after".to_vec()).unwrap();
+            let want = data.len() - 10 + 5;
+            while got.borrow().len() < want {
+                ringloop::sleep(Duration::from_millis(1)).await.unwrap();
+            }
+            let got = got.borrow();
+            assert!(got[..data.len() - 10] == data[10..], "the file arrived intact through TLS");
+            assert_eq!(&got[data.len() - 10..], b"after");
+            std::fs::remove_file(&path).unwrap();
+            t.close();
+            server.close();
+        });
+    }
+}

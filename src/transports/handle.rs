@@ -102,7 +102,6 @@ impl Transport {
 
     /// The socket or pipe transport behind this handle, unless it is
     /// layered (sendfile's zero-copy path needs the fd).
-    #[allow(dead_code)]
     pub(crate) fn as_stream(&self) -> Option<&StreamTransport> {
         match &self.0 {
             Kind::Stream(t) => Some(t),
