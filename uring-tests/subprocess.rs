@@ -510,3 +510,31 @@ fn without_pidfds_a_thread_waits_for_each_child() {
         NO_PIDFD.run(case, &[("RINGLOOP_NO_PIDFD", "1")]);
     }
 }
+
+const NO_READ_MULTI: ChildTest = ChildTest::new("without_multishot_read_a_pipe_takes_plain_reads");
+
+/// Kernels before 6.7 have no multishot `read`: the proactor's pipe
+/// receives are then plain reads, one at a time. Forced by the
+/// environment in a child (the probe is per ring); proactor only, since
+/// the selector never uses the opcode.
+#[test]
+fn without_multishot_read_a_pipe_takes_plain_reads() {
+    if NO_READ_MULTI.child_side(|_| {
+        let lp = common::new_loop(Backend::Proactor);
+        common::run_bounded(&lp, LIMIT, async {
+            let input: Vec<u8> = (0..2u32 << 20).map(|i| (i % 239) as u8).collect();
+            let mut p =
+                create_subprocess_exec("cat", [] as [&str; 0], SubprocessOptions::default())
+                    .await
+                    .unwrap();
+            let (out, _) = p.communicate(Some(input.clone())).await.unwrap();
+            assert!(out.unwrap()[..] == input[..]);
+            assert_eq!(p.returncode(), Some(0));
+        });
+        common::assert_backend_used(&lp, Backend::Proactor);
+        lp.close().unwrap();
+    }) {
+        return;
+    }
+    NO_READ_MULTI.run("proactor", &[("RINGLOOP_NO_READ_MULTISHOT", "1")]);
+}
