@@ -436,6 +436,26 @@ both_backends! {
     }
 }
 
+both_backends! {
+    fn a_loop_closed_under_a_running_child_kills_and_reaps_it(lp) {
+        // (The handle is kept: a dropped Process is left running.)
+        let p = common::run_bounded(lp, LIMIT, async {
+            create_subprocess_exec("sleep", ["30"], SubprocessOptions::default())
+                .await
+                .unwrap()
+        });
+        let pid = p.pid();
+        lp.close().unwrap();
+        // As `SubprocessTransport::close`: killed, then reaped off the loop.
+        let t0 = std::time::Instant::now();
+        while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            assert!(t0.elapsed() < LIMIT, "child {pid} still there after the loop closed");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        drop(p);
+    }
+}
+
 /// What a subprocess protocol saw, in order.
 struct SubRecorder(Rc<RefCell<Vec<String>>>);
 

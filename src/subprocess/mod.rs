@@ -94,7 +94,10 @@ struct Inner {
 /// `SubprocessTransport`; clones are handles to one child.
 ///
 /// Dropping every handle neither kills nor leaves a zombie: the loop still
-/// watches the child and reaps it when it exits.
+/// watches the child and reaps it when it exits. When the loop closes, a
+/// child whose transport is still held is killed (as by
+/// [`close`](Self::close)); one nobody holds is left running, and a thread
+/// reaps it when it exits.
 #[derive(Clone)]
 pub struct SubprocessTransport(Rc<Inner>);
 
