@@ -525,30 +525,39 @@ impl<B: IoBuf> SendMsg<B> {
         }
         &self.msg
     }
+
+    /// The pipe's SQE: `write` of one buffer, `writev` of several. Out of
+    /// line so a socket's send (the hot path) stays small enough to inline.
+    #[cold]
+    #[inline(never)]
+    fn pipe_entry(&mut self) -> squeue::Entry {
+        if let [b] = self.bufs.as_slice() {
+            return opcode::Write::new(
+                types::Fd(self.fd.raw()),
+                b.stable_ptr(),
+                b.bytes_init() as u32,
+            )
+            .offset(u64::MAX)
+            .build();
+        }
+        self.prepare();
+        opcode::Writev::new(
+            types::Fd(self.fd.raw()),
+            self.iov.as_ptr(),
+            self.iov.len() as u32,
+        )
+        .offset(u64::MAX)
+        .build()
+    }
 }
 
 // SAFETY: the SQE points at the op's own msghdr, iovec vector, buffers and
 // address, which stay in place while the op sits boxed in the slab.
 unsafe impl<B: IoBuf> OpAble for SendMsg<B> {
+    #[inline]
     fn uring_entry(&mut self) -> squeue::Entry {
         if self.pipe {
-            if let [b] = self.bufs.as_slice() {
-                return opcode::Write::new(
-                    types::Fd(self.fd.raw()),
-                    b.stable_ptr(),
-                    b.bytes_init() as u32,
-                )
-                .offset(u64::MAX)
-                .build();
-            }
-            self.prepare();
-            return opcode::Writev::new(
-                types::Fd(self.fd.raw()),
-                self.iov.as_ptr(),
-                self.iov.len() as u32,
-            )
-            .offset(u64::MAX)
-            .build();
+            return self.pipe_entry();
         }
         if let ([b], None) = (self.bufs.as_slice(), &self.addr) {
             // One buffer, no address: plain SEND skips the kernel's msghdr

@@ -84,6 +84,10 @@ enum WriteEof {
 /// The writer's state beyond the base's.
 struct Writer {
     wbuf: VecDeque<WriteBuf>,
+    /// `write` is refused: `write_eof` was asked (or there is no write
+    /// side), or a sendfile is in progress (`eof` and `sendfile` say
+    /// which). One flag, so the hot path tests one byte.
+    refused: bool,
     /// A send is in flight (its completion pumps the writer again).
     sending: bool,
     /// A flush is queued for the end of this loop turn.
@@ -243,6 +247,7 @@ impl StreamTransport {
             }),
             wr: RefCell::new(Writer {
                 wbuf: VecDeque::new(),
+                refused: kind == Kind::ReadPipe,
                 sending: false,
                 flush_queued: false,
                 in_data_cb: false,
@@ -462,6 +467,7 @@ impl StreamTransport {
     /// After a delivery: false if the protocol failed. `Busy` is only
     /// reachable if a protocol drives another transport's reader
     /// synchronously: the order is kept by deferring the delivery.
+    #[inline]
     fn delivered(
         &self,
         r: std::result::Result<Option<()>, Failure>,
@@ -469,11 +475,25 @@ impl StreamTransport {
     ) -> bool {
         match r {
             Ok(_) => true,
-            Err(Failure::Panic(m)) => {
+            Err(f) => self.delivery_failed(f, deferred),
+        }
+    }
+
+    /// `delivered`'s rare arms, out of line so the usual `Ok` stays a
+    /// test on the caller's path.
+    #[cold]
+    #[inline(never)]
+    fn delivery_failed(
+        &self,
+        f: Failure,
+        deferred: impl FnOnce() -> Box<dyn FnOnce(&mut dyn Protocol)>,
+    ) -> bool {
+        match f {
+            Failure::Panic(m) => {
                 self.protocol_panicked(m);
                 false
             }
-            Err(Failure::Busy) => {
+            Failure::Busy => {
                 let f = deferred();
                 self.call_protocol(move |p| f(p));
                 true
@@ -548,7 +568,11 @@ impl StreamTransport {
                     // A write pipe's EOF is its close (asyncio's too).
                     _ => None,
                 };
-                inner.wr.borrow_mut().eof = WriteEof::Sent;
+                {
+                    let mut w = inner.wr.borrow_mut();
+                    w.eof = WriteEof::Sent;
+                    w.refused = true;
+                }
                 if inner.kind == Kind::WritePipe {
                     self.close();
                 }
@@ -603,7 +627,7 @@ impl StreamTransport {
         };
         drop(send);
         w.sending = false;
-        if w.wbuf.is_empty() {
+        if w.idle_waker.is_some() && w.wbuf.is_empty() {
             Self::wake_sendfile(&mut w);
         }
         if lost {
@@ -643,7 +667,7 @@ impl StreamTransport {
         inner.base.check_writable()?;
         let (flush, pause) = {
             let mut w = inner.wr.borrow_mut();
-            if w.eof != WriteEof::No || w.sendfile {
+            if w.refused {
                 return Err(self.not_writable(w.sendfile));
             }
             if data.is_empty() {
@@ -683,6 +707,7 @@ impl StreamTransport {
                 return Ok(());
             }
             w.eof = WriteEof::Asked;
+            w.refused = true;
         }
         self.kick_writer();
         Ok(())
@@ -906,6 +931,7 @@ impl StreamTransport {
         if !on {
             w.idle_waker = None;
         }
+        w.refused = on || w.eof != WriteEof::No;
         std::mem::replace(&mut w.sendfile, on)
     }
 
@@ -926,6 +952,9 @@ impl StreamTransport {
         std::task::Poll::Pending
     }
 
+    /// (Cold: only a sendfile waiting for the buffer sets the waker.)
+    #[cold]
+    #[inline(never)]
     fn wake_sendfile(w: &mut Writer) {
         if let Some(k) = w.idle_waker.take() {
             k.wake();
