@@ -76,7 +76,7 @@ fn counting(lp: &EventLoop, sig: i32) -> (Rc<Cell<u32>>, Rc<RefCell<Vec<std::thr
 }
 
 both_backends!(
-    fn a_signal_reaches_its_handler_on_the_loop_thread(lp) {
+    serial fn a_signal_reaches_its_handler_on_the_loop_thread(lp) {
         let s = sig(lp, 0);
         let (calls, threads) = counting(lp, s);
         // Nothing before the signal.
@@ -108,7 +108,7 @@ both_backends!(
 );
 
 both_backends!(
-    fn bursts_are_coalesced_but_never_lost(lp) {
+    serial fn bursts_are_coalesced_but_never_lost(lp) {
         let s = sig(lp, 1);
         // SIG_IGN first, so a signal straggling after the test is harmless.
         // SAFETY: SIG_IGN is a valid disposition.
@@ -151,7 +151,7 @@ both_backends!(
 );
 
 both_backends!(
-    fn a_removed_handler_restores_the_previous_one(lp) {
+    serial fn a_removed_handler_restores_the_previous_one(lp) {
         let s = sig(lp, 2);
         install_previous(s);
         let prev = previous_handler as *const () as libc::sighandler_t;
@@ -181,7 +181,7 @@ both_backends!(
 );
 
 both_backends!(
-    fn invalid_signals_are_invalid_arguments(lp) {
+    serial fn invalid_signals_are_invalid_arguments(lp) {
         for bad in [0, -1, 65, 1000, libc::SIGKILL, libc::SIGSTOP, 32, 33, libc::SIGSEGV, libc::SIGBUS, libc::SIGFPE, libc::SIGILL] {
             let r = lp.add_signal_handler(bad, || {});
             assert!(
@@ -202,7 +202,7 @@ both_backends!(
 );
 
 both_backends!(
-    fn two_loops_on_two_threads_both_get_the_signal(lp) {
+    serial fn two_loops_on_two_threads_both_get_the_signal(lp) {
         let s = sig(lp, 5);
         // SAFETY: SIG_IGN is a valid disposition.
         unsafe { libc::signal(s, libc::SIG_IGN) };
@@ -306,6 +306,8 @@ fn a_loop_handler_takes_ctrl_c_over_from_the_runner() {
     if TAKEOVER.child_side(sigint_takeover_child) {
         return;
     }
+    // (Its child's pipes would upset the fd counts of the serial tests.)
+    let _serial = common::serial();
     for backend in ["proactor", "selector"] {
         let mut child = TAKEOVER.spawn(backend, &[]);
         let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
