@@ -540,12 +540,30 @@ both_backends! {
                 outs.push(String::from_utf8(out.unwrap().to_vec()).unwrap());
                 counts.push(lp.subprocess_spawns());
             }
+            // Everything else posix_spawn says (on glibc 2.34 or later).
+            for opts in [
+                SubprocessOptions {
+                    env: Some(vec![("PATH".into(), "/usr/bin:/bin".into())]),
+                    cwd: Some("/".into()),
+                    process_group: Some(0),
+                    stdout: Stdio::DevNull,
+                    stderr: Stdio::Stdout,
+                    ..Default::default()
+                },
+                SubprocessOptions { start_new_session: true, ..Default::default() },
+            ] {
+                let p = create_subprocess_exec("true", [] as [&str; 0], opts).await.unwrap();
+                assert_eq!(p.wait().await, 0);
+                counts.push(lp.subprocess_spawns());
+            }
             (counts, outs)
         });
         // (Counted per thread: other tests' children don't show.)
         let (p0, f0) = counts[0];
-        assert_eq!(counts[1], (p0 + 1, f0), "no pass_fds: posix_spawn");
+        assert_eq!(counts[1], (p0 + 1, f0), "no pass_fds: posix_spawn (glibc 2.34 or later)");
         assert_eq!(counts[2], (p0 + 1, f0 + 1), "pass_fds: fork + exec");
+        assert_eq!(counts[3], (p0 + 2, f0 + 1), "env, cwd, group: posix_spawn");
+        assert_eq!(counts[4], (p0 + 3, f0 + 1), "a new session: posix_spawn");
         for out in &outs {
             assert!(!sigpipe_ignored(out), "{out}");
         }

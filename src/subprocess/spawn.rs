@@ -58,6 +58,9 @@ pub struct SubprocessOptions {
     pub cwd: Option<PathBuf>,
     /// Fds that stay open in the child, at the same numbers; every other
     /// fd above 2 is closed on exec (asyncio's `close_fds=True`).
+    ///
+    /// Given any, the child is started by fork + exec (`posix_spawn`, used
+    /// otherwise, can't keep them): about twice the CPU a child.
     pub pass_fds: Vec<RawFd>,
     /// `Some(0)`: a new process group led by the child; `Some(pgid)`: join
     /// that group (asyncio's `process_group`).
