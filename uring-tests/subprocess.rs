@@ -531,6 +531,163 @@ fn without_pidfds_a_thread_waits_for_each_child() {
     }
 }
 
+/// Whether SIGPIPE is ignored in the process whose `/proc/.../status`
+/// this is (the `SigIgn:` mask, bit 12 for signal 13).
+fn sigpipe_ignored(status: &str) -> bool {
+    let mask = status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:"))
+        .unwrap_or_else(|| panic!("no SigIgn in {status:?}"));
+    let mask = u64::from_str_radix(mask.trim(), 16).unwrap();
+    mask & (1 << (libc::SIGPIPE - 1)) != 0
+}
+
+both_backends! {
+    fn posix_spawn_unless_pass_fds_and_sigpipe_at_default_either_way(lp) {
+        // std ignores SIGPIPE in this process: the children must not.
+        assert!(sigpipe_ignored(&std::fs::read_to_string("/proc/self/status").unwrap()));
+        let (counts, outs) = common::run_bounded(lp, LIMIT, async {
+            let lp = get_running_loop().unwrap();
+            let mut counts = vec![lp.subprocess_spawns()];
+            let mut outs = Vec::new();
+            let (_r, w) = std_pipe();
+            for pass_fds in [vec![], vec![w.as_raw_fd()]] {
+                let mut p = create_subprocess_exec("cat", ["/proc/self/status"], SubprocessOptions {
+                    pass_fds, ..Default::default()
+                }).await.unwrap();
+                let (out, _) = p.communicate(None::<Vec<u8>>).await.unwrap();
+                assert_eq!(p.returncode(), Some(0));
+                outs.push(String::from_utf8(out.unwrap().to_vec()).unwrap());
+                counts.push(lp.subprocess_spawns());
+            }
+            // Everything else posix_spawn says (on glibc 2.34 or later).
+            for opts in [
+                SubprocessOptions {
+                    env: Some(vec![("PATH".into(), "/usr/bin:/bin".into())]),
+                    cwd: Some("/".into()),
+                    process_group: Some(0),
+                    stdout: Stdio::DevNull,
+                    stderr: Stdio::Stdout,
+                    ..Default::default()
+                },
+                SubprocessOptions { start_new_session: true, ..Default::default() },
+            ] {
+                let p = create_subprocess_exec("true", [] as [&str; 0], opts).await.unwrap();
+                assert_eq!(p.wait().await, 0);
+                counts.push(lp.subprocess_spawns());
+            }
+            (counts, outs)
+        });
+        // (Counted per thread: other tests' children don't show.)
+        let (p0, f0) = counts[0];
+        assert_eq!(counts[1], (p0 + 1, f0), "no pass_fds: posix_spawn (glibc 2.34 or later)");
+        assert_eq!(counts[2], (p0 + 1, f0 + 1), "pass_fds: fork + exec");
+        assert_eq!(counts[3], (p0 + 2, f0 + 1), "env, cwd, group: posix_spawn");
+        assert_eq!(counts[4], (p0 + 3, f0 + 1), "a new session: posix_spawn");
+        for out in &outs {
+            assert!(!sigpipe_ignored(out), "{out}");
+        }
+    }
+}
+
+both_backends! {
+    fn a_bare_name_is_looked_up_in_the_childs_path(lp) {
+        // A program only the child's PATH has (as std does it: `execvp`
+        // in the child's environment).
+        let lp_name = lp.backend().to_string();
+        let dir = std::env::temp_dir()
+            .join(format!("ringloop-path-{}-{lp_name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let prog = dir.join("ringloop-path-probe");
+        std::fs::write(&prog, "#!/bin/sh\necho probed \"$1\"\n").unwrap();
+        std::fs::set_permissions(&prog, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let not_exec = dir.join("ringloop-not-exec");
+        std::fs::write(&not_exec, "#!/bin/sh\n").unwrap();
+        let path = format!("/no/such/dir:{}:/usr/bin:/bin", dir.display());
+        common::run_bounded(lp, LIMIT, async move {
+            let env = |vars: &[(&str, &str)]| {
+                Some(vars.iter().map(|(k, v)| (k.into(), v.into())).collect::<Vec<_>>())
+            };
+            let mut p = create_subprocess_exec("ringloop-path-probe", ["x"], SubprocessOptions {
+                env: env(&[("PATH", "/wrong"), ("PATH", &path)]), ..Default::default()
+            }).await.unwrap();
+            let (out, _) = p.communicate(None::<Vec<u8>>).await.unwrap();
+            assert_eq!(out.unwrap(), &b"probed x\n"[..]);
+
+            // Not in the parent's PATH.
+            let r = create_subprocess_exec("ringloop-path-probe", [] as [&str; 0], SubprocessOptions::default()).await;
+            assert!(matches!(&r, Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::NotFound), "{r:?}");
+            // A child's PATH without it.
+            let r = create_subprocess_exec("sh", ["-c", "true"], SubprocessOptions {
+                env: env(&[("PATH", "/no/such/dir")]), ..Default::default()
+            }).await;
+            assert!(matches!(&r, Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::NotFound), "{r:?}");
+            // Found, but not executable.
+            let r = create_subprocess_exec("ringloop-not-exec", [] as [&str; 0], SubprocessOptions {
+                env: env(&[("PATH", &path)]), ..Default::default()
+            }).await;
+            assert!(matches!(&r, Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::PermissionDenied), "{r:?}");
+            // No PATH at all: execvp's /bin:/usr/bin.
+            let mut p = create_subprocess_exec("echo", ["default"], SubprocessOptions {
+                env: env(&[("FOO", "1")]), ..Default::default()
+            }).await.unwrap();
+            let (out, _) = p.communicate(None::<Vec<u8>>).await.unwrap();
+            assert_eq!(out.unwrap(), &b"default\n"[..]);
+        });
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+const LOW_FD: ChildTest = ChildTest::new("a_stream_source_at_fd_0_survives_the_others");
+
+/// A stream's source may itself be fd 0-2 (here stdout's is fd 0, which
+/// stdin's pipe is put onto too): it must reach the child intact. In a
+/// child process, whose own fd 0 this may take.
+#[test]
+fn a_stream_source_at_fd_0_survives_the_others() {
+    if LOW_FD.child_side(|case| {
+        let backend = if case == "proactor" {
+            Backend::Proactor
+        } else {
+            Backend::Selector
+        };
+        let lp = common::new_loop(backend);
+        let (mut r, w) = std_pipe();
+        // SAFETY (test): fd 0 is this process's alone; it becomes the
+        // pipe's write end.
+        assert_eq!(unsafe { libc::dup2(w.as_raw_fd(), 0) }, 0);
+        drop(w);
+        // SAFETY (test): fd 0 is open and owned by nothing else now.
+        let fd0 = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(0) };
+        let code = common::run_bounded(&lp, LIMIT, async {
+            let mut p = create_subprocess_shell(
+                "read x; echo \"got $x\"",
+                SubprocessOptions {
+                    stdin: Stdio::Pipe,
+                    stdout: Stdio::Fd(fd0),
+                    stderr: Stdio::Stdout,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+            p.communicate(Some(b"in\n".to_vec())).await.unwrap();
+            p.returncode()
+        });
+        assert_eq!(code, Some(0));
+        let mut got = String::new();
+        r.read_to_string(&mut got).unwrap();
+        assert_eq!(got, "got in\n");
+        common::assert_backend_used(&lp, backend);
+        lp.close().unwrap();
+    }) {
+        return;
+    }
+    for case in ["proactor", "selector"] {
+        LOW_FD.run(case, &[]);
+    }
+}
+
 const NO_READ_MULTI: ChildTest = ChildTest::new("without_multishot_read_a_pipe_takes_plain_reads");
 
 /// Kernels before 6.7 have no multishot `read`: the proactor's pipe

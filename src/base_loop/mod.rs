@@ -642,6 +642,16 @@ impl EventLoop {
         self.core.driver.borrow().stashed(fd)
     }
 
+    /// Children started on this thread so far (one loop a thread): how
+    /// many through `posix_spawn`, how many through fork + exec (the
+    /// fallback: `pass_fds`, or a glibc older than 2.34).
+    ///
+    /// A diagnostics hook: only with the `diagnostics` cargo feature.
+    #[cfg(feature = "diagnostics")]
+    pub fn subprocess_spawns(&self) -> (u64, u64) {
+        crate::subprocess::spawn_counts()
+    }
+
     /// The default executor (`executor.rs` keeps its policy).
     pub(crate) fn executor_cell(&self) -> &RefCell<Option<crate::executor::ThreadPool>> {
         &self.core.executor

@@ -20,6 +20,8 @@ use std::rc::Rc;
 use std::task::Waker;
 
 pub use process::{Process, create_subprocess_exec, create_subprocess_shell};
+#[cfg(feature = "diagnostics")]
+pub(crate) use spawn::spawn_counts;
 pub use spawn::{Stdio, SubprocessOptions};
 
 use crate::RecvBuf;

@@ -1,7 +1,8 @@
-//! Starting a child: `std::process::Command` with ringloop's pipes, the
-//! standard streams as asked, and every other fd close-on-exec in the
-//! child (`close_range(CLOSE_RANGE_CLOEXEC)` between fork and exec, then
-//! `pass_fds` made inheritable again).
+//! Starting a child with ringloop's pipes, the standard streams as asked,
+//! and no other fd of the parent's: glibc's `posix_spawn` (`dup2` onto
+//! 0-2, then `closefrom(3)`) when it can say it all, else
+//! `std::process::Command` (`close_range(CLOSE_RANGE_CLOEXEC)` between
+//! fork and exec, then `pass_fds` made inheritable again).
 
 use std::ffi::{OsStr, OsString};
 use std::io;
@@ -57,6 +58,9 @@ pub struct SubprocessOptions {
     pub cwd: Option<PathBuf>,
     /// Fds that stay open in the child, at the same numbers; every other
     /// fd above 2 is closed on exec (asyncio's `close_fds=True`).
+    ///
+    /// Given any, the child is started by fork + exec (`posix_spawn`, used
+    /// otherwise, can't keep them): about twice the CPU a child.
     pub pass_fds: Vec<RawFd>,
     /// `Some(0)`: a new process group led by the child; `Some(pgid)`: join
     /// that group (asyncio's `process_group`).
@@ -101,23 +105,67 @@ fn child_pipe(parent_reads: bool) -> Result<(Pipe, OwnedFd)> {
 
 /// Starts `program` with `args` as `opts` says (the fds in `opts` move
 /// into the child).
+///
+/// The common case (no `pass_fds`) goes through glibc's `posix_spawn`
+/// (a `clone(CLONE_VM | CLONE_VFORK)`: nothing of the parent is copied),
+/// see [`posix`]; `pass_fds`, and a glibc that lacks a piece of it, take
+/// `std::process::Command` with a `pre_exec` hook (fork + exec). Both give
+/// the child the same thing: its three streams, every other fd closed
+/// (but `pass_fds`), the directory, environment, process group and
+/// session asked for, `SIGPIPE` at its default (std ignores it in the
+/// parent) and the parent's signal mask (as std and CPython leave it).
 pub(crate) fn spawn(
     program: &OsStr,
     args: &[OsString],
     opts: &mut SubprocessOptions,
 ) -> Result<Spawned> {
-    let mut cmd = Command::new(program);
-    cmd.args(args);
     let mut pipes: [Option<Pipe>; 3] = [None, None, None];
-    // The child's stdout as an fd, for a stderr merged into it.
-    let mut child_stdout: Option<OwnedFd> = None;
+    let stdio = child_stdio(opts, &mut pipes)?;
+    for &fd in &opts.pass_fds {
+        if fd <= 2 || nix::fcntl::fcntl(borrow(fd)?, nix::fcntl::FcntlArg::F_GETFD).is_err() {
+            return Err(Error::InvalidArgument(format!(
+                "pass_fds: {fd} is not an open descriptor above 2"
+            )));
+        }
+    }
+    let env = opts.env.take();
+    let cwd = opts.cwd.take();
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if opts.pass_fds.is_empty() {
+        let req = posix::Request {
+            program,
+            args,
+            stdio: &stdio,
+            env: env.as_deref(),
+            cwd: cwd.as_deref(),
+            process_group: opts.process_group,
+            new_session: opts.start_new_session,
+        };
+        if let Some(pid) = posix::spawn(&req)? {
+            count(0);
+            // (The child's ends in `stdio` close here.)
+            return Ok(Spawned { pid, pipes });
+        }
+    }
+    let pid = fork_exec(program, args, stdio, env, cwd, opts)?;
+    count(1);
+    Ok(Spawned { pid, pipes })
+}
+
+/// Makes the child's ends of its three streams (`None`: the parent's own
+/// stream), and puts the parent's ends of the pipes in `pipes`.
+fn child_stdio(
+    opts: &mut SubprocessOptions,
+    pipes: &mut [Option<Pipe>; 3],
+) -> Result<[Option<OwnedFd>; 3]> {
+    let mut fds: [Option<OwnedFd>; 3] = [None, None, None];
     for (i, slot) in pipes.iter_mut().enumerate() {
         let spec = match i {
             0 => std::mem::take(&mut opts.stdin),
             1 => std::mem::take(&mut opts.stdout),
             _ => std::mem::take(&mut opts.stderr),
         };
-        let theirs: Option<OwnedFd> = match spec {
+        fds[i] = match spec {
             Stdio::Pipe => {
                 let (ours, theirs) = child_pipe(i != 0)?;
                 *slot = Some(ours);
@@ -132,23 +180,36 @@ pub(crate) fn spawn(
                 Some(OwnedFd::from(f))
             }
             Stdio::Fd(fd) => Some(fd),
-            Stdio::Stdout if i == 2 => match &child_stdout {
-                Some(fd) => Some(fd.try_clone()?),
-                None => unreachable!("stdout is set up first"),
-            },
+            // The child's stdout, as an fd of its own (`dup2` takes any
+            // two sources, but std's `Stdio` wants to own each).
+            Stdio::Stdout if i == 2 => Some(match &fds[1] {
+                Some(fd) => fd.try_clone()?,
+                None => std::io::stdout().as_fd().try_clone_to_owned()?,
+            }),
             Stdio::Stdout => {
                 return Err(Error::InvalidArgument(
                     "Stdio::Stdout is only for stderr".into(),
                 ));
             }
         };
-        if i == 1 && child_stdout.is_none() {
-            child_stdout = Some(match &theirs {
-                Some(fd) => fd.try_clone()?,
-                None => std::io::stdout().as_fd().try_clone_to_owned()?,
-            });
-        }
-        let stdio = match theirs {
+    }
+    Ok(fds)
+}
+
+/// The fallback: `std::process::Command` with a `pre_exec` hook, which
+/// makes std fork and exec (what `posix_spawn` cannot say: `pass_fds`).
+fn fork_exec(
+    program: &OsStr,
+    args: &[OsString],
+    stdio: [Option<OwnedFd>; 3],
+    env: Option<Vec<(OsString, OsString)>>,
+    cwd: Option<PathBuf>,
+    opts: &SubprocessOptions,
+) -> Result<u32> {
+    let mut cmd = Command::new(program);
+    cmd.args(args);
+    for (i, fd) in stdio.into_iter().enumerate() {
+        let stdio = match fd {
             Some(fd) => std::process::Stdio::from(fd),
             None => std::process::Stdio::inherit(),
         };
@@ -158,23 +219,15 @@ pub(crate) fn spawn(
             _ => cmd.stderr(stdio),
         };
     }
-    drop(child_stdout);
-    if let Some(env) = opts.env.take() {
+    if let Some(env) = env {
         cmd.env_clear();
         cmd.envs(env);
     }
-    if let Some(cwd) = opts.cwd.take() {
+    if let Some(cwd) = cwd {
         cmd.current_dir(cwd);
     }
     if let Some(pg) = opts.process_group {
         cmd.process_group(pg);
-    }
-    for &fd in &opts.pass_fds {
-        if fd <= 2 || nix::fcntl::fcntl(borrow(fd)?, nix::fcntl::FcntlArg::F_GETFD).is_err() {
-            return Err(Error::InvalidArgument(format!(
-                "pass_fds: {fd} is not an open descriptor above 2"
-            )));
-        }
     }
     let pass = opts.pass_fds.clone();
     let session = opts.start_new_session;
@@ -211,7 +264,29 @@ pub(crate) fn spawn(
     // waits nor kills on drop: the loop's watch reaps it.)
     drop(child);
     drop(cmd);
-    Ok(Spawned { pid, pipes })
+    Ok(pid)
+}
+
+#[cfg(feature = "diagnostics")]
+thread_local! {
+    /// Children this thread started: through `posix_spawn`, through fork + exec.
+    static SPAWNS: std::cell::Cell<(u64, u64)> = const { std::cell::Cell::new((0, 0)) };
+}
+
+/// Counts a child started this way (0: `posix_spawn`, 1: fork + exec).
+fn count(_how: usize) {
+    #[cfg(feature = "diagnostics")]
+    SPAWNS.with(|c| {
+        let (p, f) = c.get();
+        c.set(if _how == 0 { (p + 1, f) } else { (p, f + 1) });
+    });
+}
+
+/// Children this thread started so far: through `posix_spawn`, through
+/// fork + exec.
+#[cfg(feature = "diagnostics")]
+pub(crate) fn spawn_counts() -> (u64, u64) {
+    SPAWNS.with(std::cell::Cell::get)
 }
 
 /// A raw fd the caller names, for a `fcntl` check (never kept).
@@ -223,3 +298,6 @@ fn borrow(fd: RawFd) -> Result<std::os::fd::BorrowedFd<'static>> {
     // fails with EBADF, which is what the check asks.
     Ok(unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) })
 }
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+mod posix;
