@@ -19,8 +19,8 @@ use std::task::{Context, Poll, Waker};
 
 use bytes::{Buf, Bytes, BytesMut};
 
+use crate::WriteBuf;
 use crate::base_loop::EventLoop;
-use crate::driver::buf::WriteBuf;
 use crate::error::{Error, Result};
 use crate::events::{AbstractEventLoop, get_running_loop};
 use crate::protocols::{BaseProtocol, Protocol};

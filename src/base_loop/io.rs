@@ -10,8 +10,8 @@ use std::rc::Rc;
 
 use super::EventLoop;
 use crate::driver::buf::WriteBuf;
-use crate::driver::fd::SharedFd;
-use crate::driver::ops::{Read, Recv, RecvFrom, SendMsg};
+pub(crate) use crate::driver::fd::SharedFd;
+use crate::driver::ops::{PollAdd, Read, Recv, RecvFrom, SendMsg};
 use crate::driver::pool::{PoolRef, RecvBuf, RecvPooled};
 use crate::driver::{Done, Event, HandlerOp, MultiOp, Notify, ReusableOp};
 use crate::sock::SockAddr;
@@ -41,17 +41,6 @@ impl IoEvent {
     /// A receive result that belongs to no live receive: one the transport
     /// gave up while results were still queued (it closed, or the receive
     /// ended on EOF or an error with data queued behind it). Data only.
-    /// The result of `op`, if `ev` says it completed.
-    pub(crate) fn ready_for<T: crate::driver::ops::OpAble>(
-        &self,
-        op: &mut HandlerOp<T>,
-    ) -> Option<io::Result<u32>> {
-        match self.0 {
-            Event::Ready(tok) if op.is(tok) => op.take().map(|(res, _)| res),
-            _ => None,
-        }
-    }
-
     pub(crate) fn stale_data(&self, pool: &PoolRef) -> Option<RecvBuf> {
         match self.0 {
             Event::Completed(_, Done { res: Ok(v), .. }) => RecvBuf::from_completion(pool, v),
@@ -447,5 +436,50 @@ impl DatagramSend {
             Ok(n) => Ok(n as usize),
             Err(e) => Err(io::Error::from_raw_os_error(e)),
         })
+    }
+}
+
+/// A one-shot wait for an fd to become readable (or to report an error or
+/// hang-up), whose completion goes to an [`IoHandler`]: a write pipe's
+/// watch for its reader leaving, a child's pidfd. Dropping it cancels
+/// the wait.
+pub(crate) struct ReadyWatch {
+    op: Option<HandlerOp<PollAdd>>,
+}
+
+impl ReadyWatch {
+    /// Waits on one of the loop's own fds (the selector shares its
+    /// registration with the fd's other ops).
+    pub(crate) fn on_fd<T: IoHandler>(lp: &EventLoop, fd: SharedFd, h: &Rc<T>) -> ReadyWatch {
+        Self::submit(lp, PollAdd::on(fd, false), h)
+    }
+
+    /// Waits on a raw fd the caller keeps open while the watch lives.
+    pub(crate) fn on_raw<T: IoHandler>(
+        lp: &EventLoop,
+        fd: std::os::fd::RawFd,
+        h: &Rc<T>,
+    ) -> ReadyWatch {
+        Self::submit(lp, PollAdd::raw(fd, false), h)
+    }
+
+    fn submit<T: IoHandler>(lp: &EventLoop, op: PollAdd, h: &Rc<T>) -> ReadyWatch {
+        let h: Rc<dyn Notify> = h.clone();
+        ReadyWatch {
+            op: Some(HandlerOp::submit(lp.driver(), Box::new(op), h)),
+        }
+    }
+
+    /// The wait's result (the poll mask, or the error: `ECANCELED` when the
+    /// loop closes), if `ev` is its completion; the watch is spent then.
+    pub(crate) fn take(&mut self, ev: &IoEvent) -> Option<io::Result<u32>> {
+        match ev.0 {
+            Event::Ready(tok) if self.op.as_ref().is_some_and(|o| o.is(tok)) => {
+                let r = self.op.as_mut()?.take().map(|(res, _)| res);
+                self.op = None;
+                r
+            }
+            _ => None,
+        }
     }
 }

@@ -169,12 +169,17 @@ impl WriteBuf {
         }
     }
 
+    /// The bytes.
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        match &self.0 {
+            Chunk::Bytes(b) => b,
+            Chunk::Recv(b) => b,
+        }
+    }
+
     /// Length in bytes.
     pub fn len(&self) -> usize {
-        match &self.0 {
-            Chunk::Bytes(b) => b.len(),
-            Chunk::Recv(b) => b.len(),
-        }
+        self.as_bytes().len()
     }
 
     /// True if there are no bytes.

@@ -14,10 +14,8 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
 use super::{Inner, SubprocessTransport, returncode};
-use crate::base_loop::io::{IoEvent, IoHandler};
+use crate::base_loop::io::{IoEvent, IoHandler, ReadyWatch};
 use crate::base_loop::{EventLoop, LoopClosing};
-use crate::driver::HandlerOp;
-use crate::driver::ops::PollAdd;
 use crate::error::Result;
 
 /// A pidfd for `pid`, unless the kernel has none (before 5.3) or
@@ -102,7 +100,7 @@ struct PidfdWatch {
     lp: EventLoop,
     pid: u32,
     fd: OwnedFd,
-    op: RefCell<Option<HandlerOp<PollAdd>>>,
+    op: RefCell<Option<ReadyWatch>>,
     target: Weak<Inner>,
     reaped: std::cell::Cell<bool>,
     /// The loop's key for this watch ([`LoopClosing`]).
@@ -126,9 +124,7 @@ impl PidfdWatch {
     }
 
     fn arm(self: &Rc<Self>) {
-        let op = Box::new(PollAdd::raw(self.fd.as_raw_fd(), false));
-        let h: Rc<dyn crate::driver::Notify> = self.clone();
-        *self.op.borrow_mut() = Some(HandlerOp::submit(self.lp.driver(), op, h));
+        *self.op.borrow_mut() = Some(ReadyWatch::on_raw(&self.lp, self.fd.as_raw_fd(), self));
     }
 
     fn done(&self) {
@@ -143,7 +139,7 @@ impl IoHandler for PidfdWatch {
         let res = {
             let mut op = self.op.borrow_mut();
             let Some(o) = op.as_mut() else { return };
-            let Some(res) = ev.ready_for(o) else { return };
+            let Some(res) = o.take(&ev) else { return };
             *op = None;
             res
         };

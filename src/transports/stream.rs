@@ -20,11 +20,10 @@ use std::rc::Rc;
 use super::ExtraInfo;
 use super::base::{Base, Phase, deliver_lost};
 use super::cell::Failure;
-use crate::base_loop::io::{IoEvent, IoHandler, Received, StreamRecv, StreamSend};
+use crate::base_loop::io::{
+    IoEvent, IoHandler, ReadyWatch, Received, SharedFd, StreamRecv, StreamSend,
+};
 use crate::base_loop::{EventLoop, LoopClosing};
-use crate::driver::HandlerOp;
-use crate::driver::fd::SharedFd;
-use crate::driver::ops::PollAdd;
 use crate::error::{Error, Result};
 use crate::pipes::Pipe;
 use crate::protocols::Protocol;
@@ -124,7 +123,7 @@ struct Inner {
     recv: RefCell<Option<StreamRecv>>,
     send: RefCell<Option<StreamSend>>,
     /// A write pipe's watch for its reader going away (`POLLERR`).
-    watch: RefCell<Option<HandlerOp<PollAdd>>>,
+    watch: RefCell<Option<ReadyWatch>>,
 }
 
 impl IoHandler for Inner {
@@ -209,18 +208,26 @@ impl StreamTransport {
         protocol: Box<dyn Protocol>,
     ) -> StreamTransport {
         let fd = pipe.shared().clone();
-        let (kind, recv) = if read {
-            (Kind::ReadPipe, Some(StreamRecv::for_pipe(lp, fd)))
-        } else {
-            (Kind::WritePipe, None)
-        };
-        let t = Self::start_on(lp, Endpoint::Pipe(pipe), kind, recv, (None, None), protocol);
-        if !read {
-            let h: Rc<dyn crate::driver::Notify> = t.0.clone();
-            let fd = t.0.end.borrow().as_ref().map(|e| e.shared().clone());
-            let op = Box::new(PollAdd::on(fd.expect("just made"), false));
-            *t.0.watch.borrow_mut() = Some(HandlerOp::submit(lp.driver(), op, h));
+        if read {
+            let recv = Some(StreamRecv::for_pipe(lp, fd));
+            return Self::start_on(
+                lp,
+                Endpoint::Pipe(pipe),
+                Kind::ReadPipe,
+                recv,
+                (None, None),
+                protocol,
+            );
         }
+        let t = Self::start_on(
+            lp,
+            Endpoint::Pipe(pipe),
+            Kind::WritePipe,
+            None,
+            (None, None),
+            protocol,
+        );
+        *t.0.watch.borrow_mut() = Some(ReadyWatch::on_fd(lp, fd, &t.0));
         t
     }
 
@@ -741,7 +748,7 @@ impl StreamTransport {
             let Some(w) = watch.as_mut() else {
                 return false;
             };
-            let Some(res) = ev.ready_for(w) else {
+            let Some(res) = w.take(ev) else {
                 return false;
             };
             *watch = None;
@@ -917,7 +924,7 @@ impl StreamTransport {
 // write buffer sent and no send in flight first, and no write meanwhile.
 impl StreamTransport {
     /// The socket, while the transport is not closing.
-    pub(crate) fn sendfile_fd(&self) -> Option<crate::driver::fd::SharedFd> {
+    pub(crate) fn sendfile_fd(&self) -> Option<SharedFd> {
         if self.0.base.is_closing() || self.0.kind == Kind::ReadPipe {
             return None;
         }

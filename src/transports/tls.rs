@@ -22,7 +22,6 @@ use super::cell::Failure;
 use super::handle::Layered;
 use super::tls_session::Session;
 use crate::base_loop::{EventLoop, LoopClosing};
-use crate::driver::buf::Chunk;
 use crate::error::{Error, Result};
 use crate::futures::LoopFuture;
 use crate::protocols::{BaseProtocol, Protocol};
@@ -726,11 +725,7 @@ impl Layered for Tls {
         if data.is_empty() {
             return Ok(());
         }
-        let bytes: &[u8] = match &data.0 {
-            Chunk::Bytes(b) => b,
-            Chunk::Recv(b) => b,
-        };
-        self.sess.borrow_mut().write_plain(bytes)?;
+        self.sess.borrow_mut().write_plain(data.as_bytes())?;
         self.flush_outgoing(false);
         self.control_app_writing();
         Ok(())
