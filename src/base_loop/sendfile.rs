@@ -65,6 +65,17 @@ impl Position<'_> {
     fn add(&self, n: u64) {
         self.sent.set(self.sent.get() + n);
     }
+
+    /// The size of the next fallback block (at most `max`), or `None` once
+    /// `count` bytes were sent.
+    fn next_block(&self, count: Option<u64>, max: u64) -> Option<usize> {
+        let sent = self.sent.get();
+        match count {
+            Some(c) if c <= sent => None,
+            Some(c) => Some((c - sent).min(max) as usize),
+            None => Some(max as usize),
+        }
+    }
 }
 
 impl Drop for Position<'_> {
@@ -222,14 +233,8 @@ impl EventLoop {
             return Err(Error::SendfileNotAvailable("not a regular file".into()));
         }
         let mut r = self.fallback_reader(file, offset)?;
-        loop {
-            let sent = pos.sent.get();
-            let n = match count {
-                Some(c) if c <= sent => break,
-                Some(c) => (c - sent).min(SOCK_BLOCK),
-                None => SOCK_BLOCK,
-            };
-            let block = self.read_block(&mut r, n as usize).await?;
+        while let Some(n) = pos.next_block(count, SOCK_BLOCK) {
+            let block = self.read_block(&mut r, n).await?;
             if block.is_empty() {
                 break;
             }
@@ -338,13 +343,10 @@ impl EventLoop {
             if t.is_closing() {
                 return Err(Error::closed("the transport closed during sendfile"));
             }
-            let sent = pos.sent.get();
-            let n = match count {
-                Some(c) if c <= sent => break,
-                Some(c) => (c - sent).min(TRANSPORT_BLOCK),
-                None => TRANSPORT_BLOCK,
+            let Some(n) = pos.next_block(count, TRANSPORT_BLOCK) else {
+                break;
             };
-            let block = self.read_block(&mut r, n as usize).await?;
+            let block = self.read_block(&mut r, n).await?;
             if block.is_empty() {
                 break;
             }

@@ -17,7 +17,6 @@ use std::cell::{Cell, RefCell};
 use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::rc::Rc;
-use std::task::Waker;
 
 pub use process::{Process, create_subprocess_exec, create_subprocess_shell};
 #[cfg(feature = "diagnostics")]
@@ -27,6 +26,8 @@ pub use spawn::{Stdio, SubprocessOptions};
 use crate::RecvBuf;
 use crate::base_loop::{EventLoop, LoopClosing};
 use crate::error::{Error, Result};
+use crate::events::AbstractEventLoop;
+use crate::futures::LoopFuture;
 use crate::protocols::{BaseProtocol, Protocol};
 use crate::transports::Transport;
 use crate::transports::base::{Base, deliver_lost};
@@ -89,7 +90,8 @@ struct Inner {
     /// `connection_made` has run (`process_exited` waits for it).
     made: Cell<bool>,
     exit_told: Cell<bool>,
-    waiters: RefCell<Vec<Waker>>,
+    /// Resolved with the returncode ([`wait`](SubprocessTransport::wait)).
+    exit: LoopFuture<i32>,
 }
 
 /// A child process's transport. Equivalent to asyncio's
@@ -181,7 +183,7 @@ impl SubprocessTransport {
             open_pipes: Cell::new(0),
             made: Cell::new(false),
             exit_told: Cell::new(false),
-            waiters: RefCell::new(Vec::new()),
+            exit: lp.create_future(),
         }));
         let weak: std::rc::Weak<dyn LoopClosing> = Rc::downgrade(&t.0) as _;
         t.0.base.register(weak);
@@ -225,9 +227,7 @@ impl SubprocessTransport {
             return;
         }
         self.0.returncode.set(Some(code));
-        for w in self.0.waiters.borrow_mut().drain(..) {
-            w.wake();
-        }
+        let _ = self.0.exit.set_result(code);
         if self.0.made.get() {
             self.tell_exit();
         }
@@ -268,14 +268,8 @@ impl SubprocessTransport {
 
     /// Waits until the child exited; its returncode.
     pub(crate) async fn wait(&self) -> i32 {
-        std::future::poll_fn(|cx| match self.0.returncode.get() {
-            Some(c) => std::task::Poll::Ready(c),
-            None => {
-                self.0.waiters.borrow_mut().push(cx.waker().clone());
-                std::task::Poll::Pending
-            }
-        })
-        .await
+        let exit = self.0.exit.clone().await;
+        exit.expect("the exit future is only ever resolved")
     }
 
     /// The child's process id. Equivalent to `get_pid`.
