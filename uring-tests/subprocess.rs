@@ -456,6 +456,43 @@ both_backends! {
     }
 }
 
+both_backends! {
+    fn bad_options_are_clear_errors_and_spawn_nothing(lp) {
+        common::run_bounded(lp, LIMIT, async {
+            let bad = |r: ringloop::Result<ringloop::Process>| match r {
+                Err(Error::InvalidArgument(m)) => m,
+                other => panic!("expected InvalidArgument, got {other:?}"),
+            };
+            let m = bad(create_subprocess_exec("true", [] as [&str; 0], SubprocessOptions {
+                stdin: Stdio::Stdout, ..Default::default()
+            }).await);
+            assert!(m.contains("only for stderr"), "{m}");
+            for fd in [1, -1, 1_000_000] {
+                let m = bad(create_subprocess_exec("true", [] as [&str; 0], SubprocessOptions {
+                    pass_fds: vec![fd], ..Default::default()
+                }).await);
+                assert!(m.contains("pass_fds"), "{m}");
+            }
+        });
+        lp.close().unwrap();
+        let r = common::catch(|| {
+            let lp2 = lp.clone();
+            futures_ready(lp2.subprocess_exec(|| SubRecorder(Default::default()), "true", [] as [&str; 0], SubprocessOptions::default()))
+        });
+        assert!(matches!(r, Ok(Err(Error::Closed(_)))), "a closed loop spawns nothing: {r:?}");
+    }
+}
+
+/// Polls a future once (it must be ready: a closed loop's calls fail at once).
+fn futures_ready<F: std::future::Future>(f: F) -> F::Output {
+    let mut f = std::pin::pin!(f);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match f.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(v) => v,
+        std::task::Poll::Pending => panic!("not ready"),
+    }
+}
+
 /// What a subprocess protocol saw, in order.
 struct SubRecorder(Rc<RefCell<Vec<String>>>);
 
