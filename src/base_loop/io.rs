@@ -64,6 +64,12 @@ impl EventLoop {
     }
 
     /// Registers a live transport, to be told if the loop closes under it.
+    /// [`Core::flush_soon`](super::Core::flush_soon): this callback's writes
+    /// leave when it returns, not at the end of the turn.
+    pub(crate) fn flush_soon(&self) {
+        self.core.flush_soon();
+    }
+
     pub(crate) fn register_transport(&self, t: std::rc::Weak<dyn super::LoopClosing>) -> usize {
         self.core.register_transport(t)
     }

@@ -342,6 +342,15 @@ impl Driver {
         each!(self, k, o, p => k.cancel_keep(o, p, key, poll));
     }
 
+    /// Hands the kernel what is queued now, without waiting or reaping
+    /// (the proactor's mid-turn flush; the selector made its syscalls
+    /// already).
+    pub(crate) fn submit_queued(&mut self) {
+        if let Kernel::Uring(u) = &mut self.kernel {
+            u.submit_queued(&mut self.ops);
+        }
+    }
+
     /// Waits for I/O at most `timeout` (`None`: until something happens) and
     /// records completions, waking their futures.
     pub(crate) fn turn(&mut self, timeout: Option<Duration>) -> io::Result<()> {

@@ -176,6 +176,14 @@ impl Uring {
         self.cancel(ops, pool, key, poll);
     }
 
+    /// Submits what is queued, if anything, with no wait: completions are
+    /// reaped by the turn as usual.
+    pub(super) fn submit_queued(&mut self, ops: &mut Ops) {
+        if !self.ring.submission().is_empty() {
+            self.enter(ops, 0, None);
+        }
+    }
+
     /// One `io_uring_enter`: submits what is queued, posts completions, and
     /// waits for one if `min_complete` is 1 (bounded by `timeout`).
     fn enter(&mut self, ops: &mut Ops, min_complete: u32, timeout: Option<Duration>) {

@@ -285,9 +285,9 @@ impl Tls {
 
     /// Sends the engine's ciphertext to the plain transport, unless its
     /// writing is paused (then it waits here, counted against the
-    /// application's marks) and `force` is false.
-    fn flush_outgoing(&self, force: bool) {
-        let Some(p) = self.plain() else { return };
+    /// application's marks) and `force` is false. True if it wrote.
+    fn flush_outgoing(&self, force: bool) -> bool {
+        let Some(p) = self.plain() else { return false };
         let data = {
             let mut out = self.outgoing.borrow_mut();
             self.sess.borrow_mut().take_tls(&mut out);
@@ -295,12 +295,13 @@ impl Tls {
             // callback: that one waits while a callback of ours runs, and
             // an application writing in a loop there would overrun it.)
             if out.is_empty() || (p.is_writing_paused() && !force) {
-                return;
+                return false;
             }
             std::mem::take(&mut *out)
         };
         // (A closing plain transport drops it: the connection is over.)
         let _ = p.write(data);
+        true
     }
 
     /// pause_writing / resume_writing for the application, by what waits
@@ -394,7 +395,12 @@ impl Tls {
                 State::Handshaking => {
                     let before = input.len();
                     let r = self.sess.borrow_mut().feed(&mut input);
-                    self.flush_outgoing(true);
+                    if self.flush_outgoing(true) {
+                        // A handshake flight costs far more crypto than a
+                        // syscall: it leaves now, so the peer computes its
+                        // part while this loop serves the others.
+                        self.lp.flush_soon();
+                    }
                     if let Err(e) = r {
                         self.handshake_failed(e, false);
                         return &[];

@@ -26,7 +26,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 #[path = "../cli.rs"]
 mod cli;
 
-const USAGE: &str = "usage: tls [--quick]   (internal: --server KIND --certs DIR)";
+const USAGE: &str = "usage: tls [--quick] [--only TEXT]
+
+  (no arguments)  every load, 3 rounds, on the proactor, the selector and tokio-rustls
+  --quick         the few-second CI form (one short round)
+  --only TEXT     only the loads whose name contains TEXT (profiling)
+  (internal: --server KIND --certs DIR)";
 const SERVERS: [&str; 3] = ["ringloop-proactor", "ringloop-selector", "tokio-rustls"];
 
 // ------------------------------------------------------------ certificates
@@ -295,11 +300,19 @@ fn main() {
         }
         return;
     }
-    let quick = match args.first().map(String::as_str) {
-        None => false,
-        Some("--quick") => true,
-        Some(other) => cli::usage_error(&format!("unknown argument {other}"), USAGE),
-    };
+    let mut quick = false;
+    let mut only = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--quick" => quick = true,
+            "--only" => match it.next() {
+                Some(t) => only = Some(t.clone()),
+                None => cli::usage_error("--only needs a TEXT", USAGE),
+            },
+            other => cli::usage_error(&format!("unknown argument {other}"), USAGE),
+        }
+    }
     let (rounds, secs): (usize, f64) = if quick { (1, 0.5) } else { (3, 3.0) };
     let dir = std::env::temp_dir().join(format!("ringloop-tls-bench-{}", std::process::id()));
     make_certs(&dir);
@@ -323,6 +336,9 @@ fn main() {
     );
     println!("| --- |{}", " ---: |".repeat(SERVERS.len() + 2));
     for (name, conns, size) in loads {
+        if only.as_ref().is_some_and(|t| !name.contains(t.as_str())) {
+            continue;
+        }
         let mut results: Vec<Vec<f64>> = vec![Vec::new(); SERVERS.len()];
         for round in 0..rounds + 1 {
             for (i, kind) in SERVERS.iter().enumerate() {
