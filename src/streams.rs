@@ -647,7 +647,7 @@ impl futures_io::AsyncWrite for StreamWriter {
         if let Poll::Ready(Err(e)) = self.as_ref().poll_room(cx) {
             return Poll::Ready(Err(e));
         }
-        match self.transport.write(Bytes::copy_from_slice(buf)) {
+        match self.transport.write_slice(buf) {
             Ok(()) => Poll::Ready(Ok(buf.len())),
             Err(e) => Poll::Ready(Err(to_io(&e))),
         }

@@ -81,7 +81,12 @@ both_backends! {
             let r2 = rec.clone();
             let t = lp.create_connection(move || r2, "127.0.0.1", port).await.unwrap();
             t.write(&b"hello "[..]).unwrap();
-            t.write(&b"world"[..]).unwrap();
+            // A borrowed write sends a copy: the caller's buffer is its own
+            // again at once.
+            let mut part = b"world".to_vec();
+            t.write_slice(&part).unwrap();
+            part.copy_from_slice(b"XXXXX");
+            assert_eq!(part, b"XXXXX");
             while rec.borrow().data.len() < 11 {
                 ringloop::sleep(Duration::from_millis(1)).await.unwrap();
             }

@@ -156,7 +156,7 @@ impl BaseProtocol for Echo {
 
 impl Protocol for Echo {
     fn data_received(&mut self, data: &[u8]) {
-        self.0.as_ref().unwrap().write(data.to_vec()).unwrap();
+        self.0.as_ref().unwrap().write_slice(data).unwrap();
     }
 }
 

@@ -22,6 +22,11 @@ use crate::sock::Socket;
 /// same name.
 pub(crate) trait Layered {
     fn write(&self, data: WriteBuf) -> Result<()>;
+    /// Borrowed bytes: a layer that copies them anyway (TLS encrypts into
+    /// its own records) takes them without an owned buffer first.
+    fn write_slice(&self, data: &[u8]) -> Result<()> {
+        self.write(WriteBuf::from(data.to_vec()))
+    }
     fn write_eof(&self) -> Result<()>;
     fn can_write_eof(&self) -> bool;
     fn close(&self);
@@ -148,6 +153,41 @@ impl Transport {
         match &self.0 {
             Kind::Stream(t) => t.write(data),
             Kind::Layered(t) => t.write(data.into()),
+        }
+    }
+
+    /// Writes a copy of `data`: asyncio's `write(data)` for bytes the caller
+    /// keeps (a protocol's `data_received` slice). On a TLS transport the
+    /// bytes go straight into the encrypted records, with no owned buffer
+    /// in between; elsewhere this is `write(Bytes::copy_from_slice(data))`.
+    /// Prefer [`write`](Self::write) with a buffer you own (a `Vec`, a
+    /// [`RecvBuf`](crate::RecvBuf)): a socket transport then sends it
+    /// without copying.
+    ///
+    /// ```
+    /// # use ringloop::prelude::*;
+    /// struct Echo(Option<Transport>);
+    /// impl BaseProtocol for Echo {
+    ///     fn connection_made(&mut self, t: Transport) {
+    ///         self.0 = Some(t);
+    ///     }
+    /// }
+    /// impl Protocol for Echo {
+    ///     fn data_received(&mut self, data: &[u8]) {
+    ///         if let Some(t) = &self.0 {
+    ///             let _ = t.write_slice(data);
+    ///         }
+    ///     }
+    /// }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`write`](Self::write).
+    pub fn write_slice(&self, data: &[u8]) -> Result<()> {
+        match &self.0 {
+            Kind::Stream(t) => t.write(bytes::Bytes::copy_from_slice(data)),
+            Kind::Layered(t) => t.write_slice(data),
         }
     }
 

@@ -724,6 +724,10 @@ impl Protocol for TlsProtocol {
 
 impl Layered for Tls {
     fn write(&self, data: WriteBuf) -> Result<()> {
+        self.write_slice(data.as_bytes())
+    }
+
+    fn write_slice(&self, data: &[u8]) -> Result<()> {
         self.app.check_writable()?;
         if self.state.get() != State::Wrapped {
             return Err(Error::closed("TLS connection is closed"));
@@ -731,7 +735,7 @@ impl Layered for Tls {
         if data.is_empty() {
             return Ok(());
         }
-        self.sess.borrow_mut().write_plain(data.as_bytes())?;
+        self.sess.borrow_mut().write_plain(data)?;
         self.flush_outgoing(false);
         self.control_app_writing();
         Ok(())
