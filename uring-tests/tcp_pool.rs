@@ -236,3 +236,86 @@ both_backends! {
         }
     }
 }
+
+/// Is the running kernel at least `major.minor`?
+fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let mut it = release
+        .trim()
+        .split(['.', '-'])
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    let (a, b) = (it.next().unwrap_or(0), it.next().unwrap_or(0));
+    (a, b) >= (major, minor)
+}
+
+/// A 16 MiB echo through owned pool buffers, checked byte for byte; how
+/// many receive completions on this loop filled several buffers.
+fn bulk_echo_bundles(lp: &EventLoop) -> u64 {
+    let before = lp.driver_stats().recv_bundles;
+    let (sent, got) = common::run_bounded(lp, LIMIT, async {
+        let owned = Rc::new(std::cell::Cell::new(0));
+        let slices = Rc::new(std::cell::Cell::new(0));
+        echo_through(
+            move || OwnedEcho {
+                t: None,
+                owned: owned.clone(),
+                slices: slices.clone(),
+            },
+            16 << 20,
+        )
+        .await
+    });
+    assert!(
+        got == sent,
+        "the echo differs ({} of {} bytes)",
+        got.len(),
+        sent.len()
+    );
+    assert_eq!(lp.pool_buffers_out(), 0, "every pool buffer came back");
+    lp.driver_stats().recv_bundles - before
+}
+
+both_backends! {
+    fn bulk_receives_take_several_pool_buffers_per_completion_on_the_proactor(lp) {
+        let bundles = bulk_echo_bundles(lp);
+        match lp.backend() {
+            Backend::Proactor => {
+                // Bundles came with Linux 6.10; this suite's machine has
+                // them, so on it they must be in use.
+                if kernel_at_least(6, 10) {
+                    assert!(lp.uses_recv_bundles(), "receive bundles are off on a 6.10+ kernel");
+                    assert!(bundles > 0, "no receive completion filled more than one buffer");
+                } else {
+                    eprintln!("!!! kernel before 6.10: no receive bundles, plain multishot receives checked");
+                    assert_eq!(bundles, 0);
+                }
+            }
+            // The selector receives one pool buffer per recv(2).
+            Backend::Selector => {
+                assert!(!lp.uses_recv_bundles());
+                assert_eq!(bundles, 0);
+            }
+        }
+    }
+}
+
+const NO_BUNDLE: common::child::ChildTest =
+    common::child::ChildTest::new("without_receive_bundles_each_completion_fills_one_buffer");
+
+/// The fallback for kernels before 6.10, forced by the environment in a
+/// child (the probe is per ring): every receive completion fills one pool
+/// buffer, and the echo is intact. Proactor only: the selector never uses
+/// bundles.
+#[test]
+fn without_receive_bundles_each_completion_fills_one_buffer() {
+    if NO_BUNDLE.child_side(|_| {
+        let lp = common::new_loop(Backend::Proactor);
+        assert!(!lp.uses_recv_bundles());
+        assert_eq!(bulk_echo_bundles(&lp), 0);
+        common::assert_backend_used(&lp, Backend::Proactor);
+        lp.close().unwrap();
+    }) {
+        return;
+    }
+    NO_BUNDLE.run("proactor", &[("RINGLOOP_NO_RECV_BUNDLE", "1")]);
+}

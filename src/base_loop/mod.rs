@@ -616,6 +616,17 @@ impl EventLoop {
         self.core.driver.borrow().recv_ring_stats()
     }
 
+    /// Proactor: stream receives are bundles (Linux 6.10+, unless
+    /// `RINGLOOP_NO_RECV_BUNDLE` is set when the loop is made): one
+    /// completion may fill several pool buffers, each delivered as its own
+    /// `data_received`. False on the selector.
+    ///
+    /// A diagnostics hook: only with the `diagnostics` cargo feature.
+    #[cfg(feature = "diagnostics")]
+    pub fn uses_recv_bundles(&self) -> bool {
+        self.core.driver.borrow().uses_recv_bundles()
+    }
+
     /// Ops submitted to the driver and not yet handed back (tests, stats).
     ///
     /// A diagnostics hook: only with the `diagnostics` cargo feature.

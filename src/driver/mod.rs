@@ -87,6 +87,9 @@ pub struct DriverStats {
     pub stash_hits: u64,
     /// Ops still in flight at shutdown and deliberately leaked.
     pub leaked_at_close: u64,
+    /// Proactor: receive completions that filled more than one pool buffer
+    /// (a bundle, Linux 6.10+), each handed on as one result per buffer.
+    pub recv_bundles: u64,
 }
 
 /// The kernel side of a driver: the backend chosen at run time.
@@ -402,6 +405,12 @@ impl Driver {
     }
 
     /// Proactor: (receive-ring size now, times the ring ran dry).
+    #[cfg_attr(not(feature = "diagnostics"), allow(dead_code))]
+    #[cfg_attr(not(feature = "diagnostics"), allow(dead_code))]
+    pub(crate) fn uses_recv_bundles(&self) -> bool {
+        matches!(self.kernel, Kernel::Uring(_)) && self.pool.borrow().bundle
+    }
+
     #[cfg_attr(not(feature = "diagnostics"), allow(dead_code))]
     pub(crate) fn recv_ring_stats(&self) -> Option<(usize, u64)> {
         self.pool.borrow().ring_stats()

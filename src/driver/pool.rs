@@ -50,6 +50,13 @@ const RING_WINDOW: u32 = 4096;
 /// effect within a turn's worth, and one fast sender cannot hold the pool or
 /// the loop while others wait.
 const RECV_TURN_BUDGET: u32 = 4;
+/// `IORING_RECV_MULTISHOT` and `IORING_RECVSEND_BUNDLE` (io_uring.h): the
+/// `ioprio` bits of a receive (io-uring's builder for a capped multishot
+/// bundle is the plain `Recv` one).
+const RECV_MULTISHOT: u16 = 1 << 1;
+const RECVSEND_BUNDLE: u16 = 1 << 4;
+/// Most bytes one receive bundle takes (four pool buffers).
+pub(crate) const BUNDLE_MAX: usize = 4 * POOL_BUF_SIZE;
 /// The buffer group id of the ring.
 pub(crate) const BGID: u16 = 0;
 /// Marks a completion value that names a pool buffer: `BIT | bid << 16 | len`.
@@ -105,6 +112,14 @@ pub(crate) struct BufPool {
     /// Proactor: buffers the kernel picked from the ring, ever (wrapping
     /// like the ring's tail): the ring holds `tail - taken` unpicked ones.
     taken: u16,
+    /// Proactor: stream receives are bundles (`IORING_RECVSEND_BUNDLE`,
+    /// Linux 6.10): one completion may fill several buffers, consecutive
+    /// ring entries from the one it names. Off with `RINGLOOP_NO_RECV_BUNDLE`.
+    pub(crate) bundle: bool,
+    /// Proactor: the buffer id at each ring entry, and each buffer's entry,
+    /// so a bundle's buffers after its first are known.
+    ring_bid: Vec<u16>,
+    ring_at: Vec<u16>,
 }
 
 pub(crate) type PoolRef = Rc<RefCell<BufPool>>;
@@ -119,6 +134,9 @@ impl BufPool {
             free: (0..POOL_BUFS).rev().collect(),
             out: 0,
             taken: 0,
+            bundle: false,
+            ring_bid: Vec::new(),
+            ring_at: Vec::new(),
         }))
     }
 
@@ -164,6 +182,9 @@ impl BufPool {
             free: (RING_START..POOL_BUFS).rev().collect(),
             out: 0,
             taken: 0,
+            bundle: false,
+            ring_bid: vec![0; POOL_BUFS as usize],
+            ring_at: vec![0; POOL_BUFS as usize],
         }));
         {
             let mut p = pool.borrow_mut();
@@ -195,12 +216,22 @@ impl BufPool {
             e.set_bid(bid);
         }
         ring.tail = ring.tail.wrapping_add(1);
+        self.ring_bid[idx] = bid;
+        self.ring_at[bid as usize] = idx as u16;
+        let (entries, tail_now) = (ring.entries, ring.tail);
         // SAFETY: the tail field lives in entry 0 of our ring; the kernel
         // reads it with acquire semantics, so publish with release.
         unsafe {
-            let tail = BufRingEntry::tail(ring.entries.as_ptr()) as *const AtomicU16;
-            (*tail).store(ring.tail, Ordering::Release);
+            let tail = BufRingEntry::tail(entries.as_ptr()) as *const AtomicU16;
+            (*tail).store(tail_now, Ordering::Release);
         }
+    }
+
+    /// The `i`th buffer of a bundle whose first buffer is `first`: the
+    /// kernel takes a bundle's buffers from consecutive ring entries.
+    pub(crate) fn bundle_bid(&self, first: u16, i: usize) -> u16 {
+        let at = self.ring_at[first as usize] as usize;
+        self.ring_bid[(at + i) & (POOL_BUFS as usize - 1)]
     }
 
     /// Takes a free buffer (selector): `(id, ptr, len)`, or `None` when
@@ -419,6 +450,17 @@ impl std::fmt::Debug for RecvBuf {
     }
 }
 
+/// A multishot receive bundle on `fd` capped at `BUNDLE_MAX` bytes per
+/// completion. (A cap on a multishot receive is recent: the driver probes
+/// that the kernel takes it before using bundles at all.)
+pub(crate) fn bundle_entry(fd: RawFd) -> squeue::Entry {
+    opcode::Recv::new(types::Fd(fd), std::ptr::null_mut(), BUNDLE_MAX as u32)
+        .ioprio(RECV_MULTISHOT | RECVSEND_BUNDLE)
+        .buf_group(BGID)
+        .build()
+        .flags(squeue::Flags::BUFFER_SELECT)
+}
+
 /// Multishot receive into pool buffers: one completion per chunk received,
 /// no buffer held while nothing arrives.
 pub(crate) struct RecvPooled {
@@ -438,6 +480,9 @@ unsafe impl OpAble for RecvPooled {
             return opcode::ReadMulti::new(types::Fd(self.fd.raw()), 0, BGID)
                 .offset(u64::MAX)
                 .build();
+        }
+        if self.pool.borrow().bundle {
+            return bundle_entry(self.fd.raw());
         }
         opcode::RecvMulti::new(types::Fd(self.fd.raw()), BGID).build()
     }

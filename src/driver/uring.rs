@@ -65,10 +65,57 @@ pub(crate) fn build_ring() -> io::Result<IoUring> {
     }
 }
 
+/// Does the kernel take a byte cap on a multishot receive bundle? Bundles
+/// came in Linux 6.10, a cap on a multishot receive later (before that the
+/// kernel refuses one with `EINVAL`); uncapped, one receive could take the
+/// whole buffer ring for a single connection, so bundles are used only
+/// with the cap. Asked once per ring, before any op: a capped bundle on an
+/// idle socket pair either fails at once or waits, and is then cancelled.
+fn takes_capped_bundles(ring: &mut IoUring) -> bool {
+    const TAG: u64 = u64::MAX - 2;
+    let Ok((a, b)) = std::os::unix::net::UnixStream::pair() else {
+        return false;
+    };
+    let entry = super::pool::bundle_entry(a.as_raw_fd()).user_data(TAG);
+    let cancel = opcode::AsyncCancel::new(TAG).build().user_data(TAG_CANCEL);
+    // SAFETY: the entries point at nothing of ours (no buffer: the kernel
+    // would pick one from the registered ring); the socket outlives the
+    // op, which ends below (failed, or cancelled and reaped).
+    if unsafe { ring.submission().push(&entry) }.is_err() {
+        return false;
+    }
+    // (A refusal is posted while the submission is processed.)
+    let ts = types::Timespec::from(Duration::from_millis(10));
+    let args = types::SubmitArgs::new().timespec(&ts);
+    let _ = ring.submitter().submit_with_args(0, &args);
+    if ring.completion().any(|c| c.user_data() == TAG) {
+        drop((a, b));
+        return false;
+    }
+    // Waiting for data: the kernel took the cap. End it.
+    // SAFETY: as above; the cancel names the probe by its tag.
+    if unsafe { ring.submission().push(&cancel) }.is_err() {
+        std::mem::forget((a, b));
+        return false;
+    }
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < deadline {
+        let _ = ring.submitter().submit_with_args(1, &args);
+        if let Some(c) = ring.completion().find(|c| c.user_data() == TAG) {
+            drop((a, b));
+            return c.result() == -libc::ECANCELED;
+        }
+    }
+    // (Not reaped within a second: leave bundles off. The socket pair is
+    // leaked with the op, which may still hold it.)
+    std::mem::forget((a, b));
+    false
+}
+
 impl Uring {
     /// A ring, and the receive pool registered on it.
     pub(crate) fn new(notifier: &Arc<Notifier>) -> io::Result<(Uring, PoolRef)> {
-        let ring = build_ring()?;
+        let mut ring = build_ring()?;
         let pool = super::pool::BufPool::new_ring(&ring.submitter())?;
         // The wake read holds a dup of the eventfd in a SharedFd of its own,
         // so the notifier's descriptor outlives any in-flight read.
@@ -83,6 +130,9 @@ impl Uring {
         let read_multishot = ring.submitter().register_probe(&mut probe).is_ok()
             && probe.is_supported(io_uring::opcode::ReadMulti::CODE)
             && std::env::var_os("RINGLOOP_NO_READ_MULTISHOT").is_none();
+        pool.borrow_mut().bundle = ring.params().is_feature_recvsend_bundle()
+            && std::env::var_os("RINGLOOP_NO_RECV_BUNDLE").is_none()
+            && takes_capped_bundles(&mut ring);
         let u = Uring {
             read_multishot,
             ring: ManuallyDrop::new(ring),
@@ -307,6 +357,13 @@ impl Uring {
             }
             return;
         }
+        // A receive bundle that filled more than one buffer: one result
+        // per buffer, as if each had its own completion.
+        if res > super::pool::POOL_BUF_SIZE as i32 {
+            if let Some(first) = cqueue::buffer_select(flags) {
+                return self.dispatch_bundle(ops, pool, key, first, res as usize, more);
+            }
+        }
         // The common case first: a handler that takes its result with the
         // notification (EAGAIN and EINTR are retried below instead).
         if res != -libc::EAGAIN && res != -libc::EINTR {
@@ -348,6 +405,41 @@ impl Uring {
             Ok(res as u32)
         };
         ops.complete(key, r, more);
+    }
+
+    /// Hands on a bundle of `len` bytes starting in buffer `first`: every
+    /// buffer but the last is full, and each is one result of the op (the
+    /// last one carries the completion's `more`), so receivers, the stash
+    /// and the cancel paths see single-buffer results only.
+    #[inline(never)]
+    fn dispatch_bundle(
+        &mut self,
+        ops: &mut Ops,
+        pool: &PoolRef,
+        key: usize,
+        first: u16,
+        len: usize,
+        more: bool,
+    ) {
+        use super::pool::POOL_BUF_SIZE;
+        ops.stats.recv_bundles += 1;
+        let mut left = len;
+        let mut i = 0;
+        while left > 0 {
+            let n = left.min(POOL_BUF_SIZE);
+            left -= n;
+            let v = {
+                let mut p = pool.borrow_mut();
+                let bid = p.bundle_bid(first, i);
+                p.note_out();
+                super::pool::encode(bid, n)
+            };
+            i += 1;
+            let m = more || left > 0;
+            if !ops.complete_direct(key, n as i32, m, || v) {
+                ops.complete(key, Ok(v), m);
+            }
+        }
     }
 
     /// Cancels everything in flight, drains for at most `bound`, and leaks

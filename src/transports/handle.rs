@@ -165,7 +165,8 @@ impl Transport {
     /// without copying.
     ///
     /// ```
-    /// # use ringloop::prelude::*;
+    /// use ringloop::{BaseProtocol, Protocol, Transport};
+    ///
     /// struct Echo(Option<Transport>);
     /// impl BaseProtocol for Echo {
     ///     fn connection_made(&mut self, t: Transport) {
