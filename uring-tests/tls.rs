@@ -67,6 +67,54 @@ both_backends! {
 }
 
 both_backends! {
+    fn handshake_flights_leave_when_their_handler_returns(lp) {
+        // A handshake step costs a few hundred microseconds of crypto: its
+        // flight is submitted as soon as the step's handler returns (one
+        // extra enter on the proactor; the selector's send is a syscall
+        // made then anyway). Plaintext traffic never asks for it.
+        let l = lp.clone();
+        let (during_handshakes, during_echo) = run_bounded(lp, LIMIT, async move {
+            let server = l
+                .create_server_with(|| Echo(None), tls_server_opts(server_config()))
+                .await
+                .unwrap();
+            let port = port_of(&server);
+            let s0 = l.driver_stats().mid_turn_submits;
+            let rec = Rc::new(RefCell::new(Rec {
+                want: 1000,
+                got_enough: Some(l.create_future()),
+                ..Default::default()
+            }));
+            let got = rec.borrow().got_enough.clone().unwrap();
+            let r = rec.clone();
+            let t = l
+                .create_connection_with(move || r, tls_connect_opts(port))
+                .await
+                .unwrap();
+            // One echo: both ends are past their handshakes after it.
+            t.write(vec![1u8; 1000]).unwrap();
+            got.await.unwrap();
+            let s1 = l.driver_stats().mid_turn_submits;
+            // Plaintext traffic on the secured connection: no early flush.
+            for _ in 0..20 {
+                t.write(vec![1u8; 1000]).unwrap();
+                ringloop::sleep(Duration::from_millis(1)).await.unwrap();
+            }
+            let s2 = l.driver_stats().mid_turn_submits;
+            t.close();
+            server.close();
+            (s1 - s0, s2 - s1)
+        });
+        match lp.backend() {
+            // Server: ServerHello..Finished; client: its Finished (TLS 1.3).
+            Backend::Proactor => assert!(during_handshakes >= 2, "{during_handshakes} early submits"),
+            Backend::Selector => assert_eq!(during_handshakes, 0),
+        }
+        assert_eq!(during_echo, 0, "plaintext traffic submitted early");
+    }
+}
+
+both_backends! {
     fn extra_info_half_close_and_the_close_order(lp) {
         let l = lp.clone();
         run_bounded(lp, LIMIT, async move {

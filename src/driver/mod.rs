@@ -90,6 +90,9 @@ pub struct DriverStats {
     /// Proactor: receive completions that filled more than one pool buffer
     /// (a bundle, Linux 6.10+), each handed on as one result per buffer.
     pub recv_bundles: u64,
+    /// Proactor: enters made mid-turn because a layer asked for its writes
+    /// to leave at once (a TLS handshake flight).
+    pub mid_turn_submits: u64,
 }
 
 /// The kernel side of a driver: the backend chosen at run time.

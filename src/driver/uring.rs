@@ -230,6 +230,7 @@ impl Uring {
     /// reaped by the turn as usual.
     pub(super) fn submit_queued(&mut self, ops: &mut Ops) {
         if !self.ring.submission().is_empty() {
+            ops.stats.mid_turn_submits += 1;
             self.enter(ops, 0, None);
         }
     }
