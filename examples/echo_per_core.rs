@@ -171,13 +171,18 @@ fn main() -> ExitCode {
         let s2 = stop.clone();
         let check = std::thread::spawn(move || clients(s2, n));
         let served = ringloop::serve_per_core(opts, || Echo { transport: None }, "127.0.0.1", 0);
-        let checked = check.join().unwrap_or_else(|_| Err("the clients panicked".into()));
+        let checked = check
+            .join()
+            .unwrap_or_else(|_| Err("the clients panicked".into()));
         return match (served, checked) {
             (Ok(accepted), Ok(())) => {
                 // n clients and the never-reading one.
                 let total: u64 = accepted.iter().sum();
                 if total != n as u64 + 1 || accepted.contains(&0) {
-                    log::error!("connections per loop {accepted:?}: want {} in all, some on each", n + 1);
+                    log::error!(
+                        "connections per loop {accepted:?}: want {} in all, some on each",
+                        n + 1
+                    );
                     return ExitCode::FAILURE;
                 }
                 println!(

@@ -376,7 +376,10 @@ impl PerCoreContext {
     /// The other loops' handles, with their indexes.
     pub fn siblings(&self) -> impl Iterator<Item = (usize, &LoopHandle)> {
         let me = self.index;
-        self.handles.iter().enumerate().filter(move |(i, _)| *i != me)
+        self.handles
+            .iter()
+            .enumerate()
+            .filter(move |(i, _)| *i != me)
     }
 
     /// The run's stop handle (`Send`: give it to any thread).
@@ -583,7 +586,9 @@ where
                 .name(format!("ringloop-core-{i}"))
                 .spawn_scoped(s, move || {
                     let body = std::panic::AssertUnwindSafe(|| {
-                        loop_thread(i, cpu, backend, debug, sigint, &ready, go_rx, &stop, make_main)
+                        loop_thread(
+                            i, cpu, backend, debug, sigint, &ready, go_rx, &stop, make_main,
+                        )
                     });
                     let r = std::panic::catch_unwind(body)
                         .unwrap_or_else(|p| Err(Error::Panic(panic_message(&*p))));
@@ -671,7 +676,9 @@ where
     let _ = ready.send((index, Ok(lp.handle())));
     let Ok(Some(handles)) = go.recv() else {
         lp.close()?;
-        return Err(Error::Cancelled(Some("a sibling loop failed to start".into())));
+        return Err(Error::Cancelled(Some(
+            "a sibling loop failed to start".into(),
+        )));
     };
     SLOT.set(Some(LoopSlot {
         lp: lp.clone(),
@@ -713,7 +720,11 @@ where
             s.main = Some(task.as_ref());
         }
     });
-    let guard = if sigint { watch_sigint(lp, stop)? } else { None };
+    let guard = if sigint {
+        watch_sigint(lp, stop)?
+    } else {
+        None
+    };
     let out = lp.run_until_complete(task);
     if let Some(g) = &guard {
         lp.remove_reader(g.fd());
@@ -858,11 +869,8 @@ where
     let socks: Vec<Mutex<Vec<socket2::Socket>>> = socks.into_iter().map(Mutex::new).collect();
     let grace = opts.shutdown_grace;
     let make_main = |ctx: PerCoreContext| {
-        let mine: Vec<socket2::Socket> = std::mem::take(
-            &mut *socks[ctx.index()]
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()),
-        );
+        let mine: Vec<socket2::Socket> =
+            std::mem::take(&mut *socks[ctx.index()].lock().unwrap_or_else(|p| p.into_inner()));
         let accepted = Rc::new(Cell::new(0u64));
         let addrs = addrs.clone();
         // Asked for before the main task first runs: from then on a stop
@@ -964,7 +972,12 @@ where
 /// assert_eq!(accepted.iter().sum::<u64>(), 1);
 /// # Ok::<(), ringloop::Error>(())
 /// ```
-pub fn serve_per_core<P, F>(opts: PerCoreOptions, factory: F, host: &str, port: u16) -> Result<Vec<u64>>
+pub fn serve_per_core<P, F>(
+    opts: PerCoreOptions,
+    factory: F,
+    host: &str,
+    port: u16,
+) -> Result<Vec<u64>>
 where
     P: Protocol,
     F: Fn() -> P + Send + Sync + 'static,

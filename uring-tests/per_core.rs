@@ -49,7 +49,10 @@ macro_rules! per_core_both {
 fn assert_stats_show(s: &DriverStats, backend: Backend) {
     match backend {
         Backend::Proactor => {
-            assert!(s.uring_enters > 0, "proactor loop made no io_uring_enter: {s:?}");
+            assert!(
+                s.uring_enters > 0,
+                "proactor loop made no io_uring_enter: {s:?}"
+            );
             assert_eq!(s.epoll_waits, 0, "proactor loop used epoll: {s:?}");
         }
         Backend::Selector => {
@@ -226,7 +229,11 @@ per_core_both!(
 fn a_cpu_outside_the_allowed_set_is_an_error() {
     let allowed = ringloop::allowed_cpus().unwrap();
     let bad = allowed.iter().max().unwrap() + 1;
-    let o = PerCoreOptions { pin: true, cpus: vec![bad], ..Default::default() };
+    let o = PerCoreOptions {
+        pin: true,
+        cpus: vec![bad],
+        ..Default::default()
+    };
     let r = ringloop::run_per_core(o, |_| async { Ok(()) });
     match r {
         Err(Error::InvalidArgument(m)) => {
@@ -419,7 +426,11 @@ per_core_both!(
 #[test]
 fn stopped_outside_a_run_is_an_error() {
     let out = ringloop::run_per_core(
-        PerCoreOptions { threads: 1, sigint: SigintHandling::Never, ..Default::default() },
+        PerCoreOptions {
+            threads: 1,
+            sigint: SigintHandling::Never,
+            ..Default::default()
+        },
         |ctx| async move {
             let inner = std::thread::spawn(move || ctx.stopped().map(|_| ()).unwrap_err())
                 .join()
@@ -464,7 +475,8 @@ fn ctrl_c_child(case: &str) {
         raise_sigint();
         // The server closes this client on its way out: EOF, not a timeout.
         let mut rest = Vec::new();
-        c.read_to_end(&mut rest).expect("EOF from the stopped server");
+        c.read_to_end(&mut rest)
+            .expect("EOF from the stopped server");
     });
     let o = PerCoreOptions {
         stop: Some(stop),
@@ -472,9 +484,16 @@ fn ctrl_c_child(case: &str) {
         ..opts(backend, 2)
     };
     let st = seen.clone();
-    let accepted =
-        ringloop::serve_per_core(o, move || Echo { t: None, seen: st.clone() }, "127.0.0.1", 0)
-            .expect("Ctrl-C stops serve_per_core cleanly");
+    let accepted = ringloop::serve_per_core(
+        o,
+        move || Echo {
+            t: None,
+            seen: st.clone(),
+        },
+        "127.0.0.1",
+        0,
+    )
+    .expect("Ctrl-C stops serve_per_core cleanly");
     client.join().unwrap();
     assert_eq!(accepted.iter().sum::<u64>(), 2, "{accepted:?}");
     for (_, b, s) in seen.lock().unwrap().iter() {
@@ -485,7 +504,10 @@ fn ctrl_c_child(case: &str) {
     let cancelled = Arc::new(AtomicUsize::new(0));
     let started = Arc::new(AtomicUsize::new(0));
     let (c2, st2) = (cancelled.clone(), started.clone());
-    let o = PerCoreOptions { sigint: SigintHandling::Always, ..opts(backend, 2) };
+    let o = PerCoreOptions {
+        sigint: SigintHandling::Always,
+        ..opts(backend, 2)
+    };
     let raiser = std::thread::spawn(move || {
         while st2.load(Ordering::SeqCst) < 2 {
             std::thread::sleep(Duration::from_millis(1));
@@ -512,7 +534,11 @@ fn ctrl_c_child(case: &str) {
     });
     raiser.join().unwrap();
     assert!(matches!(r, Err(Error::Interrupted)), "{r:?}");
-    assert_eq!(c2.load(Ordering::SeqCst), 2, "every main task was cancelled");
+    assert_eq!(
+        c2.load(Ordering::SeqCst),
+        2,
+        "every main task was cancelled"
+    );
     // The hub let SIGINT go with the last loop: its default action is back.
     // SAFETY: a zeroed sigaction is valid output storage; a null action queries.
     let dfl = unsafe {

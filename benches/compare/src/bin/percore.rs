@@ -169,8 +169,16 @@ fn main() {
     let configs: Vec<(String, usize, Vec<usize>)> = if allowed.len() > 1 {
         vec![
             (format!("1 loop (CPU {other})"), 1, vec![other]),
-            (format!("1 loop (CPU {client_cpu}, the client's)"), 1, vec![client_cpu]),
-            (format!("2 loops (CPUs {other}, {client_cpu})"), 2, vec![other, client_cpu]),
+            (
+                format!("1 loop (CPU {client_cpu}, the client's)"),
+                1,
+                vec![client_cpu],
+            ),
+            (
+                format!("2 loops (CPUs {other}, {client_cpu})"),
+                2,
+                vec![other, client_cpu],
+            ),
         ]
     } else {
         vec![
@@ -214,7 +222,9 @@ fn main() {
                 let (m, i) = (median(&mut rps[k]), median(&mut idle[k]));
                 assert!(m > 0.0, "a server answered nothing");
                 print!(" {m:.0} (client idle {:.0}%) |", i * 100.0);
-                fields.push(format!("{{\"config\":\"{name}\",\"rps\":{m:.0},\"client_idle\":{i:.3}}}"));
+                fields.push(format!(
+                    "{{\"config\":\"{name}\",\"rps\":{m:.0},\"client_idle\":{i:.3}}}"
+                ));
             }
             println!(" {r:.2} ({lo:.2}–{hi:.2}) |");
             json.push(format!(
