@@ -437,6 +437,11 @@ struct Plan {
 }
 
 fn plan(opts: &PerCoreOptions) -> Result<Plan> {
+    if crate::base_loop::running_core().is_some() {
+        return Err(Error::state(
+            "a per-core run cannot be started from a running loop",
+        ));
+    }
     let allowed = allowed_cpus()?;
     let cpus = if opts.cpus.is_empty() {
         allowed.clone()
@@ -544,11 +549,6 @@ where
     Fut: Future<Output = Result<T>> + 'static,
     T: Send + 'static,
 {
-    if crate::base_loop::running_core().is_some() {
-        return Err(Error::state(
-            "run_per_core() cannot be called from a running loop",
-        ));
-    }
     plan.stop.claim(plan.cpus.len())?;
     let results = run_threads(&plan, make_main);
     let reason = plan.stop.end();
@@ -713,7 +713,10 @@ where
         handles,
         stop: stop.clone(),
     };
-    let fut = make_main(ctx);
+    // (A panic here fails the run as a main task's panic would, and this
+    // loop is still closed properly.)
+    let fut = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| make_main(ctx)))
+        .map_err(|p| Error::Panic(panic_message(&*p)))?;
     let task = lp.create_task(fut);
     SLOT.with_borrow_mut(|s| {
         if let Some(s) = s {

@@ -422,6 +422,70 @@ per_core_both!(
     }
 );
 
+/// A port that cannot be shared is the call's error, before any loop
+/// starts (so on no backend in particular: the bind happens first).
+#[test]
+fn a_port_taken_without_reuse_port_is_a_clear_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let o = PerCoreOptions {
+        threads: 2,
+        sigint: SigintHandling::Never,
+        ..Default::default()
+    };
+    let r = ringloop::serve_per_core(
+        o,
+        || Echo {
+            t: None,
+            seen: Default::default(),
+        },
+        "127.0.0.1",
+        port,
+    );
+    match r {
+        Err(Error::Io(e)) => {
+            assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse, "{e}");
+            assert!(e.to_string().contains(&format!("127.0.0.1:{port}")), "{e}");
+        }
+        other => panic!("expected EADDRINUSE, got {other:?}"),
+    }
+}
+
+/// A panic in `make_main` itself (not in the future it returns) fails the
+/// run the same way. (Loop 0 may be stopped before it does any I/O, so its
+/// counters prove nothing; the backend is forced through
+/// `PerCoreOptions::backend`, which never falls back: a proactor run where
+/// io_uring is unavailable fails with that error, not with the panic.)
+#[test]
+fn a_panic_in_make_main_is_reported() {
+    for backend in [Backend::Proactor, Backend::Selector] {
+        let r = ringloop::run_per_core(opts(backend, 2), |ctx| {
+            if ctx.index() == 1 {
+                panic!("make_main failed on loop 1");
+            }
+            async move {
+                ringloop::sleep(Duration::from_secs(3600)).await?;
+                Ok(())
+            }
+        });
+        assert!(
+            matches!(&r, Err(Error::Panic(m)) if m.contains("make_main failed on loop 1")),
+            "{backend}: {r:?}"
+        );
+    }
+}
+
+/// Called from a running loop, a per-core run is refused (before any loop
+/// of its own is made: the check does not depend on the backend).
+#[test]
+fn a_per_core_run_inside_a_loop_is_refused() {
+    let r = ringloop::run(async {
+        ringloop::run_per_core(PerCoreOptions::default(), |_| async { Ok(()) })
+    })
+    .unwrap();
+    assert!(matches!(r, Err(Error::InvalidState(_))), "{r:?}");
+}
+
 /// `ctx.stopped()` belongs to a run's loop thread.
 #[test]
 fn stopped_outside_a_run_is_an_error() {
