@@ -368,7 +368,9 @@ impl PerCoreContext {
     }
 
     /// Every loop's handle, in index order (this loop's own included, at
-    /// [`index`](Self::index)).
+    /// [`index`](Self::index)). A sibling whose main task has finished
+    /// closes its loop (the others run on): its handle then gives
+    /// [`Error::Closed`].
     pub fn handles(&self) -> &[LoopHandle] {
         &self.handles
     }
@@ -500,8 +502,10 @@ fn plan(opts: &PerCoreOptions) -> Result<Plan> {
 /// (SIGINT, handled as [`PerCoreOptions::sigint`] says, through the
 /// process's signal hub) stops every loop the same way and returns
 /// [`Error::Interrupted`]; a second Ctrl-C meanwhile ends the process, as
-/// with [`Runner`](crate::Runner). A main task's loop that handles SIGINT
-/// itself (`add_signal_handler`) takes Ctrl-C over.
+/// with [`Runner`](crate::Runner). A loop that handles SIGINT itself
+/// (`add_signal_handler`) leaves Ctrl-C to its handler, but the other
+/// loops still stop the run on it: a program that handles Ctrl-C itself
+/// sets `sigint: SigintHandling::Never` and calls [`PerCoreStop::stop`].
 ///
 /// asyncio has no counterpart; each loop is what `asyncio.run` would make.
 ///
@@ -519,12 +523,11 @@ fn plan(opts: &PerCoreOptions) -> Result<Plan> {
 /// use ringloop::{PerCoreOptions, run_per_core};
 /// let opts = PerCoreOptions { threads: 2, ..Default::default() };
 /// let out = run_per_core(opts, |ctx| async move {
-///     // Each loop can reach the others: tell loop 0 we started.
-///     let (i, first) = (ctx.index(), &ctx.handles()[0]);
-///     first.call_soon_threadsafe(move || log::debug!("loop {i} started"))?;
-///     Ok(ctx.index() * 10)
+///     // Made on its own loop's thread, knowing every sibling's handle.
+///     assert!(ringloop::get_running_loop().is_ok());
+///     Ok((ctx.index(), ctx.siblings().count()))
 /// })?;
-/// assert_eq!(out, [0, 10]);
+/// assert_eq!(out, [(0, 1), (1, 1)]);
 /// # Ok::<(), ringloop::Error>(())
 /// ```
 pub fn run_per_core<T, M, Fut>(opts: PerCoreOptions, make_main: M) -> Result<Vec<T>>
