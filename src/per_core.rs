@@ -168,7 +168,7 @@ struct StopInner {
 /// std::thread::spawn(move || s2.stop());
 /// let opts = PerCoreOptions { threads: 2, stop: Some(stop), ..Default::default() };
 /// let r = run_per_core(opts, |_ctx| async {
-///     ringloop::sleep(std::time::Duration::from_secs(3600)).await?;
+///     ringloop::sleep(std::time::Duration::from_secs(60)).await?;
 ///     Ok(())
 /// });
 /// assert!(matches!(r, Err(ringloop::Error::Cancelled(_))));

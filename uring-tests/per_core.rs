@@ -70,6 +70,40 @@ fn assert_loop_used(backend: Backend) {
     assert_stats_show(&lp.driver_stats(), backend);
 }
 
+/// How long a main task that should be stopped waits before it gives up
+/// (and says so): a broken stop fails its test instead of hanging it.
+const UNSTOPPED: Duration = Duration::from_secs(15);
+
+/// Runs `f` (a whole per-core run) on a thread of its own; fails the test
+/// if it has not returned within a minute (a hang guard: the runs here
+/// take milliseconds).
+fn bounded<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let th = std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(v) => v,
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => match th.join() {
+            Err(p) => std::panic::resume_unwind(p),
+            Ok(()) => unreachable!("the run's thread ended without a result"),
+        },
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            panic!("a per-core run did not return within 60 s")
+        }
+    }
+}
+
+/// [`ringloop::run_per_core`] under [`bounded`].
+fn run_pc<T, M, Fut>(o: PerCoreOptions, make_main: M) -> ringloop::Result<Vec<T>>
+where
+    M: Fn(ringloop::PerCoreContext) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ringloop::Result<T>> + 'static,
+    T: Send + 'static,
+{
+    bounded(move || ringloop::run_per_core(o, make_main))
+}
+
 fn opts(backend: Backend, threads: usize) -> PerCoreOptions {
     PerCoreOptions {
         threads,
@@ -139,12 +173,9 @@ per_core_both!(
         });
         let o = PerCoreOptions { stop: Some(stop), ..opts(backend, 2) };
         let st = seen.clone();
-        let accepted = ringloop::serve_per_core(
-            o,
-            move || Echo { t: None, seen: st.clone() },
-            "127.0.0.1",
-            0,
-        )
+        let accepted = bounded(move || {
+            ringloop::serve_per_core(o, move || Echo { t: None, seen: st.clone() }, "127.0.0.1", 0)
+        })
         .unwrap();
         let addr = clients.join().unwrap();
         assert_eq!(accepted.len(), 2, "{accepted:?}");
@@ -179,7 +210,7 @@ per_core_both!(
             s2.stop();
         });
         let o = PerCoreOptions { stop: Some(stop), ..opts(backend, 2) };
-        let accepted = ringloop::serve_per_core_streams(
+        let accepted = bounded(move || ringloop::serve_per_core_streams(
             o,
             move |r, w| async move {
                 assert_loop_used(backend);
@@ -192,7 +223,7 @@ per_core_both!(
             },
             "127.0.0.1",
             0,
-        )
+        ))
         .unwrap();
         clients.join().unwrap();
         assert_eq!(accepted.iter().sum::<u64>(), 40, "{accepted:?}");
@@ -206,7 +237,7 @@ per_core_both!(
     fn pinning_is_honoured(backend) {
         let allowed = ringloop::allowed_cpus().unwrap();
         let o = PerCoreOptions { pin: true, ..opts(backend, 0) };
-        let out = ringloop::run_per_core(o, move |ctx| async move {
+        let out = run_pc(o, move |ctx| async move {
             ringloop::sleep(Duration::from_millis(1)).await?;
             assert_loop_used(backend);
             // SAFETY: sched_getcpu takes no arguments and only reads.
@@ -234,7 +265,7 @@ fn a_cpu_outside_the_allowed_set_is_an_error() {
         cpus: vec![bad],
         ..Default::default()
     };
-    let r = ringloop::run_per_core(o, |_| async { Ok(()) });
+    let r = run_pc(o, |_| async { Ok(()) });
     match r {
         Err(Error::InvalidArgument(m)) => {
             assert!(m.contains(&format!("CPU {bad}")), "{m}");
@@ -254,18 +285,20 @@ impl Drop for Cleanup {
     }
 }
 
-/// Loop 1 waits forever (holding a [`Cleanup`]); loop 0, once loop 1 has
-/// started, does `fail`. Returns the run's result and loop 1's counters
-/// at its cleanup (None if the cleanup never ran).
+/// Loop 1 waits (holding a [`Cleanup`]) until it is stopped; loop 0, once
+/// loop 1 has started, does `fail`. Returns the run's result and loop 1's
+/// counters at its cleanup (None if the cleanup never ran); fails if loop
+/// 1 was never stopped.
 fn one_fails(
     backend: Backend,
     fail: fn() -> ringloop::Result<u32>,
 ) -> (ringloop::Result<Vec<u32>>, Option<DriverStats>) {
     let started = Arc::new(AtomicBool::new(false));
     let cleaned = Arc::new(Mutex::new(None));
-    let (st, cl) = (started.clone(), cleaned.clone());
-    let r = ringloop::run_per_core(opts(backend, 2), move |ctx| {
-        let (st, cl) = (st.clone(), cl.clone());
+    let through = Arc::new(AtomicBool::new(false));
+    let (st, cl, th) = (started.clone(), cleaned.clone(), through.clone());
+    let r = run_pc(opts(backend, 2), move |ctx| {
+        let (st, cl, th) = (st.clone(), cl.clone(), th.clone());
         async move {
             if ctx.index() == 0 {
                 while !st.load(Ordering::SeqCst) {
@@ -276,11 +309,13 @@ fn one_fails(
                 let _c = Cleanup(cl);
                 ringloop::sleep(Duration::from_millis(1)).await?;
                 st.store(true, Ordering::SeqCst);
-                ringloop::sleep(Duration::from_secs(3600)).await?;
+                ringloop::sleep(UNSTOPPED).await?;
+                th.store(true, Ordering::SeqCst);
                 Ok(1)
             }
         }
     });
+    assert!(!through.load(Ordering::SeqCst), "loop 1 was never stopped");
     let stats = *cleaned.lock().unwrap();
     (r, stats)
 }
@@ -320,7 +355,7 @@ per_core_both!(
     fn a_graceful_main_task_sees_the_stop(backend) {
         let finished = Arc::new(AtomicUsize::new(0));
         let f2 = finished.clone();
-        let r = ringloop::run_per_core(opts(backend, 2), move |ctx| {
+        let r = run_pc(opts(backend, 2), move |ctx| {
             let f2 = f2.clone();
             let stopped = ctx.stopped();
             async move {
@@ -352,7 +387,7 @@ per_core_both!(
     fn siblings_reach_each_other_through_their_handles(backend) {
         let answered = Arc::new(AtomicUsize::new(0));
         let a2 = answered.clone();
-        let out = ringloop::run_per_core(opts(backend, 3), move |ctx| {
+        let out = run_pc(opts(backend, 3), move |ctx| {
             let answered = a2.clone();
             async move {
                 assert_eq!(ctx.count(), 3);
@@ -403,13 +438,13 @@ per_core_both!(
         });
         let o = PerCoreOptions { stop: Some(stop.clone()), ..opts(backend, 2) };
         let st = started.clone();
-        let r = ringloop::run_per_core(o, move |_ctx| {
+        let r = run_pc(o, move |_ctx| {
             let st = st.clone();
             async move {
                 ringloop::sleep(Duration::from_millis(1)).await?;
                 assert_loop_used(backend);
                 st.fetch_add(1, Ordering::SeqCst);
-                ringloop::sleep(Duration::from_secs(3600)).await?;
+                ringloop::sleep(UNSTOPPED).await?;
                 Ok(())
             }
         });
@@ -417,7 +452,7 @@ per_core_both!(
         assert!(matches!(r, Err(Error::Cancelled(_))), "{r:?}");
         assert!(stop.is_stopped());
         let again = PerCoreOptions { stop: Some(stop), ..opts(backend, 2) };
-        let r = ringloop::run_per_core(again, |_| async { Ok(()) });
+        let r = run_pc(again, |_| async { Ok(()) });
         assert!(matches!(r, Err(Error::InvalidArgument(_))), "{r:?}");
     }
 );
@@ -459,15 +494,23 @@ fn a_port_taken_without_reuse_port_is_a_clear_error() {
 #[test]
 fn a_panic_in_make_main_is_reported() {
     for backend in [Backend::Proactor, Backend::Selector] {
-        let r = ringloop::run_per_core(opts(backend, 2), |ctx| {
+        let through = Arc::new(AtomicBool::new(false));
+        let th = through.clone();
+        let r = run_pc(opts(backend, 2), move |ctx| {
             if ctx.index() == 1 {
                 panic!("make_main failed on loop 1");
             }
+            let th = th.clone();
             async move {
-                ringloop::sleep(Duration::from_secs(3600)).await?;
+                ringloop::sleep(UNSTOPPED).await?;
+                th.store(true, Ordering::SeqCst);
                 Ok(())
             }
         });
+        assert!(
+            !through.load(Ordering::SeqCst),
+            "{backend}: loop 0 was never stopped"
+        );
         assert!(
             matches!(&r, Err(Error::Panic(m)) if m.contains("make_main failed on loop 1")),
             "{backend}: {r:?}"
@@ -489,7 +532,7 @@ fn a_per_core_run_inside_a_loop_is_refused() {
 /// `ctx.stopped()` belongs to a run's loop thread.
 #[test]
 fn stopped_outside_a_run_is_an_error() {
-    let out = ringloop::run_per_core(
+    let out = run_pc(
         PerCoreOptions {
             threads: 1,
             sigint: SigintHandling::Never,
@@ -579,7 +622,7 @@ fn ctrl_c_child(case: &str) {
         raise_sigint();
     });
     let (c3, st3) = (cancelled.clone(), started.clone());
-    let r = ringloop::run_per_core(o, move |_ctx| {
+    let r = run_pc(o, move |_ctx| {
         let (c3, st3) = (c3.clone(), st3.clone());
         async move {
             struct Count(Arc<AtomicUsize>);
@@ -592,7 +635,7 @@ fn ctrl_c_child(case: &str) {
             ringloop::sleep(Duration::from_millis(1)).await?;
             assert_loop_used(backend);
             st3.fetch_add(1, Ordering::SeqCst);
-            ringloop::sleep(Duration::from_secs(3600)).await?;
+            ringloop::sleep(UNSTOPPED).await?;
             Ok(())
         }
     });
