@@ -69,6 +69,8 @@ pub mod locks;
 pub mod protocols;
 pub mod queues;
 mod runners;
+// One loop per core (issue 16).
+mod per_core;
 // The loop's socket, pipe and fd-watcher API lives with the loop.
 pub(crate) use base_loop::{pipes, sock};
 mod server;
@@ -94,6 +96,11 @@ pub use events::{
 pub use executor::{ConcurrentFuture, ThreadPool, to_thread};
 pub use futures::LoopFuture;
 pub use pipes::{Pipe, pipe};
+// One loop per core (issue 16).
+pub use per_core::{
+    PerCoreContext, PerCoreOptions, PerCoreStop, allowed_cpus, run_per_core, serve_per_core,
+    serve_per_core_streams,
+};
 pub use protocols::{BaseProtocol, BufferedProtocol, DatagramProtocol, Protocol};
 pub use runners::{EXECUTOR_SHUTDOWN_TIMEOUT, Runner, SigintHandling, run};
 pub use server::{Server, ServerOptions};
