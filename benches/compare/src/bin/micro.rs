@@ -99,7 +99,8 @@ fn callbacks(rt: Rt, n: usize) -> f64 {
 }
 
 /// Timers armed and cancelled: `call_later` + `cancel` on ringloop;
-/// tokio has no timer handle, so a spawned `sleep` + `abort`.
+/// tokio has no timer handle, so a spawned `sleep` + `abort`, each
+/// aborted task awaited to its end (as ringloop's loop turn ends them all).
 fn timers(rt: Rt, n: usize) -> f64 {
     match rt {
         Rt::Tokio => per(
@@ -113,7 +114,13 @@ fn timers(rt: Rt, n: usize) -> f64 {
                 for h in &hs {
                     h.abort();
                 }
-                tokio::task::yield_now().await;
+                // Wait for every aborted task to end: a `LocalSet` runs 61
+                // tasks per tick, so one `yield_now` left all but 61 of them
+                // to be dropped with the `LocalSet`, outside the timed part
+                // (ringloop's side ends every task inside it).
+                for h in hs {
+                    let _ = h.await;
+                }
             }),
             n,
         ),
