@@ -176,7 +176,7 @@ impl Core {
         h
     }
 
-    fn schedule_task(&self, idx: u32, generation: u32) {
+    pub(crate) fn schedule_task(&self, idx: u32, generation: u32) {
         let mut tasks = self.tasks.borrow_mut();
         if let Some(slot) = tasks.get_mut(idx as usize) {
             if slot.generation == generation && !slot.scheduled {
@@ -212,23 +212,7 @@ impl Core {
         self.next_task_id.set(id + 1);
         let mut tasks = self.tasks.borrow_mut();
         let idx = tasks.vacant_key() as u32;
-        let waker = {
-            let mut wakers = self.slot_wakers.borrow_mut();
-            if wakers.len() <= idx as usize {
-                wakers.resize_with(idx as usize + 1, || None);
-            }
-            let entry = wakers[idx as usize].get_or_insert_with(|| {
-                let tw = Arc::new(TaskWaker {
-                    idx,
-                    generation: std::sync::atomic::AtomicU32::new(generation),
-                    remote: self.remote.clone(),
-                });
-                (tw.clone(), Waker::from(tw))
-            });
-            entry.0.generation.store(generation, Ordering::Release);
-            entry.1.clone()
-        };
-        let header = TaskHeader::new(id, name, waker, self.me.clone(), internal);
+        let header = TaskHeader::new(id, name, (idx, generation), self.me.clone(), internal);
         let cell = TaskCell::new(header, fut);
         // Eager start (asyncio's eager_task_factory): the first step runs
         // now, inside create_task, when this loop is the one running.
@@ -286,6 +270,26 @@ impl Core {
         self.turn_end.borrow_mut().push(h);
     }
 
+    /// The waker of task slot `idx`, now carrying `generation` (made on the
+    /// slot's first use; the tasks that occupy the slot in turn reuse it).
+    /// Called at a task's first step.
+    pub(crate) fn slot_waker(&self, idx: u32, generation: u32) -> Waker {
+        let mut wakers = self.slot_wakers.borrow_mut();
+        if wakers.len() <= idx as usize {
+            wakers.resize_with(idx as usize + 1, || None);
+        }
+        let entry = wakers[idx as usize].get_or_insert_with(|| {
+            let tw = Arc::new(TaskWaker {
+                idx,
+                generation: std::sync::atomic::AtomicU32::new(generation),
+                remote: self.remote.clone(),
+            });
+            (tw.clone(), Waker::from(tw))
+        });
+        entry.0.generation.store(generation, Ordering::Release);
+        entry.1.clone()
+    }
+
     fn run_task(&self, idx: u32, generation: u32) {
         let task = {
             let mut tasks = self.tasks.borrow_mut();
@@ -299,7 +303,7 @@ impl Core {
         };
         let prev = self.current.replace(Some(TaskRef(task.clone())));
         let t0 = self.debug.get().then(Instant::now);
-        let finished = task.clone().step();
+        let finished = task.clone().step(self);
         self.current.replace(prev);
         if let Some(t0) = t0 {
             self.warn_if_slow(t0, || format!("{:?}", TaskRef(task.clone())));
