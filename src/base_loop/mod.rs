@@ -270,6 +270,15 @@ impl Core {
         self.turn_end.borrow_mut().push(h);
     }
 
+    /// Makes room for `n` more tasks (a `gather` spawning its children):
+    /// the task table, the ready queue and the slot wakers grow once
+    /// instead of doubling their way up, copying as they go.
+    pub(crate) fn reserve_tasks(&self, n: usize) {
+        self.tasks.borrow_mut().reserve(n);
+        self.ready.borrow_mut().reserve(n);
+        self.slot_wakers.borrow_mut().reserve(n);
+    }
+
     /// The waker of task slot `idx`, now carrying `generation` (made on the
     /// slot's first use; the tasks that occupy the slot in turn reuse it).
     /// Called at a task's first step.
@@ -697,6 +706,11 @@ impl EventLoop {
         F::Output: 'static,
     {
         self.core.spawn(fut, None, true)
+    }
+
+    /// See [`Core::reserve_tasks`].
+    pub(crate) fn reserve_tasks(&self, n: usize) {
+        self.core.reserve_tasks(n);
     }
 
     pub(crate) fn spawn_task<F>(&self, fut: F, name: Option<String>) -> Task<F::Output>
