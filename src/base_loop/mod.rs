@@ -27,7 +27,8 @@ use std::time::{Duration, Instant};
 use slab::Slab;
 
 pub use remote::LoopHandle;
-use remote::{Remote, RemoteQueue, TaskWaker};
+use remote::RemoteQueue;
+pub(crate) use remote::{Remote, TaskWaker};
 use timers::TimerHeap;
 
 use crate::driver::{Backend, Driver, DriverRef, DriverStats, probe};
@@ -140,6 +141,13 @@ pub(crate) fn running_loop() -> Option<EventLoop> {
     running_core().map(EventLoop::from_core)
 }
 
+/// True on the thread where loop `loop_id` is running.
+pub(crate) fn on_loop_thread(loop_id: u64) -> bool {
+    RUNNING
+        .try_with(|r| r.borrow().as_ref().is_some_and(|c| c.id == loop_id))
+        .unwrap_or(false)
+}
+
 /// Schedules a task if loop `loop_id` is running on this thread; false otherwise.
 pub(crate) fn schedule_local(loop_id: u64, idx: u32, generation: u32) -> bool {
     RUNNING
@@ -154,6 +162,15 @@ pub(crate) fn schedule_local(loop_id: u64, idx: u32, generation: u32) -> bool {
 }
 
 impl Core {
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// What other threads reach (task wakers carry it).
+    pub(crate) fn remote(&self) -> &Arc<Remote> {
+        &self.remote
+    }
+
     pub(crate) fn is_closed_flag(&self) -> bool {
         self.closed.get()
     }

@@ -5,9 +5,11 @@
 //! the future instead of polling it (cleanup runs in `Drop`) and the task ends
 //! with [`Error::Cancelled`]. Dropping a [`Task`] handle detaches the task: it
 //! keeps running.
-#![deny(unsafe_code)] // except `slot`: the future pinned in place
+#![deny(unsafe_code)] // except `slot` (the future pinned in place) and `lent` (a stack waker)
 
 pub(crate) mod api;
+#[allow(unsafe_code)]
+mod lent;
 #[allow(unsafe_code)]
 mod slot;
 
@@ -52,8 +54,10 @@ pub(crate) struct TaskHeader {
     /// `cancel` asked for cancellation; not acted on yet (its message, if
     /// any, is in `rare`, so a cancel without one allocates nothing).
     cancel_requested: Cell<bool>,
-    /// The task's slot waker, fetched at its first step: a task cancelled
-    /// before it ever ran (or a spawn that never polls) touches no waker.
+    /// The task's slot waker, fetched when a poll first clones its waker
+    /// (until then polls get a lent one, `lent.rs`): a task cancelled
+    /// before it ran, or one that finishes without keeping its waker,
+    /// never touches the slot's.
     waker: OnceCell<Waker>,
     /// The task's slot in the loop and its generation (what its waker
     /// carries): `cancel` schedules the task through them.
@@ -295,11 +299,16 @@ where
             return true;
         }
         let h = &self.header;
-        let waker = h
-            .waker
-            .get_or_init(|| core.slot_waker(h.idx, h.generation));
-        let mut cx = Context::from_waker(waker);
-        match catch_unwind(AssertUnwindSafe(|| self.future.poll(&mut cx))) {
+        let polled = match h.waker.get() {
+            Some(w) => {
+                let mut cx = Context::from_waker(w);
+                catch_unwind(AssertUnwindSafe(|| self.future.poll(&mut cx)))
+            }
+            None => lent::with_lent_waker(h, core, |cx| {
+                catch_unwind(AssertUnwindSafe(|| self.future.poll(cx)))
+            }),
+        };
+        match polled {
             Ok(None) => true,
             Ok(Some(Poll::Pending)) => false,
             Ok(Some(Poll::Ready(v))) => {
