@@ -114,7 +114,12 @@ impl TaskHeader {
         if !self.cancel_requested.replace(false) {
             return None;
         }
-        Some(self.rare.borrow_mut().as_mut().and_then(|r| r.cancel_msg.take()))
+        Some(
+            self.rare
+                .borrow_mut()
+                .as_mut()
+                .and_then(|r| r.cancel_msg.take()),
+        )
     }
 
     fn done(&self) -> bool {

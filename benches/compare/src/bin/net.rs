@@ -386,7 +386,10 @@ fn cpu_medians(names: &[&str], cpu: &mut [Vec<f64>]) -> (Vec<f64>, String) {
             false => format!("\"{s}\":null"),
         })
         .collect();
-    (meds, format!("\"cpu_us_per_request\":{{{}}}", fields.join(",")))
+    (
+        meds,
+        format!("\"cpu_us_per_request\":{{{}}}", fields.join(",")),
+    )
 }
 
 /// Prints the server-CPU table: one row per load, one column per server.
