@@ -312,3 +312,60 @@ both_backends! {
         });
     }
 }
+
+both_backends! {
+    fn a_first_poll_waker_wakes_from_any_thread(lp) {
+        // The waker of a task's first poll is lent (no slot waker yet):
+        // woken by reference from a scoped thread, and cloned there and
+        // woken later from a plain thread, it runs the task again each
+        // time; cloned on the loop thread, the clone outlives the poll.
+        struct Poke {
+            polls: u32,
+            kept: Arc<Mutex<Option<Waker>>>,
+        }
+        impl Future for Poke {
+            type Output = u32;
+            fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<u32> {
+                self.polls += 1;
+                match self.polls {
+                    1 => {
+                        let (w, kept) = (cx.waker(), self.kept.clone());
+                        std::thread::scope(|s| {
+                            s.spawn(move || {
+                                w.wake_by_ref();
+                                *kept.lock().unwrap() = Some(w.clone());
+                            });
+                        });
+                        Poll::Pending
+                    }
+                    2 => {
+                        let w = self.kept.lock().unwrap().take().expect("kept");
+                        std::thread::spawn(move || w.wake());
+                        Poll::Pending
+                    }
+                    n => Poll::Ready(n),
+                }
+            }
+        }
+        let kept = Arc::new(Mutex::new(None));
+        let t = lp.create_task(Poke { polls: 0, kept });
+        let local = Rc::new(RefCell::new(None::<Waker>));
+        let l2 = local.clone();
+        let u = lp.create_task(std::future::poll_fn(move |cx| {
+            if l2.borrow().is_some() {
+                return Poll::Ready("woken");
+            }
+            *l2.borrow_mut() = Some(cx.waker().clone());
+            Poll::Pending
+        }));
+        let l3 = local.clone();
+        lp.call_later(Duration::from_millis(1), move || {
+            l3.borrow().as_ref().expect("cloned at first poll").wake_by_ref();
+        })
+        .unwrap();
+        let out = common::run_bounded(lp, Duration::from_secs(5), async move {
+            (t.await.unwrap(), u.await.unwrap())
+        });
+        assert_eq!(out, (3, "woken"), "one poll per wake, none lost");
+    }
+}

@@ -62,6 +62,10 @@ pub struct Run {
     /// (not the server) set the pace, and no server could go faster.
     #[allow(dead_code)] // read by `compare net`, not by `net_echo`
     pub idle: f64,
+    /// Every request completed, the warm-up's included (what the server
+    /// did over the whole run: `compare net` divides its CPU time by it).
+    #[allow(dead_code)] // read by `compare net`, not by `net_echo`
+    pub requests: usize,
 }
 
 /// Runs the load against `127.0.0.1:port`: for `secs` seconds (the first
@@ -107,6 +111,7 @@ fn try_load(
     let warm = start + Duration::from_secs_f64(secs * 0.2);
     let mut issued = 0usize;
     let mut counted = 0u64;
+    let mut completed = 0usize;
     let mut in_flight = 0usize;
     let mut stopping = false;
     let mut drain_limit = None;
@@ -191,6 +196,7 @@ fn try_load(
             }
             c.busy = false;
             in_flight -= 1;
+            completed += 1;
             if requests.is_some() || now >= warm {
                 counted += 1;
             }
@@ -205,5 +211,6 @@ fn try_load(
     Ok(Run {
         rps: counted as f64 / elapsed.as_secs_f64(),
         idle: idle.as_secs_f64() / elapsed.as_secs_f64(),
+        requests: completed,
     })
 }

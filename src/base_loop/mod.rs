@@ -27,7 +27,8 @@ use std::time::{Duration, Instant};
 use slab::Slab;
 
 pub use remote::LoopHandle;
-use remote::{Remote, RemoteQueue, TaskWaker};
+use remote::RemoteQueue;
+pub(crate) use remote::{Remote, TaskWaker};
 use timers::TimerHeap;
 
 use crate::driver::{Backend, Driver, DriverRef, DriverStats, probe};
@@ -144,6 +145,13 @@ pub(crate) fn running_loop() -> Option<EventLoop> {
     running_core().map(EventLoop::from_core)
 }
 
+/// True on the thread where loop `loop_id` is running.
+pub(crate) fn on_loop_thread(loop_id: u64) -> bool {
+    RUNNING
+        .try_with(|r| r.borrow().as_ref().is_some_and(|c| c.id == loop_id))
+        .unwrap_or(false)
+}
+
 /// Schedules a task if loop `loop_id` is running on this thread; false otherwise.
 pub(crate) fn schedule_local(loop_id: u64, idx: u32, generation: u32) -> bool {
     RUNNING
@@ -158,6 +166,15 @@ pub(crate) fn schedule_local(loop_id: u64, idx: u32, generation: u32) -> bool {
 }
 
 impl Core {
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// What other threads reach (task wakers carry it).
+    pub(crate) fn remote(&self) -> &Arc<Remote> {
+        &self.remote
+    }
+
     pub(crate) fn is_closed_flag(&self) -> bool {
         self.closed.get()
     }
@@ -180,7 +197,7 @@ impl Core {
         h
     }
 
-    fn schedule_task(&self, idx: u32, generation: u32) {
+    pub(crate) fn schedule_task(&self, idx: u32, generation: u32) {
         let mut tasks = self.tasks.borrow_mut();
         if let Some(slot) = tasks.get_mut(idx as usize) {
             if slot.generation == generation && !slot.scheduled {
@@ -216,23 +233,7 @@ impl Core {
         self.next_task_id.set(id + 1);
         let mut tasks = self.tasks.borrow_mut();
         let idx = tasks.vacant_key() as u32;
-        let waker = {
-            let mut wakers = self.slot_wakers.borrow_mut();
-            if wakers.len() <= idx as usize {
-                wakers.resize_with(idx as usize + 1, || None);
-            }
-            let entry = wakers[idx as usize].get_or_insert_with(|| {
-                let tw = Arc::new(TaskWaker {
-                    idx,
-                    generation: std::sync::atomic::AtomicU32::new(generation),
-                    remote: self.remote.clone(),
-                });
-                (tw.clone(), Waker::from(tw))
-            });
-            entry.0.generation.store(generation, Ordering::Release);
-            entry.1.clone()
-        };
-        let header = TaskHeader::new(id, name, waker, self.me.clone(), internal);
+        let header = TaskHeader::new(id, name, (idx, generation), self.me.clone(), internal);
         let cell = TaskCell::new(header, fut);
         // Eager start (asyncio's eager_task_factory): the first step runs
         // now, inside create_task, when this loop is the one running.
@@ -303,6 +304,35 @@ impl Core {
         self.flush_asked.set(true);
     }
 
+    /// Makes room for `n` more tasks (a `gather` spawning its children):
+    /// the task table, the ready queue and the slot wakers grow once
+    /// instead of doubling their way up, copying as they go.
+    pub(crate) fn reserve_tasks(&self, n: usize) {
+        self.tasks.borrow_mut().reserve(n);
+        self.ready.borrow_mut().reserve(n);
+        self.slot_wakers.borrow_mut().reserve(n);
+    }
+
+    /// The waker of task slot `idx`, now carrying `generation` (made on the
+    /// slot's first use; the tasks that occupy the slot in turn reuse it).
+    /// Called at a task's first step.
+    pub(crate) fn slot_waker(&self, idx: u32, generation: u32) -> Waker {
+        let mut wakers = self.slot_wakers.borrow_mut();
+        if wakers.len() <= idx as usize {
+            wakers.resize_with(idx as usize + 1, || None);
+        }
+        let entry = wakers[idx as usize].get_or_insert_with(|| {
+            let tw = Arc::new(TaskWaker {
+                idx,
+                generation: std::sync::atomic::AtomicU32::new(generation),
+                remote: self.remote.clone(),
+            });
+            (tw.clone(), Waker::from(tw))
+        });
+        entry.0.generation.store(generation, Ordering::Release);
+        entry.1.clone()
+    }
+
     fn run_task(&self, idx: u32, generation: u32) {
         let task = {
             let mut tasks = self.tasks.borrow_mut();
@@ -316,7 +346,7 @@ impl Core {
         };
         let prev = self.current.replace(Some(TaskRef(task.clone())));
         let t0 = self.debug.get().then(Instant::now);
-        let finished = task.clone().step();
+        let finished = task.clone().step(self);
         self.current.replace(prev);
         if let Some(t0) = t0 {
             self.warn_if_slow(t0, || format!("{:?}", TaskRef(task.clone())));
@@ -722,6 +752,11 @@ impl EventLoop {
         F::Output: 'static,
     {
         self.core.spawn(fut, None, true)
+    }
+
+    /// See [`Core::reserve_tasks`].
+    pub(crate) fn reserve_tasks(&self, n: usize) {
+        self.core.reserve_tasks(n);
     }
 
     pub(crate) fn spawn_task<F>(&self, fut: F, name: Option<String>) -> Task<F::Output>

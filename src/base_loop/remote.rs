@@ -4,7 +4,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::Wake;
+use std::task::{Wake, Waker};
 
 use crate::driver::Notifier;
 use crate::error::{Error, Result};
@@ -77,11 +77,28 @@ impl Wake for TaskWaker {
 
     fn wake_by_ref(self: &Arc<Self>) {
         let generation = self.generation.load(Ordering::Acquire);
-        if !super::schedule_local(self.remote.loop_id, self.idx, generation) {
+        TaskWaker::wake_task(&self.remote, self.idx, generation);
+    }
+}
+
+impl TaskWaker {
+    /// Wakes task `(idx, generation)` of `remote`'s loop, from any thread.
+    pub(crate) fn wake_task(remote: &Remote, idx: u32, generation: u32) {
+        if !super::schedule_local(remote.loop_id, idx, generation) {
             // Closed loop: nothing will ever run the task again; dropping the
             // wake is right.
-            let _ = self.remote.push(|q| q.wakes.push((self.idx, generation)));
+            let _ = remote.push(|q| q.wakes.push((idx, generation)));
         }
+    }
+
+    /// A waker of its own for task `(idx, generation)` (not the slot's):
+    /// a task's lent first-poll waker cloned on another thread.
+    pub(crate) fn fresh(remote: &Arc<Remote>, idx: u32, generation: u32) -> Waker {
+        Waker::from(Arc::new(TaskWaker {
+            idx,
+            generation: AtomicU32::new(generation),
+            remote: remote.clone(),
+        }))
     }
 }
 

@@ -279,12 +279,14 @@ where
     F: Future<Output = Result<T>> + 'static,
     T: 'static,
 {
+    let futs = futs.into_iter();
+    let n = futs.size_hint().0;
+    lp.reserve_tasks(n);
     let tracker = Rc::new(Tracker {
-        done: RefCell::new(VecDeque::new()),
+        done: RefCell::new(VecDeque::with_capacity(n)),
         signal: Signal::default(),
     });
     let tasks = futs
-        .into_iter()
         .enumerate()
         .map(|(idx, f)| {
             // Moved in (not made inside), so it drops even if the task is

@@ -5,13 +5,15 @@
 //! the future instead of polling it (cleanup runs in `Drop`) and the task ends
 //! with [`Error::Cancelled`]. Dropping a [`Task`] handle detaches the task: it
 //! keeps running.
-#![deny(unsafe_code)] // except `slot`: the future pinned in place
+#![deny(unsafe_code)] // except `slot` (the future pinned in place) and `lent` (a stack waker)
 
 pub(crate) mod api;
 #[allow(unsafe_code)]
+mod lent;
+#[allow(unsafe_code)]
 mod slot;
 
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, OnceCell, RefCell};
 use std::fmt;
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -37,8 +39,8 @@ enum Outcome {
 #[derive(Default)]
 struct Rare {
     name: Option<String>,
-    /// `Some(msg)` once `cancel(msg)` asked for cancellation.
-    cancel_request: Option<Option<String>>,
+    /// The message of a pending cancel request (`TaskHeader::cancel_requested`).
+    cancel_msg: Option<String>,
     /// The `Err` a body of a recognised fallible output type returned
     /// ([`body_error`]), reported if nobody retrieves the result.
     body_error: Option<Error>,
@@ -49,7 +51,18 @@ pub(crate) struct TaskHeader {
     rare: RefCell<Option<Box<Rare>>>,
     outcome: Cell<Outcome>,
     cancelling: Cell<u32>,
-    pub(crate) waker: Waker,
+    /// `cancel` asked for cancellation; not acted on yet (its message, if
+    /// any, is in `rare`, so a cancel without one allocates nothing).
+    cancel_requested: Cell<bool>,
+    /// The task's slot waker, fetched when a poll first clones its waker
+    /// (until then polls get a lent one, `lent.rs`): a task cancelled
+    /// before it ran, or one that finishes without keeping its waker,
+    /// never touches the slot's.
+    waker: OnceCell<Waker>,
+    /// The task's slot in the loop and its generation (what its waker
+    /// carries): `cancel` schedules the task through them.
+    idx: u32,
+    generation: u32,
     core: Weak<Core>,
     /// Loop-internal tasks (fd watchers) are hidden from `all_tasks`.
     pub(crate) internal: bool,
@@ -60,7 +73,7 @@ impl TaskHeader {
     pub(crate) fn new(
         id: u64,
         name: Option<String>,
-        waker: Waker,
+        (idx, generation): (u32, u32),
         core: Weak<Core>,
         internal: bool,
     ) -> Self {
@@ -74,7 +87,10 @@ impl TaskHeader {
             })),
             outcome: Cell::new(Outcome::Pending),
             cancelling: Cell::new(0),
-            waker,
+            cancel_requested: Cell::new(false),
+            waker: OnceCell::new(),
+            idx,
+            generation,
             core,
             internal,
             retrieved: Cell::new(false),
@@ -95,7 +111,15 @@ impl TaskHeader {
 
     /// Takes the pending cancel request, if any.
     fn take_cancel_request(&self) -> Option<Option<String>> {
-        self.rare.borrow_mut().as_mut()?.cancel_request.take()
+        if !self.cancel_requested.replace(false) {
+            return None;
+        }
+        Some(
+            self.rare
+                .borrow_mut()
+                .as_mut()
+                .and_then(|r| r.cancel_msg.take()),
+        )
     }
 
     fn done(&self) -> bool {
@@ -107,11 +131,20 @@ impl TaskHeader {
             return false;
         }
         self.cancelling.set(self.cancelling.get() + 1);
-        self.rare
-            .borrow_mut()
-            .get_or_insert_with(Box::default)
-            .cancel_request = Some(msg);
-        self.waker.wake_by_ref();
+        self.cancel_requested.set(true);
+        // The latest request's message wins (asyncio's `_cancel_message`).
+        let mut rare = self.rare.borrow_mut();
+        match (msg, rare.as_mut()) {
+            (Some(m), _) => rare.get_or_insert_with(Box::default).cancel_msg = Some(m),
+            (None, Some(r)) => r.cancel_msg = None,
+            (None, None) => {}
+        }
+        drop(rare);
+        // Scheduled straight on the loop (cancel runs on the loop's
+        // thread: a `TaskRef` is not `Send`), as the task's waker would.
+        if let Some(core) = self.core.upgrade() {
+            core.schedule_task(self.idx, self.generation);
+        }
         true
     }
 
@@ -156,7 +189,7 @@ fn body_error<T: 'static>(out: &T) -> Option<Error> {
 pub(crate) trait RawTask {
     fn header(&self) -> &TaskHeader;
     /// Polls the task once; true when it has finished.
-    fn step(self: Rc<Self>) -> bool;
+    fn step(self: Rc<Self>, core: &Core) -> bool;
     /// Drops the future without running it further (loop close).
     fn destroy(self: Rc<Self>);
 }
@@ -261,7 +294,7 @@ where
         &self.header
     }
 
-    fn step(self: Rc<Self>) -> bool {
+    fn step(self: Rc<Self>, core: &Core) -> bool {
         if self.header.done() {
             return true;
         }
@@ -270,8 +303,17 @@ where
             self.finish(Err(Error::Cancelled(msg)));
             return true;
         }
-        let mut cx = Context::from_waker(&self.header.waker);
-        match catch_unwind(AssertUnwindSafe(|| self.future.poll(&mut cx))) {
+        let h = &self.header;
+        let polled = match h.waker.get() {
+            Some(w) => {
+                let mut cx = Context::from_waker(w);
+                catch_unwind(AssertUnwindSafe(|| self.future.poll(&mut cx)))
+            }
+            None => lent::with_lent_waker(h, core, |cx| {
+                catch_unwind(AssertUnwindSafe(|| self.future.poll(cx)))
+            }),
+        };
+        match polled {
             Ok(None) => true,
             Ok(Some(Poll::Pending)) => false,
             Ok(Some(Poll::Ready(v))) => {

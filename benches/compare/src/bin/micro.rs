@@ -99,7 +99,8 @@ fn callbacks(rt: Rt, n: usize) -> f64 {
 }
 
 /// Timers armed and cancelled: `call_later` + `cancel` on ringloop;
-/// tokio has no timer handle, so a spawned `sleep` + `abort`.
+/// tokio has no timer handle, so a spawned `sleep` + `abort`, each
+/// aborted task awaited to its end (as ringloop's loop turn ends them all).
 fn timers(rt: Rt, n: usize) -> f64 {
     match rt {
         Rt::Tokio => per(
@@ -113,7 +114,13 @@ fn timers(rt: Rt, n: usize) -> f64 {
                 for h in &hs {
                     h.abort();
                 }
-                tokio::task::yield_now().await;
+                // Wait for every aborted task to end: a `LocalSet` runs 61
+                // tasks per tick, so one `yield_now` left all but 61 of them
+                // to be dropped with the `LocalSet`, outside the timed part
+                // (ringloop's side ends every task inside it).
+                for h in hs {
+                    let _ = h.await;
+                }
             }),
             n,
         ),
@@ -448,7 +455,23 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
+/// Keeps freed heap memory in the process (glibc would hand it back to the
+/// kernel after each run and fault it in again on the next): rows then
+/// measure the runtimes, not page faults, and a row's figure no longer
+/// depends on which rows ran before it (gather of 10k was 1.0x alone and
+/// 1.7x in the full run: 12,500 minor faults in its process alone, on both
+/// sides). The same for every runtime.
+fn keep_heap() {
+    // SAFETY: mallopt only sets allocator parameters; called before any
+    // other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+    }
+}
+
 fn main() {
+    keep_heap();
     cli::init_logging();
     let (mut quick, mut only) = (false, None::<String>);
     let mut args = std::env::args().skip(1);

@@ -7,7 +7,10 @@
 //! pinned to core 1. Rounds are interleaved, the server is fresh each round,
 //! a warm-up is discarded; medians and min–max.
 //!
-//! Beside the times: syscalls per request (`strace -f -c` on the server
+//! Beside the rates: the server's CPU time per request (user + system
+//! time of the server process from `/proc/PID/stat` over the round,
+//! divided by the requests it answered), which still compares the servers
+//! where the load client sets the pace; and syscalls per request (`strace -f -c` on the server
 //! over a fixed request count) and user instructions per request (callgrind,
 //! the difference of N and 2N requests, cancelling start-up), for the
 //! ringloop servers.
@@ -313,8 +316,9 @@ async fn monoio_serve(http: bool) {
 }
 
 /// Requests per second `wrk -t1 -c{conns}` measured against `port` (wrk
-/// pinned to core 1), or `None` if wrk failed.
-fn wrk(port: u16, conns: usize, secs: u32) -> Option<f64> {
+/// pinned to core 1) and the requests it made in all, or `None` if wrk
+/// failed.
+fn wrk(port: u16, conns: usize, secs: u32) -> Option<(f64, usize)> {
     let out = Command::new("taskset")
         .args(["-c", "1", "wrk", "-t1"])
         .arg(format!("-c{conns}"))
@@ -326,9 +330,88 @@ fn wrk(port: u16, conns: usize, secs: u32) -> Option<f64> {
     if text.contains("Non-2xx") || text.contains("Socket errors") {
         eprintln!("!!! wrk reported errors against port {port}:\n{text}");
     }
-    text.lines()
+    let rps = text
+        .lines()
         .find_map(|l| l.strip_prefix("Requests/sec:"))
-        .and_then(|v| v.trim().parse().ok())
+        .and_then(|v| v.trim().parse().ok())?;
+    // "  123456 requests in 2.00s, 10.00MB read"
+    let total = text
+        .lines()
+        .find(|l| l.contains(" requests in "))
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())?;
+    Some((rps, total))
+}
+
+// ------------------------------------------------------------- server CPU
+
+/// User + system CPU time the process `pid` (all its threads) has used so
+/// far: `utime` + `stime` of `/proc/PID/stat` (fields 14 and 15), in
+/// clock ticks of `sysconf(_SC_CLK_TCK)`.
+fn cpu_time(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Field 2, the command, is in parentheses and may hold spaces: count
+    // from the last ')' (what follows is field 3).
+    let fields: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
+    let utime: u64 = fields.get(14 - 3)?.parse().ok()?;
+    let stime: u64 = fields.get(15 - 3)?.parse().ok()?;
+    // SAFETY: sysconf takes a plain constant and touches no memory of ours.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (hz > 0).then(|| (utime + stime) as f64 / hz as f64)
+}
+
+/// The server CPU per request of one round, in µs: the CPU time `pid`
+/// used between `before` and now over `requests` (NaN if unknown).
+fn cpu_us_per_request(pid: u32, before: Option<f64>, requests: usize) -> f64 {
+    match (before, cpu_time(pid)) {
+        (Some(b), Some(a)) if requests > 0 => (a - b) * 1e6 / requests as f64,
+        _ => f64::NAN,
+    }
+}
+
+/// Medians of each server's per-round CPU figures, as the JSON field
+/// `"cpu_us_per_request":{…}` (null where unknown).
+fn cpu_medians(names: &[&str], cpu: &mut [Vec<f64>]) -> (Vec<f64>, String) {
+    let meds: Vec<f64> = cpu
+        .iter_mut()
+        .map(|v| {
+            v.retain(|x| x.is_finite());
+            if v.is_empty() { f64::NAN } else { median(v) }
+        })
+        .collect();
+    let fields: Vec<String> = names
+        .iter()
+        .zip(&meds)
+        .map(|(s, m)| match m.is_finite() {
+            true => format!("\"{s}\":{m:.3}"),
+            false => format!("\"{s}\":null"),
+        })
+        .collect();
+    (
+        meds,
+        format!("\"cpu_us_per_request\":{{{}}}", fields.join(",")),
+    )
+}
+
+/// Prints the server-CPU table: one row per load, one column per server.
+fn print_cpu_table(title: &str, names: &[&str], rows: &[(String, Vec<f64>)]) {
+    if rows.is_empty() {
+        return;
+    }
+    print!("\n| {title} |");
+    for s in names {
+        print!(" {} |", s.trim_start_matches("http-"));
+    }
+    println!("\n|---|{}", "---:|".repeat(names.len()));
+    for (head, meds) in rows {
+        print!("| {head} |");
+        for m in meds {
+            match m.is_finite() {
+                true => print!(" {m:.2} |"),
+                false => print!(" n/a |"),
+            }
+        }
+        println!();
+    }
 }
 
 /// The HTTP table: `wrk -t1` against each HTTP server, interleaved rounds,
@@ -348,19 +431,26 @@ fn http_bench(conc: &[usize], rounds: usize, secs: u32) -> Vec<String> {
         "---:|".repeat(HTTP_SERVERS.len())
     );
     let mut json = Vec::new();
+    let mut cpu_rows = Vec::new();
     for &c in conc {
         let mut res: Vec<Vec<f64>> = vec![Vec::new(); HTTP_SERVERS.len()];
+        let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); HTTP_SERVERS.len()];
         for _ in 0..rounds {
             for (i, kind) in HTTP_SERVERS.iter().enumerate() {
                 let (mut child, port) = spawn(kind, &[], 0);
-                res[i].push(wrk(port, c, secs).unwrap_or(0.0));
+                let before = cpu_time(child.id());
+                let (rps, total) = wrk(port, c, secs).unwrap_or((0.0, 0));
+                res[i].push(rps);
+                cpu[i].push(cpu_us_per_request(child.id(), before, total));
                 let _ = child.kill();
                 let _ = child.wait();
             }
         }
+        let (cpu_meds, cpu_json) = cpu_medians(&HTTP_SERVERS, &mut cpu);
+        cpu_rows.push((format!("HTTP hello, {c} conns"), cpu_meds));
         let (_, row) = report_row(
             &format!("| req/s | {c} |"),
-            &format!("\"conns\":{c}"),
+            &format!("\"conns\":{c},{cpu_json}"),
             &HTTP_SERVERS,
             &mut res,
             &HTTP_RATIOS,
@@ -368,6 +458,11 @@ fn http_bench(conc: &[usize], rounds: usize, secs: u32) -> Vec<String> {
         );
         json.push(row);
     }
+    print_cpu_table(
+        "server CPU µs / request, HTTP (wrk -t1)",
+        &HTTP_SERVERS,
+        &cpu_rows,
+    );
     json
 }
 
@@ -671,7 +766,8 @@ fn usage() -> String {
        net --server KIND [--quit-after N]
        net --client PORT SIZE CONNS SECS [REQUESTS]
 
-  (no arguments)    the whole benchmark: TCP echo, HTTP hello (wrk), counters
+  (no arguments)    the whole benchmark: TCP echo, HTTP hello (wrk), each with
+                    the servers' CPU µs per request (/proc/PID/stat), counters
   --quick           the few-second CI form
   --counters-only   only syscalls and instructions per request
   --server KIND     run one server and print `PORT p` (for profiling); with
@@ -775,9 +871,11 @@ fn main() {
         "---:|".repeat(SERVERS.len()),
         "---|".repeat(ECHO_RATIOS.len())
     );
+    let mut cpu_rows = Vec::new();
     for &size in sizes {
         for &c in conc {
             let mut res: Vec<Vec<f64>> = vec![Vec::new(); SERVERS.len()];
+            let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); SERVERS.len()];
             // The client's idle share against the floor: how much faster
             // than the floor any server could have been measured.
             let mut idle = Vec::new();
@@ -785,8 +883,10 @@ fn main() {
                 for (i, kind) in SERVERS.iter().enumerate() {
                     let (mut child, port) = spawn(kind, &[], 0);
                     load(port, size, 1, 0.05, None); // warm-up, discarded
+                    let before = cpu_time(child.id());
                     let r = run(port, size, c, secs, None);
                     res[i].push(r.rps);
+                    cpu[i].push(cpu_us_per_request(child.id(), before, r.requests));
                     if *kind == "floor-uring" {
                         idle.push(r.idle);
                     }
@@ -795,9 +895,13 @@ fn main() {
                 }
             }
             let idle = median(&mut idle);
+            let (cpu_meds, cpu_json) = cpu_medians(&SERVERS, &mut cpu);
+            cpu_rows.push((format!("{} KiB, {c} conns", size / 1024), cpu_meds));
             let (meds, row) = report_row(
                 &format!("| {} KiB | {c} |", size / 1024),
-                &format!("\"size\":{size},\"conns\":{c},\"client_idle_vs_floor\":{idle:.3}"),
+                &format!(
+                    "\"size\":{size},\"conns\":{c},\"client_idle_vs_floor\":{idle:.3},{cpu_json}"
+                ),
                 &SERVERS,
                 &mut res,
                 &ECHO_RATIOS,
@@ -807,6 +911,7 @@ fn main() {
             table.push((size, c, meds));
         }
     }
+    print_cpu_table("server CPU µs / request, echo", &SERVERS, &cpu_rows);
     let http = if counters_only {
         Vec::new()
     } else if quick {
