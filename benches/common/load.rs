@@ -42,12 +42,23 @@ fn send_entry(c: &Conn, i: usize, payload: &[u8]) -> squeue::Entry {
     .user_data(((i as u64) << 1) | SEND)
 }
 
+/// The most one receive of the client takes (0: the whole rest of the
+/// echo). `compare net --read-chunk N` sets it, to see servers against a
+/// peer that reads in small pieces.
+pub static READ_CHUNK: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 fn recv_entry(c: &mut Conn, i: usize) -> squeue::Entry {
     let rest = &mut c.buf[c.got..];
+    let chunk = READ_CHUNK.load(std::sync::atomic::Ordering::Relaxed);
+    let len = if chunk == 0 {
+        rest.len()
+    } else {
+        rest.len().min(chunk)
+    };
     opcode::Recv::new(
         types::Fd(c.stream.as_raw_fd()),
         rest.as_mut_ptr(),
-        rest.len() as u32,
+        len as u32,
     )
     .build()
     .user_data(((i as u64) << 1) | RECV)

@@ -770,6 +770,9 @@ fn usage() -> String {
                     the servers' CPU µs per request (/proc/PID/stat), counters
   --quick           the few-second CI form
   --counters-only   only syscalls and instructions per request
+  --sizes LIST      only these echo sizes (bytes, or KiB with k: 100k), no HTTP
+  --conns LIST      only these connection counts, no HTTP
+  --read-chunk N    the load client reads at most N bytes per receive
   --server KIND     run one server and print `PORT p` (for profiling); with
                     --quit-after N, exit once N connections have closed.
                     KIND is one of:
@@ -779,6 +782,21 @@ fn usage() -> String {
   RUST_LOG=ringloop=debug shows the loop's own messages",
         kinds.join("\n                    ")
     )
+}
+
+/// A comma-separated list of numbers after `flag` (sizes may end in `k`:
+/// KiB).
+fn list(args: &mut impl Iterator<Item = String>, flag: &str) -> Vec<usize> {
+    let v: String = value(args, flag, "a comma-separated list");
+    v.split(',')
+        .map(|p| match p.strip_suffix('k') {
+            Some(k) => k.parse::<usize>().map(|n| n * 1024),
+            None => p.parse(),
+        })
+        .collect::<Result<_, _>>()
+        .unwrap_or_else(|_| {
+            cli::usage_error(&format!("{flag}: {v:?} is not a list of numbers"), &usage())
+        })
 }
 
 /// The value after `flag`, parsed, or a usage error.
@@ -798,6 +816,7 @@ fn value<T: std::str::FromStr>(
 fn main() {
     cli::init_logging();
     let (mut quick, mut counters_only, mut quit) = (false, false, 0usize);
+    let (mut only_sizes, mut only_conns) = (None::<Vec<usize>>, None::<Vec<usize>>);
     let (mut server, mut client) = (None::<String>, None);
     let mut args = std::env::args().skip(1).peekable();
     while let Some(a) = args.next() {
@@ -805,6 +824,12 @@ fn main() {
             "--help" | "-h" => return println!("{}", usage()),
             "--quick" => quick = true,
             "--counters-only" => counters_only = true,
+            "--sizes" => only_sizes = Some(list(&mut args, "--sizes")),
+            "--conns" => only_conns = Some(list(&mut args, "--conns")),
+            "--read-chunk" => {
+                let n: usize = value(&mut args, "--read-chunk", "a byte count");
+                client::READ_CHUNK.store(n, std::sync::atomic::Ordering::Relaxed);
+            }
             "--quit-after" => quit = value(&mut args, "--quit-after", "a number"),
             "--server" => match args.next() {
                 Some(k) if SERVERS.contains(&k.as_str()) || HTTP_SERVERS.contains(&k.as_str()) => {
@@ -846,6 +871,11 @@ fn main() {
     } else {
         (&[1024, 10 * 1024, 100 * 1024], &[1, 10, 100, 1000], 5, 1.0)
     };
+    // (--sizes / --conns: only those echo rows, and no HTTP or counters.)
+    let partial = only_sizes.is_some() || only_conns.is_some();
+    let sizes: Vec<usize> = only_sizes.unwrap_or_else(|| sizes.to_vec());
+    let conc: Vec<usize> = only_conns.unwrap_or_else(|| conc.to_vec());
+    let counters_only = counters_only && !partial;
     // SAFETY: cpu_set_t is plain data; sched_setaffinity only reads it.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
@@ -872,8 +902,8 @@ fn main() {
         "---|".repeat(ECHO_RATIOS.len())
     );
     let mut cpu_rows = Vec::new();
-    for &size in sizes {
-        for &c in conc {
+    for &size in &sizes {
+        for &c in &conc {
             let mut res: Vec<Vec<f64>> = vec![Vec::new(); SERVERS.len()];
             let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); SERVERS.len()];
             // The client's idle share against the floor: how much faster
@@ -912,7 +942,7 @@ fn main() {
         }
     }
     print_cpu_table("server CPU µs / request, echo", &SERVERS, &cpu_rows);
-    let http = if counters_only {
+    let http = if counters_only || partial {
         Vec::new()
     } else if quick {
         http_bench(&[10], 1, 1)
@@ -923,7 +953,7 @@ fn main() {
     // mode: tracing is slow).
     let (cn, creq) = (100, 20_000);
     let mut counters = Vec::new();
-    if !quick {
+    if !quick && !partial {
         println!(
             "\n| server (1 KiB echo, {cn} conns) | syscalls / request | user instructions / request |"
         );
@@ -931,7 +961,7 @@ fn main() {
     }
     for kind in ["ringloop-proactor", "ringloop-selector"]
         .into_iter()
-        .filter(|_| !quick)
+        .filter(|_| !quick && !partial)
     {
         let sc = syscalls_per_request(kind, 1024, cn, creq);
         let ins = instructions_per_request(kind, 1024, cn, creq / 10);
