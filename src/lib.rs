@@ -65,6 +65,8 @@ mod error;
 mod events;
 mod executor;
 mod futures;
+#[cfg(feature = "hyper")]
+pub mod hyper;
 pub mod locks;
 pub mod protocols;
 pub mod queues;
