@@ -720,7 +720,9 @@ impl Drop for LoopSleep {
             return;
         };
         // (A thread that is ending has no registry any more: nothing to free.)
-        let home = REGISTRY.try_with(|r| r.borrow().id).is_ok_and(|id| id == self.home);
+        let home = REGISTRY
+            .try_with(|r| r.borrow().id)
+            .is_ok_and(|id| id == self.home);
         if home {
             disarm(key, generation);
         } else if let Some(h) = self.handle.take() {
