@@ -556,6 +556,13 @@ thread_local! {
     });
 }
 
+/// Sleeps armed on this thread and not yet dropped (a `diagnostics`
+/// test hook: a dropped sleep must free its slot, on any thread).
+#[cfg(feature = "diagnostics")]
+pub fn armed_sleeps() -> usize {
+    REGISTRY.with(|r| r.borrow().slots.len())
+}
+
 fn registry_id() -> u64 {
     REGISTRY.with(|r| r.borrow().id)
 }

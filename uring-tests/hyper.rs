@@ -254,6 +254,53 @@ both_backends! {
 }
 
 both_backends! {
+    fn response_body_to_a_client_that_does_not_read_is_back_pressured(lp) {
+        run_bounded(lp, LIMIT, async move {
+            const TOTAL: usize = 64 << 20;
+            let made = Rc::new(Cell::new(0));
+            let m2 = made.clone();
+            let server = ringloop::hyper::serve(
+                move |_t| {
+                    let made = m2.clone();
+                    service_fn(move |_req: Request<Incoming>| {
+                        let made = made.clone();
+                        async move {
+                            Ok::<_, Infallible>(Response::new(Counted {
+                                chunk: Bytes::from(vec![3u8; 64 * 1024]),
+                                left: TOTAL,
+                                taken: made,
+                            }))
+                        }
+                    })
+                },
+                local(),
+            )
+            .await
+            .unwrap();
+            let io = ringloop::hyper::connect(to_port(port(&server))).await.unwrap();
+            let mut send = ringloop::hyper::http1_client(io).await.unwrap();
+            let res = send.send_request(get("/big")).await.unwrap();
+            assert_eq!(res.status(), StatusCode::OK);
+            // The head is here; nobody reads the body yet.
+            let stalled = settled(&made).await;
+            assert!(
+                stalled < TOTAL / 2,
+                "the server made {stalled} of {TOTAL} bytes for a client that does not read"
+            );
+            let mut body = res.into_body();
+            let mut n = 0;
+            while let Some(f) = body.frame().await {
+                n += f.unwrap().into_data().map_or(0, |d| d.len());
+            }
+            assert_eq!((n, made.get()), (TOTAL, TOTAL));
+            drop(send);
+            server.shutdown();
+            server.wait_closed().await;
+        });
+    }
+}
+
+both_backends! {
     fn tls_http1_and_http2(lp) {
         run_bounded(lp, LIMIT, async move {
             let cfg = tls_support::server_config_for(
@@ -524,11 +571,21 @@ both_backends! {
             assert!(msg.contains("another thread"), "{msg}");
             // Armed here, dropped elsewhere: freed on the loop's thread
             // through its handle, no panic.
+            let before = ringloop::hyper::armed_sleeps();
             let mut s = Box::pin(LoopSleep::until(Instant::now() + Duration::from_secs(60)));
             let pending = std::future::poll_fn(|cx| Poll::Ready(s.as_mut().poll(cx).is_pending())).await;
             assert!(pending);
+            assert_eq!(ringloop::hyper::armed_sleeps(), before + 1);
             std::thread::spawn(move || drop(s)).join().expect("a drop off-thread is fine");
-            ringloop::sleep(Duration::from_millis(5)).await.unwrap();
+            while ringloop::hyper::armed_sleeps() > before {
+                ringloop::sleep(Duration::from_millis(1)).await.unwrap();
+            }
+            // Dropped here, armed or not: freed at once.
+            let mut s = Box::pin(LoopSleep::until(Instant::now() + Duration::from_secs(60)));
+            let _ = std::future::poll_fn(|cx| Poll::Ready(s.as_mut().poll(cx).is_pending())).await;
+            assert_eq!(ringloop::hyper::armed_sleeps(), before + 1);
+            drop(s);
+            assert_eq!(ringloop::hyper::armed_sleeps(), before);
         });
     }
 }
