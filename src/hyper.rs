@@ -506,6 +506,23 @@ where
 ///
 /// Its sleeps are [`LoopSleep`]s. Use it on the loop's thread; it holds
 /// nothing, so it is `Send + Sync` as hyper's builders ask.
+///
+/// ```
+/// use std::time::{Duration, Instant};
+/// use hyper::rt::Timer;
+/// use ringloop::hyper::LoopTimer;
+///
+/// ringloop::run(async {
+///     let t0 = Instant::now();
+///     LoopTimer.sleep(Duration::from_millis(5)).await;
+///     assert!(t0.elapsed() >= Duration::from_millis(5));
+///     // A sleep moved by `reset` ends at its new deadline.
+///     let mut s = LoopTimer.sleep(Duration::from_secs(3600));
+///     LoopTimer.reset(&mut s, Instant::now());
+///     s.await;
+/// })?;
+/// # Ok::<(), ringloop::Error>(())
+/// ```
 #[derive(Clone, Copy, Debug, Default)]
 pub struct LoopTimer;
 
@@ -757,6 +774,33 @@ impl fmt::Debug for LoopSleep {
 /// `b.http2().max_concurrent_streams(..)`, `http1_only()`, …) and pass it
 /// to [`serve_with`].
 ///
+/// ```
+/// use std::time::Duration;
+/// use http_body_util::Full;
+/// use hyper::body::{Bytes, Incoming};
+/// use hyper::{Request, Response};
+/// use ringloop::ServerOptions;
+///
+/// ringloop::run(async {
+///     let mut b = ringloop::hyper::builder()?;
+///     b.http1().header_read_timeout(Duration::from_secs(5));
+///     let b = b.http1_only();
+///     let server = ringloop::hyper::serve_with(
+///         b,
+///         |_conn| hyper::service::service_fn(|_req: Request<Incoming>| async {
+///             Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from("hi"))))
+///         }),
+///         ServerOptions { hosts: vec!["127.0.0.1".into()], ..Default::default() },
+///     )
+///     .await?;
+///     assert_eq!(server.active_connections(), 0);
+///     // No connection open: the graceful shutdown is over at once.
+///     assert!(server.graceful_shutdown(Duration::from_secs(1)).await);
+///     Ok::<(), ringloop::Error>(())
+/// })??;
+/// # Ok::<(), ringloop::Error>(())
+/// ```
+///
 /// # Errors
 ///
 /// As [`get_running_loop`].
@@ -1007,6 +1051,41 @@ where
 /// hyper's HTTP/2 client handshake on `io` (prior knowledge, or ALPN `h2`
 /// over TLS), with the loop's executor and timer; the connection runs as
 /// a task on the loop.
+///
+/// ```
+/// use http_body_util::{BodyExt, Empty, Full};
+/// use hyper::body::{Bytes, Incoming};
+/// use hyper::{Request, Response, Version};
+/// use ringloop::{ConnectOptions, ServerOptions};
+///
+/// ringloop::run(async {
+///     let server = ringloop::hyper::serve(
+///         |_conn| hyper::service::service_fn(|req: Request<Incoming>| async move {
+///             let v = format!("{:?}", req.version());
+///             Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(v))))
+///         }),
+///         ServerOptions { hosts: vec!["127.0.0.1".into()], ..Default::default() },
+///     )
+///     .await?;
+///     let port = server.sockets()[0].as_socket().unwrap().port();
+///     let io = ringloop::hyper::connect(ConnectOptions {
+///         host: Some("127.0.0.1".into()),
+///         port,
+///         ..Default::default()
+///     })
+///     .await?;
+///     let mut h2 = ringloop::hyper::http2_client(io).await?;
+///     let req = Request::get("http://127.0.0.1/").body(Empty::<Bytes>::new()).unwrap();
+///     let res = h2.send_request(req).await.map_err(ringloop::hyper::to_error)?;
+///     assert_eq!(res.version(), Version::HTTP_2);
+///     let body = res.into_body().collect().await.map_err(ringloop::hyper::to_error)?;
+///     assert_eq!(body.to_bytes(), "HTTP/2.0");
+///     drop(h2);
+///     server.graceful_shutdown(std::time::Duration::from_secs(5)).await;
+///     Ok::<(), ringloop::Error>(())
+/// })??;
+/// # Ok::<(), ringloop::Error>(())
+/// ```
 ///
 /// # Errors
 ///
