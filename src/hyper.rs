@@ -547,21 +547,42 @@ impl Timer for LoopTimer {
     }
 }
 
-/// One armed sleep's state, in its thread's registry.
+/// A loop timer a slot holds: its handle, the epoch its callback names,
+/// its deadline and the loop it runs on.
+struct SlotTimer {
+    handle: TimerHandle,
+    epoch: u64,
+    at: Instant,
+    loop_id: u64,
+}
+
+/// One sleep's state, in its thread's registry. A slot whose sleep is gone
+/// (`generation == 0`) is idle and may keep its loop timer pending, for
+/// the next sleep to adopt.
 struct Slot {
+    /// The owning sleep's generation; 0 while idle.
     generation: u64,
     fired: bool,
     waker: Option<Waker>,
-    timer: Option<TimerHandle>,
+    /// The owning sleep's deadline (the timer may be due earlier).
+    deadline: Instant,
+    timer: Option<SlotTimer>,
 }
 
-/// The armed sleeps of one thread. A [`LoopSleep`] names its slot by key
-/// and generation and its thread by the registry's id.
+/// The sleeps of one thread. A [`LoopSleep`] names its slot by key and
+/// generation and its thread by the registry's id.
 struct Registry {
     id: u64,
     generation: u64,
+    epoch: u64,
     slots: Slab<Slot>,
+    /// Idle slots, the latest last.
+    idle: Vec<usize>,
 }
+
+/// Idle slots kept with their loop timer pending; past this a dropped
+/// sleep's timer is cancelled.
+const IDLE_TIMERS: usize = 1024;
 
 static NEXT_REGISTRY: AtomicU64 = AtomicU64::new(1);
 
@@ -569,7 +590,9 @@ thread_local! {
     static REGISTRY: RefCell<Registry> = RefCell::new(Registry {
         id: NEXT_REGISTRY.fetch_add(1, Ordering::Relaxed),
         generation: 0,
+        epoch: 0,
         slots: Slab::new(),
+        idle: Vec::new(),
     });
 }
 
@@ -577,41 +600,138 @@ thread_local! {
 /// test hook: a dropped sleep must free its slot, on any thread).
 #[cfg(feature = "diagnostics")]
 pub fn armed_sleeps() -> usize {
-    REGISTRY.with(|r| r.borrow().slots.len())
+    REGISTRY.with(|r| r.borrow().slots.len() - r.borrow().idle.len())
 }
 
 fn registry_id() -> u64 {
     REGISTRY.with(|r| r.borrow().id)
 }
 
-/// The loop timer of slot `(key, generation)` fired.
-fn fire(key: usize, generation: u64) {
-    let w = REGISTRY.with(|r| match r.borrow_mut().slots.get_mut(key) {
-        Some(s) if s.generation == generation => {
-            s.fired = true;
-            s.waker.take()
+/// Arms a loop timer for slot `key` at `at` on `lp`.
+fn start_timer(r: &mut Registry, lp: &EventLoop, loop_id: u64, key: usize, at: Instant) -> bool {
+    r.epoch += 1;
+    let epoch = r.epoch;
+    match lp.call_at(at, move || fire(key, epoch)) {
+        Ok(handle) => {
+            r.slots[key].timer = Some(SlotTimer {
+                handle,
+                epoch,
+                at,
+                loop_id,
+            });
+            true
         }
-        _ => None,
+        Err(_) => false,
+    }
+}
+
+/// Takes a slot for a new sleep until `deadline` on `lp`; `None` if the
+/// loop is closed. An idle slot whose loop timer is due no later than
+/// `deadline` (on the same loop) keeps that timer: when it fires early,
+/// [`fire`] arms it again for the rest. (hyper's HTTP/1 server makes one
+/// sleep per request head; this way a steady connection costs no loop
+/// timer per request.)
+fn arm(deadline: Instant, waker: Waker, lp: &EventLoop) -> Option<(usize, u64)> {
+    let loop_id = lp.handle().remote.loop_id;
+    let (stale, ok, key, generation) = REGISTRY.with(|r| {
+        let r = &mut *r.borrow_mut();
+        r.generation += 1;
+        let generation = r.generation;
+        let key = match r.idle.pop() {
+            Some(k) => k,
+            None => r.slots.insert(Slot {
+                generation: 0,
+                fired: false,
+                waker: None,
+                deadline,
+                timer: None,
+            }),
+        };
+        let s = &mut r.slots[key];
+        s.generation = generation;
+        s.fired = false;
+        s.waker = Some(waker);
+        s.deadline = deadline;
+        let mut stale = None;
+        let keep = s
+            .timer
+            .as_ref()
+            .is_some_and(|t| t.at <= deadline && t.loop_id == loop_id);
+        if !keep {
+            stale = s.timer.take();
+        }
+        let ok = keep || start_timer(r, lp, loop_id, key, deadline);
+        if !ok {
+            let s = &mut r.slots[key];
+            s.generation = 0;
+            s.waker = None;
+            r.idle.push(key);
+        }
+        (stale, ok, key, generation)
+    });
+    // (Cancelled outside the borrow: the timer is the loop's.)
+    if let Some(t) = stale {
+        t.handle.cancel();
+    }
+    ok.then_some((key, generation))
+}
+
+/// The loop timer of epoch `epoch` of slot `key` fired.
+fn fire(key: usize, epoch: u64) {
+    let w = REGISTRY.with(|r| {
+        let r = &mut *r.borrow_mut();
+        let s = r.slots.get_mut(key)?;
+        let t = s.timer.take_if(|t| t.epoch == epoch)?;
+        if s.generation == 0 {
+            return None;
+        }
+        if t.at < s.deadline {
+            // An adopted timer, due before this sleep's deadline: again
+            // for the rest (in a loop callback: the loop is running).
+            let deadline = s.deadline;
+            if let Ok(lp) = get_running_loop() {
+                if start_timer(r, &lp, t.loop_id, key, deadline) {
+                    return None;
+                }
+            }
+            let s = &mut r.slots[key];
+            s.fired = true;
+            return s.waker.take();
+        }
+        s.fired = true;
+        s.waker.take()
     });
     if let Some(w) = w {
         w.wake();
     }
 }
 
-/// Frees slot `(key, generation)` of this thread's registry and cancels
-/// its loop timer.
+/// Gives slot `(key, generation)` of this thread's registry back: idle,
+/// its loop timer left pending for the next sleep to adopt (cancelled
+/// past [`IDLE_TIMERS`] idle slots).
 fn disarm(key: usize, generation: u64) {
-    let slot = REGISTRY.try_with(|r| {
-        let mut r = r.borrow_mut();
-        match r.slots.get(key) {
-            Some(s) if s.generation == generation => Some(r.slots.remove(key)),
-            _ => None,
+    let stale = REGISTRY.try_with(|r| {
+        let r = &mut *r.borrow_mut();
+        let s = r.slots.get_mut(key)?;
+        if s.generation != generation {
+            return None;
         }
+        s.generation = 0;
+        s.fired = false;
+        let w = s.waker.take();
+        let t = if r.idle.len() >= IDLE_TIMERS {
+            s.timer.take()
+        } else {
+            None
+        };
+        r.idle.push(key);
+        Some((w, t))
     });
     // (Dropped outside the borrow: the timer and the waker are the loop's.)
-    if let Ok(Some(s)) = slot {
-        if let Some(t) = s.timer {
-            t.cancel();
+    if let Ok(Some((w, t))) = stale {
+        drop(w);
+        if let Some(t) = t {
+            t.handle.cancel();
         }
     }
 }
@@ -708,30 +828,14 @@ impl Future for LoopSleep {
             Ok(lp) => lp,
             Err(_) => panic!("a ringloop hyper sleep was polled with no ringloop loop running"),
         };
-        let (key, generation) = REGISTRY.with(|r| {
-            let mut r = r.borrow_mut();
-            r.generation += 1;
-            let generation = r.generation;
-            let key = r.slots.insert(Slot {
-                generation,
-                fired: false,
-                waker: Some(cx.waker().clone()),
-                timer: None,
-            });
-            (key, generation)
-        });
-        match lp.call_at(this.deadline, move || fire(key, generation)) {
-            Ok(th) => {
-                REGISTRY.with(|r| r.borrow_mut().slots[key].timer = Some(th));
-                this.armed = Some((key, generation));
+        match arm(this.deadline, cx.waker().clone(), &lp) {
+            Some(slot) => {
+                this.armed = Some(slot);
                 this.handle = Some(lp.handle());
                 Poll::Pending
             }
-            // A closed loop: nothing will run; do not keep a slot.
-            Err(_) => {
-                disarm(key, generation);
-                Poll::Ready(())
-            }
+            // A closed loop: nothing will run.
+            None => Poll::Ready(()),
         }
     }
 }

@@ -547,6 +547,35 @@ both_backends! {
                 t.await.unwrap();
             }
             assert_eq!(*order.borrow(), ["reset", "a", "b", "c"]);
+            // A dropped sleep's loop timer is kept for the next sleep on the
+            // thread; adopted by a later deadline it fires early and is armed
+            // again for the rest: the adopted sleep ends after one that is
+            // due between the two deadlines.
+            let order = Rc::new(RefCell::new(Vec::new()));
+            let mut a = LoopTimer.sleep(Duration::from_millis(40));
+            let armed = std::future::poll_fn(|cx| Poll::Ready(a.as_mut().poll(cx).is_pending())).await;
+            assert!(armed);
+            drop(a);
+            let o = order.clone();
+            let adopted = l.create_task(async move {
+                LoopTimer.sleep(Duration::from_millis(120)).await;
+                o.borrow_mut().push("adopted");
+            });
+            let o = order.clone();
+            let between = l.create_task(async move {
+                ringloop::sleep(Duration::from_millis(80)).await.unwrap();
+                o.borrow_mut().push("between");
+            });
+            // And a sleep due before every kept timer does not wait for one.
+            let o = order.clone();
+            let early = l.create_task(async move {
+                LoopTimer.sleep(Duration::from_millis(1)).await;
+                o.borrow_mut().push("early");
+            });
+            for t in [adopted, between, early] {
+                t.await.unwrap();
+            }
+            assert_eq!(*order.borrow(), ["early", "between", "adopted"]);
             // An expired deadline is ready at once, without a loop timer.
             LoopSleep::until(Instant::now() - Duration::from_millis(1)).await;
         });
