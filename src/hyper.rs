@@ -743,7 +743,10 @@ fn disarm(key: usize, generation: u64) {
 /// that made it, and once polled a key into that thread's registry of
 /// armed sleeps (where the waker and the loop's [`TimerHandle`] live) and a
 /// [`LoopHandle`] to the loop it was armed on. It is armed lazily, on the
-/// first poll, with the running loop's `call_at`.
+/// first poll, with the running loop's `call_at`, or by adopting the loop
+/// timer a dropped sleep left pending when that one is due no later (it
+/// is armed again for the rest when it fires early): hyper's per-request
+/// header timeout then costs no loop timer per request.
 ///
 /// # Panics
 ///
