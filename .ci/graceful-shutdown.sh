@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bin="${1:-${CARGO_TARGET_DIR:-target}/release/examples}"
 port=18280
-for ex in echo_server echo_server_streams http_hello echo_per_core; do
+for ex in echo_server echo_server_streams http_hello echo_per_core hyper_hello; do
   for backend in proactor selector; do
     for sig in TERM INT; do
       port=$((port + 1))

@@ -35,6 +35,9 @@
 //!   [`AbstractEventLoop`], which [`EventLoop`] implements on both backends
 //!   and the [`prelude`] brings into scope; code generic over
 //!   `L: AbstractEventLoop` can do everything a loop does.
+//! * With the `hyper` cargo feature, `ringloop::hyper` runs hyper 1.x on
+//!   the loop: an I/O adapter on transports (plain and TLS), a `!Send`
+//!   executor, a timer on the loop's timers, and serve / client helpers.
 //!
 //! ## Example
 //!
@@ -65,6 +68,8 @@ mod error;
 mod events;
 mod executor;
 mod futures;
+#[cfg(feature = "hyper")]
+pub mod hyper;
 pub mod locks;
 pub mod protocols;
 pub mod queues;
