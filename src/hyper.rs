@@ -84,9 +84,9 @@ use bytes::{Buf, Bytes};
 use hyper_util::server::conn::auto;
 use slab::Slab;
 
+use crate::RecvBuf;
 use crate::base_loop::{EventLoop, LoopHandle};
 use crate::connect::ConnectOptions;
-use crate::RecvBuf;
 use crate::error::{Error, Result};
 use crate::events::{AbstractEventLoop, TimerHandle, get_running_loop};
 use crate::protocols::{BaseProtocol, Protocol};

@@ -344,25 +344,10 @@ fn wrk(port: u16, conns: usize, secs: u32) -> Option<(f64, usize)> {
 
 // ------------------------------------------------------------- server CPU
 
-/// User + system CPU time the process `pid` (all its threads) has used so
-/// far: `utime` + `stime` of `/proc/PID/stat` (fields 14 and 15), in
-/// clock ticks of `sysconf(_SC_CLK_TCK)`.
-fn cpu_time(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Field 2, the command, is in parentheses and may hold spaces: count
-    // from the last ')' (what follows is field 3).
-    let fields: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
-    let utime: u64 = fields.get(14 - 3)?.parse().ok()?;
-    let stime: u64 = fields.get(15 - 3)?.parse().ok()?;
-    // SAFETY: sysconf takes a plain constant and touches no memory of ours.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    (hz > 0).then(|| (utime + stime) as f64 / hz as f64)
-}
-
 /// The server CPU per request of one round, in µs: the CPU time `pid`
 /// used between `before` and now over `requests` (NaN if unknown).
 fn cpu_us_per_request(pid: u32, before: Option<f64>, requests: usize) -> f64 {
-    match (before, cpu_time(pid)) {
+    match (before, cli::process_cpu_secs(pid)) {
         (Some(b), Some(a)) if requests > 0 => (a - b) * 1e6 / requests as f64,
         _ => f64::NAN,
     }
@@ -438,7 +423,7 @@ fn http_bench(conc: &[usize], rounds: usize, secs: u32) -> Vec<String> {
         for _ in 0..rounds {
             for (i, kind) in HTTP_SERVERS.iter().enumerate() {
                 let (mut child, port) = spawn(kind, &[], 0);
-                let before = cpu_time(child.id());
+                let before = cli::process_cpu_secs(child.id());
                 let (rps, total) = wrk(port, c, secs).unwrap_or((0.0, 0));
                 res[i].push(rps);
                 cpu[i].push(cpu_us_per_request(child.id(), before, total));
@@ -913,7 +898,7 @@ fn main() {
                 for (i, kind) in SERVERS.iter().enumerate() {
                     let (mut child, port) = spawn(kind, &[], 0);
                     load(port, size, 1, 0.05, None); // warm-up, discarded
-                    let before = cpu_time(child.id());
+                    let before = cli::process_cpu_secs(child.id());
                     let r = run(port, size, c, secs, None);
                     res[i].push(r.rps);
                     cpu[i].push(cpu_us_per_request(child.id(), before, r.requests));

@@ -355,27 +355,37 @@ fn main() {
         ("handshakes/s, 10 conns".into(), 10, None),
     ];
     println!(
-        "| load | {} | proactor/selector | proactor/tokio-rustls |",
-        SERVERS.join(" | ")
+        "| load | {} | proactor/selector | proactor/tokio-rustls | server CPU µs / request ({}) |",
+        SERVERS.join(" | "),
+        SERVERS.join(" / ")
     );
-    println!("| --- |{}", " ---: |".repeat(SERVERS.len() + 2));
+    println!("| --- |{}", " ---: |".repeat(SERVERS.len() + 3));
     for (name, conns, size) in loads {
         if only.as_ref().is_some_and(|t| !name.contains(t.as_str())) {
             continue;
         }
         let mut results: Vec<Vec<f64>> = vec![Vec::new(); SERVERS.len()];
+        let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); SERVERS.len()];
         for round in 0..rounds + 1 {
             for (i, kind) in SERVERS.iter().enumerate() {
                 let (mut child, port) = spawn(kind, &dir);
                 let cfg = cfg.clone();
                 // (Round 0 warms up and is dropped.)
                 let s = if round == 0 { secs.min(0.5) } else { secs };
+                let before = cli::process_cpu_secs(child.id());
                 let r = local.block_on(&rt, async move {
                     match size {
                         Some(size) => echo_load(port, cfg, conns, size, s).await,
                         None => handshake_load(port, cfg, conns, s).await,
                     }
                 });
+                // (The server's CPU over the round, per request: the
+                // comparison that holds where the load client sets the pace.)
+                if let (Some(b), Some(a)) = (before, cli::process_cpu_secs(child.id())) {
+                    if round > 0 && r > 0.0 {
+                        cpu[i].push((a - b) * 1e6 / (r * s));
+                    }
+                }
                 let _ = child.kill();
                 let _ = child.wait();
                 if round > 0 {
@@ -385,11 +395,19 @@ fn main() {
         }
         let med: Vec<f64> = results.iter_mut().map(|v| median(v)).collect();
         let cells: Vec<String> = med.iter().map(|m| format!("{m:.0}")).collect();
+        let cpu_cells: Vec<String> = cpu
+            .iter_mut()
+            .map(|v| match v.is_empty() {
+                true => "n/a".to_string(),
+                false => format!("{:.0}", median(v)),
+            })
+            .collect();
         println!(
-            "| {name} | {} | {:.2} | {:.2} |",
+            "| {name} | {} | {:.2} | {:.2} | {} |",
             cells.join(" | "),
             med[0] / med[1],
-            med[0] / med[2]
+            med[0] / med[2],
+            cpu_cells.join(" / ")
         );
     }
     let _ = std::fs::remove_dir_all(&dir);
