@@ -116,10 +116,9 @@ pub(crate) struct BufPool {
     /// Linux 6.10): one completion may fill several buffers, consecutive
     /// ring entries from the one it names. Off with `RINGLOOP_NO_RECV_BUNDLE`.
     pub(crate) bundle: bool,
-    /// Proactor: the buffer id at each ring entry, and each buffer's entry,
-    /// so a bundle's buffers after its first are known.
-    ring_bid: Vec<u16>,
-    ring_at: Vec<u16>,
+    /// Proactor: the buffer id at each ring entry, so a bundle's buffers
+    /// after its first are known.
+    ring_bid: Box<[u16; POOL_BUFS as usize]>,
 }
 
 pub(crate) type PoolRef = Rc<RefCell<BufPool>>;
@@ -135,8 +134,7 @@ impl BufPool {
             out: 0,
             taken: 0,
             bundle: false,
-            ring_bid: Vec::new(),
-            ring_at: Vec::new(),
+            ring_bid: Box::new([0; POOL_BUFS as usize]),
         }))
     }
 
@@ -183,8 +181,7 @@ impl BufPool {
             out: 0,
             taken: 0,
             bundle: false,
-            ring_bid: vec![0; POOL_BUFS as usize],
-            ring_at: vec![0; POOL_BUFS as usize],
+            ring_bid: Box::new([0; POOL_BUFS as usize]),
         }));
         {
             let mut p = pool.borrow_mut();
@@ -216,8 +213,7 @@ impl BufPool {
             e.set_bid(bid);
         }
         ring.tail = ring.tail.wrapping_add(1);
-        self.ring_bid[idx] = bid;
-        self.ring_at[bid as usize] = idx as u16;
+        self.ring_bid[idx & (POOL_BUFS as usize - 1)] = bid;
         let (entries, tail_now) = (ring.entries, ring.tail);
         // SAFETY: the tail field lives in entry 0 of our ring; the kernel
         // reads it with acquire semantics, so publish with release.
@@ -227,11 +223,28 @@ impl BufPool {
         }
     }
 
-    /// The `i`th buffer of a bundle whose first buffer is `first`: the
-    /// kernel takes a bundle's buffers from consecutive ring entries.
-    pub(crate) fn bundle_bid(&self, first: u16, i: usize) -> u16 {
-        let at = self.ring_at[first as usize] as usize;
-        self.ring_bid[(at + i) & (POOL_BUFS as usize - 1)]
+    /// The ring entry a bundle starting with buffer `first` starts at. The
+    /// kernel takes buffers from consecutive entries at the ring's head, and
+    /// its completions come in the order it took them (one issuer, whose
+    /// task runs the receives), so that is the entry after the last buffer
+    /// taken; should it not hold `first`, the entries not yet taken are
+    /// searched.
+    pub(crate) fn bundle_start(&self, first: u16) -> usize {
+        const MASK: usize = POOL_BUFS as usize - 1;
+        let head = self.taken as usize;
+        if self.ring_bid[head & MASK] == first {
+            return head;
+        }
+        let tail = self.ring.as_ref().map_or(self.taken, |r| r.tail);
+        (0..tail.wrapping_sub(self.taken) as usize)
+            .map(|k| head + k)
+            .find(|&at| self.ring_bid[at & MASK] == first)
+            .unwrap_or_else(|| panic!("ringloop: bundle buffer {first} is not in the ring"))
+    }
+
+    /// The buffer at ring entry `at` (see [`bundle_start`](Self::bundle_start)).
+    pub(crate) fn bid_at(&self, at: usize) -> u16 {
+        self.ring_bid[at & (POOL_BUFS as usize - 1)]
     }
 
     /// Takes a free buffer (selector): `(id, ptr, len)`, or `None` when

@@ -424,18 +424,18 @@ impl Uring {
     ) {
         use super::pool::POOL_BUF_SIZE;
         ops.stats.recv_bundles += 1;
+        let mut at = pool.borrow().bundle_start(first);
         let mut left = len;
-        let mut i = 0;
         while left > 0 {
             let n = left.min(POOL_BUF_SIZE);
             left -= n;
             let v = {
                 let mut p = pool.borrow_mut();
-                let bid = p.bundle_bid(first, i);
+                let bid = p.bid_at(at);
                 p.note_out();
                 super::pool::encode(bid, n)
             };
-            i += 1;
+            at += 1;
             let m = more || left > 0;
             if !ops.complete_direct(key, n as i32, m, || v) {
                 ops.complete(key, Ok(v), m);

@@ -381,10 +381,12 @@ fn main() {
                 });
                 // (The server's CPU over the round, per request: the
                 // comparison that holds where the load client sets the pace.)
-                if let (Some(b), Some(a)) = (before, cli::process_cpu_secs(child.id())) {
-                    if round > 0 && r > 0.0 {
-                        cpu[i].push((a - b) * 1e6 / (r * s));
-                    }
+                if let (Some(b), Some(a), true) = (
+                    before,
+                    cli::process_cpu_secs(child.id()),
+                    round > 0 && r > 0.0,
+                ) {
+                    cpu[i].push((a - b) * 1e6 / (r * s));
                 }
                 let _ = child.kill();
                 let _ = child.wait();
