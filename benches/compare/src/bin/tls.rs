@@ -31,6 +31,7 @@ const USAGE: &str = "usage: tls [--quick] [--only TEXT]
   (no arguments)  every load, 3 rounds, on the proactor, the selector and tokio-rustls
   --quick         the few-second CI form (one short round)
   --only TEXT     only the loads whose name contains TEXT (profiling)
+  --rounds N      N counted rounds (default 3) of 3 s each
   (internal: --server KIND --certs DIR; for profiling a server by hand:
    --client PORT CONNS SIZE SECS --certs DIR prints the round trips made)";
 const SERVERS: [&str; 3] = ["ringloop-proactor", "ringloop-selector", "tokio-rustls"];
@@ -326,10 +327,15 @@ fn main() {
     }
     let mut quick = false;
     let mut only = None;
+    let mut rounds_arg = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--quick" => quick = true,
+            "--rounds" => match it.next().and_then(|n| n.parse::<usize>().ok()) {
+                Some(n) if n > 0 => rounds_arg = Some(n),
+                _ => cli::usage_error("--rounds needs a number above 0", USAGE),
+            },
             "--only" => match it.next() {
                 Some(t) => only = Some(t.clone()),
                 None => cli::usage_error("--only needs a TEXT", USAGE),
@@ -338,6 +344,7 @@ fn main() {
         }
     }
     let (rounds, secs): (usize, f64) = if quick { (1, 0.5) } else { (3, 3.0) };
+    let rounds = rounds_arg.unwrap_or(rounds);
     let dir = std::env::temp_dir().join(format!("ringloop-tls-bench-{}", std::process::id()));
     make_certs(&dir);
     let cfg = client_config(&dir);
