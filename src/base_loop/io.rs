@@ -64,10 +64,12 @@ impl EventLoop {
     }
 
     /// Registers a live transport, to be told if the loop closes under it.
-    /// [`Core::flush_soon`](super::Core::flush_soon): this callback's writes
-    /// leave when it returns, not at the end of the turn.
-    pub(crate) fn flush_soon(&self) {
-        self.core.flush_soon();
+    /// Hands the kernel what is queued now, mid-turn and without waiting
+    /// (the proactor's one extra `io_uring_enter`; nothing on the
+    /// selector, whose sends are syscalls made at once). For a layer that
+    /// just spent long on one connection: see `StreamTransport::send_now`.
+    pub(crate) fn submit_now(&self) {
+        self.core.driver.borrow_mut().submit_queued();
     }
 
     pub(crate) fn register_transport(&self, t: std::rc::Weak<dyn super::LoopClosing>) -> usize {

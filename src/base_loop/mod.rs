@@ -93,10 +93,6 @@ pub(crate) struct Core {
     turn_end: RefCell<Vec<Rc<dyn crate::driver::Notify>>>,
     /// `turn_end`'s other buffer (swapped in each turn, so no allocation).
     turn_end_spare: RefCell<Vec<Rc<dyn crate::driver::Notify>>>,
-    /// A layer that just did long work (a TLS handshake step) asked for its
-    /// writes to leave when the current callback returns, not at the end of
-    /// the turn ([`Core::flush_soon`]).
-    flush_asked: Cell<bool>,
     /// Buffer for the driver's completed handlers (reused each turn).
     notified: RefCell<Vec<crate::driver::Notified>>,
     timers: RefCell<TimerHeap>,
@@ -289,19 +285,6 @@ impl Core {
     /// the one turn-end mechanism, which writers flush through.
     pub(crate) fn call_at_turn_end(&self, h: Rc<dyn crate::driver::Notify>) {
         self.turn_end.borrow_mut().push(h);
-    }
-
-    /// Asks for the turn-end writers to run, and the proactor's queue to be
-    /// submitted, as soon as the current I/O handler returns (handlers are
-    /// where received data is processed; a task's writes still leave at
-    /// the end of the turn). For a layer that
-    /// just spent long on one connection (a TLS handshake step costs a few
-    /// hundred microseconds of crypto): its answer leaves now rather than
-    /// after every other callback of the turn, so the peer works while this
-    /// loop goes on. One extra `io_uring_enter` per call, so only for work
-    /// that dwarfs a syscall.
-    pub(crate) fn flush_soon(&self) {
-        self.flush_asked.set(true);
     }
 
     /// Makes room for `n` more tasks (a `gather` spawning its children):
@@ -519,7 +502,6 @@ impl EventLoop {
             ready: RefCell::new(VecDeque::with_capacity(256)),
             turn_end: RefCell::new(Vec::new()),
             turn_end_spare: RefCell::new(Vec::new()),
-            flush_asked: Cell::new(false),
             notified: RefCell::new(Vec::new()),
             timers: RefCell::new(TimerHeap::default()),
             tasks: RefCell::new(Slab::with_capacity(64)),
@@ -857,7 +839,6 @@ impl EventLoop {
             self.run_ready(before);
             for (h, ev) in notified.drain(..) {
                 h.notify(ev);
-                self.flush_if_asked();
             }
             *core.notified.borrow_mut() = notified;
             self.run_ready(ntodo - before);
@@ -901,23 +882,6 @@ impl EventLoop {
                 None => break,
             }
         }
-    }
-
-    #[inline(always)]
-    fn flush_if_asked(&self) {
-        if self.core.flush_asked.get() {
-            self.flush_now();
-        }
-    }
-
-    /// [`Core::flush_soon`]'s flush: the writers' turn-end step, then the
-    /// queue to the kernel, without waiting.
-    #[cold]
-    fn flush_now(&self) {
-        let core = &*self.core;
-        core.flush_asked.set(false);
-        self.run_turn_end();
-        core.driver.borrow_mut().submit_queued();
     }
 
     fn run_handle(&self, h: &Handle) {

@@ -116,9 +116,11 @@ pub(crate) struct BufPool {
     /// Linux 6.10): one completion may fill several buffers, consecutive
     /// ring entries from the one it names. Off with `RINGLOOP_NO_RECV_BUNDLE`.
     pub(crate) bundle: bool,
-    /// Proactor: the buffer id at each ring entry, so a bundle's buffers
-    /// after its first are known.
-    ring_bid: Box<[u16; POOL_BUFS as usize]>,
+    /// Proactor: the buffer id at each ring entry, and the entry each
+    /// buffer was last put at, so a bundle's buffers after its first are
+    /// known.
+    ring_bid: [u16; POOL_BUFS as usize],
+    ring_at: [u16; POOL_BUFS as usize],
 }
 
 pub(crate) type PoolRef = Rc<RefCell<BufPool>>;
@@ -134,7 +136,8 @@ impl BufPool {
             out: 0,
             taken: 0,
             bundle: false,
-            ring_bid: Box::new([0; POOL_BUFS as usize]),
+            ring_bid: [0; POOL_BUFS as usize],
+            ring_at: [0; POOL_BUFS as usize],
         }))
     }
 
@@ -181,7 +184,8 @@ impl BufPool {
             out: 0,
             taken: 0,
             bundle: false,
-            ring_bid: Box::new([0; POOL_BUFS as usize]),
+            ring_bid: [0; POOL_BUFS as usize],
+            ring_at: [0; POOL_BUFS as usize],
         }));
         {
             let mut p = pool.borrow_mut();
@@ -199,6 +203,7 @@ impl BufPool {
     }
 
     /// Hands buffer `bid` to the kernel again (ring tail).
+    #[inline(always)]
     fn push_ring(&mut self, bid: u16) {
         let addr = self.buf_ptr(bid) as u64;
         let ring = self.ring.as_mut().expect("ring pool");
@@ -214,6 +219,7 @@ impl BufPool {
         }
         ring.tail = ring.tail.wrapping_add(1);
         self.ring_bid[idx & (POOL_BUFS as usize - 1)] = bid;
+        self.ring_at[bid as usize & (POOL_BUFS as usize - 1)] = idx as u16;
         let (entries, tail_now) = (ring.entries, ring.tail);
         // SAFETY: the tail field lives in entry 0 of our ring; the kernel
         // reads it with acquire semantics, so publish with release.
@@ -223,23 +229,11 @@ impl BufPool {
         }
     }
 
-    /// The ring entry a bundle starting with buffer `first` starts at. The
-    /// kernel takes buffers from consecutive entries at the ring's head, and
-    /// its completions come in the order it took them (one issuer, whose
-    /// task runs the receives), so that is the entry after the last buffer
-    /// taken; should it not hold `first`, the entries not yet taken are
-    /// searched.
+    /// The ring entry a bundle starting with buffer `first` starts at: the
+    /// kernel takes a bundle's buffers from consecutive entries, and a
+    /// buffer is in the ring at most once, at the entry it was last put at.
     pub(crate) fn bundle_start(&self, first: u16) -> usize {
-        const MASK: usize = POOL_BUFS as usize - 1;
-        let head = self.taken as usize;
-        if self.ring_bid[head & MASK] == first {
-            return head;
-        }
-        let tail = self.ring.as_ref().map_or(self.taken, |r| r.tail);
-        (0..tail.wrapping_sub(self.taken) as usize)
-            .map(|k| head + k)
-            .find(|&at| self.ring_bid[at & MASK] == first)
-            .unwrap_or_else(|| panic!("ringloop: bundle buffer {first} is not in the ring"))
+        self.ring_at[first as usize & (POOL_BUFS as usize - 1)] as usize
     }
 
     /// The buffer at ring entry `at` (see [`bundle_start`](Self::bundle_start)).
@@ -452,6 +446,7 @@ impl Deref for RecvBuf {
 }
 
 impl Drop for RecvBuf {
+    #[inline(always)]
     fn drop(&mut self) {
         self.pool.borrow_mut().give_back(self.bid);
     }

@@ -192,6 +192,15 @@ impl Transport {
         }
     }
 
+    /// A socket or pipe transport sends what it buffered at once
+    /// ([`StreamTransport::send_now`]); a layered one has nothing of its own
+    /// to send.
+    pub(crate) fn send_now(&self) {
+        if let Kind::Stream(t) = &self.0 {
+            t.send_now();
+        }
+    }
+
     /// Writes each buffer in turn. Equivalent to `WriteTransport.writelines`.
     ///
     /// # Errors

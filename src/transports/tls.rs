@@ -399,7 +399,9 @@ impl Tls {
                         // A handshake flight costs far more crypto than a
                         // syscall: it leaves now, so the peer computes its
                         // part while this loop serves the others.
-                        self.lp.flush_soon();
+                        if let Some(p) = self.plain() {
+                            p.send_now();
+                        }
                     }
                     if let Err(e) = r {
                         self.handshake_failed(e, false);
