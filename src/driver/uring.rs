@@ -412,6 +412,7 @@ impl Uring {
     /// buffer but the last is full, and each is one result of the op (the
     /// last one carries the completion's `more`), so receivers, the stash
     /// and the cancel paths see single-buffer results only.
+    #[cold]
     #[inline(never)]
     fn dispatch_bundle(
         &mut self,
