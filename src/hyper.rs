@@ -13,7 +13,8 @@
 //!   its sleeps `Send + Sync`; a [`LoopSleep`] holds only plain data (its
 //!   deadline, the id of the thread that made it, a key into that thread's
 //!   registry and a [`LoopHandle`]), so it is `Send + Sync` without any
-//!   `unsafe impl`, and it panics if polled or reset on another thread.
+//!   hand-written `Send`/`Sync` implementation, and it panics if polled or
+//!   reset on another thread.
 //! * [`serve`] / [`serve_with`] run a server (hyper-util's HTTP/1 + HTTP/2
 //!   auto-detecting builder on every accepted connection) with graceful
 //!   shutdown ([`HyperServer::shutdown`]); [`connect`], [`http1_client`]
@@ -1144,15 +1145,25 @@ where
     let (send, conn) = ::hyper::client::conn::http1::handshake(io)
         .await
         .map_err(to_error)?;
+    run_client_connection(&lp, conn, "HTTP/1");
+    Ok(send)
+}
+
+/// Drives a client connection as a task on the loop (it ends with the
+/// last `SendRequest`); an error is logged, the requests see their own.
+fn run_client_connection<C, E>(lp: &EventLoop, conn: C, what: &'static str)
+where
+    C: Future<Output = std::result::Result<(), E>> + 'static,
+    E: fmt::Display,
+{
     drop(lp.spawn_task(
         async move {
             if let Err(e) = conn.await {
-                log::debug!("hyper HTTP/1 client connection ended with an error: {e}");
+                log::debug!("hyper {what} client connection ended with an error: {e}");
             }
         },
         None,
     ));
-    Ok(send)
 }
 
 /// hyper's HTTP/2 client handshake on `io` (prior knowledge, or ALPN `h2`
@@ -1209,13 +1220,6 @@ where
         .handshake(io)
         .await
         .map_err(to_error)?;
-    drop(lp.spawn_task(
-        async move {
-            if let Err(e) = conn.await {
-                log::debug!("hyper HTTP/2 client connection ended with an error: {e}");
-            }
-        },
-        None,
-    ));
+    run_client_connection(&lp, conn, "HTTP/2");
     Ok(send)
 }

@@ -8,7 +8,7 @@ use ringloop::prelude::*;
 use ringloop::{BaseProtocol, Protocol, RecvBuf, Transport};
 
 /// Echoes each receive buffer back as it is (no copy, no allocation).
-struct Echo(Option<Transport>);
+pub struct Echo(pub Option<Transport>);
 
 impl BaseProtocol for Echo {
     fn connection_made(&mut self, t: Transport) {
