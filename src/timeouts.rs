@@ -19,24 +19,44 @@ use std::time::{Duration, Instant};
 use crate::error::{Error, Result};
 use crate::events::{AbstractEventLoop, TimerHandle, get_running_loop};
 
-struct Inner {
+/// A scope's plain state (no drop glue: a scope that never shares it
+/// costs nothing to drop).
+struct State {
+    /// The deadline once fixed (`None`: never, or not yet fixed while
+    /// `delay` holds the delay to count from the first need).
     when: Cell<Option<Instant>>,
+    /// `timeout(delay)`'s delay until the deadline is first needed.
+    delay: Cell<Option<Duration>>,
     expired: Cell<bool>,
     /// The scope's body finished (or was dropped): no more rescheduling.
     exited: Cell<bool>,
+}
+
+/// The state once shared, with what only a waiting body has: the armed
+/// timer and the body's waker.
+struct Shared {
+    state: State,
     timer: RefCell<Option<TimerHandle>>,
     waker: RefCell<Option<Waker>>,
 }
 
-impl Inner {
-    fn new(when: Option<Instant>) -> Inner {
-        Inner {
+impl State {
+    fn new(when: Option<Instant>, delay: Option<Duration>) -> State {
+        State {
             when: Cell::new(when),
+            delay: Cell::new(delay),
             expired: Cell::new(false),
             exited: Cell::new(false),
-            timer: RefCell::new(None),
-            waker: RefCell::new(None),
         }
+    }
+
+    /// The deadline, fixing a pending delay against the clock now (one
+    /// clock read, the first time only).
+    fn deadline(&self) -> Option<Instant> {
+        if let Some(d) = self.delay.take() {
+            self.when.set(Instant::now().checked_add(d));
+        }
+        self.when.get()
     }
 }
 
@@ -70,17 +90,17 @@ pub struct Timeout {
     /// a scope whose body is ready at once (the common `wait_for` around
     /// an operation that completes) costs no allocation at all. (Measured:
     /// the `Rc` was ~130 of the ~390 instructions of such a scope.)
-    local: Inner,
+    local: State,
     /// The state once shared: moved here from `local` by the first
-    /// `clone` or when the timer is armed (its callback holds a `Weak`);
-    /// from then on every handle reads this one.
-    shared: OnceCell<Rc<Inner>>,
+    /// `clone` or when the body first waits (the timer's callback holds a
+    /// `Weak`); from then on every handle reads this one.
+    shared: OnceCell<Rc<Shared>>,
 }
 
 impl Clone for Timeout {
     fn clone(&self) -> Self {
         Timeout {
-            local: Inner::new(None),
+            local: State::new(None, None),
             shared: OnceCell::from(self.share().clone()),
         }
     }
@@ -88,9 +108,18 @@ impl Clone for Timeout {
 
 /// A scope that expires `delay` from now (`None`: never, until rescheduled).
 ///
-/// Equivalent to `asyncio.timeout(delay)`.
+/// Equivalent to `asyncio.timeout(delay)`. The clock is read when the
+/// deadline is first needed — the body's first wait, or [`Timeout::when`]
+/// — not at creation: a scope created and run at once (as asyncio's
+/// `async with timeout(delay):` always is) gets the same deadline, and one
+/// whose body is ready at once never reads the clock. A scope created
+/// early and run later counts the delay from then (so it never expires
+/// early); use [`timeout_at`] for a deadline fixed in advance.
 pub fn timeout(delay: Option<Duration>) -> Timeout {
-    timeout_at(delay.and_then(|d| Instant::now().checked_add(d)))
+    Timeout {
+        local: State::new(None, delay),
+        shared: OnceCell::new(),
+    }
 }
 
 /// A scope that expires at `when` (`None`: never, until rescheduled).
@@ -98,37 +127,40 @@ pub fn timeout(delay: Option<Duration>) -> Timeout {
 /// Equivalent to `asyncio.timeout_at(when)`.
 pub fn timeout_at(when: Option<Instant>) -> Timeout {
     Timeout {
-        local: Inner::new(when),
+        local: State::new(when, None),
         shared: OnceCell::new(),
     }
 }
 
 impl Timeout {
     /// The scope's state: shared once shared, else this handle's own.
-    fn inner(&self) -> &Inner {
+    fn inner(&self) -> &State {
         match self.shared.get() {
-            Some(rc) => rc,
+            Some(rc) => &rc.state,
             None => &self.local,
         }
     }
 
     /// Shares the state (moving it out of `local` the first time).
-    fn share(&self) -> &Rc<Inner> {
+    fn share(&self) -> &Rc<Shared> {
         self.shared.get_or_init(|| {
             let l = &self.local;
-            Rc::new(Inner {
-                when: Cell::new(l.when.get()),
-                expired: Cell::new(l.expired.get()),
-                exited: Cell::new(l.exited.get()),
-                timer: RefCell::new(l.timer.borrow_mut().take()),
-                waker: RefCell::new(l.waker.borrow_mut().take()),
+            Rc::new(Shared {
+                state: State {
+                    when: Cell::new(l.when.get()),
+                    delay: Cell::new(l.delay.get()),
+                    expired: Cell::new(l.expired.get()),
+                    exited: Cell::new(l.exited.get()),
+                },
+                timer: RefCell::new(None),
+                waker: RefCell::new(None),
             })
         })
     }
 
     /// The current deadline. Equivalent to `asyncio.Timeout.when`.
     pub fn when(&self) -> Option<Instant> {
-        self.inner().when.get()
+        self.inner().deadline()
     }
 
     /// True once the deadline passed and the body was dropped.
@@ -151,33 +183,37 @@ impl Timeout {
                 "cannot reschedule an expired or finished timeout",
             ));
         }
+        self.inner().delay.set(None);
         self.inner().when.set(when);
-        if let Some(t) = self.inner().timer.borrow_mut().take() {
-            t.cancel();
-        }
-        if self.inner().waker.borrow().is_some() {
-            self.arm()?;
+        // (Unshared: the body never waited, so there is no timer to move.)
+        if let Some(sh) = self.shared.get() {
+            if let Some(t) = sh.timer.borrow_mut().take() {
+                t.cancel();
+            }
+            if sh.waker.borrow().is_some() {
+                self.arm()?;
+            }
         }
         Ok(())
     }
 
     fn arm(&self) -> Result<()> {
-        let Some(when) = self.inner().when.get() else {
+        let Some(when) = self.inner().deadline() else {
             return Ok(());
         };
         let lp = get_running_loop()?;
         let me = Rc::downgrade(self.share());
         let th = lp.call_at(when, move || {
-            if let Some(inner) = me.upgrade() {
-                if !inner.exited.get() {
-                    inner.expired.set(true);
-                    if let Some(w) = inner.waker.borrow_mut().take() {
+            if let Some(sh) = me.upgrade() {
+                if !sh.state.exited.get() {
+                    sh.state.expired.set(true);
+                    if let Some(w) = sh.waker.borrow_mut().take() {
                         w.wake();
                     }
                 }
             }
         })?;
-        *self.inner().timer.borrow_mut() = Some(th);
+        *self.share().timer.borrow_mut() = Some(th);
         Ok(())
     }
 
@@ -211,14 +247,23 @@ impl Timeout {
                 }
             }
             // (The clock is read only for a body that has to wait.)
-            let expired = self.inner().expired.get()
-                || (!armed && self.inner().when.get().is_some_and(|w| w <= Instant::now()));
+            let inner = self.inner();
+            let expired = inner.expired.get()
+                || (!armed
+                    && match inner.delay.take() {
+                        // Fixed now: expired only for a zero delay.
+                        Some(d) => {
+                            inner.when.set(Instant::now().checked_add(d));
+                            d.is_zero()
+                        }
+                        None => inner.when.get().is_some_and(|w| w <= Instant::now()),
+                    });
             if expired {
                 self.inner().expired.set(true);
                 body.set(None);
                 return Poll::Ready(Err(Error::Timeout));
             }
-            *self.inner().waker.borrow_mut() = Some(cx.waker().clone());
+            *self.share().waker.borrow_mut() = Some(cx.waker().clone());
             // The timer is armed only once the body has to wait: a body that
             // finishes at once costs no timer at all.
             if !armed {
@@ -238,14 +283,14 @@ struct ExitGuard<'a>(&'a Timeout);
 
 impl Drop for ExitGuard<'_> {
     fn drop(&mut self) {
-        let Some(inner) = self.0.shared.get() else {
+        let Some(sh) = self.0.shared.get() else {
             // Never shared: no timer was armed, no clone can see a waker.
             self.0.local.exited.set(true);
             return;
         };
-        inner.exited.set(true);
-        inner.waker.borrow_mut().take();
-        if let Some(t) = inner.timer.borrow_mut().take() {
+        sh.state.exited.set(true);
+        sh.waker.borrow_mut().take();
+        if let Some(t) = sh.timer.borrow_mut().take() {
             t.cancel();
         }
     }

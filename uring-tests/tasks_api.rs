@@ -341,6 +341,28 @@ both_backends! {
             }).await;
             assert!(matches!(r, Err(Error::Timeout)));
             assert!(outer.expired() && inner_dropped.get());
+
+            // `timeout(delay)` fixes its deadline when first needed: `when`
+            // reads the clock then, and a scope created early and run
+            // later counts from its first wait (it never expires early).
+            let before = Instant::now();
+            let t = timeout(Some(ms(200)));
+            sleep(ms(250)).await.unwrap();
+            let r = t.run(async {
+                ringloop::sleep(Duration::ZERO).await.unwrap();
+                "counted from the first wait"
+            }).await;
+            assert_eq!(r.unwrap(), "counted from the first wait");
+            assert!(t.when().unwrap() >= before + ms(450), "fixed at the first wait");
+            let t = timeout(Some(ms(200)));
+            let (a, w, b) = (Instant::now(), t.when().unwrap(), Instant::now());
+            assert!(a + ms(200) <= w && w <= b + ms(200));
+            assert_eq!(t.when().unwrap(), w, "fixed once");
+            // A deadline fixed in advance stays put.
+            let at = Instant::now() + ms(100);
+            let t = timeout_at(Some(at));
+            sleep(ms(150)).await.unwrap();
+            assert!(matches!(t.run(sleep(Duration::from_secs(60))).await, Err(Error::Timeout)));
         });
     }
 }
