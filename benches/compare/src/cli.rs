@@ -32,3 +32,59 @@ pub fn process_cpu_secs(pid: u32) -> Option<f64> {
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     (hz > 0).then(|| (utime + stime) as f64 / hz as f64)
 }
+
+/// Starts this binary again as a server — `wrapper` (strace, valgrind)
+/// first if given, pinned to core 0 by `taskset` when `pin` and taskset
+/// exists — with `args`, and waits at most `limit` for the `PORT p` line
+/// it prints once it listens. `None` (the child killed and reaped) if the
+/// line never comes. The caller owns the child: it kills and waits on it.
+#[allow(dead_code, clippy::zombie_processes)] // not every binary wraps or pins
+pub fn spawn_server<I, S>(
+    pin: bool,
+    wrapper: &[&str],
+    args: I,
+    limit: std::time::Duration,
+) -> Option<(std::process::Child, u16)>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    let exe = std::env::current_exe().expect("own executable");
+    let mut argv: Vec<std::ffi::OsString> = Vec::new();
+    if pin && Command::new("taskset").arg("--version").output().is_ok() {
+        argv.extend(["taskset", "-c", "0"].map(Into::into));
+    }
+    argv.extend(wrapper.iter().map(Into::into));
+    argv.push(exe.into());
+    argv.extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+    let mut child = Command::new(&argv[0])
+        .args(&argv[1..])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("server process");
+    let out = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    // A thread reads the lines, so that `limit` bounds the wait.
+    std::thread::spawn(move || {
+        let mut out = std::io::BufReader::new(out);
+        let mut line = String::new();
+        while out.read_line(&mut line).unwrap_or(0) > 0 {
+            if let Some(p) = line.trim().strip_prefix("PORT ") {
+                let _ = tx.send(p.parse::<u16>().ok());
+                return;
+            }
+            line.clear();
+        }
+    });
+    match rx.recv_timeout(limit) {
+        Ok(Some(port)) => Some((child, port)),
+        _ => {
+            let _ = child.kill();
+            let _ = child.wait();
+            None
+        }
+    }
+}

@@ -17,8 +17,7 @@
 //! `cargo run --release -p ringloop-compare --bin hyper [-- --quick]`.
 //! Results: Markdown on stdout, `target/bench/hyper.json`.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use axum::Router;
@@ -151,44 +150,9 @@ fn serve(kind: &str) {
 
 // Starts a server pinned to core 0 and waits for its port; the caller
 // owns the child and waits on it.
-#[allow(clippy::zombie_processes)]
 fn spawn(kind: &str) -> (Child, u16) {
-    let exe = std::env::current_exe().unwrap();
-    let pin = Command::new("taskset").arg("--version").output().is_ok();
-    let mut cmd = if pin {
-        let mut c = Command::new("taskset");
-        c.args(["-c", "0"]).arg(&exe);
-        c
-    } else {
-        Command::new(&exe)
-    };
-    let mut child = cmd
-        .args(["--server", kind])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("server process");
-    let out = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut out = BufReader::new(out);
-        let mut line = String::new();
-        while out.read_line(&mut line).unwrap_or(0) > 0 {
-            if let Some(p) = line.trim().strip_prefix("PORT ") {
-                let _ = tx.send(p.parse::<u16>().unwrap());
-                return;
-            }
-            line.clear();
-        }
-    });
-    match rx.recv_timeout(Duration::from_secs(30)) {
-        Ok(port) => (child, port),
-        Err(_) => {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("server {kind} did not print its port");
-        }
-    }
+    cli::spawn_server(true, &[], ["--server", kind], Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("server {kind} did not print its port"))
 }
 
 /// Requests per second of `wrk -t1 -c{conns}` against `port` (wrk pinned

@@ -19,8 +19,7 @@
 //! Results: Markdown on stdout, `target/bench/net.json`, `target/bench/net.svg`.
 
 use std::cell::Cell;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -488,58 +487,15 @@ fn spawn(kind: &str, wrapper: &[&str], quit_after: usize) -> (Child, u16) {
 
 /// Starts a server (under `wrapper`, e.g. strace or valgrind) and waits at
 /// most `limit` for its port; `None` (the child killed) if it never comes.
-// The caller owns the returned child and waits on it.
-#[allow(clippy::zombie_processes)]
+/// The caller owns the returned child and waits on it.
 fn spawn_within(
     kind: &str,
     wrapper: &[&str],
     quit_after: usize,
     limit: Duration,
 ) -> Option<(Child, u16)> {
-    let exe = std::env::current_exe().unwrap();
-    let pin = Command::new("taskset").arg("--version").output().is_ok();
-    let mut argv: Vec<String> = Vec::new();
-    if pin {
-        argv.extend(["taskset", "-c", "0"].map(String::from));
-    }
-    argv.extend(wrapper.iter().map(|s| s.to_string()));
-    argv.push(exe.to_string_lossy().into_owned());
-    argv.extend([
-        "--server".into(),
-        kind.into(),
-        "--quit-after".into(),
-        quit_after.to_string(),
-    ]);
-    let mut child = Command::new(&argv[0])
-        .args(&argv[1..])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("server process");
-    let out = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut out = BufReader::new(out);
-        let mut line = String::new();
-        loop {
-            line.clear();
-            if out.read_line(&mut line).unwrap_or(0) == 0 {
-                return;
-            }
-            if let Some(p) = line.trim().strip_prefix("PORT ") {
-                let _ = tx.send(p.parse::<u16>().unwrap());
-                return;
-            }
-        }
-    });
-    match rx.recv_timeout(limit) {
-        Ok(port) => Some((child, port)),
-        Err(_) => {
-            let _ = child.kill();
-            let _ = child.wait();
-            None
-        }
-    }
+    let q = quit_after.to_string();
+    cli::spawn_server(true, wrapper, ["--server", kind, "--quit-after", &q], limit)
 }
 
 // ------------------------------------------------------------------ client

@@ -16,8 +16,7 @@
 //! `cargo run --release -p ringloop-compare --bin percore [-- --quick]`.
 //! Results: Markdown on stdout, `target/bench/percore.json`.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::Duration;
 
 use ringloop::prelude::*;
@@ -58,32 +57,11 @@ fn serve(backend: Backend, loops: usize) {
 }
 
 // The caller owns the returned child and kills it.
-#[allow(clippy::zombie_processes)]
 fn spawn(backend: &str, loops: usize, cpus: &[usize]) -> (Child, u16) {
     let cpus: Vec<String> = cpus.iter().map(|c| c.to_string()).collect();
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--server", backend, &loops.to_string(), &cpus.join(",")])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("server process");
-    let out = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(out).read_line(&mut line);
-        if let Some(p) = line.trim().strip_prefix("PORT ") {
-            let _ = tx.send(p.parse::<u16>().unwrap());
-        }
-    });
-    match rx.recv_timeout(Duration::from_secs(30)) {
-        Ok(port) => (child, port),
-        Err(_) => {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("server {backend} x{loops} did not print its port");
-        }
-    }
+    let args = ["--server", backend, &loops.to_string(), &cpus.join(",")].map(String::from);
+    cli::spawn_server(false, &[], args, Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("server {backend} x{loops} did not print its port"))
 }
 
 fn median(v: &mut [f64]) -> f64 {

@@ -10,9 +10,9 @@
 //! `cargo run --release -p ringloop-compare --bin tls [-- --quick]`.
 //! Results: Markdown on stdout.
 
-use std::io::{BufRead, BufReader};
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -170,33 +170,16 @@ fn serve_tokio(dir: &Path) {
     });
 }
 
-#[allow(clippy::zombie_processes)] // the caller kills and waits
+// The caller kills and waits on the child.
 fn spawn(kind: &str, dir: &Path) -> (Child, u16) {
-    let exe = std::env::current_exe().unwrap();
-    let pin = Command::new("taskset").arg("--version").output().is_ok();
-    let mut cmd = if pin {
-        let mut c = Command::new("taskset");
-        c.args(["-c", "0"]).arg(&exe);
-        c
-    } else {
-        Command::new(&exe)
-    };
-    let mut child = cmd
-        .args(["--server", kind, "--certs"])
-        .arg(dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("server process");
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    while out.read_line(&mut line).unwrap_or(0) > 0 {
-        if let Some(p) = line.trim().strip_prefix("PORT ") {
-            return (child, p.parse().unwrap());
-        }
-        line.clear();
-    }
-    panic!("server {kind} did not print its port");
+    let args = [
+        OsStr::new("--server"),
+        OsStr::new(kind),
+        OsStr::new("--certs"),
+        dir.as_os_str(),
+    ];
+    cli::spawn_server(true, &[], args, Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("server {kind} did not print its port"))
 }
 
 // ------------------------------------------------------------------ client
@@ -331,6 +314,7 @@ fn main() {
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
+            "--help" | "-h" => return println!("{USAGE}"),
             "--quick" => quick = true,
             "--rounds" => match it.next().and_then(|n| n.parse::<usize>().ok()) {
                 Some(n) if n > 0 => rounds_arg = Some(n),
