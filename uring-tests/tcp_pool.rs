@@ -319,3 +319,88 @@ fn without_receive_bundles_each_completion_fills_one_buffer() {
     }
     NO_BUNDLE.run("proactor", &[("RINGLOOP_NO_RECV_BUNDLE", "1")]);
 }
+
+/// An echo server on `lp` for `clients` clients on their own threads
+/// (blocking sockets, so the loop's only stream receives are the
+/// server's), each sending `each` bytes in 256 KiB writes and checking the
+/// echo; the most pool buffers one receive completion filled.
+fn echo_to_threads(lp: &EventLoop, clients: usize, each: usize) -> u64 {
+    use std::io::{Read, Write};
+    let before = lp.driver_stats().recv_bundle_max;
+    assert_eq!(before, 0, "a fresh loop");
+    common::run_bounded(lp, LIMIT, async move {
+        let lp = get_running_loop().unwrap();
+        let owned = Rc::new(std::cell::Cell::new(0));
+        let slices = Rc::new(std::cell::Cell::new(0));
+        let server = lp
+            .create_server(
+                move || OwnedEcho {
+                    t: None,
+                    owned: owned.clone(),
+                    slices: slices.clone(),
+                },
+                "127.0.0.1",
+                0,
+            )
+            .await
+            .unwrap();
+        let port = server.sockets()[0].as_socket().unwrap().port();
+        let threads: Vec<_> = (0..clients)
+            .map(|k| {
+                std::thread::spawn(move || {
+                    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+                    let data: Vec<u8> = (0..each).map(|i| (i * 7 + k) as u8).collect();
+                    let mut r = s.try_clone().unwrap();
+                    let reader = std::thread::spawn(move || {
+                        let mut got = vec![0u8; each];
+                        r.read_exact(&mut got).unwrap();
+                        got
+                    });
+                    for c in data.chunks(256 << 10) {
+                        s.write_all(c).unwrap();
+                    }
+                    let got = reader.join().unwrap();
+                    assert!(got == data, "client {k}: the echo differs");
+                })
+            })
+            .collect();
+        // (The loop serves while the clients run; a client that panics
+        // finishes too, and its join below reports it.)
+        while !threads.iter().all(|t| t.is_finished()) {
+            sleep(Duration::from_millis(2)).await.unwrap();
+        }
+        for t in threads {
+            t.join().expect("client thread");
+        }
+        server.close();
+        server.wait_closed().await;
+    });
+    lp.driver_stats().recv_bundle_max
+}
+
+both_backends! {
+    fn one_connection_takes_bundles_of_four_buffers_and_several_take_eight(lp) {
+        let one = echo_to_threads(lp, 1, 8 << 20);
+        match lp.backend() {
+            Backend::Proactor if lp.uses_recv_bundles() => {
+                // One stream receive on the loop: 64 KiB per completion at
+                // most (its reply starts while the rest still arrives).
+                assert!((2..=4).contains(&one), "one connection: bundles of {one} buffers");
+                // Three: up to 128 KiB per completion, and 8 MiB in 256 KiB
+                // writes each makes some completions take more than four.
+                let lp3 = common::new_loop(Backend::Proactor);
+                let three = echo_to_threads(&lp3, 3, 8 << 20);
+                common::assert_backend_used(&lp3, Backend::Proactor);
+                lp3.close().unwrap();
+                assert!((5..=8).contains(&three), "three connections: bundles of {three} buffers");
+            }
+            Backend::Proactor => {
+                assert!(!kernel_at_least(6, 10), "receive bundles are off on a 6.10+ kernel");
+                eprintln!("!!! kernel before 6.10: no receive bundles, one buffer per completion checked");
+                assert_eq!(one, 0);
+            }
+            // The selector receives one pool buffer per recv(2).
+            Backend::Selector => assert_eq!(one, 0),
+        }
+    }
+}

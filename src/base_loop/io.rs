@@ -191,11 +191,11 @@ impl StreamRecv {
                 Plain::Sock(HandlerOp::submit(driver, Box::new(Recv::new(fd, buf)), h))
             });
         } else {
-            let op = Box::new(RecvPooled {
-                fd: self.fd.clone(),
-                pool: self.pool.clone(),
-                pipe: self.pipe,
-            });
+            let op = Box::new(RecvPooled::new(
+                self.fd.clone(),
+                self.pool.clone(),
+                self.pipe,
+            ));
             self.multi = Some(MultiOp::submit_stream(driver, op, h));
         }
     }

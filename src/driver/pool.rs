@@ -55,8 +55,18 @@ const RECV_TURN_BUDGET: u32 = 4;
 /// bundle is the plain `Recv` one).
 const RECV_MULTISHOT: u16 = 1 << 1;
 const RECVSEND_BUNDLE: u16 = 1 << 4;
-/// Most bytes one receive bundle takes (four pool buffers).
+/// Most bytes one receive bundle takes while the loop has few stream
+/// receives (four pool buffers): a request/response connection on its own
+/// is bound by latency, and a smaller bundle lets its reply start while the
+/// rest of a large message is still arriving.
 pub(crate) const BUNDLE_MAX: usize = 4 * POOL_BUF_SIZE;
+/// Most bytes one receive bundle takes once the loop has more than
+/// `FEW_RECEIVERS` stream receives (eight pool buffers): with many
+/// connections the turn batches anyway, and a bundle that holds a whole
+/// 100 KiB message halves the completions and sends per message.
+pub(crate) const BUNDLE_MAX_BUSY: usize = 8 * POOL_BUF_SIZE;
+/// See [`BUNDLE_MAX_BUSY`].
+const FEW_RECEIVERS: usize = 1;
 /// The buffer group id of the ring.
 pub(crate) const BGID: u16 = 0;
 /// Marks a completion value that names a pool buffer: `BIT | bid << 16 | len`.
@@ -121,6 +131,9 @@ pub(crate) struct BufPool {
     /// known.
     ring_bid: [u16; POOL_BUFS as usize],
     ring_at: [u16; POOL_BUFS as usize],
+    /// Stream receives into the pool that exist now ([`RecvPooled`]s):
+    /// what a new bundle's cap is chosen by.
+    receivers: usize,
 }
 
 pub(crate) type PoolRef = Rc<RefCell<BufPool>>;
@@ -138,6 +151,7 @@ impl BufPool {
             bundle: false,
             ring_bid: [0; POOL_BUFS as usize],
             ring_at: [0; POOL_BUFS as usize],
+            receivers: 0,
         }))
     }
 
@@ -186,6 +200,7 @@ impl BufPool {
             bundle: false,
             ring_bid: [0; POOL_BUFS as usize],
             ring_at: [0; POOL_BUFS as usize],
+            receivers: 0,
         }));
         {
             let mut p = pool.borrow_mut();
@@ -458,11 +473,11 @@ impl std::fmt::Debug for RecvBuf {
     }
 }
 
-/// A multishot receive bundle on `fd` capped at `BUNDLE_MAX` bytes per
+/// A multishot receive bundle on `fd` capped at `cap` bytes per
 /// completion. (A cap on a multishot receive is recent: the driver probes
 /// that the kernel takes it before using bundles at all.)
-pub(crate) fn bundle_entry(fd: RawFd) -> squeue::Entry {
-    opcode::Recv::new(types::Fd(fd), std::ptr::null_mut(), BUNDLE_MAX as u32)
+pub(crate) fn bundle_entry(fd: RawFd, cap: usize) -> squeue::Entry {
+    opcode::Recv::new(types::Fd(fd), std::ptr::null_mut(), cap as u32)
         .ioprio(RECV_MULTISHOT | RECVSEND_BUNDLE)
         .buf_group(BGID)
         .build()
@@ -472,11 +487,24 @@ pub(crate) fn bundle_entry(fd: RawFd) -> squeue::Entry {
 /// Multishot receive into pool buffers: one completion per chunk received,
 /// no buffer held while nothing arrives.
 pub(crate) struct RecvPooled {
-    pub(crate) fd: SharedFd,
-    pub(crate) pool: PoolRef,
+    fd: SharedFd,
+    pool: PoolRef,
     /// The fd is a pipe (or another non-socket stream): a multishot
     /// `read` (Linux 6.7), not `recv`.
-    pub(crate) pipe: bool,
+    pipe: bool,
+}
+
+impl RecvPooled {
+    pub(crate) fn new(fd: SharedFd, pool: PoolRef, pipe: bool) -> RecvPooled {
+        pool.borrow_mut().receivers += 1;
+        RecvPooled { fd, pool, pipe }
+    }
+}
+
+impl Drop for RecvPooled {
+    fn drop(&mut self) {
+        self.pool.borrow_mut().receivers -= 1;
+    }
 }
 
 // SAFETY: no pointers: the kernel picks a buffer from the registered ring,
@@ -489,8 +517,17 @@ unsafe impl OpAble for RecvPooled {
                 .offset(u64::MAX)
                 .build();
         }
-        if self.pool.borrow().bundle {
-            return bundle_entry(self.fd.raw());
+        let (bundle, receivers) = {
+            let p = self.pool.borrow();
+            (p.bundle, p.receivers)
+        };
+        if bundle {
+            let cap = if receivers > FEW_RECEIVERS {
+                BUNDLE_MAX_BUSY
+            } else {
+                BUNDLE_MAX
+            };
+            return bundle_entry(self.fd.raw(), cap);
         }
         opcode::RecvMulti::new(types::Fd(self.fd.raw()), BGID).build()
     }

@@ -76,7 +76,7 @@ fn takes_capped_bundles(ring: &mut IoUring) -> bool {
     let Ok((a, b)) = std::os::unix::net::UnixStream::pair() else {
         return false;
     };
-    let entry = super::pool::bundle_entry(a.as_raw_fd()).user_data(TAG);
+    let entry = super::pool::bundle_entry(a.as_raw_fd(), super::pool::BUNDLE_MAX).user_data(TAG);
     let cancel = opcode::AsyncCancel::new(TAG).build().user_data(TAG_CANCEL);
     // SAFETY: the entries point at nothing of ours (no buffer: the kernel
     // would pick one from the registered ring); the socket outlives the
@@ -425,6 +425,8 @@ impl Uring {
     ) {
         use super::pool::POOL_BUF_SIZE;
         ops.stats.recv_bundles += 1;
+        let bufs = len.div_ceil(POOL_BUF_SIZE) as u64;
+        ops.stats.recv_bundle_max = ops.stats.recv_bundle_max.max(bufs);
         let mut at = pool.borrow().bundle_start(first);
         let mut left = len;
         while left > 0 {
