@@ -108,13 +108,16 @@ impl Clone for Timeout {
 
 /// A scope that expires `delay` from now (`None`: never, until rescheduled).
 ///
-/// Equivalent to `asyncio.timeout(delay)`. The clock is read when the
-/// deadline is first needed — the body's first wait, or [`Timeout::when`]
-/// — not at creation: a scope created and run at once (as asyncio's
-/// `async with timeout(delay):` always is) gets the same deadline, and one
-/// whose body is ready at once never reads the clock. A scope created
-/// early and run later counts the delay from then (so it never expires
-/// early); use [`timeout_at`] for a deadline fixed in advance.
+/// Equivalent to `asyncio.timeout(delay)`, with one difference: the clock
+/// is read when the deadline is first needed — at the end of the body's
+/// first poll if the body has to wait, or by [`Timeout::when`] — not at
+/// creation, so a body that is ready at once never reads the clock. A
+/// scope created and run at once (as asyncio's `async with
+/// timeout(delay):` always is) gets its deadline a first poll later than
+/// asyncio's: synchronous work the body does before its first wait is not
+/// counted (it never expires early). A scope created early and run later
+/// counts the delay from its run; use [`timeout_at`] for a deadline fixed
+/// in advance.
 pub fn timeout(delay: Option<Duration>) -> Timeout {
     Timeout {
         local: State::new(None, delay),

@@ -345,10 +345,15 @@ fn echo_to_threads(lp: &EventLoop, clients: usize, each: usize) -> u64 {
             .await
             .unwrap();
         let port = server.sockets()[0].as_socket().unwrap().port();
+        // Every client connects before any writes, so that the server's
+        // receives overlap (their count is what the cap is chosen by).
+        let all_connected = std::sync::Arc::new(std::sync::Barrier::new(clients));
         let threads: Vec<_> = (0..clients)
             .map(|k| {
+                let all_connected = all_connected.clone();
                 std::thread::spawn(move || {
                     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+                    all_connected.wait();
                     let data: Vec<u8> = (0..each).map(|i| (i * 7 + k) as u8).collect();
                     let mut r = s.try_clone().unwrap();
                     let reader = std::thread::spawn(move || {

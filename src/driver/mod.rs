@@ -90,9 +90,10 @@ pub struct DriverStats {
     /// Proactor: receive completions that filled more than one pool buffer
     /// (a bundle, Linux 6.10+), each handed on as one result per buffer.
     pub recv_bundles: u64,
-    /// Proactor: the most pool buffers one receive completion filled: at
-    /// most 4 (64 KiB) while the loop has one stream receive, 8 (128 KiB)
-    /// with more (see *Receive bundles* in docs/design.md).
+    /// Proactor: the most pool buffers one receive bundle filled (0 while
+    /// no completion filled more than one): at most 4 (64 KiB) while the
+    /// loop has one socket receive, 8 (128 KiB) with more (see *Receive
+    /// bundles* in docs/design.md).
     pub recv_bundle_max: u64,
     /// Proactor: enters made mid-turn because a layer asked for its writes
     /// to leave at once (a TLS handshake flight).

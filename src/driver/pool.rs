@@ -55,13 +55,13 @@ const RECV_TURN_BUDGET: u32 = 4;
 /// bundle is the plain `Recv` one).
 const RECV_MULTISHOT: u16 = 1 << 1;
 const RECVSEND_BUNDLE: u16 = 1 << 4;
-/// Most bytes one receive bundle takes while the loop has few stream
-/// receives (four pool buffers): a request/response connection on its own
+/// Most bytes one receive bundle takes while the loop has one socket
+/// receive (four pool buffers): a request/response connection on its own
 /// is bound by latency, and a smaller bundle lets its reply start while the
 /// rest of a large message is still arriving.
 pub(crate) const BUNDLE_MAX: usize = 4 * POOL_BUF_SIZE;
 /// Most bytes one receive bundle takes once the loop has more than
-/// `FEW_RECEIVERS` stream receives (eight pool buffers): with many
+/// `FEW_RECEIVERS` socket receives (eight pool buffers): with many
 /// connections the turn batches anyway, and a bundle that holds a whole
 /// 100 KiB message halves the completions and sends per message.
 pub(crate) const BUNDLE_MAX_BUSY: usize = 8 * POOL_BUF_SIZE;
@@ -131,8 +131,9 @@ pub(crate) struct BufPool {
     /// known.
     ring_bid: [u16; POOL_BUFS as usize],
     ring_at: [u16; POOL_BUFS as usize],
-    /// Stream receives into the pool that exist now ([`RecvPooled`]s):
-    /// what a new bundle's cap is chosen by.
+    /// Socket receives into the pool that exist now ([`RecvPooled`]s on
+    /// sockets; pipes never take bundles): what a new bundle's cap is
+    /// chosen by.
     receivers: usize,
 }
 
@@ -496,14 +497,18 @@ pub(crate) struct RecvPooled {
 
 impl RecvPooled {
     pub(crate) fn new(fd: SharedFd, pool: PoolRef, pipe: bool) -> RecvPooled {
-        pool.borrow_mut().receivers += 1;
+        if !pipe {
+            pool.borrow_mut().receivers += 1;
+        }
         RecvPooled { fd, pool, pipe }
     }
 }
 
 impl Drop for RecvPooled {
     fn drop(&mut self) {
-        self.pool.borrow_mut().receivers -= 1;
+        if !self.pipe {
+            self.pool.borrow_mut().receivers -= 1;
+        }
     }
 }
 
