@@ -249,20 +249,13 @@ impl Timeout {
                     return Poll::Ready(Ok(v));
                 }
             }
-            // (The clock is read only for a body that has to wait.)
+            // (The clock is read only for a body that has to wait; its
+            // first wait fixes a pending delay.)
             let inner = self.inner();
             let expired = inner.expired.get()
-                || (!armed
-                    && match inner.delay.take() {
-                        // Fixed now: expired only for a zero delay.
-                        Some(d) => {
-                            inner.when.set(Instant::now().checked_add(d));
-                            d.is_zero()
-                        }
-                        None => inner.when.get().is_some_and(|w| w <= Instant::now()),
-                    });
+                || (!armed && inner.deadline().is_some_and(|w| w <= Instant::now()));
             if expired {
-                self.inner().expired.set(true);
+                inner.expired.set(true);
                 body.set(None);
                 return Poll::Ready(Err(Error::Timeout));
             }

@@ -64,7 +64,7 @@ pub(crate) const BUNDLE_MAX: usize = 4 * POOL_BUF_SIZE;
 /// `FEW_RECEIVERS` socket receives (eight pool buffers): with many
 /// connections the turn batches anyway, and a bundle that holds a whole
 /// 100 KiB message halves the completions and sends per message.
-pub(crate) const BUNDLE_MAX_BUSY: usize = 8 * POOL_BUF_SIZE;
+const BUNDLE_MAX_BUSY: usize = 8 * POOL_BUF_SIZE;
 /// See [`BUNDLE_MAX_BUSY`].
 const FEW_RECEIVERS: usize = 1;
 /// The buffer group id of the ring.
@@ -355,6 +355,16 @@ impl BufPool {
         self.top_up();
     }
 
+    /// The byte cap of a stream receive armed now, if receives are
+    /// bundles: by how many socket receives the loop has.
+    fn bundle_cap(&self) -> Option<usize> {
+        self.bundle.then_some(if self.receivers > FEW_RECEIVERS {
+            BUNDLE_MAX_BUSY
+        } else {
+            BUNDLE_MAX
+        })
+    }
+
     /// Proactor: (buffers the ring is sized to hold now, times it ran dry).
     #[cfg_attr(not(feature = "diagnostics"), allow(dead_code))]
     pub(crate) fn ring_stats(&self) -> Option<(usize, u64)> {
@@ -522,16 +532,7 @@ unsafe impl OpAble for RecvPooled {
                 .offset(u64::MAX)
                 .build();
         }
-        let (bundle, receivers) = {
-            let p = self.pool.borrow();
-            (p.bundle, p.receivers)
-        };
-        if bundle {
-            let cap = if receivers > FEW_RECEIVERS {
-                BUNDLE_MAX_BUSY
-            } else {
-                BUNDLE_MAX
-            };
+        if let Some(cap) = self.pool.borrow().bundle_cap() {
             return bundle_entry(self.fd.raw(), cap);
         }
         opcode::RecvMulti::new(types::Fd(self.fd.raw()), BGID).build()

@@ -38,7 +38,7 @@ pub fn process_cpu_secs(pid: u32) -> Option<f64> {
 /// exists — with `args`, and waits at most `limit` for the `PORT p` line
 /// it prints once it listens. `None` (the child killed and reaped) if the
 /// line never comes. The caller owns the child: it kills and waits on it.
-#[allow(dead_code, clippy::zombie_processes)] // not every binary wraps or pins
+#[allow(dead_code, clippy::zombie_processes)] // micro and spawn start no servers
 pub fn spawn_server<I, S>(
     pin: bool,
     wrapper: &[&str],
