@@ -11,7 +11,6 @@ mod tls_support;
 use std::cell::RefCell;
 use std::io::Write;
 use std::rc::Rc;
-use std::time::Duration;
 
 use common::run_bounded;
 use ringloop::prelude::*;
@@ -149,6 +148,26 @@ both_backends! {
     }
 }
 
+/// Reads `openssl s_server`'s stdout up to its `ACCEPT ADDR:PORT` line (it
+/// prints it once it listens) and returns the port; a thread drains the
+/// rest so the server never blocks on a full pipe.
+fn accept_port(stdout: std::process::ChildStdout) -> Option<u16> {
+    use std::io::BufRead;
+    let mut lines = std::io::BufReader::new(stdout);
+    let mut line = String::new();
+    let port = loop {
+        line.clear();
+        if lines.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
+        if let Some(addr) = line.trim().strip_prefix("ACCEPT ") {
+            break addr.rsplit(':').next()?.parse().ok()?;
+        }
+    };
+    std::thread::spawn(move || std::io::copy(&mut lines, &mut std::io::sink()));
+    Some(port)
+}
+
 both_backends! {
     fn ringloop_client_against_openssl_s_server_tls12_and_tls13(lp) {
         let l = lp.clone();
@@ -158,10 +177,10 @@ both_backends! {
             }
             let dir = pem_dir(&format!("{:?}-server", l.backend()));
             for (flag, version) in [("-tls1_2", "TLSv1.2"), ("-tls1_3", "TLSv1.3")] {
-                // A free port for s_server (it cannot report one it picked).
-                let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+                // s_server binds port 0 itself and prints `ACCEPT ADDR:PORT`
+                // once it listens: no port picked here can race another test.
                 let mut child = std::process::Command::new("openssl")
-                    .args(["s_server", "-accept", &format!("127.0.0.1:{port}"), flag, "-rev", "-naccept", "1", "-cert"])
+                    .args(["s_server", "-accept", "127.0.0.1:0", flag, "-rev", "-naccept", "1", "-cert"])
                     .arg(dir.join("cert.pem"))
                     .arg("-key")
                     .arg(dir.join("key.pem"))
@@ -170,35 +189,24 @@ both_backends! {
                     .stderr(std::process::Stdio::piped())
                     .spawn()
                     .unwrap();
-                // Connect once it listens.
-                let mut t = None;
-                for _ in 0..200 {
-                    let rec = Rc::new(RefCell::new(Rec {
-                        want: 6,
-                        got_enough: Some(l.create_future()),
-                        ..Default::default()
-                    }));
-                    match l
-                        .create_connection_with({
-                            let r = rec.clone();
-                            move || r
-                        }, ConnectOptions {
-                            server_hostname: Some("localhost".into()),
-                            ..tls_connect_opts(port)
-                        })
-                        .await
-                    {
-                        Ok(tr) => {
-                            t = Some((tr, rec));
-                            break;
-                        }
-                        Err(e) if e.io_kind() == Some(std::io::ErrorKind::ConnectionRefused) => {
-                            ringloop::sleep(Duration::from_millis(20)).await.unwrap();
-                        }
-                        Err(e) => panic!("{flag}: {e:?}"),
-                    }
-                }
-                let (tr, rec) = t.expect("s_server came up");
+                let stdout = child.stdout.take().unwrap();
+                let port = ringloop::to_thread(move || accept_port(stdout)).await.unwrap();
+                let port = port.unwrap_or_else(|| panic!("{flag}: s_server printed no ACCEPT line"));
+                let rec = Rc::new(RefCell::new(Rec {
+                    want: 6,
+                    got_enough: Some(l.create_future()),
+                    ..Default::default()
+                }));
+                let tr = l
+                    .create_connection_with({
+                        let r = rec.clone();
+                        move || r
+                    }, ConnectOptions {
+                        server_hostname: Some("localhost".into()),
+                        ..tls_connect_opts(port)
+                    })
+                    .await
+                    .unwrap_or_else(|e| panic!("{flag}: {e:?}"));
                 assert!(matches!(tr.get_extra_info("tls_version"), Some(ExtraInfo::Text(v)) if v == version));
                 tr.write(&b"hello\n"[..]).unwrap();
                 let got = rec.borrow().got_enough.clone().unwrap();
