@@ -15,6 +15,7 @@ use crate::driver::ops::{PollAdd, Read, Recv, RecvFrom, SendMsg};
 use crate::driver::pool::{PoolRef, RecvBuf, RecvPooled};
 use crate::driver::{Done, Event, HandlerOp, MultiOp, Notify, ReusableOp};
 use crate::sock::SockAddr;
+use std::os::fd::RawFd;
 
 /// Receive size of the plain receive used while the pool is dry.
 const PLAIN_READ_SIZE: usize = 64 * 1024;
@@ -95,6 +96,9 @@ pub(crate) enum Received {
     /// The receive ended without data (paused, or the pool ran dry):
     /// [`StreamRecv::start`] again while reading.
     Ended,
+    /// The socket is readable (readiness mode, [`StreamRecv::read_by_readiness`]):
+    /// the layer above reads it itself, through a [`SocketInput`].
+    Readable,
 }
 
 /// The receive side of a stream socket: at most one receive in flight, a
@@ -118,6 +122,11 @@ pub(crate) struct StreamRecv {
     multishot: bool,
     /// `multi` was asked to end; its final completion is still to come.
     cancelling: bool,
+    /// Readiness mode: a receive is a wait for the socket to be readable,
+    /// and the layer above reads it itself.
+    by_readiness: bool,
+    /// That wait (kept in the driver between uses).
+    ready: Option<ReusableOp<PollAdd>>,
 }
 
 /// A plain receive: `recv` on a socket, `read` on a pipe.
@@ -154,6 +163,21 @@ impl StreamRecv {
             pipe: false,
             multishot: true,
             cancelling: false,
+            by_readiness: false,
+            ready: None,
+        }
+    }
+
+    /// From now on a receive waits for the socket to be readable and
+    /// reports [`Received::Readable`]: the layer above reads the socket
+    /// itself (TLS reads it into rustls's buffer, the one copy tokio-rustls
+    /// makes too). A receive in flight goes on until it ends, so nothing
+    /// it gets comes after what is read directly; and while a cancelled
+    /// receive's data may still be kept for this socket, a pool receive
+    /// takes it first (see `start`).
+    pub(crate) fn read_by_readiness(&mut self) {
+        if !self.pipe {
+            self.by_readiness = true;
         }
     }
 
@@ -173,7 +197,9 @@ impl StreamRecv {
     /// A receive is in flight (or ending).
     #[inline]
     pub(crate) fn active(&self) -> bool {
-        self.multi.is_some() || self.plain.is_some()
+        self.multi.is_some()
+            || self.plain.is_some()
+            || self.ready.as_ref().is_some_and(ReusableOp::in_flight)
     }
 
     /// Starts a receive whose results go to `h`, unless one is in flight.
@@ -183,6 +209,13 @@ impl StreamRecv {
             return;
         }
         let driver = self.lp.driver();
+        if self.by_readiness && !self.fd.gate_held() {
+            let op = self.ready.get_or_insert_with(|| {
+                ReusableOp::new(driver, Box::new(PollAdd::on(self.fd.clone(), false)), &h)
+            });
+            op.submit_with(|_| {});
+            return;
+        }
         if std::mem::take(&mut self.dry) || !self.multishot {
             let (fd, buf) = (self.fd.clone(), Vec::with_capacity(PLAIN_READ_SIZE));
             self.plain = Some(if self.pipe {
@@ -207,6 +240,10 @@ impl StreamRecv {
             self.cancelling = true;
             m.cancel();
         }
+        // (A readiness wait holds no data: it simply goes.)
+        if self.ready.as_ref().is_some_and(ReusableOp::in_flight) {
+            self.ready = None;
+        }
     }
 
     /// Drops the receive (the transport is closing): what is still in
@@ -215,6 +252,7 @@ impl StreamRecv {
         self.multi = None;
         self.plain = None;
         self.cancelling = false;
+        self.ready = None;
     }
 
     /// What `ev` brought this receive, if it is its own.
@@ -233,7 +271,32 @@ impl StreamRecv {
                     Err(e) => Received::Error(e),
                 })
             }
+            Event::Completed(tok, done)
+                if self
+                    .ready
+                    .as_ref()
+                    .is_some_and(|r| r.is(tok) && r.in_flight()) =>
+            {
+                self.ready.as_mut()?.completed(|_| {});
+                Some(match done.res {
+                    // (Readable, or an error or hang-up the read will see.)
+                    Ok(_) => Received::Readable,
+                    Err(libc::ECANCELED) => Received::Ended,
+                    Err(e) => Received::Error(io::Error::from_raw_os_error(e)),
+                })
+            }
             _ => None,
+        }
+    }
+
+    /// The socket, for the layer that reads it itself (readiness mode).
+    pub(crate) fn input(&self, budget: usize) -> SocketInput {
+        self.lp.driver().borrow_mut().count_readiness_read();
+        SocketInput {
+            fd: self.fd.raw(),
+            taken: 0,
+            budget,
+            end: None,
         }
     }
 
@@ -273,6 +336,128 @@ impl StreamRecv {
     /// Keeps `data` for the next receive (it arrived while paused).
     pub(crate) fn keep(&self, data: Vec<u8>) {
         self.lp.driver().borrow_mut().stash_data(&self.fd, data);
+    }
+}
+
+/// Why a [`SocketInput`] stopped giving bytes.
+#[derive(Debug)]
+pub(crate) enum InputEnd {
+    /// The socket has nothing more now (`EAGAIN`).
+    WouldBlock,
+    /// The peer closed its side.
+    Eof,
+    /// The receive failed: the connection is broken.
+    Error(io::Error),
+    /// This readiness event's budget is spent (more may be waiting).
+    Budget,
+}
+
+/// A readable socket as an [`io::Read`] for the layer that reads it itself
+/// (readiness mode): each `read` is one `recv(2)`, until the socket would
+/// block, reports EOF or an error, or `budget` bytes were taken (one
+/// connection does not hold the loop). [`end`](Self::end) says which.
+pub(crate) struct SocketInput {
+    fd: RawFd,
+    taken: usize,
+    budget: usize,
+    end: Option<InputEnd>,
+}
+
+impl SocketInput {
+    /// Bytes taken so far.
+    pub(crate) fn taken(&self) -> usize {
+        self.taken
+    }
+
+    /// It gives nothing more for this event.
+    pub(crate) fn exhausted(&self) -> bool {
+        self.end.is_some()
+    }
+
+    /// Why it stopped (`None`: the reader stopped on its own).
+    pub(crate) fn end(self) -> Option<InputEnd> {
+        self.end
+    }
+}
+
+impl io::Read for SocketInput {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.end.is_some() {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        if self.taken >= self.budget {
+            self.end = Some(InputEnd::Budget);
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        loop {
+            match nix::sys::socket::recv(self.fd, buf, nix::sys::socket::MsgFlags::empty()) {
+                Ok(0) if !buf.is_empty() => {
+                    self.end = Some(InputEnd::Eof);
+                    return Ok(0);
+                }
+                Ok(n) => {
+                    self.taken += n;
+                    return Ok(n);
+                }
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(nix::errno::Errno::EAGAIN) => {
+                    self.end = Some(InputEnd::WouldBlock);
+                    return Err(io::ErrorKind::WouldBlock.into());
+                }
+                Err(e) => {
+                    self.end = Some(InputEnd::Error(io::Error::from_raw_os_error(e as i32)));
+                    return Err(io::Error::from_raw_os_error(e as i32));
+                }
+            }
+        }
+    }
+}
+
+/// A socket as an [`io::Write`] for a layer that writes it itself (TLS
+/// sends its records straight from rustls's buffers): each write is one
+/// non-blocking `sendmsg(2)`. It stops at the first write the socket
+/// does not take whole (`EAGAIN`, or an error the transport's own send
+/// will meet): the rest goes through the transport's queue.
+pub(crate) struct SocketOutput {
+    fd: RawFd,
+    stopped: bool,
+}
+
+impl SocketOutput {
+    pub(crate) fn new(fd: RawFd) -> SocketOutput {
+        SocketOutput { fd, stopped: false }
+    }
+}
+
+impl io::Write for SocketOutput {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.write_vectored(&[io::IoSlice::new(buf)])
+    }
+
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        use nix::sys::socket::{MsgFlags, sendmsg};
+        if self.stopped {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let want: usize = bufs.iter().map(|b| b.len()).sum();
+        let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
+        loop {
+            match sendmsg::<()>(self.fd, bufs, &[], flags, None) {
+                Ok(n) => {
+                    self.stopped = n < want;
+                    return Ok(n);
+                }
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(_) => {
+                    self.stopped = true;
+                    return Err(io::ErrorKind::WouldBlock.into());
+                }
+            }
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 

@@ -73,6 +73,12 @@ impl SharedFd {
         }
     }
 
+    /// An earlier receive's data may still go to the stash (a new
+    /// receive would wait for it).
+    pub(crate) fn gate_held(&self) -> bool {
+        self.0.gate.borrow().held > 0
+    }
+
     /// A receive on this fd became one whose data may go to the stash.
     pub(crate) fn gate_hold(&self) {
         self.0.gate.borrow_mut().held += 1;

@@ -98,6 +98,9 @@ pub struct DriverStats {
     /// Proactor: enters made mid-turn because a layer asked for its writes
     /// to leave at once (a TLS handshake flight).
     pub mid_turn_submits: u64,
+    /// Readiness events on which a layer read its socket itself (TLS in
+    /// readiness mode, where a transport would receive into the pool).
+    pub readiness_reads: u64,
 }
 
 /// The kernel side of a driver: the backend chosen at run time.
@@ -386,6 +389,11 @@ impl Driver {
 
     pub(crate) fn stats(&self) -> DriverStats {
         self.ops.stats
+    }
+
+    /// A layer is about to read its socket itself (readiness mode).
+    pub(crate) fn count_readiness_read(&mut self) {
+        self.ops.stats.readiness_reads += 1;
     }
 
     /// The loop's receive-buffer pool.

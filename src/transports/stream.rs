@@ -21,7 +21,8 @@ use super::ExtraInfo;
 use super::base::{Base, Phase, deliver_lost};
 use super::cell::Failure;
 use crate::base_loop::io::{
-    IoEvent, IoHandler, ReadyWatch, Received, SharedFd, StreamRecv, StreamSend,
+    InputEnd, IoEvent, IoHandler, ReadyWatch, Received, SharedFd, SocketInput, SocketOutput,
+    StreamRecv, StreamSend,
 };
 use crate::base_loop::{EventLoop, LoopClosing};
 use crate::error::{Error, Result};
@@ -35,6 +36,21 @@ use crate::{RecvBuf, WriteBuf};
 const READ_SIZE: usize = 64 * 1024;
 /// At most this many buffers go into one `sendmsg`.
 const MAX_IOV: usize = 1024;
+/// At most this many bytes are read from the socket per readiness event
+/// in readiness mode (the rest waits for the next turn: one connection
+/// does not hold the loop).
+const READ_BUDGET: usize = 256 * 1024;
+
+/// A layer above a socket transport that reads the socket itself when it
+/// is readable (TLS: straight into rustls's buffer), instead of taking
+/// received buffers: see [`StreamTransport::read_by_readiness`].
+pub(crate) trait ReadsSocket {
+    /// The socket is readable: read `src` as far as the layer wants (its
+    /// reading paused, or the input ran out). Called as the transport's
+    /// protocol is: one call at a time, callbacks of the transport made
+    /// meanwhile deferred until it returns.
+    fn socket_readable(self: Rc<Self>, src: &mut SocketInput);
+}
 
 /// The read side's state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -124,6 +140,8 @@ struct Inner {
     send: RefCell<Option<StreamSend>>,
     /// A write pipe's watch for its reader going away (`POLLERR`).
     watch: RefCell<Option<ReadyWatch>>,
+    /// The layer that reads the socket itself (readiness mode).
+    reader: RefCell<Option<std::rc::Weak<dyn ReadsSocket>>>,
 }
 
 impl IoHandler for Inner {
@@ -271,6 +289,7 @@ impl StreamTransport {
             recv: RefCell::new(recv),
             send: RefCell::new(None),
             watch: RefCell::new(None),
+            reader: RefCell::new(None),
         }));
         let weak: std::rc::Weak<dyn LoopClosing> = Rc::downgrade(&t.0) as _;
         t.0.base.register(weak);
@@ -292,6 +311,24 @@ impl StreamTransport {
     /// Runs `f` when the connection is lost (servers count connections).
     pub(crate) fn on_lost(&self, f: impl FnOnce() + 'static) {
         self.0.base.on_lost(f);
+    }
+
+    /// Readiness mode (sockets; a pipe keeps its receives): from now on
+    /// the transport waits for the socket to be readable and lets `reader`
+    /// read it, where it would have received into a pool buffer and called
+    /// `data_received`. EOF and errors the reader meets are the
+    /// transport's, as a receive's would be; pause and resume stop and
+    /// restart the wait. What was received before (a receive in flight,
+    /// data kept for the socket) still comes through `data_received`,
+    /// first.
+    pub(crate) fn read_by_readiness(&self, reader: std::rc::Weak<dyn ReadsSocket>) {
+        if self.0.kind != Kind::Socket {
+            return;
+        }
+        *self.0.reader.borrow_mut() = Some(reader);
+        if let Some(r) = self.0.recv.borrow_mut().as_mut() {
+            r.read_by_readiness();
+        }
     }
 
     /// Calls the protocol (deferred while it is inside another callback);
@@ -377,6 +414,58 @@ impl StreamTransport {
             Received::Eof => self.eof(),
             Received::Ended => self.pump_reader(),
             Received::Error(e) => self.force_close(Some(e.into())),
+            Received::Readable => self.on_readable(),
+        }
+    }
+
+    /// Lets `f` write to the socket itself (a non-blocking `sendmsg` per
+    /// write), if that keeps the order: a socket with nothing queued or in
+    /// flight, open for writing. `None` if not (write through the queue).
+    /// Bytes written so never count against the write buffer's marks.
+    pub(crate) fn with_output<R>(&self, f: impl FnOnce(&mut SocketOutput) -> R) -> Option<R> {
+        let inner = &self.0;
+        if inner.kind != Kind::Socket || inner.base.is_closing() {
+            return None;
+        }
+        {
+            let w = inner.wr.borrow();
+            if w.refused || w.sending || !w.wbuf.is_empty() {
+                return None;
+            }
+        }
+        Some(f(&mut SocketOutput::new(inner.fd)))
+    }
+
+    /// Readiness mode: the socket is readable; the reader reads it (its
+    /// writes leave in one send when it returns), then the transport acts
+    /// on how the input ended: EOF, an error, or the next wait.
+    fn on_readable(&self) {
+        let inner = &self.0;
+        let reader = inner
+            .reader
+            .borrow()
+            .as_ref()
+            .and_then(std::rc::Weak::upgrade);
+        let src = inner.recv.borrow().as_ref().map(|r| r.input(READ_BUDGET));
+        let (Some(reader), Some(mut src)) = (reader, src) else {
+            return;
+        };
+        inner.wr.borrow_mut().in_data_cb = true;
+        let r = inner
+            .base
+            .protocol
+            .invoke(|_| reader.socket_readable(&mut src));
+        self.data_cb_returned();
+        match r {
+            Ok(_) => {}
+            Err(Failure::Panic(m)) => return self.protocol_panicked(m),
+            // (Inside another of its callbacks: the next wait reads.)
+            Err(Failure::Busy) => {}
+        }
+        match src.end() {
+            Some(InputEnd::Eof) => self.eof(),
+            Some(InputEnd::Error(e)) => self.force_close(Some(e.into())),
+            Some(InputEnd::WouldBlock | InputEnd::Budget) | None => self.pump_reader(),
         }
     }
 

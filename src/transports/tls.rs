@@ -20,7 +20,9 @@ use super::ExtraInfo;
 use super::base::{Base, deliver_lost};
 use super::cell::Failure;
 use super::handle::Layered;
-use super::tls_session::Session;
+use super::stream::ReadsSocket;
+use super::tls_session::{Bytes, Ciphertext, Session};
+use crate::base_loop::io::SocketInput;
 use crate::base_loop::{EventLoop, LoopClosing};
 use crate::error::{Error, Result};
 use crate::futures::LoopFuture;
@@ -40,6 +42,11 @@ const INCOMING_HIGH: usize = 256 * 1024;
 const INCOMING_LOW: usize = 64 * 1024;
 /// Largest plaintext chunk handed to `data_received` at once.
 const READ_CHUNK: usize = 64 * 1024;
+/// From this much plaintext written since the last flush on, the records
+/// go to the socket straight from rustls's buffers when nothing is queued
+/// below (one copy fewer); smaller flushes go through the transport's
+/// send, which batches them into the loop's one submission.
+const DIRECT_SEND_MIN: usize = 16 * 1024;
 
 /// A TLS configuration: which side of the connection, and its settings.
 ///
@@ -103,6 +110,14 @@ enum State {
     Shutdown,
 }
 
+/// Why [`Tls::fill`] stopped.
+enum Fill {
+    Full,
+    Exhausted,
+    PeerClosed,
+    Failed(Error),
+}
+
 /// The TLS connection: the plain transport's protocol and the
 /// application's transport at once.
 pub(crate) struct Tls {
@@ -121,9 +136,13 @@ pub(crate) struct Tls {
     incoming: RefCell<Vec<u8>>,
     /// Ciphertext held while the plain transport's writing is paused.
     outgoing: RefCell<Vec<u8>>,
+    /// Plaintext written since the last flush (see `DIRECT_SEND_MIN`).
+    unflushed: Cell<usize>,
     app_reading_paused: Cell<bool>,
     /// This layer paused the plain transport's reading.
     plain_reading_paused: Cell<bool>,
+    /// The plain transport is in readiness mode: rustls reads the socket.
+    by_readiness: Cell<bool>,
     /// The application's protocol counts as connected (after the
     /// handshake): it gets `connection_lost`.
     app_made: Cell<bool>,
@@ -214,8 +233,10 @@ impl Tls {
             state: Cell::new(State::Unwrapped),
             incoming: RefCell::new(Vec::new()),
             outgoing: RefCell::new(Vec::new()),
+            unflushed: Cell::new(0),
             app_reading_paused: Cell::new(false),
             plain_reading_paused: Cell::new(false),
+            by_readiness: Cell::new(false),
             app_made: Cell::new(false),
             call_connection_made,
             peer_closed: Cell::new(false),
@@ -273,8 +294,18 @@ impl Tls {
         }
     }
 
-    /// The plain transport is connected: the handshake starts.
+    /// The plain transport is connected: the handshake starts. A socket
+    /// transport is put in readiness mode (rustls reads the socket into
+    /// its own buffer: one copy, where a pool receive makes two; bulk
+    /// records are sent from rustls's buffers too, see `flush_outgoing`),
+    /// unless `RINGLOOP_TLS_POOL_IO` is set (pool receives and queued
+    /// sends only, for comparing the two).
     fn start(self: &Rc<Self>, plain: Transport) {
+        if let Some(st) = plain.as_stream().filter(|_| readiness_reads()) {
+            let me: Weak<dyn ReadsSocket> = self.me.clone();
+            st.read_by_readiness(me);
+            self.by_readiness.set(true);
+        }
         *self.plain.borrow_mut() = Some(plain);
         self.state.set(State::Handshaking);
         self.set_timer(self.handshake_timeout, |t| {
@@ -288,6 +319,17 @@ impl Tls {
     /// application's marks) and `force` is false. True if it wrote.
     fn flush_outgoing(&self, force: bool) -> bool {
         let Some(p) = self.plain() else { return false };
+        if self.unflushed.replace(0) >= DIRECT_SEND_MIN
+            && self.by_readiness.get()
+            && self.outgoing.borrow().is_empty()
+        {
+            // Bulk records leave from rustls's buffers where the order
+            // allows (as tokio-rustls sends them); what the socket does not
+            // take goes the usual way, below.
+            if let Some(st) = p.as_stream() {
+                st.with_output(|out| self.sess.borrow_mut().send_tls(out));
+            }
+        }
         let data = {
             let mut out = self.outgoing.borrow_mut();
             self.sess.borrow_mut().take_tls(&mut out);
@@ -325,14 +367,16 @@ impl Tls {
     }
 
     /// Stops or restarts the plain transport's reading by how much
-    /// ciphertext waits here.
+    /// ciphertext waits here; in readiness mode, also while the
+    /// application does not read (the ciphertext waits in the kernel).
     fn control_plain_reading(&self) {
         let n = self.incoming.borrow().len();
         let Some(p) = self.plain() else { return };
-        if n > INCOMING_HIGH && !self.plain_reading_paused.get() {
+        let hold = self.by_readiness.get() && self.app_reading_paused.get();
+        if (n > INCOMING_HIGH || hold) && !self.plain_reading_paused.get() {
             self.plain_reading_paused.set(true);
             p.pause_reading();
-        } else if n <= INCOMING_LOW && self.plain_reading_paused.get() {
+        } else if n <= INCOMING_LOW && !hold && self.plain_reading_paused.get() {
             self.plain_reading_paused.set(false);
             p.resume_reading();
         }
@@ -355,10 +399,24 @@ impl Tls {
             self.process_incoming();
             return;
         }
-        let rest = self.consume(data);
-        if !rest.is_empty() {
-            self.incoming.borrow_mut().extend_from_slice(rest);
+        let mut input = Bytes::new(data);
+        if self.consume(&mut input) && !input.rest().is_empty() {
+            self.incoming.borrow_mut().extend_from_slice(input.rest());
         }
+        self.after_consume();
+    }
+
+    /// Readiness mode: the socket is readable; rustls reads it into its
+    /// own buffer (ciphertext kept from before goes first). While the
+    /// application does not read, the rest waits in the kernel.
+    fn on_readable(self: &Rc<Self>, src: &mut SocketInput) {
+        if !self.incoming.borrow().is_empty() {
+            self.process_incoming();
+            if !self.incoming.borrow().is_empty() {
+                return;
+            }
+        }
+        self.consume(src);
         self.after_consume();
     }
 
@@ -376,25 +434,32 @@ impl Tls {
 
     fn process_incoming(self: &Rc<Self>) {
         let buf = std::mem::take(&mut *self.incoming.borrow_mut());
-        let rest = self.consume(&buf).to_vec();
+        let mut input = Bytes::new(&buf);
+        let rest = if self.consume(&mut input) {
+            input.rest()
+        } else {
+            &[]
+        };
         {
             let mut inc = self.incoming.borrow_mut();
             // (Anything that came meanwhile goes after what is left.)
-            let newer = std::mem::replace(&mut *inc, rest);
+            let newer = std::mem::replace(&mut *inc, rest.to_vec());
             inc.extend_from_slice(&newer);
         }
         self.after_consume();
     }
 
     /// Feeds `input` and delivers the plaintext, as far as the state and
-    /// the application's reading allow; returns what was not fed.
-    fn consume<'a>(self: &Rc<Self>, mut input: &'a [u8]) -> &'a [u8] {
+    /// the application's reading allow. True: what was not taken is to be
+    /// kept (the application paused reading); false: it is to be dropped
+    /// (the connection failed or is over).
+    fn consume(self: &Rc<Self>, input: &mut dyn Ciphertext) -> bool {
         loop {
             match self.state.get() {
-                State::Unwrapped => return &[],
+                State::Unwrapped => return false,
                 State::Handshaking => {
-                    let before = input.len();
-                    let r = self.sess.borrow_mut().feed(&mut input);
+                    let before = input.taken();
+                    let r = self.sess.borrow_mut().feed(input);
                     if self.flush_outgoing(true) {
                         // A handshake flight costs far more crypto than a
                         // syscall: it leaves now, so the peer computes its
@@ -405,82 +470,115 @@ impl Tls {
                     }
                     if let Err(e) = r {
                         self.handshake_failed(e, false);
-                        return &[];
+                        return false;
                     }
                     if !self.sess.borrow().is_handshaking() {
                         self.handshake_done();
                         continue;
                     }
-                    if input.is_empty() {
-                        return input;
+                    if input.exhausted() {
+                        return true;
                     }
-                    if input.len() == before {
+                    if input.taken() == before {
                         // (Never seen: the engine took nothing and made no
                         // progress. An error rather than a spin.)
                         self.handshake_failed(stuck(), false);
-                        return &[];
+                        return false;
                     }
                 }
                 State::Wrapped => {
                     if self.app_reading_paused.get() {
-                        return input;
+                        return true;
                     }
-                    // (One buffer per thread, zeroed once: no allocation
-                    // per record and none held by idle connections; a
-                    // nested delivery finds it taken and makes its own.)
+                    // Plaintext is gathered up to one chunk before it is
+                    // delivered (as tokio-rustls fills the reader's buffer):
+                    // bulk data then reaches the application, and its
+                    // replies the socket, in few large pieces. (One buffer
+                    // per thread, zeroed once: no allocation per record and
+                    // none held by idle connections; a nested delivery
+                    // finds it taken and makes its own.)
                     let mut buf = READ_BUF.take();
                     buf.resize(READ_CHUNK, 0);
-                    let n = self.sess.borrow_mut().read_plain(&mut buf);
-                    if n > 0 {
-                        self.deliver(&buf[..n]);
+                    let (filled, fill) = self.fill(&mut buf, input);
+                    if filled > 0 {
+                        self.deliver(&buf[..filled]);
                     }
                     READ_BUF.set(buf);
-                    if n > 0 {
-                        continue;
-                    }
-                    if input.is_empty() {
-                        return input;
-                    }
-                    let before = input.len();
-                    let r = self.sess.borrow_mut().feed(&mut input);
-                    self.flush_outgoing(false);
-                    match r {
-                        Ok(_)
-                            if input.len() == before && !self.sess.borrow_mut().has_plaintext() =>
-                        {
-                            self.fatal(stuck());
-                            return &[];
-                        }
-                        Ok(fed) => {
-                            if fed.peer_closed {
-                                self.peer_closed.set(true);
+                    match fill {
+                        // (Delivered: the application may have paused.)
+                        Fill::Full => {}
+                        Fill::Exhausted => return true,
+                        // (After the peer's close_notify nothing counts.)
+                        Fill::PeerClosed => return false,
+                        Fill::Failed(e) => {
+                            if self.state.get() != State::Unwrapped {
+                                self.fatal(e);
                             }
-                        }
-                        Err(e) => {
-                            self.fatal(e);
-                            return &[];
+                            return false;
                         }
                     }
                 }
                 State::Shutdown => {
                     // Closing: what still comes is read for the peer's
                     // close_notify and dropped.
-                    let r = self.sess.borrow_mut().feed(&mut input);
+                    let before = input.taken();
+                    let r = self.sess.borrow_mut().feed(input);
                     let mut sink = [0u8; 4096];
                     while self.sess.borrow_mut().read_plain(&mut sink) > 0 {}
                     match r {
                         Ok(fed) if fed.peer_closed => {
                             self.finish_shutdown();
-                            return &[];
+                            return false;
                         }
-                        Ok(_) if input.is_empty() => return input,
+                        Ok(_) if input.exhausted() => return true,
+                        Ok(_)
+                            if input.taken() == before
+                                && !self.sess.borrow_mut().has_plaintext() =>
+                        {
+                            // (No progress: nothing more is coming.)
+                            self.finish_shutdown();
+                            return false;
+                        }
                         Ok(_) => {}
                         Err(_) => {
                             self.finish_shutdown();
-                            return &[];
+                            return false;
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// Decrypts from `input` into `buf` until it is full, the input is
+    /// exhausted, the peer closed or the engine failed; how much it holds.
+    fn fill(&self, buf: &mut [u8], input: &mut dyn Ciphertext) -> (usize, Fill) {
+        let mut filled = 0;
+        loop {
+            filled += self.sess.borrow_mut().read_plain(&mut buf[filled..]);
+            if filled == buf.len() {
+                return (filled, Fill::Full);
+            }
+            if self.peer_closed.get() {
+                return (filled, Fill::PeerClosed);
+            }
+            if input.exhausted() {
+                return (filled, Fill::Exhausted);
+            }
+            let before = input.taken();
+            let r = self.sess.borrow_mut().feed(input);
+            self.flush_outgoing(false);
+            match r {
+                Ok(fed) if fed.peer_closed => self.peer_closed.set(true),
+                Ok(_)
+                    if input.taken() == before
+                        && !input.exhausted()
+                        && !self.sess.borrow_mut().has_plaintext() =>
+                {
+                    return (filled, Fill::Failed(stuck()));
+                }
+                Ok(_) => {}
+                Err(e) => return (filled, Fill::Failed(e)),
             }
         }
     }
@@ -673,8 +771,7 @@ impl BaseProtocol for TlsProtocol {
                 // Plaintext still held for a paused reader comes first.
                 if t.incoming.borrow().is_empty() && !t.app_reading_paused.get() {
                     // (Decrypted bytes the engine still holds.)
-                    let rest = t.consume(&[]);
-                    debug_assert!(rest.is_empty());
+                    t.consume(&mut Bytes::new(&[]));
                     t.peer_eof();
                 }
                 true
@@ -686,6 +783,18 @@ impl BaseProtocol for TlsProtocol {
             State::Unwrapped => false,
         }
     }
+}
+
+impl ReadsSocket for Tls {
+    fn socket_readable(self: Rc<Self>, src: &mut SocketInput) {
+        self.on_readable(src);
+    }
+}
+
+/// Readiness mode for TLS over sockets (see `Tls::start`).
+fn readiness_reads() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("RINGLOOP_TLS_POOL_IO").is_none())
 }
 
 impl LoopClosing for Tls {
@@ -738,6 +847,7 @@ impl Layered for Tls {
             return Ok(());
         }
         self.sess.borrow_mut().write_plain(data)?;
+        self.unflushed.set(self.unflushed.get() + data.len());
         self.flush_outgoing(false);
         self.control_app_writing();
         Ok(())

@@ -10,7 +10,62 @@ use std::sync::Arc;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ServerConfig};
 
+use crate::base_loop::io::SocketInput;
 use crate::error::{Error, Result};
+
+/// Received ciphertext for [`Session::feed`]: bytes the transport
+/// received ([`Bytes`]), or the socket itself (readiness mode).
+pub(crate) trait Ciphertext: Read {
+    /// Nothing more to take now (all taken; or the socket would block,
+    /// ended, failed, or spent its budget).
+    fn exhausted(&self) -> bool;
+    /// Bytes taken so far.
+    fn taken(&self) -> usize;
+}
+
+/// Ciphertext the transport received, taken from the front.
+pub(crate) struct Bytes<'a> {
+    rest: &'a [u8],
+    len: usize,
+}
+
+impl<'a> Bytes<'a> {
+    pub(crate) fn new(data: &'a [u8]) -> Bytes<'a> {
+        Bytes {
+            rest: data,
+            len: data.len(),
+        }
+    }
+
+    /// What was not taken.
+    pub(crate) fn rest(&self) -> &'a [u8] {
+        self.rest
+    }
+}
+
+impl Read for Bytes<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.rest.read(buf)
+    }
+}
+
+impl Ciphertext for Bytes<'_> {
+    fn exhausted(&self) -> bool {
+        self.rest.is_empty()
+    }
+    fn taken(&self) -> usize {
+        self.len - self.rest.len()
+    }
+}
+
+impl Ciphertext for SocketInput {
+    fn exhausted(&self) -> bool {
+        SocketInput::exhausted(self)
+    }
+    fn taken(&self) -> usize {
+        SocketInput::taken(self)
+    }
+}
 
 /// What feeding received bytes gave.
 #[derive(Default)]
@@ -52,19 +107,25 @@ impl Session {
         Ok(Session { conn: conn.into() })
     }
 
-    /// Takes received ciphertext from the front of `input` (as much as the
-    /// engine accepts before its plaintext must be read) and processes it.
+    /// Takes ciphertext from `input` (as much as the engine accepts before
+    /// its plaintext must be read, or until the input is exhausted) and
+    /// processes it. A socket's own error or EOF is not the engine's: the
+    /// input keeps it for the transport.
     ///
     /// # Errors
     ///
     /// [`Error::Tls`] with rustls's reason; the alert for the peer is then
     /// queued ([`take_tls`](Self::take_tls)).
-    pub(crate) fn feed(&mut self, input: &mut &[u8]) -> Result<Fed> {
+    pub(crate) fn feed(&mut self, input: &mut dyn Ciphertext) -> Result<Fed> {
         let mut fed = Fed::default();
-        while !input.is_empty() {
+        while !input.exhausted() {
             match self.conn.read_tls(input) {
+                // (All taken, EOF, or the peer's close_notify came before.)
                 Ok(0) => break,
                 Ok(_) => {}
+                // The socket would block, ended or failed (the input says
+                // which), or the read budget is spent.
+                Err(_) if input.exhausted() => break,
                 // The received-plaintext buffer is full: read it first.
                 Err(e) if e.kind() == io::ErrorKind::Other => break,
                 Err(e) => return Err(e.into()),
@@ -100,6 +161,17 @@ impl Session {
     /// Encrypts `data` (buffered until the handshake is done).
     pub(crate) fn write_plain(&mut self, data: &[u8]) -> Result<()> {
         self.conn.writer().write_all(data).map_err(Error::from)
+    }
+
+    /// Writes the ciphertext waiting to be sent to `out` until it is all
+    /// taken or `out` takes no more (what is left stays queued here).
+    pub(crate) fn send_tls(&mut self, out: &mut dyn Write) {
+        while self.conn.wants_write() {
+            match self.conn.write_tls(out) {
+                Ok(n) if n > 0 => {}
+                _ => break,
+            }
+        }
     }
 
     /// Moves the ciphertext waiting to be sent into `out`.
