@@ -12,6 +12,10 @@
 //! what may vary with it (how much `read(n)` returns, where a limit overrun
 //! was noticed) by its bounds.
 //!
+//! The TCP sessions run once more over TLS (`through_tls`): the reader's
+//! pauses and resumes then act on the TLS layer, which in readiness mode
+//! reads the socket itself.
+//!
 //! Seeded: a failure names its session's seed. `RINGLOOP_FUZZ_SEED=<seed>`
 //! replays that one session; `RINGLOOP_FUZZ_ITERS=<n>` sets the session
 //! count; `RINGLOOP_FUZZ_LONG=1` runs 100 times the default (the suite's
@@ -19,6 +23,8 @@
 //! the seed sequence (fixed by default, so CI runs the same sessions).
 
 mod common;
+#[path = "tls_support.rs"]
+mod tls_support;
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -661,12 +667,22 @@ async fn write_plan(w: StreamWriter, plan: Plan) {
 
 /// The reading side of one session: random reads until the stream is
 /// consumed, each checked against the model of the whole stream.
-async fn read_plan(seed: u64, port: u16, data: Vec<u8>, limit: usize) -> Result<(), String> {
+async fn read_plan(
+    seed: u64,
+    port: u16,
+    data: Vec<u8>,
+    limit: usize,
+    tls: bool,
+) -> Result<(), String> {
     let mut rng = Rng::seeded(seed ^ 0x4ead);
-    let opts = ConnectOptions {
-        host: Some("127.0.0.1".into()),
-        port,
-        ..Default::default()
+    let opts = if tls {
+        tls_support::tls_connect_opts(port)
+    } else {
+        ConnectOptions {
+            host: Some("127.0.0.1".into()),
+            port,
+            ..Default::default()
+        }
     };
     let (r, w) = ringloop::open_connection_with(limit, opts)
         .await
@@ -717,7 +733,8 @@ async fn read_plan(seed: u64, port: u16, data: Vec<u8>, limit: usize) -> Result<
     Ok(())
 }
 
-fn socket_sessions(lp: &EventLoop) {
+fn socket_sessions(lp: &EventLoop, tls: bool) {
+    let what = if tls { "through_tls" } else { "through_tcp" };
     let seeds = session_seeds(32);
     let plans: Rc<RefCell<VecDeque<Plan>>> = Rc::default();
     let served = Rc::new(Cell::new(0usize));
@@ -741,6 +758,7 @@ fn socket_sessions(lp: &EventLoop) {
             ServerOptions {
                 hosts: vec!["127.0.0.1".into()],
                 port: 0,
+                ssl: tls.then(tls_support::server_config),
                 ..Default::default()
             },
         )
@@ -764,7 +782,7 @@ fn socket_sessions(lp: &EventLoop) {
                 data: data.clone(),
                 seed,
             });
-            if let Err(e) = read_plan(seed, port, data, limit).await {
+            if let Err(e) = read_plan(seed, port, data, limit, tls).await {
                 failure = Some((seed, e));
                 break;
             }
@@ -780,11 +798,11 @@ fn socket_sessions(lp: &EventLoop) {
     }));
     let out = out.unwrap_or_else(|p| {
         let seed = current.get();
-        replayable("through_tcp", seed, |_| std::panic::resume_unwind(p));
+        replayable(what, seed, |_| std::panic::resume_unwind(p));
         unreachable!()
     });
     if let Some((seed, e)) = out {
-        replayable("through_tcp", seed, |_| Err(e));
+        replayable(what, seed, |_| Err(e));
     }
     assert!(plans.borrow().is_empty(), "every plan was served");
     assert_eq!(served.get(), ran.get(), "every writer finished");
@@ -792,7 +810,13 @@ fn socket_sessions(lp: &EventLoop) {
 
 both_backends! {
     fn through_tcp(lp) {
-        socket_sessions(lp);
+        socket_sessions(lp, false);
+    }
+}
+
+both_backends! {
+    fn through_tls(lp) {
+        socket_sessions(lp, true);
     }
 }
 

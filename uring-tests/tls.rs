@@ -21,6 +21,12 @@ use ringloop::{
 };
 use tls_support::*;
 
+/// TLS reads its socket by readiness (the default; `RINGLOOP_TLS_POOL_IO`
+/// turns it off, and `.ci/run` runs this file that way too).
+fn readiness_mode() -> bool {
+    std::env::var_os("RINGLOOP_TLS_POOL_IO").is_none()
+}
+
 /// A client that sends `msg` over TLS and returns what comes back.
 async fn echo_once(lp: &EventLoop, port: u16, msg: &[u8]) -> Result<Vec<u8>> {
     let rec = Rc::new(RefCell::new(Rec {
@@ -686,9 +692,22 @@ async fn bounded_transfer(l: &EventLoop, server_writes: bool) {
     .unwrap();
     until(|| pump.borrow().paused).await;
     // Give the writer many turns to overrun, if it could.
-    for _ in 0..50 {
+    for _ in 0..10 {
         ringloop::sleep(Duration::from_millis(1)).await.unwrap();
     }
+    // In readiness mode nothing reads the socket while the application
+    // does not read: the ciphertext waits in the kernel (TCP's window holds
+    // the writer), not in this process.
+    let reads = l.driver_stats().readiness_reads;
+    for _ in 0..40 {
+        ringloop::sleep(Duration::from_millis(1)).await.unwrap();
+    }
+    assert_eq!(
+        l.driver_stats().readiness_reads,
+        reads,
+        "no socket reads while the reader is paused"
+    );
+    assert_eq!(reads > 0, readiness_mode(), "readiness reads: {reads}");
     {
         let p = pump.borrow();
         assert!(p.paused, "the writer stays paused while nobody reads");
@@ -709,6 +728,7 @@ async fn bounded_transfer(l: &EventLoop, server_writes: bool) {
     t.resume_reading();
     assert!(t.is_reading());
     until(|| sink.borrow().got == TOTAL).await;
+    assert_eq!(l.driver_stats().readiness_reads > reads, readiness_mode());
     let p = pump.borrow();
     assert!(
         p.pauses >= 1 && p.resumes >= 1,
@@ -1086,5 +1106,60 @@ both_backends! {
             t.close();
             server.close();
         });
+    }
+}
+
+both_backends! {
+    fn tls_after_a_cancelled_receive_takes_its_kept_data_first(lp) {
+        // A receive on the socket is cancelled in the turn it got the
+        // client's ClientHello: the driver keeps those bytes for the
+        // socket. TLS put on that socket afterwards must start from them
+        // (the plain transport's first receive takes kept data before it
+        // waits for readiness), then read the socket itself.
+        let (mut peer, sock) = common::fds::tcp_pair();
+        let sock = Rc::new(sock);
+        let s2 = sock.clone();
+        let t = lp.create_task(async move {
+            get_running_loop().unwrap().sock_recv(&s2, 4096).await
+        });
+        common::turns(lp, 2);
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let mut conn = rustls::ClientConnection::new(client_config(), name).unwrap();
+        let mut hello = Vec::new();
+        conn.write_tls(&mut hello).unwrap();
+        peer.write_all(&hello).unwrap();
+        let t2 = t.clone();
+        lp.call_soon(move || {
+            assert!(t2.cancel(None));
+        })
+        .unwrap();
+        common::drain(lp, LIMIT);
+        assert!(t.cancelled());
+        drop(t);
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&*sock);
+        assert_eq!(lp.stashed_bytes(fd), hello.len(), "the ClientHello is kept");
+        let sock = Rc::try_unwrap(sock).ok().expect("the receive let go of the socket");
+        let hits = lp.driver_stats().stash_hits;
+        let client = std::thread::spawn(move || {
+            let mut s = rustls::StreamOwned::new(conn, peer);
+            s.write_all(b"after the kept hello").unwrap();
+            let mut back = [0u8; 20];
+            s.read_exact(&mut back).unwrap();
+            back
+        });
+        let l = lp.clone();
+        run_bounded(lp, LIMIT, async move {
+            let t = l
+                .connect_accepted_socket_with(|| Echo(None), sock, server_config().into(), StartTlsOptions::default())
+                .await
+                .unwrap();
+            let reads = l.driver_stats().readiness_reads;
+            until(|| client.is_finished()).await;
+            assert_eq!(&client.join().unwrap(), b"after the kept hello");
+            assert_eq!(l.driver_stats().readiness_reads > reads, readiness_mode());
+            t.close();
+        });
+        assert!(lp.driver_stats().stash_hits > hits, "{:?}", lp.driver_stats());
+        assert_eq!(lp.stashed_bytes(fd), 0);
     }
 }
