@@ -1138,7 +1138,7 @@ both_backends! {
         drop(t);
         let fd = std::os::fd::AsRawFd::as_raw_fd(&*sock);
         assert_eq!(lp.stashed_bytes(fd), hello.len(), "the ClientHello is kept");
-        let sock = Rc::try_unwrap(sock).ok().expect("the receive let go of the socket");
+        let sock = Rc::try_unwrap(sock).expect("the receive let go of the socket");
         let hits = lp.driver_stats().stash_hits;
         let client = std::thread::spawn(move || {
             let mut s = rustls::StreamOwned::new(conn, peer);
