@@ -96,7 +96,7 @@ pub(crate) enum Received {
     /// The receive ended without data (paused, or the pool ran dry):
     /// [`StreamRecv::start`] again while reading.
     Ended,
-    /// The socket is readable (readiness mode, [`StreamRecv::read_by_readiness`]):
+    /// The socket is readable (readiness mode, [`StreamRecv::set_by_readiness`]):
     /// the layer above reads it itself, through a [`SocketInput`].
     Readable,
 }
@@ -168,16 +168,27 @@ impl StreamRecv {
         }
     }
 
-    /// From now on a receive waits for the socket to be readable and
-    /// reports [`Received::Readable`]: the layer above reads the socket
-    /// itself (TLS reads it into rustls's buffer, the one copy tokio-rustls
-    /// makes too). A receive in flight goes on until it ends, so nothing
-    /// it gets comes after what is read directly; and while a cancelled
+    /// Readiness mode on or off. On: from now on a receive waits for the
+    /// socket to be readable and reports [`Received::Readable`], and the
+    /// layer above reads the socket itself (TLS reads it into rustls's
+    /// buffer, the one copy tokio-rustls makes too). A multishot receive
+    /// in flight is asked to end and goes on until it does, so nothing it
+    /// gets comes after what is read directly; and while a cancelled
     /// receive's data may still be kept for this socket, a pool receive
-    /// takes it first (see `start`).
-    pub(crate) fn read_by_readiness(&mut self) {
-        if !self.pipe {
-            self.by_readiness = true;
+    /// takes it first (see `start`). Off: a readiness wait in flight goes
+    /// (it holds no data) and the next receive is a pool receive.
+    pub(crate) fn set_by_readiness(&mut self, on: bool) {
+        if self.pipe || self.by_readiness == on {
+            return;
+        }
+        self.by_readiness = on;
+        if on {
+            if let (Some(m), false) = (&self.multi, self.cancelling) {
+                self.cancelling = true;
+                m.cancel();
+            }
+        } else if self.ready.as_ref().is_some_and(ReusableOp::in_flight) {
+            self.ready = None;
         }
     }
 
@@ -342,7 +353,7 @@ impl StreamRecv {
 /// Why a [`SocketInput`] stopped giving bytes.
 #[derive(Debug)]
 pub(crate) enum InputEnd {
-    /// The socket has nothing more now (`EAGAIN`).
+    /// The socket has nothing more now (`EAGAIN`, or a short read).
     WouldBlock,
     /// The peer closed its side.
     Eof,
@@ -354,8 +365,9 @@ pub(crate) enum InputEnd {
 
 /// A readable socket as an [`io::Read`] for the layer that reads it itself
 /// (readiness mode): each `read` is one `recv(2)`, until the socket would
-/// block, reports EOF or an error, or `budget` bytes were taken (one
-/// connection does not hold the loop). [`end`](Self::end) says which.
+/// block (or gave less than asked), reports EOF or an error, or `budget`
+/// bytes were taken (one connection does not hold the loop).
+/// [`end`](Self::end) says which.
 pub(crate) struct SocketInput {
     fd: RawFd,
     taken: usize,
@@ -397,6 +409,12 @@ impl io::Read for SocketInput {
                 }
                 Ok(n) => {
                     self.taken += n;
+                    if n < buf.len() {
+                        // A short read: the socket is drained, most likely;
+                        // the next wait checks (it is level-triggered), so
+                        // no `recv` is spent learning `EAGAIN`.
+                        self.end = Some(InputEnd::WouldBlock);
+                    }
                     return Ok(n);
                 }
                 Err(nix::errno::Errno::EINTR) => {}

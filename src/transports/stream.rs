@@ -43,7 +43,7 @@ const READ_BUDGET: usize = 256 * 1024;
 
 /// A layer above a socket transport that reads the socket itself when it
 /// is readable (TLS: straight into rustls's buffer), instead of taking
-/// received buffers: see [`StreamTransport::read_by_readiness`].
+/// received buffers: see [`StreamTransport::set_readiness`].
 pub(crate) trait ReadsSocket {
     /// The socket is readable: read `src` as far as the layer wants (its
     /// reading paused, or the input ran out). Called as the transport's
@@ -313,21 +313,28 @@ impl StreamTransport {
         self.0.base.on_lost(f);
     }
 
-    /// Readiness mode (sockets; a pipe keeps its receives): from now on
-    /// the transport waits for the socket to be readable and lets `reader`
+    /// The layer that reads the socket itself in readiness mode (sockets;
+    /// a pipe keeps its receives). See [`set_readiness`](Self::set_readiness).
+    pub(crate) fn set_socket_reader(&self, reader: std::rc::Weak<dyn ReadsSocket>) {
+        if self.0.kind == Kind::Socket {
+            *self.0.reader.borrow_mut() = Some(reader);
+        }
+    }
+
+    /// Readiness mode on or off (with a socket reader set): on, the
+    /// transport waits for the socket to be readable and lets the reader
     /// read it, where it would have received into a pool buffer and called
     /// `data_received`. EOF and errors the reader meets are the
     /// transport's, as a receive's would be; pause and resume stop and
     /// restart the wait. What was received before (a receive in flight,
     /// data kept for the socket) still comes through `data_received`,
-    /// first.
-    pub(crate) fn read_by_readiness(&self, reader: std::rc::Weak<dyn ReadsSocket>) {
-        if self.0.kind != Kind::Socket {
+    /// first. Off, receives go to the pool again.
+    pub(crate) fn set_readiness(&self, on: bool) {
+        if self.0.reader.borrow().is_none() {
             return;
         }
-        *self.0.reader.borrow_mut() = Some(reader);
         if let Some(r) = self.0.recv.borrow_mut().as_mut() {
-            r.read_by_readiness();
+            r.set_by_readiness(on);
         }
     }
 

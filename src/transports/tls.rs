@@ -42,6 +42,11 @@ const INCOMING_HIGH: usize = 256 * 1024;
 const INCOMING_LOW: usize = 64 * 1024;
 /// Largest plaintext chunk handed to `data_received` at once.
 const READ_CHUNK: usize = 64 * 1024;
+/// A pool receive this large (a full pool buffer) puts the socket in
+/// readiness mode; `SMALL_READS_TO_POOL` readiness events in a row that
+/// read less take it back to pool receives (see `Tls::choose_reads`).
+const BULK_READ: usize = 16 * 1024;
+const SMALL_READS_TO_POOL: u8 = 4;
 /// From this much plaintext written since the last flush on, the records
 /// go to the socket straight from rustls's buffers when nothing is queued
 /// below (one copy fewer); smaller flushes go through the transport's
@@ -141,8 +146,13 @@ pub(crate) struct Tls {
     app_reading_paused: Cell<bool>,
     /// This layer paused the plain transport's reading.
     plain_reading_paused: Cell<bool>,
-    /// The plain transport is in readiness mode: rustls reads the socket.
+    /// The plain transport is a socket rustls may read and write itself.
+    direct: Cell<bool>,
+    /// The plain transport is in readiness mode now: rustls reads the
+    /// socket (bulk data), or not (small messages take pool receives).
     by_readiness: Cell<bool>,
+    /// Readiness events in a row that read less than `BULK_READ`.
+    small_reads: Cell<u8>,
     /// The application's protocol counts as connected (after the
     /// handshake): it gets `connection_lost`.
     app_made: Cell<bool>,
@@ -236,7 +246,9 @@ impl Tls {
             unflushed: Cell::new(0),
             app_reading_paused: Cell::new(false),
             plain_reading_paused: Cell::new(false),
+            direct: Cell::new(false),
             by_readiness: Cell::new(false),
+            small_reads: Cell::new(0),
             app_made: Cell::new(false),
             call_connection_made,
             peer_closed: Cell::new(false),
@@ -294,17 +306,18 @@ impl Tls {
         }
     }
 
-    /// The plain transport is connected: the handshake starts. A socket
-    /// transport is put in readiness mode (rustls reads the socket into
-    /// its own buffer: one copy, where a pool receive makes two; bulk
-    /// records are sent from rustls's buffers too, see `flush_outgoing`),
-    /// unless `RINGLOOP_TLS_POOL_IO` is set (pool receives and queued
-    /// sends only, for comparing the two).
+    /// The plain transport is connected: the handshake starts. Over a
+    /// socket rustls may read and write it itself: bulk data is read in
+    /// readiness mode (rustls reads the socket into its own buffer: one
+    /// copy, where a pool receive makes two; see `choose_reads`) and bulk
+    /// records are sent from rustls's buffers (`flush_outgoing`), unless
+    /// `RINGLOOP_TLS_POOL_IO` is set (pool receives and queued sends only,
+    /// for comparing the two).
     fn start(self: &Rc<Self>, plain: Transport) {
         if let Some(st) = plain.as_stream().filter(|_| readiness_reads()) {
             let me: Weak<dyn ReadsSocket> = self.me.clone();
-            st.read_by_readiness(me);
-            self.by_readiness.set(true);
+            st.set_socket_reader(me);
+            self.direct.set(true);
         }
         *self.plain.borrow_mut() = Some(plain);
         self.state.set(State::Handshaking);
@@ -320,7 +333,7 @@ impl Tls {
     fn flush_outgoing(&self, force: bool) -> bool {
         let Some(p) = self.plain() else { return false };
         if self.unflushed.replace(0) >= DIRECT_SEND_MIN
-            && self.by_readiness.get()
+            && self.direct.get()
             && self.outgoing.borrow().is_empty()
         {
             // Bulk records leave from rustls's buffers where the order
@@ -394,6 +407,9 @@ impl Tls {
     /// Received ciphertext: fed now, or kept while the application does
     /// not read.
     fn on_data(self: &Rc<Self>, data: &[u8]) {
+        if data.len() >= BULK_READ {
+            self.choose_reads(true);
+        }
         if !self.incoming.borrow().is_empty() {
             self.incoming.borrow_mut().extend_from_slice(data);
             self.process_incoming();
@@ -417,7 +433,30 @@ impl Tls {
             }
         }
         self.consume(src);
+        if src.taken() >= BULK_READ {
+            self.small_reads.set(0);
+        } else if !self.app_reading_paused.get() {
+            let n = self.small_reads.get() + 1;
+            self.small_reads.set(n);
+            if n >= SMALL_READS_TO_POOL {
+                self.choose_reads(false);
+            }
+        }
         self.after_consume();
+    }
+
+    /// Bulk data is read by readiness (rustls reads the socket: one copy),
+    /// small messages take pool receives (no syscall: the proactor's
+    /// multishot receive; the copy into rustls is small and hot).
+    fn choose_reads(&self, bulk: bool) {
+        if !self.direct.get() || self.by_readiness.get() == bulk {
+            return;
+        }
+        self.by_readiness.set(bulk);
+        self.small_reads.set(0);
+        if let Some(st) = self.plain().as_ref().and_then(Transport::as_stream) {
+            st.set_readiness(bulk);
+        }
     }
 
     /// Reading's marks, and the peer's close once everything before it
