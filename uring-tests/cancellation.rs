@@ -40,13 +40,7 @@ both_backends! {
         // queued ahead of the task cancels the task, so its future is dropped
         // holding a completed, never-polled receive.
         peer.write_all(b"hello, nothing may be lost").unwrap();
-        let t2 = t.clone();
-        lp.call_soon(move || {
-            assert!(t2.cancel(None));
-        })
-        .unwrap();
-        common::drain(lp, LIMIT);
-        assert!(t.cancelled());
+        common::cancel_in_completion_turn(lp, &t);
         let s3 = sock.clone();
         let got = common::run_bounded(lp, Duration::from_secs(5), async move {
             get_running_loop().unwrap().sock_recv(&s3, 4096).await.unwrap()

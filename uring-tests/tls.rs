@@ -1128,13 +1128,7 @@ both_backends! {
         let mut hello = Vec::new();
         conn.write_tls(&mut hello).unwrap();
         peer.write_all(&hello).unwrap();
-        let t2 = t.clone();
-        lp.call_soon(move || {
-            assert!(t2.cancel(None));
-        })
-        .unwrap();
-        common::drain(lp, LIMIT);
-        assert!(t.cancelled());
+        common::cancel_in_completion_turn(lp, &t);
         drop(t);
         let fd = std::os::fd::AsRawFd::as_raw_fd(&*sock);
         assert_eq!(lp.stashed_bytes(fd), hello.len(), "the ClientHello is kept");

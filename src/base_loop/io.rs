@@ -187,7 +187,14 @@ impl StreamRecv {
                 self.cancelling = true;
                 m.cancel();
             }
-        } else if self.ready.as_ref().is_some_and(ReusableOp::in_flight) {
+        } else {
+            self.drop_wait();
+        }
+    }
+
+    /// Drops a readiness wait in flight (it holds no data).
+    fn drop_wait(&mut self) {
+        if self.ready.as_ref().is_some_and(ReusableOp::in_flight) {
             self.ready = None;
         }
     }
@@ -251,10 +258,7 @@ impl StreamRecv {
             self.cancelling = true;
             m.cancel();
         }
-        // (A readiness wait holds no data: it simply goes.)
-        if self.ready.as_ref().is_some_and(ReusableOp::in_flight) {
-            self.ready = None;
-        }
+        self.drop_wait();
     }
 
     /// Drops the receive (the transport is closing): what is still in

@@ -314,7 +314,7 @@ impl Tls {
     /// `RINGLOOP_TLS_POOL_IO` is set (pool receives and queued sends only,
     /// for comparing the two).
     fn start(self: &Rc<Self>, plain: Transport) {
-        if let Some(st) = plain.as_stream().filter(|_| readiness_reads()) {
+        if let Some(st) = plain.as_stream().filter(|_| direct_io()) {
             let me: Weak<dyn ReadsSocket> = self.me.clone();
             st.set_socket_reader(me);
             self.direct.set(true);
@@ -830,8 +830,8 @@ impl ReadsSocket for Tls {
     }
 }
 
-/// Readiness mode for TLS over sockets (see `Tls::start`).
-fn readiness_reads() -> bool {
+/// rustls may read and write the socket itself (see `Tls::start`).
+fn direct_io() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var_os("RINGLOOP_TLS_POOL_IO").is_none())
 }

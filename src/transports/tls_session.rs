@@ -176,12 +176,8 @@ impl Session {
 
     /// Moves the ciphertext waiting to be sent into `out`.
     pub(crate) fn take_tls(&mut self, out: &mut Vec<u8>) {
-        while self.conn.wants_write() {
-            // (Writing to a Vec cannot fail.)
-            if self.conn.write_tls(out).is_err() {
-                break;
-            }
-        }
+        // (Writing to a Vec cannot fail.)
+        self.send_tls(out);
     }
 
     pub(crate) fn is_handshaking(&self) -> bool {

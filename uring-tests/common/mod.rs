@@ -211,6 +211,20 @@ pub fn run_until(lp: &EventLoop, limit: Duration, mut cond: impl FnMut() -> bool
     }
 }
 
+/// Cancels `t` from a callback queued now, so that in the turn its
+/// pending receive completes the cancel runs first and the task's future
+/// is dropped holding a completed, never-polled receive (its data goes to
+/// the driver's stash); then drains the loop.
+pub fn cancel_in_completion_turn<T: 'static>(lp: &EventLoop, t: &ringloop::Task<T>) {
+    let t2 = t.clone();
+    lp.call_soon(move || {
+        assert!(t2.cancel(None));
+    })
+    .unwrap();
+    drain(lp, Duration::from_secs(5));
+    assert!(t.cancelled());
+}
+
 /// Runs turns until no op is in flight; fails after `limit` (a hang guard).
 pub fn drain(lp: &EventLoop, limit: Duration) {
     assert!(
