@@ -53,12 +53,18 @@ impl BufRing {
         Ok(r)
     }
 
-    /// Registers the ring as buffer group `bgid` of `ring`'s submitter.
-    pub fn register(&self, submitter: &io_uring::Submitter<'_>, bgid: u16) -> io::Result<()> {
+    /// Registers the ring as buffer group `bgid` of `ring`'s submitter,
+    /// with `flags` (`IOU_PBUF_RING_*`).
+    pub fn register(
+        &self,
+        submitter: &io_uring::Submitter<'_>,
+        bgid: u16,
+        flags: u16,
+    ) -> io::Result<()> {
         // SAFETY: the entries are a page-aligned mapping of `mask + 1`
         // entries that outlives the ring (see the module docs).
         unsafe {
-            submitter.register_buf_ring_with_flags(self.entries as u64, self.mask + 1, bgid, 0)
+            submitter.register_buf_ring_with_flags(self.entries as u64, self.mask + 1, bgid, flags)
         }
     }
 

@@ -19,6 +19,19 @@
 //! most `MAX_IOV` buffers). ringloop's writer instead coalesces a turn's
 //! writes into one send at the turn's end.
 //!
+//! With `Ring::Inc` (server kind `floor-uring-inc`, issue 17's experiment) the
+//! ring is registered with `IOU_PBUF_RING_INC` (Linux 6.12): 128 buffers
+//! of 128 KiB (the same 16 MiB), each consumed a receive at a time, so a
+//! receive takes what arrived, up to what is left of the head buffer, and
+//! a buffer goes back to the ring once the kernel has used all of it
+//! (no `IORING_CQE_F_BUF_MORE`) and every slice of it has been sent.
+//!
+//! With `Ring::Bundle` (`floor-uring-bundle`) receives are bundles over
+//! the usual ring, capped as the proactor caps them (64 KiB with one
+//! connection, 128 KiB with more): one completion names its first buffer
+//! and fills the ring's next entries in order, which a mirror of the
+//! ring's order maps back to buffer ids.
+//!
 //! Its ring always holds all 1,024 buffers, the proactor's pool as it was
 //! before its ring learned to hold only what the traffic needs: at 1 KiB
 //! that makes no measurable difference, at 100 KiB the proactor now beats
@@ -41,9 +54,15 @@ use bufring::BufRing;
 const BUFS: u16 = 1024;
 const BUF_LEN: usize = 16 * 1024;
 const BGID: u16 = 0;
+/// The incremental ring: as many bytes in fewer, larger buffers.
+const INC_BUFS: u16 = 128;
+const INC_BUF_LEN: usize = 128 * 1024;
 
 /// `IORING_ENTER_GETEVENTS` (the crate does not export its `sys` module).
 const GETEVENTS: u32 = 1;
+/// `IORING_RECV_MULTISHOT` and `IORING_RECVSEND_BUNDLE` (io_uring.h).
+const RECV_MULTISHOT: u16 = 1 << 1;
+const RECVSEND_BUNDLE: u16 = 1 << 4;
 const ACCEPT: u64 = u64::MAX;
 const RECV: u64 = 0;
 const SEND: u64 = 1;
@@ -52,8 +71,9 @@ const SEND: u64 = 1;
 const MAX_IOV: usize = 64;
 
 struct Conn {
-    /// Buffers received and not yet sent back whole: (buffer id, length).
-    queue: VecDeque<(u16, u32)>,
+    /// Slices received and not yet sent back whole: (buffer id, offset in
+    /// it, length).
+    queue: VecDeque<(u16, u32, u32)>,
     /// Bytes of the queue's front already sent.
     off: u32,
     /// A send is in flight (it is for the queue's front).
@@ -86,9 +106,31 @@ struct Floor {
     // Fields drop in order: the ring before the buffers it may write into.
     ring: IoUring<squeue::Entry, cqueue::Entry>,
     bufs: BufRing,
+    /// Incremental consumption: per buffer, the bytes the kernel has
+    /// filled, the slices not yet sent, and whether the kernel is done
+    /// with it (empty unless `Ring::Inc`).
+    filled: Vec<u32>,
+    slices: Vec<u32>,
+    used_up: Vec<bool>,
+    /// Bundles: the buffer ids in the ring's order (empty otherwise).
+    order: VecDeque<u16>,
+    mode: Ring,
+    /// Connections with a receive armed (for the bundle cap).
+    receiving: usize,
     conns: Vec<Conn>,
     sqes: Vec<squeue::Entry>,
     listener: RawFd,
+}
+
+/// How the floor receives.
+#[derive(Clone, Copy, PartialEq)]
+pub enum Ring {
+    /// One 16 KiB buffer per completion.
+    Plain,
+    /// `IOU_PBUF_RING_INC`: large buffers consumed a receive at a time.
+    Inc,
+    /// `IORING_RECVSEND_BUNDLE`: several 16 KiB buffers per completion.
+    Bundle,
 }
 
 fn ud(fd: RawFd, kind: u64) -> u64 {
@@ -96,17 +138,34 @@ fn ud(fd: RawFd, kind: u64) -> u64 {
 }
 
 impl Floor {
-    fn new(listener: RawFd) -> io::Result<Floor> {
-        let bufs = BufRing::new(BUFS, BUF_LEN)?;
+    fn new(listener: RawFd, mode: Ring) -> io::Result<Floor> {
+        let inc = mode == Ring::Inc;
+        let (count, len) = if inc {
+            (INC_BUFS, INC_BUF_LEN)
+        } else {
+            (BUFS, BUF_LEN)
+        };
+        let bufs = BufRing::new(count, len)?;
         let ring = IoUring::<squeue::Entry, cqueue::Entry>::builder()
             .setup_single_issuer()
             .setup_defer_taskrun()
             .setup_cqsize(8192)
             .build(4096)?;
-        bufs.register(&ring.submitter(), BGID)?;
+        let flags = if inc { types::IOU_PBUF_RING_INC } else { 0 };
+        bufs.register(&ring.submitter(), BGID, flags as u16)?;
+        let n = if inc { count as usize } else { 0 };
         let mut f = Floor {
             ring,
             bufs,
+            filled: vec![0; n],
+            slices: vec![0; n],
+            used_up: vec![false; n],
+            order: match mode {
+                Ring::Bundle => (0..count).collect(),
+                _ => VecDeque::new(),
+            },
+            mode,
+            receiving: 0,
             conns: Vec::new(),
             sqes: Vec::new(),
             listener,
@@ -131,10 +190,21 @@ impl Floor {
     }
 
     fn arm_recv(&mut self, fd: RawFd) {
+        if !self.conn(fd).recv_armed {
+            self.receiving += 1;
+        }
         self.conn(fd).recv_armed = true;
-        let e = opcode::RecvMulti::new(types::Fd(fd), BGID)
-            .build()
-            .user_data(ud(fd, RECV));
+        let e = if self.mode == Ring::Bundle {
+            let cap = if self.receiving > 1 { 8 } else { 4 } * BUF_LEN as u32;
+            opcode::Recv::new(types::Fd(fd), std::ptr::null_mut(), cap)
+                .ioprio(RECV_MULTISHOT | RECVSEND_BUNDLE)
+                .buf_group(BGID)
+                .build()
+                .flags(squeue::Flags::BUFFER_SELECT)
+        } else {
+            opcode::RecvMulti::new(types::Fd(fd), BGID).build()
+        };
+        let e = e.user_data(ud(fd, RECV));
         self.sqes.push(e);
     }
 
@@ -158,15 +228,15 @@ impl Floor {
         // The buffers stay out of the ring until their send is done.
         let at = |bid: u16, off: u32| bufs.buf(bid, off as usize);
         let e = if c.queue.len() == 1 {
-            let (bid, len) = c.queue[0];
-            opcode::Send::new(types::Fd(fd), at(bid, c.off), len - c.off).build()
+            let (bid, at_off, len) = c.queue[0];
+            opcode::Send::new(types::Fd(fd), at(bid, at_off + c.off), len - c.off).build()
         } else {
             let (hdr, iov) = &mut *c.msg;
             let mut n = 0;
-            for (i, &(bid, len)) in c.queue.iter().take(MAX_IOV).enumerate() {
+            for (i, &(bid, at_off, len)) in c.queue.iter().take(MAX_IOV).enumerate() {
                 let off = if i == 0 { c.off } else { 0 };
                 iov[i] = libc::iovec {
-                    iov_base: at(bid, off) as *mut libc::c_void,
+                    iov_base: at(bid, at_off + off) as *mut libc::c_void,
                     iov_len: (len - off) as usize,
                 };
                 n += 1;
@@ -204,10 +274,34 @@ impl Floor {
         if user & 1 == RECV {
             if !cqueue::more(flags) {
                 self.conn(fd).recv_armed = false;
+                self.receiving -= 1;
             }
-            if res > 0 {
+            if res > 0 && self.mode == Ring::Bundle {
+                let first = cqueue::buffer_select(flags).expect("a provided buffer");
+                let mut left = res as u32;
+                while left > 0 {
+                    let bid = self.order.pop_front().expect("the ring's order");
+                    debug_assert!(left < res as u32 || bid == first);
+                    let len = left.min(BUF_LEN as u32);
+                    self.conns[fd as usize].queue.push_back((bid, 0, len));
+                    left -= len;
+                }
+                if !cqueue::more(flags) {
+                    self.arm_recv(fd);
+                }
+            } else if res > 0 {
                 let bid = cqueue::buffer_select(flags).expect("a provided buffer");
-                self.conns[fd as usize].queue.push_back((bid, res as u32));
+                let mut off = 0;
+                if self.mode == Ring::Inc {
+                    let b = bid as usize;
+                    off = self.filled[b];
+                    self.filled[b] += res as u32;
+                    self.slices[b] += 1;
+                    self.used_up[b] = !cqueue::buffer_more(flags);
+                }
+                self.conns[fd as usize]
+                    .queue
+                    .push_back((bid, off, res as u32));
                 if !cqueue::more(flags) {
                     self.arm_recv(fd);
                 }
@@ -224,11 +318,11 @@ impl Floor {
         c.sending = false;
         if res <= 0 {
             // The peer is gone: drop what is queued, close after the receive.
-            let gone: Vec<u16> = c.queue.drain(..).map(|(b, _)| b).collect();
+            let gone: Vec<u16> = c.queue.drain(..).map(|(b, _, _)| b).collect();
             c.eof = true;
             c.off = 0;
             for b in gone {
-                self.bufs.give_back(b);
+                self.release(b);
             }
             if self.conns[fd as usize].recv_armed {
                 let e = opcode::AsyncCancel::new(ud(fd, RECV))
@@ -238,7 +332,7 @@ impl Floor {
             }
         } else {
             let mut sent = res as u32;
-            while let Some(&(bid, len)) = self.conns[fd as usize].queue.front() {
+            while let Some(&(bid, _, len)) = self.conns[fd as usize].queue.front() {
                 let c = &mut self.conns[fd as usize];
                 let rest = len - c.off;
                 if sent < rest {
@@ -248,21 +342,41 @@ impl Floor {
                 sent -= rest;
                 c.off = 0;
                 c.queue.pop_front();
-                self.bufs.give_back(bid);
+                self.release(bid);
             }
         }
         self.pump(fd);
+    }
+
+    /// A slice of buffer `bid` has been sent (or dropped): the buffer goes
+    /// back to the ring, unless (incremental ring) the kernel is still
+    /// filling it or other slices of it are still queued.
+    fn release(&mut self, bid: u16) {
+        if self.mode == Ring::Bundle {
+            self.order.push_back(bid);
+        }
+        if self.mode == Ring::Inc {
+            let b = bid as usize;
+            self.slices[b] -= 1;
+            if self.slices[b] > 0 || !self.used_up[b] {
+                return;
+            }
+            self.filled[b] = 0;
+            self.used_up[b] = false;
+        }
+        self.bufs.give_back(bid);
     }
 }
 
 /// Serves echo on 127.0.0.1 (an ephemeral port, passed to `announce`)
 /// until the process is killed.
-pub fn serve(announce: impl FnOnce(u16)) {
+/// Receiving as `mode` says (see the module docs).
+pub fn serve(announce: impl FnOnce(u16), mode: Ring) {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind");
     // SAFETY: `l` is a listening socket; a second listen() only deepens
     // its backlog (for c=1000).
     unsafe { libc::listen(l.as_raw_fd(), 4096) };
-    let mut f = Floor::new(l.as_raw_fd()).expect("io_uring");
+    let mut f = Floor::new(l.as_raw_fd(), mode).expect("io_uring");
     announce(l.local_addr().unwrap().port());
     let mut cqes = Vec::new();
     loop {

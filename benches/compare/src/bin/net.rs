@@ -44,6 +44,11 @@ const SERVERS: [&str; 7] = [
     "floor-uring",
 ];
 
+/// Servers `--server` runs that the tables leave out: the floor over an
+/// incremental buffer ring (`IOU_PBUF_RING_INC`) and with receive bundles,
+/// issue 17's experiment (see `floor.rs` and `docs/benchmarks.md`).
+const EXTRA_SERVERS: [&str; 2] = ["floor-uring-inc", "floor-uring-bundle"];
+
 /// The echo table's ratio columns: (numerator, denominator) in `SERVERS`.
 /// The last one, floor/tokio, is the ceiling: what a server with no
 /// overhead at all gains over tokio on this machine.
@@ -464,7 +469,9 @@ fn serve(kind: &str, quit_after: usize) {
         "ringloop-proactor" => ringloop(Backend::Proactor),
         "ringloop-proactor-streams" if !http => serve_ringloop(Backend::Proactor, true, quit_after),
         "ringloop-selector" => ringloop(Backend::Selector),
-        "floor-uring" if !http => floor::serve(announce),
+        "floor-uring" if !http => floor::serve(announce, floor::Ring::Plain),
+        "floor-uring-inc" if !http => floor::serve(announce, floor::Ring::Inc),
+        "floor-uring-bundle" if !http => floor::serve(announce, floor::Ring::Bundle),
         "tokio" => serve_tokio(http),
         "monoio-uring" => monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
             .build()
@@ -701,7 +708,12 @@ fn svg(rows: &[(usize, usize, Vec<f64>)], conns: usize) -> String {
 
 /// The usage, with every server kind `--server` takes.
 fn usage() -> String {
-    let kinds: Vec<&str> = SERVERS.iter().chain(HTTP_SERVERS.iter()).copied().collect();
+    let kinds: Vec<&str> = SERVERS
+        .iter()
+        .chain(EXTRA_SERVERS.iter())
+        .chain(HTTP_SERVERS.iter())
+        .copied()
+        .collect();
     format!(
         "usage: net [--quick | --counters-only]
        net --server KIND [--quit-after N]
@@ -773,7 +785,11 @@ fn main() {
             }
             "--quit-after" => quit = value(&mut args, "--quit-after", "a number"),
             "--server" => match args.next() {
-                Some(k) if SERVERS.contains(&k.as_str()) || HTTP_SERVERS.contains(&k.as_str()) => {
+                Some(k)
+                    if [&SERVERS[..], &EXTRA_SERVERS, &HTTP_SERVERS]
+                        .iter()
+                        .any(|l| l.contains(&k.as_str())) =>
+                {
                     server = Some(k)
                 }
                 Some(k) => cli::usage_error(&format!("unknown server kind {k:?}"), &usage()),
