@@ -97,6 +97,31 @@ pub(crate) struct HandleInner<C: ?Sized = dyn CallOnce> {
     callback: C,
 }
 
+impl<C: CallOnce + ?Sized> HandleInner<C> {
+    /// See [`Handle::cancel`].
+    #[inline]
+    pub(crate) fn cancel(&self) {
+        let state = self.state.get();
+        if state & CANCELLED != 0 {
+            return;
+        }
+        self.state.set(state | CANCELLED);
+        let had_cb = self.callback.clear();
+        if let Kind::Timer { core, .. } = &self.kind {
+            if had_cb && state & IN_HEAP != 0 {
+                if let Some(core) = core.upgrade() {
+                    core.timer_cancelled();
+                }
+            }
+        }
+    }
+
+    /// The callback slot itself (for a typed timer, [`Handle::timer_with`]).
+    pub(crate) fn callback(&self) -> &C {
+        &self.callback
+    }
+}
+
 /// A scheduled callback, returned by `call_soon` (asyncio's `Handle`).
 ///
 /// Equivalent to `asyncio.Handle`. Dropping it does not cancel the callback.
@@ -120,24 +145,28 @@ impl Handle {
         }))
     }
 
+    /// A timer whose callback slot is `callback` itself, returned typed, so
+    /// that its owner reads the slot's state through the one allocation
+    /// (a sleep's wake-up: no handle plus a shared signal). `Handle(rc)`
+    /// is the loop's view of it.
+    pub(crate) fn timer_with<C: CallOnce + 'static>(
+        callback: C,
+        when: u64,
+        core: Weak<Core>,
+    ) -> Rc<HandleInner<C>> {
+        Rc::new(HandleInner {
+            state: Cell::new(0),
+            kind: Kind::Timer { when, core },
+            callback,
+        })
+    }
+
     /// Cancels the callback; a no-op if it already ran or was cancelled.
     ///
     /// Equivalent to `asyncio.Handle.cancel`. The callback (and whatever it
     /// captured) is dropped at once.
     pub fn cancel(&self) {
-        let state = self.0.state.get();
-        if state & CANCELLED != 0 {
-            return;
-        }
-        self.0.state.set(state | CANCELLED);
-        let had_cb = self.0.callback.clear();
-        if let Kind::Timer { core, .. } = &self.0.kind {
-            if had_cb && state & IN_HEAP != 0 {
-                if let Some(core) = core.upgrade() {
-                    core.timer_cancelled();
-                }
-            }
-        }
+        self.0.cancel()
     }
 
     /// True once [`cancel`](Self::cancel) was called.

@@ -33,7 +33,9 @@ use timers::TimerHeap;
 
 use crate::driver::{Backend, Driver, DriverRef, DriverStats, probe};
 use crate::error::{Error, Result, panic_message};
-use crate::events::{ExceptionContext, ExceptionHandler, Handle, TimerHandle, ticks};
+use crate::events::{
+    CallOnce, ExceptionContext, ExceptionHandler, Handle, HandleInner, TimerHandle, ticks,
+};
 use crate::tasks::{RawTask, Task, TaskCell, TaskHeader, TaskRef};
 
 /// How long `close` waits for cancelled io_uring ops before leaking them.
@@ -754,6 +756,18 @@ impl EventLoop {
         let h = Handle::new_timer(cb, when, Rc::downgrade(&self.core));
         self.core.timers.borrow_mut().push(when, h.clone());
         TimerHandle(h)
+    }
+
+    /// `call_at` with a typed callback slot (see [`Handle::timer_with`]).
+    pub(crate) fn call_at_slot<C: CallOnce + 'static>(
+        &self,
+        when: Instant,
+        slot: C,
+    ) -> Rc<HandleInner<C>> {
+        let when = ticks::from_instant(when);
+        let h = Handle::timer_with(slot, when, Rc::downgrade(&self.core));
+        self.core.timers.borrow_mut().push(when, Handle(h.clone()));
+        h
     }
 
     fn run_forever_impl(&self) -> Result<()> {

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use crate::base_loop::EventLoop;
 use crate::error::{Error, Result};
-use crate::events::{AbstractEventLoop, TimerHandle, get_running_loop};
+use crate::events::{AbstractEventLoop, CallOnce, HandleInner, get_running_loop};
 use crate::tasks::{Task, yield_now};
 
 /// Shared between a waiting future and the callbacks that wake it.
@@ -26,6 +26,22 @@ use crate::tasks::{Task, yield_now};
 struct Signal {
     fired: Cell<bool>,
     waker: RefCell<Option<Waker>>,
+}
+
+/// A sleep's timer runs its signal (the signal is the timer's callback
+/// slot: one allocation per sleep).
+impl CallOnce for Signal {
+    fn call(&self) -> bool {
+        if self.fired.get() {
+            return false;
+        }
+        self.fire();
+        true
+    }
+    fn clear(&self) -> bool {
+        drop(self.waker.take());
+        !self.fired.get()
+    }
 }
 
 impl Signal {
@@ -49,7 +65,7 @@ impl Signal {
 /// the waiting task); dropping it cancels the timer.
 struct Sleep {
     deadline: Instant,
-    timer: Option<(TimerHandle, Rc<Signal>)>,
+    timer: Option<Rc<HandleInner<Signal>>>,
 }
 
 impl std::fmt::Debug for Sleep {
@@ -110,21 +126,20 @@ impl Future for SleepFut {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
         let s = &mut self.0;
         match &s.timer {
-            Some((_, sig)) if sig.fired.get() => Poll::Ready(Ok(())),
-            Some((_, sig)) => {
-                sig.register(cx);
+            Some(t) if t.callback().fired.get() => Poll::Ready(Ok(())),
+            Some(t) => {
+                t.callback().register(cx);
                 Poll::Pending
             }
             None => {
+                // As `call_at`: a deadline already past fires at the next
+                // turn (asyncio's sleep yields at least once), so no clock
+                // read here.
                 let lp = get_running_loop()?;
-                if Instant::now() >= s.deadline {
-                    return Poll::Ready(Ok(()));
-                }
-                let sig = Rc::new(Signal::default());
+                lp.check_open()?;
+                let sig = Signal::default();
                 sig.register(cx);
-                let s2 = sig.clone();
-                let th = lp.call_at(s.deadline, move || s2.fire())?;
-                s.timer = Some((th, sig));
+                s.timer = Some(lp.call_at_slot(s.deadline, sig));
                 Poll::Pending
             }
         }
@@ -133,8 +148,8 @@ impl Future for SleepFut {
 
 impl Drop for Sleep {
     fn drop(&mut self) {
-        if let Some((th, _)) = &self.timer {
-            th.cancel();
+        if let Some(t) = &self.timer {
+            t.cancel();
         }
     }
 }
