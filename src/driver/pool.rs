@@ -416,6 +416,7 @@ pub struct RecvBuf {
 
 impl RecvBuf {
     /// Wraps the buffer a completion value names, or `None` if it names none.
+    #[inline]
     pub(crate) fn from_completion(pool: &PoolRef, v: u32) -> Option<RecvBuf> {
         let (bid, len) = decode(v)?;
         let ptr = pool.borrow().slice_ptr(bid);
