@@ -715,7 +715,7 @@ fn usage() -> String {
         .copied()
         .collect();
     format!(
-        "usage: net [--quick | --counters-only]
+        "usage: net [--quick | --counters-only | --http-only]
        net --server KIND [--quit-after N]
        net --client PORT SIZE CONNS SECS [REQUESTS]
 
@@ -726,6 +726,7 @@ fn usage() -> String {
   --sizes LIST      only these echo sizes (bytes, or KiB with k: 100k), no HTTP
   --conns LIST      only these connection counts, no HTTP
   --read-chunk N    the load client reads at most N bytes per receive
+  --http-only       only the HTTP table (no echo rows, no counters)
   --server KIND     run one server and print `PORT p` (for profiling); with
                     --quit-after N, exit once N connections have closed.
                     KIND is one of:
@@ -769,6 +770,7 @@ fn value<T: std::str::FromStr>(
 fn main() {
     cli::init_logging();
     let (mut quick, mut counters_only, mut quit) = (false, false, 0usize);
+    let mut http_only = false;
     let (mut only_sizes, mut only_conns) = (None::<Vec<usize>>, None::<Vec<usize>>);
     let (mut server, mut client) = (None::<String>, None);
     let mut args = std::env::args().skip(1).peekable();
@@ -777,6 +779,7 @@ fn main() {
             "--help" | "-h" => return println!("{}", usage()),
             "--quick" => quick = true,
             "--counters-only" => counters_only = true,
+            "--http-only" => http_only = true,
             "--sizes" => only_sizes = Some(list(&mut args, "--sizes")),
             "--conns" => only_conns = Some(list(&mut args, "--conns")),
             "--read-chunk" => {
@@ -830,9 +833,14 @@ fn main() {
     };
     // (--sizes / --conns: only those echo rows, and no HTTP or counters.)
     let partial = only_sizes.is_some() || only_conns.is_some();
-    let sizes: Vec<usize> = only_sizes.unwrap_or_else(|| sizes.to_vec());
+    let sizes: Vec<usize> = match http_only {
+        true => Vec::new(),
+        false => only_sizes.unwrap_or_else(|| sizes.to_vec()),
+    };
     let conc: Vec<usize> = only_conns.unwrap_or_else(|| conc.to_vec());
-    let counters_only = counters_only && !partial;
+    let counters_only = counters_only && !partial && !http_only;
+    // (--http-only: the HTTP table alone.)
+    let partial = partial || http_only;
     // SAFETY: cpu_set_t is plain data; sched_setaffinity only reads it.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
@@ -848,16 +856,18 @@ fn main() {
     }
     let mut table: Vec<(usize, usize, Vec<f64>)> = Vec::new();
     let mut json = Vec::new();
-    print!("| size | conns |");
-    for s in SERVERS {
-        print!(" {s} |");
+    if !sizes.is_empty() {
+        print!("| size | conns |");
+        for s in SERVERS {
+            print!(" {s} |");
+        }
+        println!("{ECHO_RATIO_NAMES} client idle |");
+        println!(
+            "|---:|---:|{}{}---:|",
+            "---:|".repeat(SERVERS.len()),
+            "---|".repeat(ECHO_RATIOS.len())
+        );
     }
-    println!("{ECHO_RATIO_NAMES} client idle |");
-    println!(
-        "|---:|---:|{}{}---:|",
-        "---:|".repeat(SERVERS.len()),
-        "---|".repeat(ECHO_RATIOS.len())
-    );
     let mut cpu_rows = Vec::new();
     for &size in &sizes {
         for &c in &conc {
@@ -898,8 +908,10 @@ fn main() {
             table.push((size, c, meds));
         }
     }
-    print_cpu_table("server CPU µs / request, echo", &SERVERS, &cpu_rows);
-    let http = if counters_only || partial {
+    if !sizes.is_empty() {
+        print_cpu_table("server CPU µs / request, echo", &SERVERS, &cpu_rows);
+    }
+    let http = if counters_only || (partial && !http_only) {
         Vec::new()
     } else if quick {
         http_bench(&[10], 1, 1)
