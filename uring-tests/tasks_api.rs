@@ -37,6 +37,42 @@ both_backends! {
 }
 
 both_backends! {
+    fn sleep_until_a_past_deadline_yields_once_and_a_dropped_sleep_leaves_no_timer(lp) {
+        let log = Rc::new(RefCell::new(Vec::new()));
+        let l = log.clone();
+        common::run_bounded(lp, LIMIT, async move {
+            let lp = get_running_loop().unwrap();
+            let l2 = l.clone();
+            lp.call_soon(move || l2.borrow_mut().push("callback")).unwrap();
+            // A deadline already past still goes through the loop once
+            // (asyncio's sleep yields at least once), so the callback
+            // scheduled before it runs first.
+            ringloop::sleep_until(Instant::now() - ms(50)).await.unwrap();
+            l.borrow_mut().push("after the past deadline");
+        });
+        assert_eq!(*log.borrow(), ["callback", "after the past deadline"]);
+
+        // Each sleep polled once holds one timer in the heap; dropping it
+        // (its task cancelled) cancels the timer and tells the heap, which
+        // lets all of them go once more than half are cancelled. (A turn
+        // first, so the cancelled bound timer of `run_bounded` is gone.)
+        turns(lp, 1);
+        let before = lp.scheduled_timers();
+        let tasks: Vec<_> = (0..300)
+            .map(|_| lp.create_task(async { sleep(Duration::from_secs(3600)).await }))
+            .collect();
+        turns(lp, 2);
+        assert_eq!(lp.scheduled_timers(), before + 300);
+        for t in &tasks {
+            t.cancel(None);
+        }
+        turns(lp, 2);
+        assert!(tasks.iter().all(|t| t.cancelled()));
+        assert_eq!(lp.scheduled_timers(), before);
+    }
+}
+
+both_backends! {
     fn cancelled_sleep_ends_promptly(lp) {
         let t = lp.create_task(async { sleep(Duration::from_secs(3600)).await });
         turns(lp, 1);
