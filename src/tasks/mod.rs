@@ -206,8 +206,8 @@ type TaskCallback<T> = Box<dyn FnOnce(&Task<T>)>;
 
 pub(crate) struct TaskCell<F: Future> {
     header: TaskHeader,
+    /// The future, then the result (`slot.rs`).
     future: slot::FutureSlot<F>,
-    result: RefCell<Option<Result<F::Output>>>,
     /// Awaiting tasks.
     joiners: RefCell<Joiners>,
     /// Done callbacks, boxed on first use (most tasks have none).
@@ -237,7 +237,6 @@ where
         Rc::new(TaskCell {
             header,
             future: slot::FutureSlot::new(fut),
-            result: RefCell::new(None),
             joiners: RefCell::new(Joiners::None),
             callbacks: RefCell::new(None),
         })
@@ -258,7 +257,7 @@ where
             Err(Error::Cancelled(_)) => Outcome::Cancelled,
             Err(_) => Outcome::Failed,
         };
-        *self.result.borrow_mut() = Some(result);
+        self.future.set_result(result);
         self.header.outcome.set(outcome);
         match std::mem::take(&mut *self.joiners.borrow_mut()) {
             Joiners::None => {}
@@ -365,7 +364,7 @@ where
     fn poll_join(&self, cx: &mut Context<'_>) -> Poll<Result<F::Output>> {
         if self.header.done() {
             self.header.retrieved.set(true);
-            return Poll::Ready(self.result.borrow_mut().take().unwrap_or_else(|| {
+            return Poll::Ready(self.future.take_result().unwrap_or_else(|| {
                 Err(Error::state(
                     "the task's result was already taken by another await",
                 ))
@@ -391,7 +390,7 @@ where
     }
 
     fn with_result(&self, f: &mut dyn FnMut(Option<&Result<F::Output>>)) {
-        f(self.result.borrow().as_ref())
+        self.future.with_result(f)
     }
 
     fn add_callback(&self, cb: TaskCallback<F::Output>) -> u64 {
@@ -422,7 +421,7 @@ impl<F: Future> Drop for TaskCell<F> {
         if self.header.retrieved.get() || self.header.internal {
             return;
         }
-        let err = match self.result.get_mut() {
+        let err = match self.future.result_mut() {
             Some(Err(e)) if !e.is_cancelled() => e.clone(),
             // A body that returned `Err` nobody looked at (see `body_error`).
             Some(Ok(_)) => match self
