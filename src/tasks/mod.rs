@@ -208,24 +208,44 @@ pub(crate) struct TaskCell<F: Future> {
     header: TaskHeader,
     /// The future, then the result (`slot.rs`).
     future: slot::FutureSlot<F>,
-    /// Awaiting tasks.
-    joiners: RefCell<Joiners>,
-    /// Done callbacks, boxed on first use (most tasks have none).
-    callbacks: RefCell<Option<Box<Callbacks<F::Output>>>>,
+    /// Who waits for the task to finish.
+    waiters: RefCell<Waiters<F::Output>>,
 }
 
-/// Who awaits a task: usually one waker, inline.
-#[derive(Default)]
-enum Joiners {
-    #[default]
+/// Who waits for a task: usually one awaiting waker, inline; a second
+/// awaiter or any done callback moves them all to a box (most tasks have
+/// neither), which keeps the task cell small.
+enum Waiters<T> {
     None,
     One(Waker),
-    Many(Vec<Waker>),
+    Rare(Box<RareWaiters<T>>),
 }
 
-struct Callbacks<T> {
+struct RareWaiters<T> {
+    joiners: Vec<Waker>,
     next_id: u64,
-    list: Vec<(u64, TaskCallback<T>)>,
+    callbacks: Vec<(u64, TaskCallback<T>)>,
+}
+
+impl<T> Waiters<T> {
+    /// The boxed form, made on first use (keeping an inline waker).
+    fn rare(&mut self) -> &mut RareWaiters<T> {
+        if !matches!(self, Waiters::Rare(_)) {
+            let mut r = Box::new(RareWaiters {
+                joiners: Vec::new(),
+                next_id: 1,
+                callbacks: Vec::new(),
+            });
+            if let Waiters::One(w) = std::mem::replace(self, Waiters::None) {
+                r.joiners.push(w);
+            }
+            *self = Waiters::Rare(r);
+        }
+        match self {
+            Waiters::Rare(r) => r,
+            _ => unreachable!("made above"),
+        }
+    }
 }
 
 impl<F> TaskCell<F>
@@ -237,8 +257,7 @@ where
         Rc::new(TaskCell {
             header,
             future: slot::FutureSlot::new(fut),
-            joiners: RefCell::new(Joiners::None),
-            callbacks: RefCell::new(None),
+            waiters: RefCell::new(Waiters::None),
         })
     }
 
@@ -259,15 +278,17 @@ where
         };
         self.future.set_result(result);
         self.header.outcome.set(outcome);
-        match std::mem::take(&mut *self.joiners.borrow_mut()) {
-            Joiners::None => {}
-            Joiners::One(w) => w.wake(),
-            Joiners::Many(ws) => ws.into_iter().for_each(Waker::wake),
-        }
-        let Some(cbs) = self.callbacks.borrow_mut().take() else {
-            return;
+        let rare = match std::mem::replace(&mut *self.waiters.borrow_mut(), Waiters::None) {
+            Waiters::None => return,
+            Waiters::One(w) => return w.wake(),
+            Waiters::Rare(r) => r,
         };
-        let cbs = cbs.list;
+        let RareWaiters {
+            joiners,
+            callbacks: cbs,
+            ..
+        } = *rare;
+        joiners.into_iter().for_each(Waker::wake);
         if cbs.is_empty() {
             return;
         }
@@ -370,19 +391,14 @@ where
                 ))
             }));
         }
-        let mut j = self.joiners.borrow_mut();
-        match &mut *j {
-            Joiners::None => *j = Joiners::One(cx.waker().clone()),
-            Joiners::One(w) if w.will_wake(cx.waker()) => {}
-            Joiners::One(_) => {
-                let Joiners::One(first) = std::mem::take(&mut *j) else {
-                    unreachable!()
-                };
-                *j = Joiners::Many(vec![first, cx.waker().clone()]);
-            }
-            Joiners::Many(ws) => {
-                if !ws.iter().any(|w| w.will_wake(cx.waker())) {
-                    ws.push(cx.waker().clone());
+        let mut w = self.waiters.borrow_mut();
+        match &mut *w {
+            Waiters::None => *w = Waiters::One(cx.waker().clone()),
+            Waiters::One(one) if one.will_wake(cx.waker()) => {}
+            _ => {
+                let r = w.rare();
+                if !r.joiners.iter().any(|j| j.will_wake(cx.waker())) {
+                    r.joiners.push(cx.waker().clone());
                 }
             }
         }
@@ -394,25 +410,20 @@ where
     }
 
     fn add_callback(&self, cb: TaskCallback<F::Output>) -> u64 {
-        let mut cbs = self.callbacks.borrow_mut();
-        let cbs = cbs.get_or_insert_with(|| {
-            Box::new(Callbacks {
-                next_id: 1,
-                list: Vec::new(),
-            })
-        });
-        let id = cbs.next_id;
-        cbs.next_id += 1;
-        cbs.list.push((id, cb));
+        let mut w = self.waiters.borrow_mut();
+        let r = w.rare();
+        let id = r.next_id;
+        r.next_id += 1;
+        r.callbacks.push((id, cb));
         id
     }
 
     fn remove_callback(&self, id: u64) -> usize {
-        let mut cbs = self.callbacks.borrow_mut();
-        let Some(cbs) = cbs.as_mut() else { return 0 };
-        let before = cbs.list.len();
-        cbs.list.retain(|(i, _)| *i != id);
-        before - cbs.list.len()
+        let mut w = self.waiters.borrow_mut();
+        let Waiters::Rare(r) = &mut *w else { return 0 };
+        let before = r.callbacks.len();
+        r.callbacks.retain(|(i, _)| *i != id);
+        before - r.callbacks.len()
     }
 }
 
