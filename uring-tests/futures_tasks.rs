@@ -301,6 +301,47 @@ fn run_cancels_leftover_tasks() {
 }
 
 both_backends! {
+    /// A task's waiters: the first awaiter is kept inline; a done callback
+    /// added after it, a second awaiter and a removed callback all move to
+    /// the boxed form, and finishing wakes both awaiters and runs only the
+    /// callback still registered, after them.
+    fn a_task_with_two_awaiters_and_done_callbacks(lp) {
+        let gate = lp.create_future::<u32>();
+        let g = gate.clone();
+        let t = lp.create_task(async move { g.await.unwrap() });
+        let log = Rc::new(RefCell::new(Vec::new()));
+        let (l1, l2) = (log.clone(), log.clone());
+        let (ta, tb) = (t.clone(), t.clone());
+        let a = lp.create_task(async move {
+            let r = ta.await;
+            l1.borrow_mut().push(format!("a {:?}", r.ok()));
+        });
+        turns(lp, 2);
+        let (l3, l4) = (log.clone(), log.clone());
+        let removed = t.add_done_callback(move |_| l3.borrow_mut().push("removed cb".into()));
+        let kept = t.add_done_callback(move |t| l4.borrow_mut().push(format!("cb done={}", t.done())));
+        assert!(removed != 0 && kept != 0 && removed != kept);
+        let b = lp.create_task(async move {
+            let r = tb.await;
+            l2.borrow_mut().push(format!("b invalid={}", matches!(r, Err(Error::InvalidState(_)))));
+        });
+        turns(lp, 2);
+        assert_eq!(t.remove_done_callback(removed), 1);
+        assert_eq!(t.remove_done_callback(removed), 0);
+        assert!(log.borrow().is_empty());
+        gate.set_result(7).unwrap();
+        turns(lp, 4);
+        assert!(a.done() && b.done());
+        // Both awaiters woke (in the order they awaited); the first took
+        // the result, the second saw it taken; the kept callback ran.
+        assert_eq!(
+            *log.borrow(),
+            ["a Some(7)", "b invalid=true", "cb done=true"]
+        );
+    }
+}
+
+both_backends! {
     /// A task whose await was taken once reports InvalidState to a second await.
     fn second_await_of_a_task_gets_invalid_state(lp) {
         common::run_bounded(lp, Duration::from_secs(5), async {
