@@ -303,8 +303,9 @@ fn run_cancels_leftover_tasks() {
 both_backends! {
     /// A task's waiters: the first awaiter is kept inline; a done callback
     /// added after it, a second awaiter and a removed callback all move to
-    /// the boxed form, and finishing wakes both awaiters and runs only the
-    /// callback still registered, after them.
+    /// the boxed form, and finishing runs the awaiters and the callback
+    /// still registered in the order they came (asyncio's order: an await
+    /// is a done callback too).
     fn a_task_with_two_awaiters_and_done_callbacks(lp) {
         let gate = lp.create_future::<u32>();
         let g = gate.clone();
@@ -332,11 +333,11 @@ both_backends! {
         gate.set_result(7).unwrap();
         turns(lp, 4);
         assert!(a.done() && b.done());
-        // Both awaiters woke (in the order they awaited); the first took
-        // the result, the second saw it taken; the kept callback ran.
+        // In registration order: awaiter a (it took the result), the kept
+        // callback, awaiter b (it saw the result taken).
         assert_eq!(
             *log.borrow(),
-            ["a Some(7)", "b invalid=true", "cb done=true"]
+            ["a Some(7)", "cb done=true", "b invalid=true"]
         );
     }
 }

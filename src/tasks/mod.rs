@@ -221,23 +221,28 @@ enum Waiters<T> {
     Rare(Box<RareWaiters<T>>),
 }
 
+/// Awaiters and done callbacks in the order they came: as asyncio, where
+/// an await is a done callback too, they run in that order.
 struct RareWaiters<T> {
-    joiners: Vec<Waker>,
+    list: Vec<Waiter<T>>,
     next_id: u64,
-    callbacks: Vec<(u64, TaskCallback<T>)>,
+}
+
+enum Waiter<T> {
+    Join(Waker),
+    Done(u64, TaskCallback<T>),
 }
 
 impl<T> Waiters<T> {
-    /// The boxed form, made on first use (keeping an inline waker).
+    /// The boxed form, made on first use (keeping an inline waker first).
     fn rare(&mut self) -> &mut RareWaiters<T> {
         if !matches!(self, Waiters::Rare(_)) {
             let mut r = Box::new(RareWaiters {
-                joiners: Vec::new(),
+                list: Vec::new(),
                 next_id: 1,
-                callbacks: Vec::new(),
             });
             if let Waiters::One(w) = std::mem::replace(self, Waiters::None) {
-                r.joiners.push(w);
+                r.list.push(Waiter::Join(w));
             }
             *self = Waiters::Rare(r);
         }
@@ -283,23 +288,23 @@ where
             Waiters::One(w) => return w.wake(),
             Waiters::Rare(r) => r,
         };
-        let RareWaiters {
-            joiners,
-            callbacks: cbs,
-            ..
-        } = *rare;
-        joiners.into_iter().for_each(Waker::wake);
-        if cbs.is_empty() {
-            return;
-        }
-        if let Some(core) = self.header.core.upgrade() {
-            let task = Task {
-                cell: self.clone(),
-                untyped: TaskRef(self.clone()),
-            };
-            for (_, cb) in cbs {
-                let task = task.clone();
-                core.call_soon(move || cb(&task), &"task done callback");
+        // Each in turn: a waker schedules its task, a callback is
+        // scheduled with `call_soon`, on the same ready queue.
+        let core = self.header.core.upgrade();
+        let mut task = None;
+        for w in rare.list {
+            match w {
+                Waiter::Join(w) => w.wake(),
+                Waiter::Done(_, cb) => {
+                    let Some(core) = &core else { continue };
+                    let task = task
+                        .get_or_insert_with(|| Task {
+                            cell: self.clone(),
+                            untyped: TaskRef(self.clone()),
+                        })
+                        .clone();
+                    core.call_soon(move || cb(&task), &"task done callback");
+                }
             }
         }
     }
@@ -397,8 +402,12 @@ where
             Waiters::One(one) if one.will_wake(cx.waker()) => {}
             _ => {
                 let r = w.rare();
-                if !r.joiners.iter().any(|j| j.will_wake(cx.waker())) {
-                    r.joiners.push(cx.waker().clone());
+                let known = r
+                    .list
+                    .iter()
+                    .any(|j| matches!(j, Waiter::Join(j) if j.will_wake(cx.waker())));
+                if !known {
+                    r.list.push(Waiter::Join(cx.waker().clone()));
                 }
             }
         }
@@ -414,16 +423,17 @@ where
         let r = w.rare();
         let id = r.next_id;
         r.next_id += 1;
-        r.callbacks.push((id, cb));
+        r.list.push(Waiter::Done(id, cb));
         id
     }
 
     fn remove_callback(&self, id: u64) -> usize {
         let mut w = self.waiters.borrow_mut();
         let Waiters::Rare(r) = &mut *w else { return 0 };
-        let before = r.callbacks.len();
-        r.callbacks.retain(|(i, _)| *i != id);
-        before - r.callbacks.len()
+        let before = r.list.len();
+        r.list
+            .retain(|w| !matches!(w, Waiter::Done(i, _) if *i == id));
+        before - r.list.len()
     }
 }
 
