@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use crate::base_loop::EventLoop;
 use crate::error::{Error, Result};
 use crate::events::{AbstractEventLoop, CallOnce, HandleInner, get_running_loop};
-use crate::tasks::{Task, yield_now};
+use crate::tasks::Task;
 
 /// Shared between a waiting future and the callbacks that wake it.
 #[derive(Default)]
@@ -64,13 +64,23 @@ impl Signal {
 /// Waits until `deadline` on the running loop (a `call_at` timer that wakes
 /// the waiting task); dropping it cancels the timer.
 struct Sleep {
-    deadline: Instant,
+    when: When,
     timer: Option<Rc<HandleInner<Signal>>>,
+}
+
+/// What a sleep waits for: a delay (its deadline is taken at the first
+/// poll, where asyncio's `sleep` calls `call_later`), a deadline, or, for a
+/// zero delay, one pass through the loop (already yielded).
+#[derive(Debug)]
+enum When {
+    After(Duration),
+    At(Instant),
+    Yielded,
 }
 
 impl std::fmt::Debug for Sleep {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "<Sleep until {:?}>", self.deadline)
+        write!(f, "<Sleep {:?}>", self.when)
     }
 }
 
@@ -95,16 +105,13 @@ impl std::fmt::Debug for Sleep {
 ///     assert!(t0.elapsed() >= Duration::from_millis(10));
 /// }).unwrap();
 /// ```
-pub async fn sleep(delay: Duration) -> Result<()> {
-    if delay.is_zero() {
-        get_running_loop()?;
-        yield_now().await;
-        return Ok(());
-    }
-    let deadline = Instant::now()
-        .checked_add(delay)
-        .ok_or_else(|| Error::InvalidArgument(format!("delay {delay:?} overflows the clock")))?;
-    sleep_until(deadline).await
+pub fn sleep(delay: Duration) -> impl Future<Output = Result<()>> {
+    // (A future of its own, not an `async fn`: 32 bytes, where the async
+    // state machine held the delay, the deadline and the inner sleep.)
+    SleepFut(Sleep {
+        when: When::After(delay),
+        timer: None,
+    })
 }
 
 /// Suspends the current task until `deadline` on the loop's clock.
@@ -114,7 +121,7 @@ pub async fn sleep(delay: Duration) -> Result<()> {
 /// As [`sleep`].
 pub fn sleep_until(deadline: Instant) -> impl Future<Output = Result<()>> {
     SleepFut(Sleep {
-        deadline,
+        when: When::At(deadline),
         timer: None,
     })
 }
@@ -132,6 +139,20 @@ impl Future for SleepFut {
                 Poll::Pending
             }
             None => {
+                let deadline = match s.when {
+                    When::Yielded => return Poll::Ready(Ok(())),
+                    When::After(d) if d.is_zero() => {
+                        // sleep(0): one pass through the loop, no timer.
+                        get_running_loop()?;
+                        s.when = When::Yielded;
+                        cx.waker().wake_by_ref();
+                        return Poll::Pending;
+                    }
+                    When::After(d) => Instant::now().checked_add(d).ok_or_else(|| {
+                        Error::InvalidArgument(format!("delay {d:?} overflows the clock"))
+                    })?,
+                    When::At(t) => t,
+                };
                 // As `call_at`: a deadline already past fires at the next
                 // turn (asyncio's sleep yields at least once), so no clock
                 // read here.
@@ -139,7 +160,8 @@ impl Future for SleepFut {
                 lp.check_open()?;
                 let sig = Signal::default();
                 sig.register(cx);
-                s.timer = Some(lp.call_at_slot(s.deadline, sig));
+                s.when = When::At(deadline);
+                s.timer = Some(lp.call_at_slot(deadline, sig));
                 Poll::Pending
             }
         }
