@@ -75,6 +75,12 @@ pub(crate) trait CallOnce {
 
 pub(crate) struct CbSlot<F>(Cell<Option<F>>);
 
+impl<F: FnOnce()> CbSlot<F> {
+    pub(crate) fn new(cb: F) -> Self {
+        CbSlot(Cell::new(Some(cb)))
+    }
+}
+
 impl<F: FnOnce()> CallOnce for CbSlot<F> {
     fn call(&self) -> bool {
         match self.0.take() {
@@ -99,7 +105,6 @@ pub(crate) struct HandleInner<C: ?Sized = dyn CallOnce> {
 
 impl<C: CallOnce + ?Sized> HandleInner<C> {
     /// See [`Handle::cancel`].
-    #[inline]
     pub(crate) fn cancel(&self) {
         let state = self.state.get();
         if state & CANCELLED != 0 {
@@ -133,14 +138,6 @@ impl Handle {
         Handle(Rc::new(HandleInner {
             state: Cell::new(0),
             kind: Kind::Soon(label),
-            callback: CbSlot(Cell::new(Some(cb))),
-        }))
-    }
-
-    pub(crate) fn new_timer<F: FnOnce() + 'static>(cb: F, when: u64, core: Weak<Core>) -> Handle {
-        Handle(Rc::new(HandleInner {
-            state: Cell::new(0),
-            kind: Kind::Timer { when, core },
             callback: CbSlot(Cell::new(Some(cb))),
         }))
     }

@@ -18,39 +18,61 @@ fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
+/// Schedules a callback, then awaits `wait` and logs `after`: the order in
+/// which the two ran.
+fn callback_then(
+    lp: &EventLoop,
+    wait: impl std::future::Future<Output = Result<()>> + 'static,
+    after: &'static str,
+) -> Vec<&'static str> {
+    let log = Rc::new(RefCell::new(Vec::new()));
+    let l = log.clone();
+    common::run_bounded(lp, LIMIT, async move {
+        let lp = get_running_loop().unwrap();
+        let l2 = l.clone();
+        lp.call_soon(move || l2.borrow_mut().push("callback"))
+            .unwrap();
+        wait.await.unwrap();
+        l.borrow_mut().push(after);
+    });
+    log.take()
+}
+
 both_backends! {
     fn sleep_zero_yields_once_and_sleep_waits(lp) {
-        let log = Rc::new(RefCell::new(Vec::new()));
-        let l = log.clone();
-        common::run_bounded(lp, LIMIT, async move {
-            let lp = get_running_loop().unwrap();
-            let l2 = l.clone();
-            lp.call_soon(move || l2.borrow_mut().push("callback")).unwrap();
-            sleep(Duration::ZERO).await.unwrap();
-            l.borrow_mut().push("after sleep(0)");
+        let log = callback_then(lp, sleep(Duration::ZERO), "after sleep(0)");
+        assert_eq!(log, ["callback", "after sleep(0)"]);
+        common::run_bounded(lp, LIMIT, async {
             let t0 = Instant::now();
             sleep(ms(15)).await.unwrap();
             assert!(t0.elapsed() >= ms(15));
         });
-        assert_eq!(*log.borrow(), ["callback", "after sleep(0)"]);
+    }
+}
+
+both_backends! {
+    fn sleep_rejects_a_delay_past_the_clock_and_needs_a_running_loop(lp) {
+        let r = common::run_bounded(lp, LIMIT, sleep(Duration::MAX));
+        assert!(matches!(r, Err(Error::InvalidArgument(_))), "{r:?}");
+        // Polled with no loop running on the thread: a clear error, for a
+        // zero delay and for a real one.
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        for d in [Duration::ZERO, ms(5)] {
+            let mut f = std::pin::pin!(sleep(d));
+            let p = f.as_mut().poll(&mut cx);
+            assert!(matches!(p, std::task::Poll::Ready(Err(Error::InvalidState(_)))), "{p:?}");
+        }
     }
 }
 
 both_backends! {
     fn sleep_until_a_past_deadline_yields_once_and_a_dropped_sleep_leaves_no_timer(lp) {
-        let log = Rc::new(RefCell::new(Vec::new()));
-        let l = log.clone();
-        common::run_bounded(lp, LIMIT, async move {
-            let lp = get_running_loop().unwrap();
-            let l2 = l.clone();
-            lp.call_soon(move || l2.borrow_mut().push("callback")).unwrap();
-            // A deadline already past still goes through the loop once
-            // (asyncio's sleep yields at least once), so the callback
-            // scheduled before it runs first.
-            ringloop::sleep_until(Instant::now() - ms(50)).await.unwrap();
-            l.borrow_mut().push("after the past deadline");
-        });
-        assert_eq!(*log.borrow(), ["callback", "after the past deadline"]);
+        // A deadline already past still goes through the loop once
+        // (asyncio's sleep yields at least once), so the callback
+        // scheduled before it runs first.
+        let past = ringloop::sleep_until(Instant::now() - ms(50));
+        let log = callback_then(lp, past, "after the past deadline");
+        assert_eq!(log, ["callback", "after the past deadline"]);
 
         // Each sleep polled once holds one timer in the heap; dropping it
         // (its task cancelled) cancels the timer and tells the heap, which

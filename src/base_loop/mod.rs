@@ -34,7 +34,7 @@ use timers::TimerHeap;
 use crate::driver::{Backend, Driver, DriverRef, DriverStats, probe};
 use crate::error::{Error, Result, panic_message};
 use crate::events::{
-    CallOnce, ExceptionContext, ExceptionHandler, Handle, HandleInner, TimerHandle, ticks,
+    CallOnce, CbSlot, ExceptionContext, ExceptionHandler, Handle, HandleInner, TimerHandle, ticks,
 };
 use crate::tasks::{RawTask, Task, TaskCell, TaskHeader, TaskRef};
 
@@ -752,13 +752,11 @@ impl EventLoop {
     }
 
     pub(crate) fn call_at_impl<F: FnOnce() + 'static>(&self, when: Instant, cb: F) -> TimerHandle {
-        let when = ticks::from_instant(when);
-        let h = Handle::new_timer(cb, when, Rc::downgrade(&self.core));
-        self.core.timers.borrow_mut().push(when, h.clone());
-        TimerHandle(h)
+        TimerHandle(Handle(self.call_at_slot(when, CbSlot::new(cb))))
     }
 
-    /// `call_at` with a typed callback slot (see [`Handle::timer_with`]).
+    /// `call_at` with a typed callback slot (see [`Handle::timer_with`]);
+    /// `call_at_impl` is this with a closure's slot.
     pub(crate) fn call_at_slot<C: CallOnce + 'static>(
         &self,
         when: Instant,

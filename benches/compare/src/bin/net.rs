@@ -833,14 +833,16 @@ fn main() {
     };
     // (--sizes / --conns: only those echo rows, and no HTTP or counters.)
     let partial = only_sizes.is_some() || only_conns.is_some();
-    let sizes: Vec<usize> = match http_only {
-        true => Vec::new(),
-        false => only_sizes.unwrap_or_else(|| sizes.to_vec()),
+    // (--http-only: the HTTP table alone.)
+    let sizes: Vec<usize> = if http_only {
+        Vec::new()
+    } else {
+        only_sizes.unwrap_or_else(|| sizes.to_vec())
     };
     let conc: Vec<usize> = only_conns.unwrap_or_else(|| conc.to_vec());
     let counters_only = counters_only && !partial && !http_only;
-    // (--http-only: the HTTP table alone.)
-    let partial = partial || http_only;
+    let run_http = !counters_only && (http_only || !partial);
+    let run_counters = !quick && !partial && !http_only;
     // SAFETY: cpu_set_t is plain data; sched_setaffinity only reads it.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
@@ -911,7 +913,7 @@ fn main() {
     if !sizes.is_empty() {
         print_cpu_table("server CPU µs / request, echo", &SERVERS, &cpu_rows);
     }
-    let http = if counters_only || (partial && !http_only) {
+    let http = if !run_http {
         Vec::new()
     } else if quick {
         http_bench(&[10], 1, 1)
@@ -922,7 +924,7 @@ fn main() {
     // mode: tracing is slow).
     let (cn, creq) = (100, 20_000);
     let mut counters = Vec::new();
-    if !quick && !partial {
+    if run_counters {
         println!(
             "\n| server (1 KiB echo, {cn} conns) | syscalls / request | user instructions / request |"
         );
@@ -930,7 +932,7 @@ fn main() {
     }
     for kind in ["ringloop-proactor", "ringloop-selector"]
         .into_iter()
-        .filter(|_| !quick && !partial)
+        .filter(|_| run_counters)
     {
         let sc = syscalls_per_request(kind, 1024, cn, creq);
         let ins = instructions_per_request(kind, 1024, cn, creq / 10);
